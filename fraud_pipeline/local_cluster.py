@@ -1,0 +1,464 @@
+"""A local three-node Apache Kafka cluster on the JVM, without Docker.
+
+The jars come from Maven Central (``cluster/pom.xml``) into a git-ignored
+folder; each node is a KRaft process that is both broker and controller, with
+its client listener on localhost:9091-9093 and its controller listener on
+localhost:19091-19093. Everything a node writes (data, logs, pid) lives under
+``.cluster/`` beside this package, or under ``$KAFKA_CLUSTER_DIR``.
+
+``up`` is idempotent and self-healing: running nodes are left alone, stopped
+ones are started, and it returns once the cluster metadata lists all brokers.
+
+    python -m fraud_pipeline.local_cluster up | down | status | kill NODE | jars
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.3.1"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POM = PROJECT_ROOT / "cluster" / "pom.xml"
+NODE_COUNT = 3
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+class ClusterError(Exception):
+    """A problem the user can fix, reported as one line."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node of the local cluster (broker and controller in one JVM)."""
+
+    node_id: int
+    """Kafka ``node.id``, 1-based."""
+    port: int
+    """Client (PLAINTEXT) listener on localhost."""
+    controller_port: int
+    """Controller listener on localhost."""
+    home: Path
+    """Folder with this node's properties, data, logs and pid file."""
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def console_file(self) -> Path:
+        return self.home / "console.out"
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """Where the cluster lives and how big its JVMs are."""
+
+    root: Path
+    """Folder for jars, node folders and the cluster id."""
+    heap_mb: int
+    """Heap of each broker JVM (-Xms and -Xmx), in MiB."""
+    nodes: tuple[Node, ...]
+    """The three nodes."""
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / f"lib-{KAFKA_VERSION}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"localhost:{n.port}" for n in self.nodes)
+
+    @classmethod
+    def from_env(cls) -> ClusterLayout:
+        root = Path(os.environ.get("KAFKA_CLUSTER_DIR", PROJECT_ROOT / ".cluster")).resolve()
+        heap_mb = int(os.environ.get("KAFKA_HEAP_MB", "384"))
+        nodes = tuple(
+            Node(i, 9090 + i, 19090 + i, root / f"node{i}") for i in range(1, NODE_COUNT + 1)
+        )
+        return cls(root=root, heap_mb=heap_mb, nodes=nodes)
+
+
+# ---------------------------------------------------------------------------
+# Prerequisites: Java and the jars
+
+
+def check_java() -> str:
+    """Return the path of a Java 17+ ``java``, or raise ClusterError."""
+    java = shutil.which("java")
+    if java is None:
+        raise ClusterError("Java not found: install a JDK 17 or newer (e.g. apt-get install openjdk-17-jre-headless)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if match is None:
+        raise ClusterError(f"could not read the Java version from `java -version`: {out.strip()[:120]}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < 17:
+        raise ClusterError(f"Java {major} found at {java}, but Kafka {KAFKA_VERSION} needs Java 17 or newer")
+    return java
+
+
+def ensure_jars(layout: ClusterLayout) -> Path:
+    """Resolve Kafka and its dependencies from Maven Central once; return the jar folder."""
+    marker = layout.lib_dir / ".complete"
+    if marker.exists():
+        return layout.lib_dir
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ClusterError("Maven not found: install Maven 3 (e.g. apt-get install maven) to fetch the Kafka jars")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    tmp_dir = layout.root / f"lib-{KAFKA_VERSION}.partial"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    log = layout.root / "maven.log"
+    print(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (log: {log}) ...", flush=True)
+    with log.open("w") as log_file:
+        result = subprocess.run(
+            [mvn, "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={tmp_dir}", "-DincludeScope=runtime"],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    if result.returncode != 0:
+        text = log.read_text(errors="replace")
+        if re.search(r"Could not transfer|Unknown host|Connection (refused|timed out)|resolve", text):
+            raise ClusterError(f"Maven could not fetch the Kafka jars: is Maven Central reachable? (see {log})")
+        raise ClusterError(f"Maven failed to resolve the Kafka jars (see {log})")
+    shutil.rmtree(layout.lib_dir, ignore_errors=True)
+    tmp_dir.rename(layout.lib_dir)
+    marker.touch()
+    return layout.lib_dir
+
+
+# ---------------------------------------------------------------------------
+# Node processes
+
+
+def _read_pid(node: Node) -> int | None:
+    try:
+        pid = int(node.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A recycled pid belongs to some other program: only our JVM counts.
+    if b"kafka.Kafka" not in cmdline or str(node.properties_file).encode() not in cmdline:
+        return None
+    return pid
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _server_properties(layout: ClusterLayout, node: Node) -> str:
+    voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in layout.nodes)
+    replicas = len(layout.nodes)
+    return f"""\
+# Written by fraud_pipeline.local_cluster; rewritten on every start.
+process.roles=broker,controller
+node.id={node.node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://localhost:{node.port},CONTROLLER://localhost:{node.controller_port}
+advertised.listeners=PLAINTEXT://localhost:{node.port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs={node.data_dir}
+# Topics are created by the project (fraud_pipeline.topics), never by accident.
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor={replicas}
+offsets.topic.replication.factor={replicas}
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min(2, replicas)}
+transaction.state.log.num.partitions=12
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min(2, replicas)}
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=24
+log.segment.bytes=134217728
+"""
+
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+def _classpath(layout: ClusterLayout) -> str:
+    return str(layout.lib_dir / "*")
+
+
+def _cluster_id(layout: ClusterLayout) -> str:
+    id_file = layout.root / "cluster.id"
+    if id_file.exists():
+        return id_file.read_text().strip()
+    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    id_file.write_text(cluster_id + "\n")
+    return cluster_id
+
+
+def _format_storage(java: str, layout: ClusterLayout, node: Node) -> None:
+    if (node.data_dir / "meta.properties").exists():
+        return
+    result = subprocess.run(
+        [java, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
+         "-t", _cluster_id(layout), "-c", str(node.properties_file), "--ignore-formatted"],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"formatting node {node.node_id} failed: {result.stdout.strip()} {result.stderr.strip()}"[:400])
+
+
+def _start_node(java: str, layout: ClusterLayout, node: Node) -> subprocess.Popen[bytes]:
+    node.log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        java, f"-Xms{layout.heap_mb}m", f"-Xmx{layout.heap_mb}m",
+        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={layout.root / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={node.log_dir}",
+        "-cp", _classpath(layout), "kafka.Kafka", str(node.properties_file),
+    ]
+    with node.console_file.open("ab") as console:
+        proc = subprocess.Popen(
+            cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the shell, make and Ctrl-C that started it
+        )
+    node.pid_file.write_text(f"{proc.pid}\n")
+    return proc
+
+
+def _log_tail(node: Node, lines: int = 5) -> str:
+    for path in (node.log_dir / "server.log", node.console_file):
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                return "\n    ".join(tail)
+    return "(no log)"
+
+
+def _count_brokers(bootstrap: str) -> int:
+    from kafka import KafkaAdminClient  # imported here: `jars` and `down` work without kafka-python
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="local-cluster")
+    try:
+        return len(admin.describe_cluster()["brokers"])
+    finally:
+        admin.close()
+
+
+def _wait_ready(layout: ClusterLayout, started: dict[int, subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last_report = ""
+    while True:
+        for node in layout.nodes:
+            proc = started.get(node.node_id)
+            if proc is not None and proc.poll() is not None:
+                raise ClusterError(
+                    f"node {node.node_id} (port {node.port}) exited during start-up; last log lines:\n    {_log_tail(node)}"
+                )
+        open_ports = [n.port for n in layout.nodes if _port_open(n.port)]
+        report = f"waiting for brokers: {len(open_ports)}/{len(layout.nodes)} listening"
+        if len(open_ports) == len(layout.nodes):
+            try:
+                brokers = _count_brokers(layout.bootstrap_servers)
+            except Exception:  # the cluster is still electing; ask again
+                brokers = 0
+            if brokers == len(layout.nodes):
+                return
+            report += f", {brokers}/{len(layout.nodes)} in cluster metadata"
+        if report != last_report:
+            print(report, flush=True)
+            last_report = report
+        if time.monotonic() > deadline:
+            raise ClusterError(f"cluster not ready after {READY_TIMEOUT_S:.0f}s ({report}); see {layout.root}/node*/logs/server.log")
+        time.sleep(0.5)
+
+
+def cluster_up(layout: ClusterLayout) -> None:
+    """Start every node that is not running and wait until all brokers are in the metadata."""
+    began = time.monotonic()
+    java = check_java()
+    ensure_jars(layout)
+    running = {n.node_id: pid for n in layout.nodes if (pid := _read_pid(n)) is not None}
+    to_start = [n for n in layout.nodes if n.node_id not in running]
+    if not to_start:
+        print(f"cluster already running: {len(running)} nodes on {layout.bootstrap_servers}")
+        _wait_ready(layout, {})
+        return
+    for node in to_start:
+        for port, what in ((node.port, "client"), (node.controller_port, "controller")):
+            if not _port_free(port):
+                raise ClusterError(f"port {port} ({what} listener of node {node.node_id}) is already taken by another process")
+    (layout.root / "log4j2.properties").write_text(_LOG4J2)
+    for node in to_start:
+        node.home.mkdir(parents=True, exist_ok=True)
+        node.properties_file.write_text(_server_properties(layout, node))
+    with ThreadPoolExecutor(len(to_start)) as pool:  # each format is a JVM start: do them together
+        list(pool.map(lambda n: _format_storage(java, layout, n), to_start))
+    started = {n.node_id: _start_node(java, layout, n) for n in to_start}
+    for node in to_start:
+        print(f"started node {node.node_id} on localhost:{node.port} (pid {started[node.node_id].pid})", flush=True)
+    _wait_ready(layout, started)
+    print(f"cluster up: {len(layout.nodes)} brokers on {layout.bootstrap_servers} "
+          f"(started {len(to_start)} node(s) in {time.monotonic() - began:.1f}s)")
+
+
+def _wait_exit(pids: dict[int, int], timeout: float) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    alive = dict(pids)
+    while alive and time.monotonic() < deadline:
+        for node_id, pid in list(alive.items()):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                del alive[node_id]
+        time.sleep(0.2)
+    return alive
+
+
+def cluster_down(layout: ClusterLayout) -> None:
+    """Stop every node: SIGTERM for a clean shutdown, SIGKILL after a timeout."""
+    pids = {n.node_id: pid for n in layout.nodes if (pid := _read_pid(n)) is not None}
+    if not pids:
+        print("cluster not running")
+        return
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    left = _wait_exit(pids, STOP_TIMEOUT_S)
+    for node_id, pid in left.items():
+        print(f"node {node_id} did not stop within {STOP_TIMEOUT_S:.0f}s: killing pid {pid}")
+        os.kill(pid, signal.SIGKILL)
+    _wait_exit(left, 10)
+    for node in layout.nodes:
+        node.pid_file.unlink(missing_ok=True)
+    print(f"cluster stopped ({len(pids)} node(s))")
+
+
+def kill_node(layout: ClusterLayout, node_id: int) -> None:
+    """SIGKILL one node, as a crash would: for failure tests."""
+    node = next((n for n in layout.nodes if n.node_id == node_id), None)
+    if node is None:
+        raise ClusterError(f"no node {node_id}: nodes are 1..{len(layout.nodes)}")
+    pid = _read_pid(node)
+    if pid is None:
+        print(f"node {node_id} is not running")
+        return
+    os.kill(pid, signal.SIGKILL)
+    _wait_exit({node_id: pid}, 10)
+    print(f"killed node {node_id} (pid {pid})")
+
+
+def cluster_status(layout: ClusterLayout, quiet: bool = False) -> bool:
+    """Print one line per node; return True when every node is up."""
+    all_up = True
+    for node in layout.nodes:
+        pid = _read_pid(node)
+        up = pid is not None and _port_open(node.port)
+        all_up &= up
+        if not quiet:
+            print(f"node {node.node_id}  {'up  ' if up else 'down'}  port {node.port}  "
+                  f"controller {node.controller_port}  pid {pid if pid is not None else '-'}")
+    return all_up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fraud_pipeline.local_cluster",
+        description=f"Run a local 3-node Apache Kafka {KAFKA_VERSION} cluster (KRaft) on the JVM, without Docker. "
+        "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the nodes that are not running; wait until all brokers are in the metadata")
+    sub.add_parser("down", help="stop all nodes")
+    status = sub.add_parser("status", help="show each node: up/down, ports, pid (exit 1 unless all are up)")
+    status.add_argument("--quiet", action="store_true", help="print nothing, only set the exit status")
+    kill = sub.add_parser("kill", help="SIGKILL one node (failure testing)")
+    kill.add_argument("node", type=int, help="node id, 1..3")
+    sub.add_parser("jars", help="only resolve the Kafka jars from Maven Central")
+    sub.add_parser("classpath", help="print the Java class path of the Kafka jars")
+    args = parser.parse_args(argv)
+    layout = ClusterLayout.from_env()
+    try:
+        if args.command == "up":
+            cluster_up(layout)
+        elif args.command == "down":
+            cluster_down(layout)
+        elif args.command == "status":
+            return 0 if cluster_status(layout, args.quiet) else 1
+        elif args.command == "kill":
+            kill_node(layout, args.node)
+        elif args.command == "jars":
+            print(ensure_jars(layout))
+        elif args.command == "classpath":
+            ensure_jars(layout)
+            print(_classpath(layout))
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
