@@ -1,0 +1,58 @@
+# Fraud pipeline: common tasks. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLUSTER := $(PY) -m fraud_pipeline.local_cluster
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit lint clean
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit("error: Python 3.11+ is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv with the runtime and test dependencies
+
+jars: venv ## fetch the Kafka jars from Maven Central (once)
+	@$(CLUSTER) jars
+
+cluster-up: venv ## start the local 3-broker Kafka cluster (idempotent; restarts nodes that are down)
+	@$(CLUSTER) up
+
+cluster-down: venv ## stop the local cluster
+	@$(CLUSTER) down
+
+cluster-status: venv ## show each node: up/down, port, pid
+	@$(CLUSTER) status || true
+
+topics: cluster-up ## create the pipeline's topics (idempotent)
+	@$(PY) -m fraud_pipeline.topics
+
+demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duration 30" to stop by itself)
+	@$(PY) -m fraud_pipeline.demo $(DEMO_ARGS)
+
+unit: venv ## unit tests only (no cluster)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Starts a cluster for the tests when none is running, and stops it afterwards
+# only if it started it; a cluster you had running is left as it was.
+test: venv ## all tests: unit, then integration on a real 3-broker cluster
+	@started=0; \
+	if ! $(CLUSTER) status --quiet; then $(CLUSTER) up || exit 1; started=1; fi; \
+	$(PY) -m pytest tests $(PYTEST_ARGS); rc=$$?; \
+	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
+	exit $$rc
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean: cluster-down ## stop the cluster and delete its data (keeps the jars)
+	rm -rf .cluster/node* .cluster/cluster.id

@@ -1,0 +1,213 @@
+"""One frozen configuration, built from defaults, then the environment, then flags.
+
+The defaults are the original tutorial's: brokers on localhost:9091-9093 and
+the topics ``payments``, ``fraud_payments`` and ``legit_payments``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """Names and layout of the pipeline's topics."""
+
+    payments: str = "payments"
+    """Incoming payments, written by the producer."""
+    fraud: str = "fraud_payments"
+    """Payments the detector judged suspicious."""
+    legit: str = "legit_payments"
+    """Payments the detector let through."""
+    dead_letter: str = "payments_dlq"
+    """Records no stage could read, kept byte for byte with the reason in headers."""
+    payments_partitions: int = 6
+    """6 divides evenly among 1, 2 or 3 detectors and puts 2 leaders on each broker."""
+    routed_partitions: int = 2
+    """Partitions of the fraud and legit topics, as in the original tutorial."""
+    dead_letter_partitions: int = 1
+    """Dead letters are few: one partition keeps them in arrival order."""
+    replication_factor: int = 3
+    """Copies of each partition; 3 on the 3-broker cluster."""
+    min_insync_replicas: int = 2
+    """Replicas that must have a write before ``acks=all`` succeeds."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pipeline process needs to know, fixed at start-up."""
+
+    bootstrap_servers: tuple[str, ...]
+    """Kafka brokers to bootstrap from, ``host:port``."""
+    topics: TopicSettings
+    """Topic names and layout."""
+    group_id: str | None = None
+    """Consumer group of this process; None for the producer."""
+    idle_timeout_s: float | None = None
+    """Exit after this many seconds without a message; None runs forever."""
+    quiet: bool = False
+    """Drop the per-message lines; the closing summary is still printed."""
+    count: int | None = None
+    """Producer: payments to send; None sends forever."""
+    rate: float = 1.0
+    """Producer: payments per second; 0 sends as fast as possible."""
+    seed: int | None = None
+    """Producer: seed for a reproducible stream; None for a random one."""
+    accounts: int = 1000
+    """Producer: how many sender accounts the stream draws from."""
+    create_topics: bool = True
+    """Create missing topics at start-up (existing ones are left as they are)."""
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"error: environment variable {name}={raw!r} is not an integer") from None
+
+
+def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettings:
+    """Topic names and layout from the environment, with the original's defaults."""
+    env = os.environ if env is None else env
+    base = TopicSettings()
+    return TopicSettings(
+        payments=env.get("PAYMENTS_TOPIC") or base.payments,
+        fraud=env.get("FRAUD_TOPIC") or base.fraud,
+        legit=env.get("LEGIT_TOPIC") or base.legit,
+        dead_letter=env.get("DEAD_LETTER_TOPIC") or base.dead_letter,
+        payments_partitions=_env_int(env, "PAYMENTS_PARTITIONS", base.payments_partitions),
+        routed_partitions=_env_int(env, "ROUTED_PARTITIONS", base.routed_partitions),
+        replication_factor=_env_int(env, "TOPIC_REPLICATION_FACTOR", base.replication_factor),
+        min_insync_replicas=_env_int(env, "TOPIC_MIN_INSYNC_REPLICAS", base.min_insync_replicas),
+    )
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    *,
+    consumes: str | None,
+    default_group: str | None = None,
+    producer: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """The argument parser of one pipeline script; defaults come from the environment.
+
+    ``consumes`` names the topic the script reads (for the help text) and
+    ``default_group`` its consumer group; ``producer`` adds the producer's
+    flags instead of the consumer's.
+    """
+    env = os.environ if env is None else env
+    topics = topic_settings_from_env(env)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+    )
+    kafka = parser.add_argument_group("Kafka")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        default=env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS,
+        help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: %(default)s)",
+    )
+    kafka.add_argument("--payments-topic", default=topics.payments, help="incoming payments [env PAYMENTS_TOPIC] (default: %(default)s)")
+    kafka.add_argument("--fraud-topic", default=topics.fraud, help="suspicious payments [env FRAUD_TOPIC] (default: %(default)s)")
+    kafka.add_argument("--legit-topic", default=topics.legit, help="legitimate payments [env LEGIT_TOPIC] (default: %(default)s)")
+    kafka.add_argument(
+        "--dead-letter-topic", default=topics.dead_letter,
+        help="unreadable records, kept byte for byte [env DEAD_LETTER_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--no-create-topics", dest="create_topics", action="store_false",
+        help="do not create missing topics at start-up",
+    )
+    if consumes is not None:
+        group_env = (default_group or "").upper().replace("-", "_") + "_GROUP_ID"
+        run = parser.add_argument_group("consumer")
+        run.add_argument(
+            "--group-id", default=env.get(group_env) or default_group,
+            help=f"consumer group reading {consumes}; a new group starts from the earliest offset [env {group_env}] (default: %(default)s)",
+        )
+        run.add_argument(
+            "--idle-timeout", type=_positive_float, default=None, metavar="S",
+            help="exit 0 after S seconds without a message (default: run forever)",
+        )
+        run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
+    if producer:
+        run = parser.add_argument_group("producer")
+        run.add_argument("--count", type=_non_negative_int, default=None, metavar="N",
+                         help="send N payments, then exit (default: forever)")
+        run.add_argument("--rate", type=_non_negative_float, default=1.0, metavar="R",
+                         help="payments per second; 0 sends as fast as possible (default: %(default)s)")
+        run.add_argument("--seed", type=int, default=None, metavar="S",
+                         help="seed for a reproducible stream of payments (default: random)")
+        run.add_argument("--accounts", type=_positive_int, default=1000, metavar="N",
+                         help="number of sender accounts the payments come from (default: %(default)s)")
+        run.add_argument("--quiet", action="store_true", help="do not print each payment")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Freeze parsed flags (over environment, over defaults) into Settings."""
+    servers = tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip())
+    if not servers:
+        raise SystemExit("error: --bootstrap-servers is empty")
+    base = topic_settings_from_env(env)
+    topics = TopicSettings(
+        payments=args.payments_topic,
+        fraud=args.fraud_topic,
+        legit=args.legit_topic,
+        dead_letter=args.dead_letter_topic,
+        payments_partitions=base.payments_partitions,
+        routed_partitions=base.routed_partitions,
+        dead_letter_partitions=base.dead_letter_partitions,
+        replication_factor=base.replication_factor,
+        min_insync_replicas=base.min_insync_replicas,
+    )
+    return Settings(
+        bootstrap_servers=servers,
+        topics=topics,
+        group_id=getattr(args, "group_id", None),
+        idle_timeout_s=getattr(args, "idle_timeout", None),
+        quiet=getattr(args, "quiet", False),
+        count=getattr(args, "count", None),
+        rate=getattr(args, "rate", 1.0),
+        seed=getattr(args, "seed", None),
+        accounts=getattr(args, "accounts", 1000),
+        create_topics=args.create_topics,
+    )

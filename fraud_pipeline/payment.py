@@ -1,0 +1,194 @@
+"""The payment record: its wire format, how to make one, and how to read one safely.
+
+On the wire a payment is the original tutorial's JSON object::
+
+    {"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "VISA", "AMOUNT": 42, "TO": "me"}
+
+with three optional fields after those five: ``PAYMENT_ID`` (unique id),
+``ACCOUNT`` (the sender, also the record key) and ``TIMESTAMP_MS`` (event
+time, epoch milliseconds). The original scripts read only the five original
+fields, so they read our messages; we accept messages that have only those five.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytz
+
+PAYMENT_TYPES = ("VISA", "MASTERCARD", "BITCOIN")
+RECIPIENTS = ("me", "mom", "dad", "friend", "stranger")
+SEOUL = pytz.timezone("Asia/Seoul")
+MAX_RECORD_BYTES = 64 * 1024
+"""A payment is ~200 bytes; anything far larger is not one."""
+
+_DATE = re.compile(r"\d{2}/\d{2}/\d{4}\Z")
+_TIME = re.compile(r"\d{2}:\d{2}:\d{2}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """One payment, as the producer sends it and the detector reads it."""
+
+    date: str
+    """DATE: day of the payment in Asia/Seoul, ``%m/%d/%Y``."""
+    time: str
+    """TIME: time of day in Asia/Seoul, ``%H:%M:%S``."""
+    payment_type: str
+    """PAYMENT_TYPE: VISA, MASTERCARD or BITCOIN."""
+    amount: int
+    """AMOUNT: a non-negative integer."""
+    to: str
+    """TO: the recipient (me, mom, dad, friend, stranger)."""
+    payment_id: str | None = None
+    """PAYMENT_ID: unique id of the payment; absent in the original's messages."""
+    account: str | None = None
+    """ACCOUNT: sender account, also the record key; absent in the original's messages."""
+    timestamp_ms: int | None = None
+    """TIMESTAMP_MS: event time in epoch milliseconds; absent in the original's messages."""
+
+    def original_fields(self) -> dict[str, Any]:
+        """The five fields of the original tutorial, in its order (what it printed)."""
+        return {
+            "DATE": self.date,
+            "TIME": self.time,
+            "PAYMENT_TYPE": self.payment_type,
+            "AMOUNT": self.amount,
+            "TO": self.to,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire object: the original five fields first, then the optional ones present."""
+        data = self.original_fields()
+        if self.payment_id is not None:
+            data["PAYMENT_ID"] = self.payment_id
+        if self.account is not None:
+            data["ACCOUNT"] = self.account
+        if self.timestamp_ms is not None:
+            data["TIMESTAMP_MS"] = self.timestamp_ms
+        return data
+
+
+def encode(payment: Payment) -> bytes:
+    """Serialize as the original did: ``json.dumps(...).encode("utf-8")``."""
+    return json.dumps(payment.to_dict()).encode("utf-8")
+
+
+class InvalidPayment(ValueError):
+    """A record that is not a readable payment; the message says why."""
+
+
+def _require(data: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in data:
+        raise InvalidPayment(f"missing field {name}")
+    value = data[name]
+    # bool is an int in Python, never an amount or a timestamp
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidPayment(f"{name} must be {kind.__name__}, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _optional(data: dict[str, Any], name: str, kind: type) -> Any:
+    if data.get(name) is None:
+        return None
+    return _require(data, name, kind)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
+    """Read one record value as a Payment, or raise InvalidPayment with the reason.
+
+    ``known_types_only`` refuses a PAYMENT_TYPE other than VISA, MASTERCARD and
+    BITCOIN (the detector's view); the legit processor reads any type so that it
+    can print the original's "unable to process" line for it.
+    """
+    if raw is None:
+        raise InvalidPayment("empty record (no value)")
+    if len(raw) > MAX_RECORD_BYTES:
+        raise InvalidPayment(f"record too large: {len(raw)} bytes > {MAX_RECORD_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPayment(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidPayment(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPayment(f"not a JSON object: {type(data).__name__}")
+    date = _require(data, "DATE", str)
+    if not _DATE.match(date):
+        raise InvalidPayment(f"DATE must be MM/DD/YYYY, got {_short(date)}")
+    time = _require(data, "TIME", str)
+    if not _TIME.match(time):
+        raise InvalidPayment(f"TIME must be HH:MM:SS, got {_short(time)}")
+    payment_type = _require(data, "PAYMENT_TYPE", str)
+    if known_types_only and payment_type not in PAYMENT_TYPES:
+        raise InvalidPayment(f"unknown PAYMENT_TYPE {_short(payment_type)}")
+    amount = _require(data, "AMOUNT", int)
+    if amount < 0:
+        raise InvalidPayment(f"AMOUNT must be >= 0, got {amount}")
+    to = _require(data, "TO", str)
+    timestamp_ms = _optional(data, "TIMESTAMP_MS", int)
+    if timestamp_ms is not None and timestamp_ms < 0:
+        raise InvalidPayment(f"TIMESTAMP_MS must be >= 0, got {timestamp_ms}")
+    return Payment(
+        date=date,
+        time=time,
+        payment_type=payment_type,
+        amount=amount,
+        to=to,
+        payment_id=_optional(data, "PAYMENT_ID", str),
+        account=_optional(data, "ACCOUNT", str),
+        timestamp_ms=timestamp_ms,
+    )
+
+
+def seoul_date_time(now: datetime.datetime) -> tuple[str, str]:
+    """DATE and TIME of an aware instant in Asia/Seoul, formatted as the original."""
+    local = now.astimezone(SEOUL)
+    return local.strftime("%m/%d/%Y"), local.strftime("%H:%M:%S")
+
+
+def generate(
+    rng: random.Random, now: datetime.datetime, accounts: int = 1000
+) -> Payment:
+    """One random payment at ``now`` (an aware datetime).
+
+    The draws for type, amount and recipient come first and in the original's
+    order, so a seed gives the same payments the original's choices would.
+    """
+    payment_type = rng.choice(PAYMENT_TYPES)
+    amount = rng.randint(0, 100)
+    to = rng.choice(RECIPIENTS)
+    account = f"ACC{rng.randrange(accounts):05d}"
+    payment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    date, time = seoul_date_time(now)
+    return Payment(
+        date=date,
+        time=time,
+        payment_type=payment_type,
+        amount=amount,
+        to=to,
+        payment_id=payment_id,
+        account=account,
+        timestamp_ms=int(now.timestamp() * 1000),
+    )
+
+
+def payment_stream(seed: int | None, accounts: int = 1000) -> Iterator[Payment]:
+    """An endless stream of payments stamped with the current time; seeded when ``seed`` is set."""
+    rng = random.Random(seed)
+    while True:
+        yield generate(rng, datetime.datetime.now(pytz.utc), accounts)

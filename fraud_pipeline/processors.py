@@ -1,0 +1,121 @@
+"""The fraud and legit processors: print the outcome of each routed payment.
+
+The lines are the original tutorial's, byte for byte::
+
+    [ALERT] fraud detected payment to: stranger - 42     (fraud topic, TO == "stranger")
+    [PROCESSING BITCOIN] payment to: mom - 42            (fraud topic, any other TO)
+    [VISA] payment to: me - 7                            (legit topic)
+    [MASTERCARD] payment to: dad - 7                     (legit topic)
+    [ALERT] unable to process payments                   (legit topic, any other type)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from kafka import KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+
+from .config import Settings, build_parser
+from .kafka_io import DeadLetters, DeliveryTracker, run_stage
+from .payment import InvalidPayment, Payment, decode
+from .runtime import Summary, run_cli
+
+
+def fraud_line(payment: Payment) -> str:
+    """What the original fraud_processor printed for a payment."""
+    if payment.to == "stranger":
+        return f"[ALERT] fraud detected payment to: {payment.to} - {payment.amount}"
+    return f"[PROCESSING BITCOIN] payment to: {payment.to} - {payment.amount}"
+
+
+def legit_line(payment: Payment) -> str:
+    """What the original legit_processor printed for a payment."""
+    if payment.payment_type == "VISA":
+        return f"[VISA] payment to: {payment.to} - {payment.amount}"
+    if payment.payment_type == "MASTERCARD":
+        return f"[MASTERCARD] payment to: {payment.to} - {payment.amount}"
+    return "[ALERT] unable to process payments"
+
+
+class Processor:
+    """Prints one line per payment; unreadable records go to the dead-letter topic.
+
+    Any PAYMENT_TYPE is accepted here, so the legit processor can print the
+    original's "unable to process" line for a type it does not know.
+    """
+
+    def __init__(
+        self,
+        line: Callable[[Payment], str],
+        dead_letters: DeadLetters,
+        tracker: DeliveryTracker,
+        summary: Summary,
+        quiet: bool,
+        producer: KafkaProducer,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        self._line = line
+        self._dead_letters = dead_letters
+        self._tracker = tracker
+        self._summary = summary
+        self._quiet = quiet
+        self._producer = producer
+        self._out = out
+
+    def handle(self, record: ConsumerRecord) -> None:
+        try:
+            payment = decode(record.value, known_types_only=False)
+        except InvalidPayment as exc:
+            self._dead_letters.send(record, str(exc))
+            self._summary.add("dead-lettered")
+            return
+        text = self._line(payment)
+        # "[VISA] payment to: ..." counts as VISA; "[ALERT] ..." as ALERT
+        self._summary.add(text[1:text.index("]")])
+        if not self._quiet:
+            print(text, file=self._out)
+
+    def flush(self) -> None:
+        self._producer.flush()
+        self._tracker.check(self._summary.name)
+        self._out.flush()
+
+
+def _run_processor(
+    name: str, topic: str, line: Callable[[Payment], str], settings: Settings, stop: threading.Event
+) -> int:
+    summary = Summary(name, "payments")
+    return run_stage(
+        settings, name=name, source_topic=topic, stop=stop, summary=summary,
+        make_handler=lambda producer, dead_letters, tracker: Processor(
+            line, dead_letters, tracker, summary, settings.quiet, producer
+        ),
+    )
+
+
+def fraud_main(argv: list[str] | None = None) -> int:
+    name = "fraud_processor"
+    parser = build_parser(
+        name,
+        "Read the fraud topic and print each payment: '[ALERT] fraud detected payment to: stranger - N' "
+        "for payments to a stranger, '[PROCESSING BITCOIN] payment to: TO - N' otherwise.",
+        consumes="the fraud topic",
+        default_group="fraud-processor",
+    )
+    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, s.topics.fraud, fraud_line, s, stop))
+
+
+def legit_main(argv: list[str] | None = None) -> int:
+    name = "legit_processor"
+    parser = build_parser(
+        name,
+        "Read the legit topic and print each payment: '[VISA] payment to: TO - N', "
+        "'[MASTERCARD] payment to: TO - N', or '[ALERT] unable to process payments' for any other type.",
+        consumes="the legit topic",
+        default_group="legit-processor",
+    )
+    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, s.topics.legit, legit_line, s, stop))

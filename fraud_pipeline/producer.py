@@ -1,0 +1,85 @@
+"""The payment producer: a stream of random payments to the payments topic.
+
+Prints each payment as the original tutorial did (the Python dict of its five
+fields). Records are keyed by the sender account, so one account's payments
+stay in order on one partition.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from itertools import islice
+from typing import TextIO
+
+from kafka import KafkaProducer
+
+from .config import Settings, build_parser
+from .kafka_io import DeliveryTracker, ensure_topics, make_producer, pipeline_topics
+from .payment import encode, payment_stream
+from .runtime import Summary, run_cli
+
+NAME = "payment_producer"
+
+
+def produce(
+    producer: KafkaProducer,
+    settings: Settings,
+    stop: threading.Event,
+    summary: Summary,
+    out: TextIO = sys.stdout,
+) -> str:
+    """Send payments until ``settings.count`` is reached or ``stop`` is set; return why it ended.
+
+    Paced at ``settings.rate`` per second on a fixed schedule (0: no pacing).
+    Raises PipelineError as soon as a send fails: never a silent drop.
+    """
+    tracker = DeliveryTracker()
+    interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
+    next_send = time.monotonic()
+    reason = "count reached"
+    for payment in islice(payment_stream(settings.seed, settings.accounts), settings.count):
+        if interval:
+            delay = next_send - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            next_send += interval
+        if stop.is_set():
+            break
+        key = payment.account.encode("utf-8") if payment.account else None
+        producer.send(settings.topics.payments, key=key, value=encode(payment)).add_errback(tracker.on_error)
+        tracker.check(NAME)
+        summary.add(payment.payment_type)
+        if not settings.quiet:
+            print(payment.original_fields(), file=out)
+    if stop.is_set():
+        reason = "stopped"
+    producer.flush()
+    tracker.check(NAME)
+    out.flush()
+    return reason
+
+
+def run(settings: Settings, stop: threading.Event) -> int:
+    if settings.create_topics:
+        ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.payments]))
+    summary = Summary(NAME, "payments sent")
+    producer = make_producer(settings, NAME)
+    try:
+        reason = produce(producer, settings, stop, summary)
+    finally:
+        producer.close()
+    summary.print(reason)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(
+        NAME,
+        "Send random payments (DATE and TIME in Asia/Seoul, PAYMENT_TYPE, AMOUNT, TO, plus PAYMENT_ID, "
+        "ACCOUNT and TIMESTAMP_MS) to the payments topic, keyed by sender account, and print each one.",
+        consumes=None,
+        producer=True,
+    )
+    return run_cli(NAME, parser, argv, run)

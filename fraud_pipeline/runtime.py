@@ -1,0 +1,92 @@
+"""Process plumbing shared by the scripts: logging, stop signals, the closing summary.
+
+Per-message lines (the original tutorial's output) go to stdout; logs, the
+start-up line and the closing summary go to stderr, so stdout stays exactly
+what the original printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
+
+from .config import Settings, settings_from_args
+
+
+class PipelineError(Exception):
+    """A failure that stops the process with a non-zero exit (never a silent loss)."""
+
+
+def setup_logging(name: str) -> logging.Logger:
+    """Log to stderr with a time stamp; kafka-python's chatter only from WARNING up."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    return logging.getLogger(name)
+
+
+def install_stop_handlers() -> threading.Event:
+    """SIGTERM or a first Ctrl-C sets the returned event; a second Ctrl-C kills.
+
+    Loops check the event between polls, then drain, flush, commit and close.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        # From now on the default action applies: a second Ctrl-C ends the process at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+class Summary:
+    """Counts per outcome, printed as one line when the process ends."""
+
+    def __init__(self, name: str, unit: str) -> None:
+        self.name = name
+        self.unit = unit
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+        self._started = time.monotonic()
+
+    def add(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.total += 1
+
+    def line(self, reason: str) -> str:
+        elapsed = time.monotonic() - self._started
+        parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.counts.items()))
+        detail = f": {parts}" if parts else ""
+        return f"{self.name}: {self.total} {self.unit} in {elapsed:.1f}s ({reason}){detail}"
+
+    def print(self, reason: str) -> None:
+        print(self.line(reason), file=sys.stderr, flush=True)
+
+
+def run_cli(
+    name: str,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    run: Callable[[Settings, threading.Event], int],
+) -> int:
+    """Parse flags, set up logging and signals, run; a PipelineError is one log line and exit 1."""
+    settings = settings_from_args(parser.parse_args(argv))
+    log = setup_logging(name)
+    try:
+        return run(settings, install_stop_handlers())
+    except PipelineError as exc:
+        log.error("%s", exc)
+        return 1
