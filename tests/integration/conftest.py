@@ -1,0 +1,147 @@
+"""Fixtures for tests against the real Kafka cluster (``make cluster-up``).
+
+Each test gets its own topics and consumer groups (uuid suffix), and runs the
+real scripts as subprocesses. Without a reachable 3-broker cluster the tests
+fail: they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
+from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
+
+
+@pytest.fixture(scope="session")
+def cluster() -> str:
+    """The bootstrap servers of a running cluster of 3 brokers."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP.split(","), request_timeout_ms=10000)
+    except Exception as exc:
+        pytest.fail(f"no Kafka cluster at {BOOTSTRAP} ({exc}): run `make cluster-up` or `make test`")
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+    finally:
+        admin.close()
+    assert len(brokers) == 3, f"expected 3 brokers, found {brokers}"
+    return BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Unique topic and group names of one test, and how to run the scripts on them."""
+
+    topics: TopicSettings
+    suffix: str
+    bootstrap: str
+
+    def group(self, name: str) -> str:
+        return f"{name}-{self.suffix}"
+
+    def args(self, group: str | None = None) -> list[str]:
+        args = [
+            "--bootstrap-servers", self.bootstrap,
+            "--payments-topic", self.topics.payments, "--fraud-topic", self.topics.fraud,
+            "--legit-topic", self.topics.legit, "--dead-letter-topic", self.topics.dead_letter,
+        ]
+        return args + (["--group-id", self.group(group)] if group else [])
+
+    def command(self, script: str, *extra: str, group: str | None = None) -> list[str]:
+        return [sys.executable, str(ROOT / f"{script}.py"), *self.args(group), *extra]
+
+    def run(self, script: str, *extra: str, group: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run a script to completion; fail the test on a non-zero exit."""
+        done = subprocess.run(self.command(script, *extra, group=group), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        return done
+
+    def start(self, script: str, *extra: str, group: str | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(script, *extra, group=group), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+
+
+@pytest.fixture
+def pipeline(cluster: str) -> Iterator[Pipeline]:
+    """Fresh topics for one test (deleted afterwards)."""
+    suffix = uuid.uuid4().hex[:10]
+    topics = TopicSettings(
+        payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
+    )
+    settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
+    created = ensure_topics(settings, pipeline_topics(topics))
+    assert set(created.values()) == {"created"}
+    yield Pipeline(topics, suffix, cluster)
+    admin = KafkaAdminClient(bootstrap_servers=cluster.split(","))
+    try:
+        admin.delete_topics([topics.payments, topics.fraud, topics.legit, topics.dead_letter])
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def raw_producer(cluster: str) -> Iterator[KafkaProducer]:
+    producer = KafkaProducer(bootstrap_servers=cluster.split(","), acks="all")
+    try:
+        yield producer
+    finally:
+        producer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """Every record of a topic, from the beginning to its current end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic} has no partitions"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in {timeout_s}s"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 60) -> None:
+    """Wait until a consumer group is Stable with ``members`` members."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = admin.describe_groups([group])[group]
+            if state["group_state"] == "Stable" and len(state["members"]) == members:
+                return
+            assert time.monotonic() < deadline, f"group {group} not stable with {members} members: {state['group_state']}"
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def summary_count(stderr: str, name: str) -> int:
+    """The total from a script's closing summary line, e.g. 'fraud_detector: 2000 payments in ...'."""
+    match = re.search(rf"^{name}: (\d+) payments", stderr, re.M)
+    assert match, f"no summary line from {name} in:\n{stderr[-2000:]}"
+    return int(match.group(1))

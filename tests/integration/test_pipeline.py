@@ -1,0 +1,135 @@
+"""The four scripts on the real 3-broker cluster."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+from collections import Counter
+
+import pytest
+import pytz
+from kafka import KafkaProducer
+
+from fraud_pipeline.payment import Payment, generate
+from fraud_pipeline.processors import fraud_line, legit_line
+from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group
+
+pytestmark = pytest.mark.integration
+
+SEED = 42
+COUNT = 2000
+ACCOUNTS = 100
+
+
+def expected_payments(seed: int, count: int, accounts: int) -> list[Payment]:
+    """What the producer sends for a seed (the time fields aside)."""
+    rng = random.Random(seed)
+    now = datetime.datetime.now(pytz.utc)
+    return [generate(rng, now, accounts) for _ in range(count)]
+
+
+def ids(records: list) -> list[str]:  # type: ignore[type-arg]
+    return [json.loads(r.value)["PAYMENT_ID"] for r in records]
+
+
+def test_seeded_payments_flow_through_detector_and_processors(pipeline: Pipeline) -> None:
+    expected = expected_payments(SEED, COUNT, ACCOUNTS)
+    fraud_ids = {p.payment_id for p in expected if p.payment_type == "BITCOIN"}
+    legit_ids = {p.payment_id for p in expected if p.payment_type != "BITCOIN"}
+    assert 0 < len(fraud_ids) < COUNT
+
+    produced = pipeline.run(
+        "payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", str(SEED), "--accounts", str(ACCOUNTS), "--quiet"
+    )
+    assert produced.stdout == ""
+    payments = read_topic(pipeline.bootstrap, pipeline.topics.payments)
+    assert sorted(ids(payments)) == sorted(p.payment_id for p in expected)  # type: ignore[type-var]
+    # keyed by sender account
+    assert all(r.key == json.loads(r.value)["ACCOUNT"].encode() for r in payments)
+
+    detected = pipeline.run("fraud_detector", "--idle-timeout", "5", group="detector")
+    assert summary_count(detected.stderr, "fraud_detector") == COUNT
+    detector_lines = Counter(detected.stdout.splitlines())
+    assert detector_lines == Counter(
+        {f"{pipeline.topics.fraud} True BITCOIN": len(fraud_ids)}
+        | {f"{pipeline.topics.legit} False {t}": sum(p.payment_type == t for p in expected) for t in ("VISA", "MASTERCARD")}
+    )
+
+    fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
+    legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    assert len(fraud) == len(fraud_ids) and set(ids(fraud)) == fraud_ids
+    assert len(legit) == len(legit_ids) and set(ids(legit)) == legit_ids
+    assert read_topic(pipeline.bootstrap, pipeline.topics.dead_letter) == []
+    # records in = fraud + legit + dead-lettered
+    assert len(payments) == len(fraud) + len(legit)
+
+    by_id = {p.payment_id: p for p in expected}
+    fraud_out = pipeline.run("fraud_processor", "--idle-timeout", "5", group="fraud-processor")
+    legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
+    assert Counter(fraud_out.stdout.splitlines()) == Counter(fraud_line(by_id[i]) for i in fraud_ids)
+    assert Counter(legit_out.stdout.splitlines()) == Counter(legit_line(by_id[i]) for i in legit_ids)
+    assert summary_count(fraud_out.stderr, "fraud_processor") == len(fraud_ids)
+
+    # A restarted detector resumes from the group's committed offsets: it re-reads nothing.
+    again = pipeline.run("fraud_detector", "--idle-timeout", "3", group="detector")
+    assert summary_count(again.stderr, "fraud_detector") == 0
+    assert again.stdout == ""
+    assert len(read_topic(pipeline.bootstrap, pipeline.topics.fraud)) == len(fraud_ids)
+    assert len(read_topic(pipeline.bootstrap, pipeline.topics.legit)) == len(legit_ids)
+
+
+def test_original_messages_and_bad_records(pipeline: Pipeline, raw_producer: KafkaProducer) -> None:
+    original = {"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "BITCOIN", "AMOUNT": 42, "TO": "stranger"}
+    good = json.dumps(original).encode("utf-8")
+    bad = {
+        b"\xff\xfenot utf-8": "not UTF-8",
+        b"{broken json": "not JSON",
+        json.dumps({**original, "AMOUNT": -3}).encode(): "AMOUNT must be >= 0",
+        json.dumps({**original, "PAYMENT_TYPE": "AMEX"}).encode(): "unknown PAYMENT_TYPE",
+        json.dumps({k: v for k, v in original.items() if k != "TO"}).encode(): "missing field TO",
+    }
+    raw_producer.send(pipeline.topics.payments, value=good)
+    for value in bad:
+        raw_producer.send(pipeline.topics.payments, key=b"bad-key", value=value)
+    raw_producer.send(pipeline.topics.payments, value=json.dumps({**original, "PAYMENT_TYPE": "VISA", "TO": "mom"}).encode())
+    raw_producer.flush()
+
+    detected = pipeline.run("fraud_detector", "--idle-timeout", "5", group="detector")
+    assert summary_count(detected.stderr, "fraud_detector") == 2 + len(bad)
+    assert detected.stderr.count("rejected ") == len(bad)
+
+    fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
+    legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    dead = read_topic(pipeline.bootstrap, pipeline.topics.dead_letter)
+    assert [r.value for r in fraud] == [good]  # forwarded byte for byte
+    assert len(legit) == 1
+    assert len(dead) == len(bad)
+    for record in dead:
+        headers = dict(record.headers)
+        assert record.key == b"bad-key"
+        assert bad[record.value] in headers["error"].decode()
+        assert headers["source.topic"].decode() == pipeline.topics.payments
+        assert int(headers["source.offset"]) >= 0
+    assert 2 + len(bad) == len(fraud) + len(legit) + len(dead)
+
+    fraud_out = pipeline.run("fraud_processor", "--idle-timeout", "5", group="fraud-processor")
+    assert fraud_out.stdout == "[ALERT] fraud detected payment to: stranger - 42\n"
+    legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
+    assert legit_out.stdout == "[VISA] payment to: mom - 42\n"
+
+
+def test_two_detectors_in_one_group_share_the_partitions(pipeline: Pipeline) -> None:
+    count = 3000
+    first = pipeline.start("fraud_detector", "--idle-timeout", "8", "--quiet", group="shared")
+    second = pipeline.start("fraud_detector", "--idle-timeout", "8", "--quiet", group="shared")
+    wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
+    pipeline.run("payment_producer", "--count", str(count), "--rate", "0", "--seed", "7", "--quiet")
+    outputs = [proc.communicate(timeout=180) for proc in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
+    assert all(n > 0 for n in handled), f"one detector got no partitions: {handled}"
+    routed = read_topic(pipeline.bootstrap, pipeline.topics.fraud) + read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    routed_ids = ids(routed)
+    assert len(set(routed_ids)) == count, "payments lost"
+    assert sum(handled) == len(routed_ids)
