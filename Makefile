@@ -41,11 +41,11 @@ demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duratio
 unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Starts a cluster for the tests when none is running, and stops it afterwards
+# Starts a cluster for the tests when none answers, and stops it afterwards
 # only if it started it; a cluster you had running is left as it was.
 test: venv ## all tests: unit, then integration on a real 3-broker cluster
 	@started=0; \
-	if ! $(CLUSTER) status --quiet; then $(CLUSTER) up || exit 1; started=1; fi; \
+	if ! $(CLUSTER) ping; then $(CLUSTER) up || exit 1; started=1; fi; \
 	$(PY) -m pytest tests $(PYTEST_ARGS); rc=$$?; \
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
 	exit $$rc

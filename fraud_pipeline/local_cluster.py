@@ -308,6 +308,15 @@ def _count_brokers(bootstrap: str) -> int:
         admin.close()
 
 
+def _brokers_answer(layout: ClusterLayout) -> bool:
+    if not all(_port_open(n.port) for n in layout.nodes):
+        return False
+    try:
+        return _count_brokers(layout.bootstrap_servers) == len(layout.nodes)
+    except Exception:
+        return False
+
+
 def _wait_ready(layout: ClusterLayout, started: dict[int, subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     last_report = ""
@@ -436,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--quiet", action="store_true", help="print nothing, only set the exit status")
     kill = sub.add_parser("kill", help="SIGKILL one node (failure testing)")
     kill.add_argument("node", type=int, help="node id, 1..3")
+    sub.add_parser("ping", help="exit 0 if all brokers answer at localhost:9091-9093, whoever started them")
     sub.add_parser("jars", help="only resolve the Kafka jars from Maven Central")
     sub.add_parser("classpath", help="print the Java class path of the Kafka jars")
     args = parser.parse_args(argv)
@@ -447,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster_down(layout)
         elif args.command == "status":
             return 0 if cluster_status(layout, args.quiet) else 1
+        elif args.command == "ping":
+            return 0 if _brokers_answer(layout) else 1
         elif args.command == "kill":
             kill_node(layout, args.node)
         elif args.command == "jars":
