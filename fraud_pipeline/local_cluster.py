@@ -259,12 +259,12 @@ def _cluster_id(layout: ClusterLayout) -> str:
     return cluster_id
 
 
-def _format_storage(java: str, layout: ClusterLayout, node: Node) -> None:
+def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
     if (node.data_dir / "meta.properties").exists():
         return
     result = subprocess.run(
         [java, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
-         "-t", _cluster_id(layout), "-c", str(node.properties_file), "--ignore-formatted"],
+         "-t", cluster_id, "-c", str(node.properties_file), "--ignore-formatted"],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -364,12 +364,20 @@ def cluster_up(layout: ClusterLayout) -> None:
     for node in to_start:
         node.home.mkdir(parents=True, exist_ok=True)
         node.properties_file.write_text(_server_properties(layout, node))
+    cluster_id = _cluster_id(layout)
     with ThreadPoolExecutor(len(to_start)) as pool:  # each format is a JVM start: do them together
-        list(pool.map(lambda n: _format_storage(java, layout, n), to_start))
+        list(pool.map(lambda n: _format_storage(java, layout, n, cluster_id), to_start))
     started = {n.node_id: _start_node(java, layout, n) for n in to_start}
     for node in to_start:
         print(f"started node {node.node_id} on localhost:{node.port} (pid {started[node.node_id].pid})", flush=True)
-    _wait_ready(layout, started)
+    try:
+        _wait_ready(layout, started)
+    except ClusterError:
+        # Leave nothing half-started behind: the next `up` starts these nodes again.
+        for proc in started.values():
+            proc.terminate()
+        _wait_exit({node_id: proc.pid for node_id, proc in started.items()}, STOP_TIMEOUT_S)
+        raise
     print(f"cluster up: {len(layout.nodes)} brokers on {layout.bootstrap_servers} "
           f"(started {len(to_start)} node(s) in {time.monotonic() - began:.1f}s)")
 
