@@ -46,7 +46,7 @@ unit: venv ## unit tests only (no cluster)
 test: venv ## all tests: unit, then integration on a real 3-broker cluster
 	@started=0; \
 	if ! $(CLUSTER) ping; then $(CLUSTER) up || exit 1; started=1; fi; \
-	$(PY) -m pytest tests $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS); rc=$$?; \
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
 	exit $$rc
 

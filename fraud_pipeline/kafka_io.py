@@ -23,7 +23,7 @@ from .runtime import PipelineError, Summary
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 200
+POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_POLL_RECORDS = 500
 
@@ -235,8 +235,35 @@ def run_consumer(
         except KafkaError as exc:
             # The group moved on (rebalance): the new owner re-reads this batch.
             log.warning("offset commit failed, the batch will be re-delivered: %s", exc)
+            _restart_stalled_rebalance(consumer)
         last_record_at = time.monotonic()
     return "stopped"
+
+
+def close_quietly(client: KafkaConsumer | KafkaProducer) -> None:
+    """Close a client; kafka-python 3.0 may log a selector traceback for a socket closed mid-read."""
+    selector_log = logging.getLogger("kafka.net.selector")
+    level = selector_log.level
+    selector_log.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+    finally:
+        selector_log.setLevel(level)
+
+
+def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 stall in the group protocol.
+
+    When a rejoin triggered by a metadata change outlives one poll's timeout,
+    kafka-python 3.0.12 finishes the JoinGroup/SyncGroup round trip in the
+    background but never marks the member stable again, so every later commit
+    fails with RebalanceInProgressError. Asking for a fresh rejoin (what the
+    client would do itself on a broker-initiated rebalance) ends the stall.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+        log.info("consumer group membership stalled mid-rebalance; rejoining")
+        coordinator.request_rejoin()
 
 
 class RecordHandler(Protocol):
@@ -293,8 +320,8 @@ def run_stage(
                 summary.print("failed")
                 return 1
         finally:
-            consumer.close()
+            close_quietly(consumer)
     finally:
-        producer.close()
+        close_quietly(producer)
     summary.print(reason)
     return 0

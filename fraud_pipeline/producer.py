@@ -16,7 +16,7 @@ from typing import TextIO
 from kafka import KafkaProducer
 
 from .config import Settings, build_parser
-from .kafka_io import DeliveryTracker, ensure_topics, make_producer, pipeline_topics
+from .kafka_io import DeliveryTracker, close_quietly, ensure_topics, make_producer, pipeline_topics
 from .payment import encode, payment_stream
 from .runtime import Summary, run_cli
 
@@ -69,7 +69,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
     try:
         reason = produce(producer, settings, stop, summary)
     finally:
-        producer.close()
+        close_quietly(producer)
     summary.print(reason)
     return 0
 

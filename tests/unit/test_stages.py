@@ -176,3 +176,16 @@ def test_consume_loop_stops_on_the_stop_event() -> None:
     stop = threading.Event()
     stop.set()
     assert run_consumer(consumer, lambda r: None, stop=stop, idle_timeout_s=None, before_commit=lambda: None) == "stopped"
+
+
+def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
+    from kafka.errors import RebalanceInProgressError
+
+    tp = TopicPartition("payments", 0)
+    consumer = MagicMock()  # reaches into the client's coordinator: no spec for private parts
+    consumer.poll.side_effect = itertools.chain([{tp: [record(b"a")]}], itertools.repeat({}))
+    consumer.commit.side_effect = RebalanceInProgressError("stalled")
+    consumer._coordinator.rebalance_in_progress.return_value = True
+    consumer._coordinator.need_rejoin.return_value = False
+    run_consumer(consumer, lambda r: None, stop=threading.Event(), idle_timeout_s=0.05, before_commit=lambda: None)
+    consumer._coordinator.request_rejoin.assert_called_once()
