@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class Settings:
     """Producer: how many sender accounts the stream draws from."""
     create_topics: bool = True
     """Create missing topics at start-up (existing ones are left as they are)."""
+    guarantee: str = AT_LEAST_ONCE
+    """Detector: ``exactly-once`` (Kafka transactions) or ``at-least-once``."""
+    transactional_id: str | None = None
+    """Detector, exactly-once: transactional id; None derives a stable one per host and slot."""
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -125,13 +131,15 @@ def build_parser(
     consumes: str | None,
     default_group: str | None = None,
     producer: bool = False,
+    transactional: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> argparse.ArgumentParser:
     """The argument parser of one pipeline script; defaults come from the environment.
 
     ``consumes`` names the topic the script reads (for the help text) and
     ``default_group`` its consumer group; ``producer`` adds the producer's
-    flags instead of the consumer's.
+    flags instead of the consumer's; ``transactional`` adds the delivery
+    guarantee flags of the detector.
     """
     env = os.environ if env is None else env
     topics = topic_settings_from_env(env)
@@ -168,6 +176,21 @@ def build_parser(
             help="exit 0 after S seconds without a message (default: run forever)",
         )
         run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
+    if transactional:
+        delivery = parser.add_argument_group("delivery")
+        delivery.add_argument(
+            "--guarantee", choices=(EXACTLY_ONCE, AT_LEAST_ONCE), default=env.get("DETECTOR_GUARANTEE") or EXACTLY_ONCE,
+            help="exactly-once: each poll batch's routed records and its input offsets are committed in one Kafka "
+            "transaction, so every payment reaches fraud or legit exactly once for read_committed readers, even "
+            "across crashes. at-least-once: output is flushed, then offsets are committed; a crash may route a "
+            "payment twice, never zero times [env DETECTOR_GUARANTEE] (default: %(default)s)",
+        )
+        delivery.add_argument(
+            "--transactional-id", default=env.get("DETECTOR_TRANSACTIONAL_ID") or None,
+            help="exactly-once: the producer's transactional id; give each detector instance its own and keep it "
+            "across restarts so a restart fences its predecessor [env DETECTOR_TRANSACTIONAL_ID] "
+            "(default: <group>-<host>-<n>, n the lowest slot free on this host)",
+        )
     if producer:
         run = parser.add_argument_group("producer")
         run.add_argument("--count", type=_non_negative_int, default=None, metavar="N",
@@ -210,4 +233,6 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         seed=getattr(args, "seed", None),
         accounts=getattr(args, "accounts", 1000),
         create_topics=args.create_topics,
+        guarantee=getattr(args, "guarantee", AT_LEAST_ONCE),
+        transactional_id=getattr(args, "transactional_id", None),
     )

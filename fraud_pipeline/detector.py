@@ -3,22 +3,21 @@
 Prints the original tutorial's line per payment, ``<topic> <True|False> <PAYMENT_TYPE>``,
 e.g. ``fraud_payments True BITCOIN``. The routed record is the input record's
 key and value byte for byte, so the original processors read it unchanged.
+Exactly-once by default (see fraud_pipeline.stage).
 """
 
 from __future__ import annotations
 
-import sys
 import threading
-from typing import TextIO
 
-from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
-from .kafka_io import DeadLetters, DeliveryTracker, run_stage
+from .kafka_io import DeadLetters, Output
 from .payment import InvalidPayment, decode
 from .rules import is_suspicious
 from .runtime import Summary, run_cli
+from .stage import LineBuffer, run_stage
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
@@ -27,51 +26,33 @@ DEFAULT_GROUP = "fraud-detector"
 class Detector:
     """Routes each payment record; unreadable records go to the dead-letter topic."""
 
-    def __init__(
-        self,
-        producer: KafkaProducer,
-        settings: Settings,
-        dead_letters: DeadLetters,
-        tracker: DeliveryTracker,
-        summary: Summary,
-        out: TextIO = sys.stdout,
-    ) -> None:
-        self._producer = producer
+    def __init__(self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer) -> None:
+        self._output = output
         self._fraud_topic = settings.topics.fraud
         self._legit_topic = settings.topics.legit
         self._dead_letters = dead_letters
-        self._tracker = tracker
-        self._summary = summary
-        self._quiet = settings.quiet
-        self._out = out
+        self._lines = lines
+        self.emit = lines.emit
+        self.discard = lines.discard
 
     def handle(self, record: ConsumerRecord) -> None:
         try:
             payment = decode(record.value)
         except InvalidPayment as exc:
             self._dead_letters.send(record, str(exc))
-            self._summary.add("dead-lettered")
+            self._lines.add("dead-lettered", None)
             return
         suspicious = is_suspicious(payment)
         topic = self._fraud_topic if suspicious else self._legit_topic
-        self._producer.send(topic, key=record.key, value=record.value).add_errback(self._tracker.on_error)
-        self._summary.add(topic)
-        if not self._quiet:
-            print(topic, suspicious, payment.payment_type, file=self._out)
-
-    def flush(self) -> None:
-        self._producer.flush()
-        self._tracker.check(NAME)
-        self._out.flush()
+        self._output.send(topic, record.key, record.value)
+        self._lines.add(topic, f"{topic} {suspicious} {payment.payment_type}")
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
-    summary = Summary(NAME, "payments")
     return run_stage(
-        settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=summary,
-        make_handler=lambda producer, dead_letters, tracker: Detector(
-            producer, settings, dead_letters, tracker, summary
-        ),
+        settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
+        make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines),
+        transactional=True,
     )
 
 
@@ -80,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         NAME,
         "Read payments and route each one: BITCOIN to the fraud topic, the rest to the legit topic. "
         "Prints '<topic> <True|False> <PAYMENT_TYPE>' per payment; unreadable records go to the "
-        "dead-letter topic. Delivery: at-least-once (output flushed before offsets are committed).",
+        "dead-letter topic.",
         consumes="the payments topic",
         default_group=DEFAULT_GROUP,
+        transactional=True,
     )
     return run_cli(NAME, parser, argv, run)

@@ -7,11 +7,9 @@ clients from here, so it can be tested with mocks or without a broker.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -19,13 +17,15 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .config import Settings, TopicSettings
-from .runtime import PipelineError, Summary
+from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_POLL_RECORDS = 500
+TRANSACTION_TIMEOUT_MS = 15000
+"""A transaction left open by a crashed detector blocks read_committed readers at most this long."""
 
 
 def _connect_error(settings: Settings, exc: Exception) -> PipelineError:
@@ -35,8 +35,13 @@ def _connect_error(settings: Settings, exc: Exception) -> PipelineError:
     )
 
 
-def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
-    """An idempotent producer that waits for all in-sync replicas (``acks=all``)."""
+def make_producer(settings: Settings, client_id: str, transactional_id: str | None = None) -> KafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas (``acks=all``).
+
+    With ``transactional_id`` it is transactional: a restarted producer with
+    the same id aborts what its predecessor left open and fences it.
+    """
+    extra = {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS} if transactional_id else {}
     try:
         return KafkaProducer(
             bootstrap_servers=list(settings.bootstrap_servers),
@@ -44,6 +49,7 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            **extra,
         )
     except KafkaError as exc:
         raise _connect_error(settings, exc) from None
@@ -52,8 +58,9 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
 def make_consumer(settings: Settings, topic: str, client_id: str) -> KafkaConsumer:
     """A consumer in ``settings.group_id`` that commits by hand after the output is produced.
 
-    A new group starts from the earliest offset, so payments sent before the
-    first start of a stage are not skipped.
+    It reads committed records only (``read_committed``), so records of an
+    aborted transaction are never seen. A new group starts from the earliest
+    offset, so payments sent before the first start of a stage are not skipped.
     """
     try:
         consumer = KafkaConsumer(
@@ -62,6 +69,7 @@ def make_consumer(settings: Settings, topic: str, client_id: str) -> KafkaConsum
             group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",
             max_poll_records=MAX_POLL_RECORDS,
         )
     except KafkaError as exc:
@@ -158,21 +166,41 @@ def record_source(record: ConsumerRecord) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
-class DeliveryTracker:
-    """Remembers the first failed send, so a batch is never committed past a loss."""
+class BatchError(Exception):
+    """A batch could not be delivered; it is rolled back and read again."""
 
-    def __init__(self) -> None:
-        self.failure: Exception | None = None
 
-    def on_error(self, exc: Exception) -> None:
-        if self.failure is None:
-            self.failure = exc
+class Output:
+    """The producer a stage writes through, and the first send that failed.
 
-    def check(self, what: str) -> None:
-        """Raise PipelineError if any send failed since the last check."""
-        if self.failure is not None:
-            exc, self.failure = self.failure, None
-            raise PipelineError(f"{what}: a send failed: {exc}")
+    Sends are asynchronous; ``flush`` waits for them and raises BatchError if
+    any failed, so a batch is never committed past a lost record.
+    """
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+        self._failure: Exception | None = None
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+
+    def _on_error(self, exc: Exception) -> None:
+        if self._failure is None:
+            self._failure = exc
+
+    def check(self) -> None:
+        """Raise BatchError if a send failed since the last check."""
+        if self._failure is not None:
+            exc, self._failure = self._failure, None
+            raise BatchError(f"a send failed: {exc}")
+
+    def flush(self) -> None:
+        self.producer.flush()
+        self.check()
+
+    def forget_failures(self) -> None:
+        """The batch was rolled back: its failed sends no longer matter."""
+        self._failure = None
 
 
 class DeadLetters:
@@ -183,11 +211,10 @@ class DeadLetters:
     ``rejected.by`` and ``rejected.at.ms``.
     """
 
-    def __init__(self, producer: KafkaProducer, topic: str, component: str, tracker: DeliveryTracker) -> None:
-        self._producer = producer
+    def __init__(self, output: Output, topic: str, component: str) -> None:
+        self._output = output
         self._topic = topic
         self._component = component
-        self._tracker = tracker
 
     def send(self, record: ConsumerRecord, reason: str) -> None:
         log.warning("rejected %s: %s -> %s", record_source(record), reason, self._topic)
@@ -199,129 +226,15 @@ class DeadLetters:
             ("rejected.by", self._component.encode("utf-8")),
             ("rejected.at.ms", str(int(time.time() * 1000)).encode()),
         ]
-        self._producer.send(self._topic, key=record.key, value=record.value, headers=headers).add_errback(
-            self._tracker.on_error
-        )
+        self._output.send(self._topic, record.key, record.value, headers)
 
 
-def run_consumer(
-    consumer: KafkaConsumer,
-    handle: Callable[[ConsumerRecord], None],
-    *,
-    stop: threading.Event,
-    idle_timeout_s: float | None,
-    before_commit: Callable[[], None],
-) -> str:
-    """Poll, handle each record, then commit: at-least-once.
-
-    ``before_commit`` runs after every batch and must make its output durable
-    (flush producers and stdout) or raise; offsets are committed only after it
-    returns, so a crash re-delivers a batch rather than losing it.
-    Returns why the loop ended: ``"idle timeout"`` or ``"stopped"``.
-    """
-    last_record_at = time.monotonic()
-    while not stop.is_set():
-        batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-        if not batches:
-            if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
-                return "idle timeout"
-            continue
-        for records in batches.values():
-            for record in records:
-                handle(record)
-        before_commit()
-        try:
-            consumer.commit()
-        except KafkaError as exc:
-            # The group moved on (rebalance): the new owner re-reads this batch.
-            log.warning("offset commit failed, the batch will be re-delivered: %s", exc)
-            _restart_stalled_rebalance(consumer)
-        last_record_at = time.monotonic()
-    return "stopped"
-
-
-def close_quietly(client: KafkaConsumer | KafkaProducer) -> None:
+def close_quietly(client: KafkaConsumer | KafkaProducer, timeout_s: float | None = None) -> None:
     """Close a client; kafka-python 3.0 may log a selector traceback for a socket closed mid-read."""
     selector_log = logging.getLogger("kafka.net.selector")
     level = selector_log.level
     selector_log.setLevel(logging.CRITICAL)
     try:
-        client.close()
+        client.close() if timeout_s is None else client.close(timeout=timeout_s)
     finally:
         selector_log.setLevel(level)
-
-
-def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0 stall in the group protocol.
-
-    When a rejoin triggered by a metadata change outlives one poll's timeout,
-    kafka-python 3.0.12 finishes the JoinGroup/SyncGroup round trip in the
-    background but never marks the member stable again, so every later commit
-    fails with RebalanceInProgressError. Asking for a fresh rejoin (what the
-    client would do itself on a broker-initiated rebalance) ends the stall.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None and coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
-        log.info("consumer group membership stalled mid-rebalance; rejoining")
-        coordinator.request_rejoin()
-
-
-class RecordHandler(Protocol):
-    """What a consuming stage does with each record, and how it makes a batch durable."""
-
-    def handle(self, record: ConsumerRecord) -> None:
-        """Process one record (produce, print, or dead-letter it)."""
-
-    def flush(self) -> None:
-        """Make everything handled so far durable, or raise PipelineError."""
-
-
-HandlerFactory = Callable[[KafkaProducer, DeadLetters, DeliveryTracker], RecordHandler]
-
-
-def run_stage(
-    settings: Settings,
-    *,
-    name: str,
-    source_topic: str,
-    stop: threading.Event,
-    summary: Summary,
-    make_handler: HandlerFactory,
-) -> int:
-    """Run one consuming stage (detector or processor) until stopped or idle.
-
-    Guarantee: at-least-once. A batch's output is flushed before its offsets
-    are committed, so a crash can repeat part of a batch but never lose one.
-    Returns the exit status: 0 on a clean stop, 1 when a send failed.
-    """
-    stage_log = logging.getLogger(name)
-    if settings.create_topics:
-        for topic, state in ensure_topics(settings, pipeline_topics(settings.topics)).items():
-            if state == "created":
-                stage_log.info("created topic %s", topic)
-    producer = make_producer(settings, name)
-    try:
-        consumer = make_consumer(settings, source_topic, name)
-        try:
-            tracker = DeliveryTracker()
-            dead_letters = DeadLetters(producer, settings.topics.dead_letter, name, tracker)
-            handler = make_handler(producer, dead_letters, tracker)
-            stage_log.info(
-                "reading %s as group %s from %s (at-least-once; dead letters to %s)",
-                source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.topics.dead_letter,
-            )
-            try:
-                reason = run_consumer(
-                    consumer, handler.handle, stop=stop,
-                    idle_timeout_s=settings.idle_timeout_s, before_commit=handler.flush,
-                )
-            except PipelineError as exc:
-                stage_log.error("%s; stopping without committing the current batch", exc)
-                summary.print("failed")
-                return 1
-        finally:
-            close_quietly(consumer)
-    finally:
-        close_quietly(producer)
-    summary.print(reason)
-    return 0

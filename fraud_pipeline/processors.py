@@ -7,22 +7,23 @@ The lines are the original tutorial's, byte for byte::
     [VISA] payment to: me - 7                            (legit topic)
     [MASTERCARD] payment to: dad - 7                     (legit topic)
     [ALERT] unable to process payments                   (legit topic, any other type)
+
+Both read committed records only, so they never see a payment from an aborted
+detector transaction.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
-from typing import TextIO
 
-from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
-from .kafka_io import DeadLetters, DeliveryTracker, run_stage
+from .kafka_io import DeadLetters
 from .payment import InvalidPayment, Payment, decode
 from .runtime import Summary, run_cli
+from .stage import LineBuffer, run_stage
 
 
 def fraud_line(payment: Payment) -> str:
@@ -46,54 +47,34 @@ class Processor:
 
     Any PAYMENT_TYPE is accepted here, so the legit processor can print the
     original's "unable to process" line for a type it does not know.
+    At-least-once: lines are printed before the offsets are committed.
     """
 
-    def __init__(
-        self,
-        line: Callable[[Payment], str],
-        dead_letters: DeadLetters,
-        tracker: DeliveryTracker,
-        summary: Summary,
-        quiet: bool,
-        producer: KafkaProducer,
-        out: TextIO = sys.stdout,
-    ) -> None:
+    def __init__(self, line: Callable[[Payment], str], dead_letters: DeadLetters, lines: LineBuffer) -> None:
         self._line = line
         self._dead_letters = dead_letters
-        self._tracker = tracker
-        self._summary = summary
-        self._quiet = quiet
-        self._producer = producer
-        self._out = out
+        self._lines = lines
+        self.emit = lines.emit
+        self.discard = lines.discard
 
     def handle(self, record: ConsumerRecord) -> None:
         try:
             payment = decode(record.value, known_types_only=False)
         except InvalidPayment as exc:
             self._dead_letters.send(record, str(exc))
-            self._summary.add("dead-lettered")
+            self._lines.add("dead-lettered", None)
             return
         text = self._line(payment)
         # "[VISA] payment to: ..." counts as VISA; "[ALERT] ..." as ALERT
-        self._summary.add(text[1:text.index("]")])
-        if not self._quiet:
-            print(text, file=self._out)
-
-    def flush(self) -> None:
-        self._producer.flush()
-        self._tracker.check(self._summary.name)
-        self._out.flush()
+        self._lines.add(text[1 : text.index("]")], text)
 
 
 def _run_processor(
     name: str, topic: str, line: Callable[[Payment], str], settings: Settings, stop: threading.Event
 ) -> int:
-    summary = Summary(name, "payments")
     return run_stage(
-        settings, name=name, source_topic=topic, stop=stop, summary=summary,
-        make_handler=lambda producer, dead_letters, tracker: Processor(
-            line, dead_letters, tracker, summary, settings.quiet, producer
-        ),
+        settings, name=name, source_topic=topic, stop=stop, summary=Summary(name, "payments"),
+        make_handler=lambda output, dead_letters, lines: Processor(line, dead_letters, lines),
     )
 
 

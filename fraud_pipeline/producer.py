@@ -16,9 +16,9 @@ from typing import TextIO
 from kafka import KafkaProducer
 
 from .config import Settings, build_parser
-from .kafka_io import DeliveryTracker, close_quietly, ensure_topics, make_producer, pipeline_topics
+from .kafka_io import BatchError, Output, close_quietly, ensure_topics, make_producer, pipeline_topics
 from .payment import encode, payment_stream
-from .runtime import Summary, run_cli
+from .runtime import PipelineError, Summary, run_cli
 
 NAME = "payment_producer"
 
@@ -33,9 +33,9 @@ def produce(
     """Send payments until ``settings.count`` is reached or ``stop`` is set; return why it ended.
 
     Paced at ``settings.rate`` per second on a fixed schedule (0: no pacing).
-    Raises PipelineError as soon as a send fails: never a silent drop.
+    Raises BatchError as soon as a send fails: never a silent drop.
     """
-    tracker = DeliveryTracker()
+    output = Output(producer)
     interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
     next_send = time.monotonic()
     reason = "count reached"
@@ -48,15 +48,14 @@ def produce(
         if stop.is_set():
             break
         key = payment.account.encode("utf-8") if payment.account else None
-        producer.send(settings.topics.payments, key=key, value=encode(payment)).add_errback(tracker.on_error)
-        tracker.check(NAME)
+        output.send(settings.topics.payments, key, encode(payment))
+        output.check()
         summary.add(payment.payment_type)
         if not settings.quiet:
             print(payment.original_fields(), file=out)
     if stop.is_set():
         reason = "stopped"
-    producer.flush()
-    tracker.check(NAME)
+    output.flush()
     out.flush()
     return reason
 
@@ -68,6 +67,9 @@ def run(settings: Settings, stop: threading.Event) -> int:
     producer = make_producer(settings, NAME)
     try:
         reason = produce(producer, settings, stop, summary)
+    except BatchError as exc:
+        summary.print("failed")
+        raise PipelineError(f"{NAME}: {exc}; stopping (payments after the failed one were not sent)") from exc
     finally:
         close_quietly(producer)
     summary.print(reason)

@@ -8,13 +8,19 @@ what the original printed.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
+import re
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 from .config import Settings, settings_from_args
@@ -50,6 +56,32 @@ def install_stop_handlers() -> threading.Event:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     return stop
+
+
+@contextmanager
+def instance_slot(name: str, limit: int = 64) -> Iterator[str]:
+    """``<host>-<n>``: the lowest slot n free on this host for ``name``, held until the block ends.
+
+    A slot is an advisory lock on a file; the OS releases it when the process
+    dies, so a detector restarted after a crash gets its old slot (and so its
+    transactional id) back, while two live instances never share one.
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "fraud-pipeline-slots"
+    lock_dir.mkdir(exist_ok=True)
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    for n in range(limit):
+        lock_file = (lock_dir / f"{safe_name}.{n}.lock").open("w")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock_file.close()
+            continue
+        try:
+            yield f"{socket.gethostname()}-{n}"
+        finally:
+            lock_file.close()  # closing releases the lock
+        return
+    raise PipelineError(f"more than {limit} instances of {name} on this host")
 
 
 class Summary:

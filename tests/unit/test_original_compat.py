@@ -29,7 +29,9 @@ from fraud_pipeline import payment as payment_mod
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.processors import fraud_line, legit_line
+from fraud_pipeline.kafka_io import Output
 from fraud_pipeline.runtime import Summary
+from fraud_pipeline.stage import LineBuffer
 from tests.unit.records import record
 
 ORIGINAL = Path(__file__).resolve().parent.parent / "original_tutorial"
@@ -110,9 +112,10 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     producer = MagicMock(spec_set=KafkaProducer)
     out = io.StringIO()
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
-    detector = Detector(producer, settings, MagicMock(), MagicMock(), Summary("t", "payments"), out)
+    detector = Detector(Output(producer), settings, MagicMock(), LineBuffer(Summary("t", "payments"), False, out))
     for offset, value in enumerate(values):
         detector.handle(record(value, offset=offset))
+    detector.emit()
 
     assert out.getvalue().splitlines() == printed
     ours = [(c.args[0], c.kwargs["value"]) for c in producer.send.call_args_list]

@@ -6,22 +6,25 @@ import io
 import itertools
 import json
 import threading
-from unittest.mock import MagicMock
+from typing import Any
+from unittest.mock import MagicMock, call
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError
-from kafka.structs import TopicPartition
+from kafka.errors import CommitFailedError, KafkaTimeoutError, ProducerFencedError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
-from fraud_pipeline.kafka_io import DeadLetters, DeliveryTracker, run_consumer
+from fraud_pipeline.kafka_io import BatchError, DeadLetters, Output
 from fraud_pipeline.processors import Processor, fraud_line, legit_line
 from fraud_pipeline.producer import produce
 from fraud_pipeline.runtime import PipelineError, Summary
+from fraud_pipeline.stage import AtLeastOnce, ExactlyOnce, LineBuffer, run_consumer
 from tests.unit.records import record
 
 SETTINGS = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
+TP = TopicPartition("payments", 0)
 
 
 def value(payment_type: str = "BITCOIN", to: str = "stranger", amount: int = 42) -> bytes:
@@ -30,56 +33,71 @@ def value(payment_type: str = "BITCOIN", to: str = "stranger", amount: int = 42)
     ).encode()
 
 
-def make_detector(quiet: bool = False) -> tuple[Detector, MagicMock, io.StringIO, Summary, DeliveryTracker]:
-    producer = MagicMock(spec_set=KafkaProducer)
-    tracker = DeliveryTracker()
-    summary = Summary("fraud_detector", "payments")
-    out = io.StringIO()
-    settings = Settings(bootstrap_servers=SETTINGS.bootstrap_servers, topics=SETTINGS.topics, quiet=quiet)
-    dead = DeadLetters(producer, "payments_dlq", "fraud_detector", tracker)
-    return Detector(producer, settings, dead, tracker, summary, out), producer, out, summary, tracker
+class Rig:
+    """A detector wired to a mocked producer, printing into a buffer."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.producer = MagicMock(spec_set=KafkaProducer)
+        self.output = Output(self.producer)
+        self.summary = Summary("fraud_detector", "payments")
+        self.out = io.StringIO()
+        self.lines = LineBuffer(self.summary, quiet, self.out)
+        dead = DeadLetters(self.output, "payments_dlq", "fraud_detector")
+        self.detector = Detector(self.output, SETTINGS, dead, self.lines)
 
 
 def test_detector_routes_forwards_bytes_and_prints_the_original_line() -> None:
-    detector, producer, out, summary, _ = make_detector()
-    detector.handle(record(value("BITCOIN"), key=b"ACC1"))
-    detector.handle(record(value("VISA"), key=b"ACC2", offset=1))
-    assert out.getvalue() == "fraud_payments True BITCOIN\nlegit_payments False VISA\n"
-    sends = producer.send.call_args_list
-    assert sends[0].args == ("fraud_payments",) and sends[0].kwargs == {"key": b"ACC1", "value": value("BITCOIN")}
-    assert sends[1].args == ("legit_payments",) and sends[1].kwargs == {"key": b"ACC2", "value": value("VISA")}
-    assert summary.counts == {"fraud_payments": 1, "legit_payments": 1}
+    rig = Rig()
+    rig.detector.handle(record(value("BITCOIN"), key=b"ACC1"))
+    rig.detector.handle(record(value("VISA"), key=b"ACC2", offset=1))
+    assert rig.out.getvalue() == ""  # nothing is printed before the batch is durable
+    rig.detector.emit()
+    assert rig.out.getvalue() == "fraud_payments True BITCOIN\nlegit_payments False VISA\n"
+    sends = rig.producer.send.call_args_list
+    assert sends[0] == call("fraud_payments", key=b"ACC1", value=value("BITCOIN"), headers=None)
+    assert sends[1] == call("legit_payments", key=b"ACC2", value=value("VISA"), headers=None)
+    assert rig.summary.counts == {"fraud_payments": 1, "legit_payments": 1}
+
+
+def test_a_discarded_batch_prints_and_counts_nothing() -> None:
+    rig = Rig()
+    rig.detector.handle(record(value()))
+    rig.detector.discard()
+    rig.detector.emit()
+    assert rig.out.getvalue() == "" and rig.summary.total == 0
 
 
 def test_detector_quiet_prints_nothing() -> None:
-    detector, producer, out, summary, _ = make_detector(quiet=True)
-    detector.handle(record(value()))
-    assert out.getvalue() == ""
-    assert producer.send.call_count == 1 and summary.total == 1
+    rig = Rig(quiet=True)
+    rig.detector.handle(record(value()))
+    rig.detector.emit()
+    assert rig.out.getvalue() == ""
+    assert rig.producer.send.call_count == 1 and rig.summary.total == 1
 
 
 def test_bad_record_goes_to_dead_letters_unchanged_with_headers(caplog: pytest.LogCaptureFixture) -> None:
-    detector, producer, out, summary, _ = make_detector()
-    detector.handle(record(b"\x00garbage", key=b"K", partition=3, offset=17))
-    assert out.getvalue() == ""
-    (call,) = producer.send.call_args_list
-    assert call.args == ("payments_dlq",)
-    assert call.kwargs["key"] == b"K" and call.kwargs["value"] == b"\x00garbage"
-    headers = dict(call.kwargs["headers"])
+    rig = Rig()
+    rig.detector.handle(record(b"\x00garbage", key=b"K", partition=3, offset=17))
+    rig.detector.emit()
+    assert rig.out.getvalue() == ""
+    (sent,) = rig.producer.send.call_args_list
+    assert sent.args == ("payments_dlq",)
+    assert sent.kwargs["key"] == b"K" and sent.kwargs["value"] == b"\x00garbage"
+    headers = dict(sent.kwargs["headers"])
     assert headers["error"].startswith(b"not JSON")
     assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (b"payments", b"3", b"17")
     assert headers["rejected.by"] == b"fraud_detector" and int(headers["rejected.at.ms"]) > 0
-    assert summary.counts == {"dead-lettered": 1}
+    assert rig.summary.counts == {"dead-lettered": 1}
     assert "rejected payments[3]@17: not JSON" in caplog.text
 
 
-def test_a_failed_send_fails_the_batch_flush() -> None:
-    detector, producer, _, _, tracker = make_detector()
-    detector.handle(record(value()))
-    tracker.on_error(RuntimeError("broker gone"))
-    with pytest.raises(PipelineError, match="broker gone"):
-        detector.flush()
-    producer.flush.assert_called_once()
+def test_a_failed_send_fails_the_flush() -> None:
+    rig = Rig()
+    rig.detector.handle(record(value()))
+    rig.producer.send.return_value.add_errback.call_args.args[0](RuntimeError("broker gone"))
+    with pytest.raises(BatchError, match="broker gone"):
+        rig.output.flush()
+    rig.producer.flush.assert_called_once()
 
 
 @pytest.mark.parametrize(
@@ -91,15 +109,14 @@ def test_a_failed_send_fails_the_batch_flush() -> None:
         (legit_line, "AMEX", "me", "[ALERT] unable to process payments", "ALERT"),
     ],
 )
-def test_processor_prints_and_counts(line, payment_type: str, to: str, expected: str, outcome: str) -> None:  # type: ignore[no-untyped-def]
+def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expected: str, outcome: str) -> None:
     producer = MagicMock(spec_set=KafkaProducer)
-    tracker = DeliveryTracker()
     summary = Summary("p", "payments")
     out = io.StringIO()
-    processor = Processor(line, DeadLetters(producer, "dlq", "p", tracker), tracker, summary, False, producer, out)
+    processor = Processor(line, DeadLetters(Output(producer), "dlq", "p"), LineBuffer(summary, False, out))
     processor.handle(record(value(payment_type, to), topic="fraud_payments"))
     processor.handle(record(b'{"DATE": "01/22/2023"}', topic="fraud_payments", offset=1))
-    processor.flush()
+    processor.emit()
     assert out.getvalue() == expected + "\n"
     assert summary.counts == {outcome: 1, "dead-lettered": 1}
     assert producer.send.call_args.args == ("dlq",)
@@ -114,12 +131,21 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
     assert produce(producer, settings, threading.Event(), summary, out) == "count reached"
     assert producer.send.call_count == 25 and summary.total == 25
     lines = out.getvalue().splitlines()
-    for call, line in zip(producer.send.call_args_list, lines, strict=True):
-        data = json.loads(call.kwargs["value"])
-        assert call.args == ("pay",)
-        assert call.kwargs["key"] == data["ACCOUNT"].encode()
+    for sent, line in zip(producer.send.call_args_list, lines, strict=True):
+        data = json.loads(sent.kwargs["value"])
+        assert sent.args == ("pay",)
+        assert sent.kwargs["key"] == data["ACCOUNT"].encode()
         assert line == repr({k: data[k] for k in ("DATE", "TIME", "PAYMENT_TYPE", "AMOUNT", "TO")})
     producer.flush.assert_called_once()
+
+
+def test_producer_stops_at_the_first_failed_send() -> None:
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.send.return_value.add_errback.side_effect = lambda errback: errback(KafkaTimeoutError("no leader"))
+    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=10, rate=0, quiet=True)
+    with pytest.raises(BatchError, match="no leader"):
+        produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
+    assert producer.send.call_count == 1
 
 
 def test_producer_stops_when_asked() -> None:
@@ -131,61 +157,145 @@ def test_producer_stops_when_asked() -> None:
     producer.send.assert_not_called()
 
 
-def _consumer_with(*batches: dict) -> MagicMock:  # type: ignore[type-arg]
-    consumer = MagicMock(spec_set=KafkaConsumer)
+def _consumer_with(*batches: dict, spec: bool = True) -> MagicMock:  # type: ignore[type-arg]
+    consumer = MagicMock(spec_set=KafkaConsumer) if spec else MagicMock()
     consumer.poll.side_effect = itertools.chain(batches, itertools.repeat({}))
+    consumer.assignment.return_value = {TP}
     return consumer
 
 
-def test_consume_loop_commits_only_after_the_batch_is_flushed() -> None:
-    tp = TopicPartition("payments", 0)
-    consumer = _consumer_with({tp: [record(b"a"), record(b"b", offset=1)]}, {tp: [record(b"c", offset=2)]})
+class Recorder:
+    """A RecordHandler that logs what happens to it."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def handle(self, record: Any) -> None:
+        self.events.append(record.value.decode())
+
+    def emit(self) -> None:
+        self.events.append("emit")
+
+    def discard(self) -> None:
+        self.events.append("discard")
+
+
+def test_at_least_once_flushes_prints_then_commits_the_next_offsets() -> None:
+    consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]}, {TP: [record(b"c", offset=2)]})
+    producer = MagicMock(spec_set=KafkaProducer)
     events: list[str] = []
-    consumer.commit.side_effect = lambda *a, **k: events.append("commit")
-    reason = run_consumer(
-        consumer, lambda r: events.append(r.value.decode()), stop=threading.Event(), idle_timeout_s=0.05,
-        before_commit=lambda: events.append("flush"),
-    )
+    producer.flush.side_effect = lambda *a, **k: events.append("flush")
+    consumer.commit.side_effect = lambda offsets: events.append(f"commit {offsets[TP].offset}")
+    reason = run_consumer(consumer, Recorder(events), AtLeastOnce(Output(producer)), stop=threading.Event(), idle_timeout_s=0.05)
     assert reason == "idle timeout"
-    assert events == ["a", "b", "flush", "commit", "c", "flush", "commit"]
+    assert events == ["a", "b", "flush", "emit", "commit 2", "c", "flush", "emit", "commit 3"]
 
 
-def test_consume_loop_does_not_commit_when_the_flush_fails() -> None:
-    tp = TopicPartition("payments", 0)
-    consumer = _consumer_with({tp: [record(b"a")]})
+def test_a_failed_batch_is_rolled_back_rewound_and_read_again() -> None:
+    consumer = _consumer_with({TP: [record(b"a", offset=5)]}, {TP: [record(b"a", offset=5)]})
+    producer = MagicMock(spec_set=KafkaProducer)
+    output = Output(producer)
+    events: list[str] = []
+    producer.flush.side_effect = [None, None]
+    original_flush = output.flush
+    failures = iter([BatchError("send failed"), None])
 
-    def fail() -> None:
-        raise PipelineError("send failed")
+    def flaky_flush() -> None:
+        original_flush()
+        exc = next(failures)
+        if exc:
+            raise exc
 
-    with pytest.raises(PipelineError):
-        run_consumer(consumer, lambda r: None, stop=threading.Event(), idle_timeout_s=1, before_commit=fail)
+    output.flush = flaky_flush  # type: ignore[method-assign]
+    stop = threading.Event()
+    run_consumer(consumer, Recorder(events), AtLeastOnce(output), stop=stop, idle_timeout_s=0.05)
+    assert events == ["a", "discard", "a", "emit"]
+    consumer.seek.assert_called_once_with(TP, 5)
+    consumer.commit.assert_called_once_with({TP: OffsetAndMetadata(6, "", -1)})
+
+
+def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
+    consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]})
+    consumer.group_metadata.return_value = "group-meta"
+    producer = MagicMock(spec_set=KafkaProducer)
+    events: list[str] = []
+    for method in ("init_transactions", "begin_transaction", "commit_transaction", "abort_transaction"):
+        getattr(producer, method).side_effect = lambda *a, _m=method, **k: events.append(_m)
+    producer.send_offsets_to_transaction.side_effect = lambda offsets, meta: events.append(f"offsets {offsets[TP].offset} {meta}")
+    delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("no new producer needed"))
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
+    assert events == ["init_transactions", "begin_transaction", "a", "b", "offsets 2 group-meta", "commit_transaction", "emit"]
     consumer.commit.assert_not_called()
 
 
-def test_consume_loop_survives_a_commit_lost_to_a_rebalance() -> None:
-    tp = TopicPartition("payments", 0)
-    consumer = _consumer_with({tp: [record(b"a")]}, {tp: [record(b"b", offset=1)]})
-    consumer.commit.side_effect = [CommitFailedError("rebalanced"), None]
-    seen: list[bytes] = []
-    run_consumer(consumer, lambda r: seen.append(r.value), stop=threading.Event(), idle_timeout_s=0.05, before_commit=lambda: None)
-    assert seen == [b"a", b"b"] and consumer.commit.call_count == 2
+def test_exactly_once_aborts_and_rereads_a_batch_whose_commit_failed() -> None:
+    consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"a", offset=3)]})
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.commit_transaction.side_effect = [CommitFailedError("generation changed"), None]
+    events: list[str] = []
+    delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("abort worked: no new producer needed"))
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
+    assert events == ["a", "discard", "a", "emit"]
+    producer.abort_transaction.assert_called_once()
+    consumer.seek.assert_called_once_with(TP, 3)
 
 
-def test_consume_loop_stops_on_the_stop_event() -> None:
-    consumer = _consumer_with()
+def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
+    broken = MagicMock(spec_set=KafkaProducer)
+    broken.commit_transaction.side_effect = KafkaTimeoutError("coordinator gone")
+    broken.abort_transaction.side_effect = KafkaTimeoutError("coordinator gone")
+    fresh = MagicMock(spec_set=KafkaProducer)
+    output = Output(broken)
+    run_consumer(consumer, Recorder([]), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05)
+    assert output.producer is fresh
+    fresh.init_transactions.assert_called_once()
+    fresh.commit_transaction.assert_called_once()
+    broken.close.assert_called_once()
+
+
+def test_a_fenced_producer_stops_the_stage() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]})
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.commit_transaction.side_effect = ProducerFencedError("newer instance")
+    with pytest.raises(PipelineError, match="fenced"):
+        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=1)
+    producer.abort_transaction.assert_not_called()
+
+
+def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fraud_pipeline.stage.MAX_BATCH_RETRIES", 2)
+    consumer = MagicMock(spec_set=KafkaConsumer)
+    consumer.poll.return_value = {TP: [record(b"a")]}
+    consumer.assignment.return_value = {TP}
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.commit_transaction.side_effect = KafkaTimeoutError("still down")
     stop = threading.Event()
-    stop.set()
-    assert run_consumer(consumer, lambda r: None, stop=stop, idle_timeout_s=None, before_commit=lambda: None) == "stopped"
+    monkeypatch.setattr(stop, "wait", lambda timeout: False)
+    with pytest.raises(PipelineError, match="giving up after 2"):
+        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=stop, idle_timeout_s=None)
+
+
+def test_a_commit_lost_to_a_rebalance_is_not_fatal() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
+    consumer.commit.side_effect = [CommitFailedError("rebalanced"), None]
+    events: list[str] = []
+    run_consumer(consumer, Recorder(events), AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer))), stop=threading.Event(), idle_timeout_s=0.05)
+    assert events == ["a", "emit", "b", "emit"] and consumer.commit.call_count == 2
 
 
 def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
-    from kafka.errors import RebalanceInProgressError
-
-    tp = TopicPartition("payments", 0)
-    consumer = MagicMock()  # reaches into the client's coordinator: no spec for private parts
-    consumer.poll.side_effect = itertools.chain([{tp: [record(b"a")]}], itertools.repeat({}))
+    consumer = _consumer_with({TP: [record(b"a")]}, spec=False)  # reaches into the client's private coordinator
     consumer.commit.side_effect = RebalanceInProgressError("stalled")
     consumer._coordinator.rebalance_in_progress.return_value = True
     consumer._coordinator.need_rejoin.return_value = False
-    run_consumer(consumer, lambda r: None, stop=threading.Event(), idle_timeout_s=0.05, before_commit=lambda: None)
+    run_consumer(consumer, Recorder([]), AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer))), stop=threading.Event(), idle_timeout_s=0.05)
     consumer._coordinator.request_rejoin.assert_called_once()
+
+
+def test_the_loop_ends_on_the_stop_event() -> None:
+    consumer = _consumer_with()
+    stop = threading.Event()
+    stop.set()
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
+    assert run_consumer(consumer, Recorder([]), delivery, stop=stop, idle_timeout_s=None) == "stopped"

@@ -1,0 +1,280 @@
+"""The consume-process-commit loop of the detector and processors, and its guarantees.
+
+Each poll returns a batch; the stage handles every record of it (sending
+routed records and dead letters through an Output, buffering its printed
+lines), then the Delivery makes the batch durable and commits the input
+offsets. If that fails the batch is rolled back, the consumer is rewound to
+the batch's first offsets, and the batch is read again.
+
+- AtLeastOnce: flush the producer, print, commit offsets. A crash between the
+  flush and the commit repeats part of a batch; nothing is ever skipped.
+- ExactlyOnce: one Kafka transaction per batch holds the routed records and
+  the input offsets (``send_offsets_to_transaction``); a read_committed reader
+  sees every input record's output exactly once, whatever crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Protocol, TextIO
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from .config import EXACTLY_ONCE, Settings
+from .kafka_io import BatchError, DeadLetters, Output, close_quietly, ensure_topics, make_consumer, make_producer, pipeline_topics
+from .runtime import PipelineError, Summary, instance_slot
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 500
+"""How long one poll may block: also the longest a stop request waits."""
+MAX_BATCH_RETRIES = 8
+"""Consecutive failed batches before the stage gives up (with backoff: about a minute)."""
+FATAL_TRANSACTION_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+
+
+class RecordHandler(Protocol):
+    """What a stage does with each record of a batch."""
+
+    def handle(self, record: ConsumerRecord) -> None:
+        """Send and/or buffer the outcome of one record."""
+
+    def emit(self) -> None:
+        """The batch is durable: print its buffered lines and count its outcomes."""
+
+    def discard(self) -> None:
+        """The batch was rolled back: forget its buffered lines."""
+
+
+class LineBuffer:
+    """Outcomes and printed lines of the current batch, released only once it is durable."""
+
+    def __init__(self, summary: Summary, quiet: bool, out: TextIO = sys.stdout) -> None:
+        self.summary = summary
+        self._quiet = quiet
+        self._out = out
+        self._pending: list[tuple[str, str | None]] = []
+
+    def add(self, outcome: str, line: str | None) -> None:
+        self._pending.append((outcome, line))
+
+    def emit(self) -> None:
+        for outcome, line in self._pending:
+            self.summary.add(outcome)
+            if line is not None and not self._quiet:
+                self._out.write(line + "\n")
+        self._pending.clear()
+        self._out.flush()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+
+class Delivery(Protocol):
+    """How a batch is made durable and its input offsets committed."""
+
+    name: str
+
+    def begin(self) -> None:
+        """Before the first record of a batch."""
+
+    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
+        """Make the batch durable, call ``emit`` and commit ``offsets``; raise BatchError or KafkaError to roll back."""
+
+    def roll_back(self) -> None:
+        """Undo what can be undone of a failed batch (the caller rewinds the consumer)."""
+
+
+class AtLeastOnce:
+    """Flush, print, then commit: a crash may repeat part of a batch, never skip one."""
+
+    name = "at-least-once"
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def begin(self) -> None:
+        pass
+
+    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
+        self._output.flush()
+        emit()
+        try:
+            consumer.commit(offsets)
+        except KafkaError as exc:
+            # The output is out: re-reading this batch would only repeat it, so carry on.
+            log.warning("offset commit failed, the batch may be delivered again: %s", exc)
+            _restart_stalled_rebalance(consumer)
+
+    def roll_back(self) -> None:
+        self._output.forget_failures()
+
+
+class ExactlyOnce:
+    """One Kafka transaction per batch: routed records and input offsets commit together."""
+
+    name = "exactly-once"
+
+    def __init__(self, output: Output, new_producer: Callable[[], KafkaProducer]) -> None:
+        self._output = output
+        self._new_producer = new_producer
+        self._output.producer.init_transactions()
+
+    def begin(self) -> None:
+        self._output.producer.begin_transaction()
+
+    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
+        producer = self._output.producer
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+        producer.commit_transaction()
+        self._output.check()
+        emit()
+
+    def roll_back(self) -> None:
+        try:
+            self._output.producer.abort_transaction()
+        except FATAL_TRANSACTION_ERRORS:
+            raise
+        except KafkaError as exc:
+            log.warning("abort failed (%s): starting a new producer with the same transactional id", exc)
+            # A new producer with the same id aborts whatever the old one left open.
+            close_quietly(self._output.producer, timeout_s=0)
+            self._output.producer = self._new_producer()
+            self._output.producer.init_transactions()
+        self._output.forget_failures()
+
+
+def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 stall in the group protocol.
+
+    When a rejoin triggered by a metadata change outlives one poll's timeout,
+    kafka-python 3.0.12 finishes the JoinGroup/SyncGroup round trip in the
+    background but never marks the member stable again, so every later commit
+    fails with RebalanceInProgressError. Asking for a fresh rejoin (what the
+    client would do itself on a broker-initiated rebalance) ends the stall.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+        log.info("consumer group membership stalled mid-rebalance; rejoining")
+        coordinator.request_rejoin()
+
+
+def _rewind(consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+    assigned = consumer.assignment()
+    for tp, offset in first_offsets.items():
+        if tp in assigned:  # a partition lost to a rebalance is re-read by its new owner
+            consumer.seek(tp, offset)
+
+
+def run_consumer(
+    consumer: KafkaConsumer,
+    handler: RecordHandler,
+    delivery: Delivery,
+    *,
+    stop: threading.Event,
+    idle_timeout_s: float | None,
+) -> str:
+    """Poll and process batches until ``stop`` is set or the input is idle; return why it ended.
+
+    A batch that cannot be delivered is rolled back and read again, with
+    backoff; after MAX_BATCH_RETRIES failures in a row, PipelineError.
+    """
+    last_record_at = time.monotonic()
+    failures = 0
+    while not stop.is_set():
+        batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        if not batches:
+            if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+                return "idle timeout"
+            continue
+        first_offsets = {tp: records[0].offset for tp, records in batches.items()}
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()}
+        try:
+            delivery.begin()
+            for records in batches.values():
+                for record in records:
+                    handler.handle(record)
+            delivery.complete(consumer, offsets, handler.emit)
+            failures = 0
+        except FATAL_TRANSACTION_ERRORS as exc:
+            raise PipelineError(f"fenced by another producer with the same transactional id: {exc}") from exc
+        except (BatchError, KafkaError) as exc:
+            failures += 1
+            handler.discard()
+            if failures > MAX_BATCH_RETRIES:
+                raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts at one batch: {exc}") from exc
+            log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
+            delivery.roll_back()
+            _rewind(consumer, first_offsets)
+            stop.wait(min(0.5 * 2 ** (failures - 1), 10.0))
+        last_record_at = time.monotonic()
+    return "stopped"
+
+
+HandlerFactory = Callable[[Output, DeadLetters, LineBuffer], RecordHandler]
+
+
+def run_stage(
+    settings: Settings,
+    *,
+    name: str,
+    source_topic: str,
+    stop: threading.Event,
+    summary: Summary,
+    make_handler: HandlerFactory,
+    transactional: bool = False,
+) -> int:
+    """Run one consuming stage (detector or processor) until stopped or idle; return the exit status.
+
+    ``transactional`` stages follow ``settings.guarantee``; the others are
+    at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
+    """
+    stage_log = logging.getLogger(name)
+    if settings.create_topics:
+        for topic, state in ensure_topics(settings, pipeline_topics(settings.topics)).items():
+            if state == "created":
+                stage_log.info("created topic %s", topic)
+    exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
+    needs_slot = exactly_once and settings.transactional_id is None
+    with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:
+        transactional_id = (settings.transactional_id or f"{settings.group_id}-{slot}") if exactly_once else None
+        output = Output(make_producer(settings, name, transactional_id))
+        try:
+            consumer = make_consumer(settings, source_topic, name)
+            try:
+                buffer = LineBuffer(summary, settings.quiet)
+                handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
+                delivery: Delivery = (
+                    ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id))
+                    if exactly_once else AtLeastOnce(output)
+                )
+                stage_log.info(
+                    "reading %s as group %s from %s; %s%s; dead letters to %s",
+                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), delivery.name,
+                    f" (transactional id {transactional_id})" if transactional_id else "", settings.topics.dead_letter,
+                )
+                try:
+                    reason = run_consumer(consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s)
+                except PipelineError as exc:
+                    stage_log.error("%s; stopping without committing the current batch", exc)
+                    summary.print("failed")
+                    return 1
+            finally:
+                close_quietly(consumer)
+        finally:
+            close_quietly(output.producer)
+    summary.print(reason)
+    return 0
