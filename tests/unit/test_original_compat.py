@@ -28,8 +28,8 @@ from kafka import KafkaProducer
 from fraud_pipeline import payment as payment_mod
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
-from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.kafka_io import Output
+from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import LineBuffer
 from tests.unit.records import record
