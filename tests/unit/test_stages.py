@@ -280,7 +280,8 @@ def test_a_commit_lost_to_a_rebalance_is_not_fatal() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
     consumer.commit.side_effect = [CommitFailedError("rebalanced"), None]
     events: list[str] = []
-    run_consumer(consumer, Recorder(events), AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer))), stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
     assert events == ["a", "emit", "b", "emit"] and consumer.commit.call_count == 2
 
 
@@ -289,7 +290,8 @@ def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
     consumer.commit.side_effect = RebalanceInProgressError("stalled")
     consumer._coordinator.rebalance_in_progress.return_value = True
     consumer._coordinator.need_rejoin.return_value = False
-    run_consumer(consumer, Recorder([]), AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer))), stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
+    run_consumer(consumer, Recorder([]), delivery, stop=threading.Event(), idle_timeout_s=0.05)
     consumer._coordinator.request_rejoin.assert_called_once()
 
 
