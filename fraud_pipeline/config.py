@@ -173,7 +173,7 @@ def build_parser(
         )
         run.add_argument(
             "--idle-timeout", type=_positive_float, default=None, metavar="S",
-            help="exit 0 after S seconds without a message (default: run forever)",
+            help="exit 0 after S seconds without a message while partitions are assigned (default: run forever)",
         )
         run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
     if transactional:

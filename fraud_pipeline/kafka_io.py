@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_POLL_RECORDS = 500
+SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 15000
 """A transaction left open by a crashed detector blocks read_committed readers at most this long."""
 
@@ -71,6 +72,10 @@ def make_consumer(settings: Settings, topic: str, client_id: str) -> KafkaConsum
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=MAX_POLL_RECORDS,
+            # A member that died without leaving holds its partitions until its
+            # session expires: 10 s, not the client's default 45 s.
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=3000,
         )
     except KafkaError as exc:
         raise _connect_error(settings, exc) from None

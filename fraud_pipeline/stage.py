@@ -189,6 +189,8 @@ def run_consumer(
 ) -> str:
     """Poll and process batches until ``stop`` is set or the input is idle; return why it ended.
 
+    Idle means: partitions assigned and no record for ``idle_timeout_s``.
+
     A batch that cannot be delivered is rolled back and read again, with
     backoff; after MAX_BATCH_RETRIES failures in a row, PipelineError.
     """
@@ -197,7 +199,10 @@ def run_consumer(
     while not stop.is_set():
         batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         if not batches:
-            if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+            if not consumer.assignment():
+                # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
+                last_record_at = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
                 return "idle timeout"
             continue
         first_offsets = {tp: records[0].offset for tp, records in batches.items()}

@@ -105,9 +105,16 @@ def raw_producer(cluster: str) -> Iterator[KafkaProducer]:
         producer.close()
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
-    """Every record of a topic, from the beginning to its current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30, committed_only: bool = True) -> list[ConsumerRecord]:
+    """Every record of a topic, from the beginning to its current end.
+
+    ``committed_only`` reads as the processors do (``read_committed``): records
+    of aborted transactions are left out.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         assert partitions, f"topic {topic} has no partitions"
