@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit lint clean
+.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -41,14 +41,21 @@ demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duratio
 unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Starts a cluster for the tests when none answers, and stops it afterwards
-# only if it started it; a cluster you had running is left as it was.
-test: venv ## all tests: unit, then integration on a real 3-broker cluster
+# Runs its command with a cluster: starts one when none answers on 9091-9093,
+# and stops it afterwards only if it started it.
+define with_cluster
 	@started=0; \
 	if ! $(CLUSTER) ping; then $(CLUSTER) up || exit 1; started=1; fi; \
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS); rc=$$?; \
+	$(1); rc=$$?; \
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
 	exit $$rc
+endef
+
+test: venv ## all tests: unit, integration and chaos on a real 3-broker cluster
+	$(call with_cluster,$(PY) -m pytest tests/unit tests/integration tests/chaos $(PYTEST_ARGS))
+
+chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals
+	$(call with_cluster,$(PY) -m pytest tests/chaos $(PYTEST_ARGS))
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
