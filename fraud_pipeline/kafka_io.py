@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from .config import Settings, TopicSettings
 from .runtime import PipelineError
@@ -27,6 +27,8 @@ MAX_POLL_RECORDS = 500
 SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 15000
 """A transaction left open by a crashed detector blocks read_committed readers at most this long."""
+TRANSACTION_STEP_TIMEOUT_S = 20.0
+"""The longest one transactional call may wait for the coordinator (see transaction_step)."""
 
 
 def _connect_error(settings: Settings, exc: Exception) -> PipelineError:
@@ -199,8 +201,12 @@ class Output:
             exc, self._failure = self._failure, None
             raise BatchError(f"a send failed: {exc}")
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every send (at most ``timeout_s``); BatchError if one failed or did not finish."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError as exc:
+            raise BatchError(f"sends not acknowledged within {timeout_s}s: {exc}") from exc
         self.check()
 
     def forget_failures(self) -> None:
@@ -241,5 +247,29 @@ def close_quietly(client: KafkaConsumer | KafkaProducer, timeout_s: float | None
     selector_log.setLevel(logging.CRITICAL)
     try:
         client.close() if timeout_s is None else client.close(timeout=timeout_s)
+    except KafkaError as exc:  # records still pending at the deadline: they are given up on
+        log.info("closing %s: %s", type(client).__name__, exc)
     finally:
         selector_log.setLevel(level)
+
+
+def transaction_step(producer: KafkaProducer, step: str, *args: object) -> None:
+    """``send_offsets``, ``commit`` or ``abort`` the producer's transaction, waiting at most TRANSACTION_STEP_TIMEOUT_S.
+
+    kafka-python 3.0.12's ``send_offsets_to_transaction``, ``commit_transaction``
+    and ``abort_transaction`` wait for the coordinator's answer without a
+    deadline; when the coordinator's broker dies with the request in flight,
+    the answer never comes (seen with kill -9 of a broker). This starts the
+    same request the producer's method starts and raises KafkaTimeoutError at
+    the deadline, so the caller can replace the producer.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is None:  # not kafka-python's producer (a test double): use the public calls
+        public = {"send_offsets": "send_offsets_to_transaction", "commit": "commit_transaction", "abort": "abort_transaction"}
+        getattr(producer, public[step])(*args)
+        return
+    start = {"send_offsets": manager.send_offsets_to_transaction, "commit": manager.begin_commit, "abort": manager.begin_abort}
+    result = start[step](*args)
+    producer._sender.wakeup()
+    if not result.wait(timeout_ms=TRANSACTION_STEP_TIMEOUT_S * 1000):
+        raise KafkaTimeoutError(f"transaction {step}: no answer from the coordinator in {TRANSACTION_STEP_TIMEOUT_S:.0f}s")

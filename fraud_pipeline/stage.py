@@ -34,7 +34,18 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from .config import EXACTLY_ONCE, Settings
-from .kafka_io import BatchError, DeadLetters, Output, close_quietly, ensure_topics, make_consumer, make_producer, pipeline_topics
+from .kafka_io import (
+    TRANSACTION_STEP_TIMEOUT_S,
+    BatchError,
+    DeadLetters,
+    Output,
+    close_quietly,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    pipeline_topics,
+    transaction_step,
+)
 from .runtime import PipelineError, Summary, instance_slot
 
 log = logging.getLogger(__name__)
@@ -137,23 +148,31 @@ class ExactlyOnce:
         self._output.producer.begin_transaction()
 
     def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
+        # Every record of the batch must be acknowledged before the commit:
+        # kafka-python 3.0 can commit a transaction whose sends are still
+        # pending, and a send that then fails would be lost.
+        self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
         producer = self._output.producer
-        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-        producer.commit_transaction()
-        self._output.check()
+        transaction_step(producer, "send_offsets", offsets, consumer.group_metadata())
+        transaction_step(producer, "commit")
         emit()
 
     def roll_back(self) -> None:
         try:
-            self._output.producer.abort_transaction()
+            transaction_step(self._output.producer, "abort")
         except FATAL_TRANSACTION_ERRORS:
             raise
         except KafkaError as exc:
             log.warning("abort failed (%s): starting a new producer with the same transactional id", exc)
-            # A new producer with the same id aborts whatever the old one left open.
-            close_quietly(self._output.producer, timeout_s=0)
+            # A new producer with the same id aborts whatever the old one left open
+            # and fences the old one, which is closed in the background.
+            old = self._output.producer
+            threading.Thread(target=close_quietly, args=(old, TRANSACTION_STEP_TIMEOUT_S), daemon=True).start()
             self._output.producer = self._new_producer()
-            self._output.producer.init_transactions()
+            try:
+                self._output.producer.init_transactions()
+            except KafkaError as init_exc:
+                raise PipelineError(f"cannot start a new transactional producer: {init_exc}") from init_exc
         self._output.forget_failures()
 
 

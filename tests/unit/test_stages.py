@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import threading
+import time
 from typing import Any
 from unittest.mock import MagicMock, call
 
@@ -251,6 +252,9 @@ def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
     assert output.producer is fresh
     fresh.init_transactions.assert_called_once()
     fresh.commit_transaction.assert_called_once()
+    deadline = time.monotonic() + 5
+    while not broken.close.called and time.monotonic() < deadline:  # closed in the background
+        time.sleep(0.01)
     broken.close.assert_called_once()
 
 
