@@ -25,8 +25,8 @@ POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_POLL_RECORDS = 500
 SESSION_TIMEOUT_MS = 10000
-TRANSACTION_TIMEOUT_MS = 15000
-"""A transaction left open by a crashed detector blocks read_committed readers at most this long."""
+TRANSACTION_TIMEOUT_MS = 60000
+"""A transaction left open by a crashed detector that is not restarted blocks read_committed readers at most this long."""
 TRANSACTION_STEP_TIMEOUT_S = 20.0
 """The longest one transactional call may wait for the coordinator (see transaction_step)."""
 

@@ -25,12 +25,7 @@ from typing import Protocol, TextIO
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import (
-    InvalidProducerEpochError,
-    KafkaError,
-    ProducerFencedError,
-    TransactionalIdAuthorizationFailedError,
-)
+from kafka.errors import KafkaError, TransactionalIdAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from .config import EXACTLY_ONCE, Settings
@@ -54,7 +49,12 @@ POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_BATCH_RETRIES = 8
 """Consecutive failed batches before the stage gives up (with backoff: about a minute)."""
-FATAL_TRANSACTION_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+FATAL_TRANSACTION_ERRORS = (TransactionalIdAuthorizationFailedError,)
+"""Errors no retry can mend. A fenced producer (ProducerFencedError,
+InvalidProducerEpochError) is replaced and its batch read again: the
+coordinator also fences a producer whose transaction it timed out. Two live
+instances sharing one transactional id fence each other until one gives up
+after MAX_BATCH_RETRIES."""
 
 
 class RecordHandler(Protocol):
@@ -162,7 +162,7 @@ class ExactlyOnce:
             transaction_step(self._output.producer, "abort")
         except FATAL_TRANSACTION_ERRORS:
             raise
-        except KafkaError as exc:
+        except KafkaError as exc:  # includes a fenced producer
             log.warning("abort failed (%s): starting a new producer with the same transactional id", exc)
             # A new producer with the same id aborts whatever the old one left open
             # and fences the old one, which is closed in the background.
@@ -234,7 +234,7 @@ def run_consumer(
             delivery.complete(consumer, offsets, handler.emit)
             failures = 0
         except FATAL_TRANSACTION_ERRORS as exc:
-            raise PipelineError(f"fenced by another producer with the same transactional id: {exc}") from exc
+            raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
         except (BatchError, KafkaError) as exc:
             failures += 1
             handler.discard()

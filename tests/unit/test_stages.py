@@ -12,7 +12,13 @@ from unittest.mock import MagicMock, call
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaTimeoutError, ProducerFencedError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    RebalanceInProgressError,
+    TransactionalIdAuthorizationFailedError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from fraud_pipeline.config import Settings, TopicSettings
@@ -258,11 +264,24 @@ def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
     broken.close.assert_called_once()
 
 
-def test_a_fenced_producer_stops_the_stage() -> None:
+def test_a_fenced_producer_is_replaced_and_the_batch_read_again() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
+    fenced = MagicMock(spec_set=KafkaProducer)
+    fenced.commit_transaction.side_effect = ProducerFencedError("transaction timed out by the coordinator")
+    fenced.abort_transaction.side_effect = ProducerFencedError("still fenced")
+    fresh = MagicMock(spec_set=KafkaProducer)
+    output = Output(fenced)
+    events: list[str] = []
+    run_consumer(consumer, Recorder(events), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05)
+    assert output.producer is fresh and events == ["a", "discard", "a", "emit"]
+    fresh.commit_transaction.assert_called_once()
+
+
+def test_missing_transaction_rights_stop_the_stage() -> None:
     consumer = _consumer_with({TP: [record(b"a")]})
     producer = MagicMock(spec_set=KafkaProducer)
-    producer.commit_transaction.side_effect = ProducerFencedError("newer instance")
-    with pytest.raises(PipelineError, match="fenced"):
+    producer.commit_transaction.side_effect = TransactionalIdAuthorizationFailedError("no ACL")
+    with pytest.raises(PipelineError, match="not allowed"):
         run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=1)
     producer.abort_transaction.assert_not_called()
 
