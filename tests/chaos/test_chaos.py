@@ -2,7 +2,8 @@
 
 Each test streams seeded payments (so every PAYMENT_ID is known in advance),
 hurts the pipeline while they flow, then reads fraud + legit + dead letters as
-the processors do (read_committed) and counts each id.
+the processors do (read_committed) and counts each id. CHAOS_BROKER=N makes
+the broker test kill node N instead of the one its seed picks.
 """
 
 from __future__ import annotations
