@@ -61,17 +61,21 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
 
 def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any]) -> None:
     rng = random.Random(seed)
-    producer = start_producer(pipeline, seed)
+    producer = start_producer(pipeline, seed, rate="600")  # ~33 s of flow: room for three kills
     args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee)
     detector = pipeline.start("fraud_detector", *args, group="detector")
-    kills = 0
+    kills, committed, killed_at = 0, 0, []
     for _ in range(3):
-        time.sleep(rng.uniform(2.0, 4.5))
+        # kill only once this detector is committing, at a random moment after that
+        committed = wait_for_progress(pipeline, "detector", committed, detector)
+        time.sleep(rng.uniform(0.05, 1.5))
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
         detector.communicate(timeout=10)
         kills += 1
+        killed_at.append(committed)
         detector = pipeline.start("fraud_detector", *args, group="detector")
+    assert producer.poll() is None, "the payments stopped flowing before the third kill"
     finish(producer, "payment_producer")
     finish(detector, "fraud_detector")
     lost, duplicated, dead, _ = verdict(pipeline, seed)
@@ -80,7 +84,7 @@ def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figu
         + len(read_topic(pipeline.bootstrap, pipeline.topics.legit, committed_only=False))
         - COUNT - duplicated
     )
-    figures.update(test=f"detector kill -9 ({guarantee})", sent=COUNT, kills=kills, lost=lost,
+    figures.update(test=f"detector kill -9 ({guarantee})", sent=COUNT, kills=kills, killed_after_committed=killed_at, lost=lost,
                    duplicated=duplicated, dead_lettered=dead, aborted_records=aborted)
     assert lost == 0
     assert dead == 0
@@ -123,6 +127,16 @@ def test_broker_loss_mid_stream(pipeline: Pipeline, figures: dict[str, Any]) -> 
                    restart=restarted.strip().splitlines()[-1])
     assert (lost, duplicated, dead) == (0, 0, 0)
     assert summary_count(detector_log, "fraud_detector") == COUNT
+
+
+def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:
+    """Wait until the group's committed offsets pass ``above``; return them."""
+    deadline = time.monotonic() + timeout_s
+    while (committed := committed_total(pipeline, group)) <= above:
+        assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no progress past {above} committed payments in {timeout_s:.0f}s"
+        time.sleep(0.2)
+    return committed
 
 
 def committed_total(pipeline: Pipeline, group: str) -> int:
