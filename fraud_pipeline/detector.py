@@ -14,10 +14,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
 from .kafka_io import DeadLetters, Output
-from .payment import InvalidPayment, decode
 from .rules import is_suspicious
 from .runtime import Summary, run_cli
-from .stage import LineBuffer, run_stage
+from .stage import LineBuffer, decode_or_reject, run_stage
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
@@ -36,11 +35,8 @@ class Detector:
         self.discard = lines.discard
 
     def handle(self, record: ConsumerRecord) -> None:
-        try:
-            payment = decode(record.value)
-        except InvalidPayment as exc:
-            self._dead_letters.send(record, str(exc))
-            self._lines.add("dead-lettered", None)
+        payment = decode_or_reject(record, self._dead_letters, self._lines)
+        if payment is None:
             return
         suspicious = is_suspicious(payment)
         topic = self._fraud_topic if suspicious else self._legit_topic

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 from kafka.consumer.fetcher import ConsumerRecord
 
-from .config import Settings, build_parser
+from .config import Settings, TopicSettings, build_parser
 from .kafka_io import DeadLetters
-from .payment import InvalidPayment, Payment, decode
+from .payment import Payment
 from .runtime import Summary, run_cli
-from .stage import LineBuffer, run_stage
+from .stage import LineBuffer, decode_or_reject, run_stage
 
 
 def fraud_line(payment: Payment) -> str:
@@ -58,11 +58,8 @@ class Processor:
         self.discard = lines.discard
 
     def handle(self, record: ConsumerRecord) -> None:
-        try:
-            payment = decode(record.value, known_types_only=False)
-        except InvalidPayment as exc:
-            self._dead_letters.send(record, str(exc))
-            self._lines.add("dead-lettered", None)
+        payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False)
+        if payment is None:
             return
         text = self._line(payment)
         # "[VISA] payment to: ..." counts as VISA; "[ALERT] ..." as ALERT
@@ -78,25 +75,28 @@ def _run_processor(
     )
 
 
+def _processor_main(
+    name: str, topic_of: Callable[[TopicSettings], str], line: Callable[[Payment], str], description: str,
+    argv: list[str] | None,
+) -> int:
+    kind = name.split("_")[0]  # "fraud" or "legit"
+    parser = build_parser(name, description, consumes=f"the {kind} topic", default_group=name.replace("_", "-"))
+    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, topic_of(s.topics), line, s, stop))
+
+
 def fraud_main(argv: list[str] | None = None) -> int:
-    name = "fraud_processor"
-    parser = build_parser(
-        name,
+    return _processor_main(
+        "fraud_processor", lambda topics: topics.fraud, fraud_line,
         "Read the fraud topic and print each payment: '[ALERT] fraud detected payment to: stranger - N' "
         "for payments to a stranger, '[PROCESSING BITCOIN] payment to: TO - N' otherwise.",
-        consumes="the fraud topic",
-        default_group="fraud-processor",
+        argv,
     )
-    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, s.topics.fraud, fraud_line, s, stop))
 
 
 def legit_main(argv: list[str] | None = None) -> int:
-    name = "legit_processor"
-    parser = build_parser(
-        name,
+    return _processor_main(
+        "legit_processor", lambda topics: topics.legit, legit_line,
         "Read the legit topic and print each payment: '[VISA] payment to: TO - N', "
         "'[MASTERCARD] payment to: TO - N', or '[ALERT] unable to process payments' for any other type.",
-        consumes="the legit topic",
-        default_group="legit-processor",
+        argv,
     )
-    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, s.topics.legit, legit_line, s, stop))

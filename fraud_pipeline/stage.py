@@ -41,6 +41,7 @@ from .kafka_io import (
     pipeline_topics,
     transaction_step,
 )
+from .payment import InvalidPayment, Payment, decode
 from .runtime import PipelineError, Summary, instance_slot
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,18 @@ class LineBuffer:
 
     def discard(self) -> None:
         self._pending.clear()
+
+
+def decode_or_reject(
+    record: ConsumerRecord, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True
+) -> Payment | None:
+    """The record's payment, or None after sending the record to the dead-letter topic."""
+    try:
+        return decode(record.value, known_types_only=known_types_only)
+    except InvalidPayment as exc:
+        dead_letters.send(record, str(exc))
+        lines.add("dead-lettered", None)
+        return None
 
 
 class Delivery(Protocol):
