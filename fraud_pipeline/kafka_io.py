@@ -157,9 +157,24 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
         admin.close()
 
 
+def prepare_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, str]:
+    """Create the pipeline's missing topics, or with ``--no-create-topics`` check they all exist."""
+    specs = pipeline_topics(settings.topics, names)
+    if settings.create_topics:
+        return ensure_topics(settings, specs)
+    present = set(describe_topics(settings, [spec.name for spec in specs]))
+    missing = [spec.name for spec in specs if spec.name not in present]
+    if missing:
+        raise PipelineError(f"topic(s) {', '.join(missing)} do not exist: run `make topics`, or drop --no-create-topics")
+    return {spec.name: "exists" for spec in specs}
+
+
 def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int, int]]:
     """``{name: (partitions, replication factor)}`` of the named topics that exist."""
-    admin = KafkaAdminClient(bootstrap_servers=list(settings.bootstrap_servers), client_id="fraud-pipeline-admin")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=list(settings.bootstrap_servers), client_id="fraud-pipeline-admin")
+    except KafkaError as exc:
+        raise _connect_error(settings, exc) from None
     try:
         present = set(admin.list_topics())
         found = admin.describe_topics([n for n in names if n in present]) if present else []
@@ -189,7 +204,10 @@ class Output:
         self._failure: Exception | None = None
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
-        self.producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+        try:
+            self.producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+        except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
+            self._on_error(exc)
 
     def _on_error(self, exc: Exception) -> None:
         if self._failure is None:

@@ -16,7 +16,7 @@ from typing import TextIO
 from kafka import KafkaProducer
 
 from .config import Settings, build_parser
-from .kafka_io import BatchError, Output, close_quietly, ensure_topics, make_producer, pipeline_topics
+from .kafka_io import BatchError, Output, close_quietly, make_producer, prepare_topics
 from .payment import encode, payment_stream
 from .runtime import PipelineError, Summary, run_cli
 
@@ -61,8 +61,7 @@ def produce(
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
-    if settings.create_topics:
-        ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.payments]))
+    prepare_topics(settings, [settings.topics.payments])
     summary = Summary(NAME, "payments sent")
     producer = make_producer(settings, NAME)
     try:

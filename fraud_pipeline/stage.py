@@ -35,10 +35,9 @@ from .kafka_io import (
     DeadLetters,
     Output,
     close_quietly,
-    ensure_topics,
     make_consumer,
     make_producer,
-    pipeline_topics,
+    prepare_topics,
     transaction_step,
 )
 from .payment import InvalidPayment, Payment, decode
@@ -280,10 +279,9 @@ def run_stage(
     at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
-    if settings.create_topics:
-        for topic, state in ensure_topics(settings, pipeline_topics(settings.topics)).items():
-            if state == "created":
-                stage_log.info("created topic %s", topic)
+    for topic, state in prepare_topics(settings).items():
+        if state == "created":
+            stage_log.info("created topic %s", topic)
     exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
     needs_slot = exactly_once and settings.transactional_id is None
     with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:
