@@ -64,8 +64,8 @@ class Settings:
     """Producer: how many sender accounts the stream draws from."""
     create_topics: bool = True
     """Create missing topics at start-up (existing ones are left as they are)."""
-    guarantee: str = AT_LEAST_ONCE
-    """Detector: ``exactly-once`` (Kafka transactions) or ``at-least-once``."""
+    guarantee: str = EXACTLY_ONCE
+    """Detector: ``exactly-once`` (Kafka transactions) or ``at-least-once``; the processors are at-least-once."""
     transactional_id: str | None = None
     """Detector, exactly-once: transactional id; None derives a stable one per host and slot."""
 
@@ -233,6 +233,6 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         seed=getattr(args, "seed", None),
         accounts=getattr(args, "accounts", 1000),
         create_topics=args.create_topics,
-        guarantee=getattr(args, "guarantee", AT_LEAST_ONCE),
+        guarantee=getattr(args, "guarantee", EXACTLY_ONCE),
         transactional_id=getattr(args, "transactional_id", None),
     )

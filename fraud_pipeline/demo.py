@@ -2,7 +2,8 @@
 
 Started in the original tutorial's order (processors, then detector, then
 producer). Ctrl-C (or --duration) stops them in the reverse order, each with
-SIGTERM so it drains, flushes, commits and prints its summary.
+SIGTERM so it drains, flushes, commits and prints its summary; a second
+Ctrl-C kills them all at once.
 
     python -m fraud_pipeline.demo [--duration S] [-- producer flags...]
 """
@@ -17,9 +18,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import IO
-
-from .runtime import install_stop_handlers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("legit_processor", "fraud_processor", "fraud_detector", "payment_producer")
@@ -57,10 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("producer_args", nargs="*", metavar="PRODUCER_ARG",
                         help="extra flags for payment_producer.py, after '--' (e.g. -- --rate 5)")
     args = parser.parse_args(argv)
-    stop = install_stop_handlers()
+    stop = threading.Event()
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:  # a second Ctrl-C: kill everything now
+            for _, proc in procs:
+                proc.kill()
+            os._exit(130)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     lock = threading.Lock()
-    procs: list[tuple[str, subprocess.Popen[str]]] = []
     pumps: list[threading.Thread] = []
     try:
         for name in SCRIPTS:

@@ -14,7 +14,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
 from .kafka_io import DeadLetters, Output
-from .rules import is_suspicious
+from .rules import route
 from .runtime import Summary, run_cli
 from .stage import LineBuffer, decode_or_reject, run_stage
 
@@ -38,10 +38,9 @@ class Detector:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        suspicious = is_suspicious(payment)
-        topic = self._fraud_topic if suspicious else self._legit_topic
+        topic = route(payment, self._fraud_topic, self._legit_topic)
         self._output.send(topic, record.key, record.value)
-        self._lines.add(topic, f"{topic} {suspicious} {payment.payment_type}")
+        self._lines.add(topic, f"{topic} {topic == self._fraud_topic} {payment.payment_type}")
 
 
 def run(settings: Settings, stop: threading.Event) -> int:

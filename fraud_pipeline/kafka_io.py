@@ -1,7 +1,8 @@
-"""All Kafka I/O of the pipeline: clients, topics, the consume loop and dead letters.
+"""Kafka clients, topics, the output producer and dead letters.
 
-Everything else in the package is plain Python that receives records and
-clients from here, so it can be tested with mocks or without a broker.
+With stage.py (the consume-process-commit loop) this is all the Kafka I/O of
+the pipeline; the rest of the package is plain Python that receives records
+and clients, so it can be tested with mocks or without a broker.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 500
-"""How long one poll may block: also the longest a stop request waits."""
 MAX_POLL_RECORDS = 500
 SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 60000
@@ -204,13 +203,15 @@ class Output:
         self._failure: Exception | None = None
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        producer = self.producer
         try:
-            self.producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error)
+            producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error, producer)
         except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
-            self._on_error(exc)
+            self._on_error(producer, exc)
 
-    def _on_error(self, exc: Exception) -> None:
-        if self._failure is None:
+    def _on_error(self, producer: KafkaProducer, exc: Exception) -> None:
+        # A replaced producer's late failures belong to a batch already rolled back.
+        if self._failure is None and producer is self.producer:
             self._failure = exc
 
     def check(self) -> None:
@@ -235,9 +236,10 @@ class Output:
 class DeadLetters:
     """Sends records that cannot be read to the dead-letter topic, unchanged.
 
-    The original key and value are kept byte for byte; headers say why and from
-    where: ``error``, ``source.topic``, ``source.partition``, ``source.offset``,
-    ``rejected.by`` and ``rejected.at.ms``.
+    The original key and value are kept byte for byte (the original headers and
+    timestamp are not); headers say why and from where: ``error``,
+    ``source.topic``, ``source.partition``, ``source.offset``, ``rejected.by``
+    and ``rejected.at.ms`` (and ``value.null`` for a record with neither key nor value).
     """
 
     def __init__(self, output: Output, topic: str, component: str) -> None:
@@ -247,7 +249,12 @@ class DeadLetters:
 
     def send(self, record: ConsumerRecord, reason: str) -> None:
         log.warning("rejected %s: %s -> %s", record_source(record), reason, self._topic)
-        headers = [
+        value = record.value
+        headers = []
+        if value is None and record.key is None:  # Kafka refuses a record with neither
+            value = b""
+            headers.append(("value.null", b"true"))
+        headers += [
             ("error", reason.encode("utf-8")),
             ("source.topic", record.topic.encode("utf-8")),
             ("source.partition", str(record.partition).encode()),
@@ -255,7 +262,7 @@ class DeadLetters:
             ("rejected.by", self._component.encode("utf-8")),
             ("rejected.at.ms", str(int(time.time() * 1000)).encode()),
         ]
-        self._output.send(self._topic, record.key, record.value, headers)
+        self._output.send(self._topic, record.key, value, headers)
 
 
 def close_quietly(client: KafkaConsumer | KafkaProducer, timeout_s: float | None = None) -> None:

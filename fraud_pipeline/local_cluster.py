@@ -9,13 +9,16 @@ localhost:19091-19093. Everything a node writes (data, logs, pid) lives under
 ``up`` is idempotent and self-healing: running nodes are left alone, stopped
 ones are started, and it returns once the cluster metadata lists all brokers.
 
-    python -m fraud_pipeline.local_cluster up | down | status | kill NODE | jars
+    python -m fraud_pipeline.local_cluster up | down | status | ping | kill NODE | jars
+
+Linux only (it reads /proc to recognise its own JVMs).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -376,7 +379,12 @@ def cluster_up(layout: ClusterLayout) -> None:
         # Leave nothing half-started behind: the next `up` starts these nodes again.
         for proc in started.values():
             proc.terminate()
-        _wait_exit({node_id: proc.pid for node_id, proc in started.items()}, STOP_TIMEOUT_S)
+        for proc in started.values():
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         raise
     print(f"cluster up: {len(layout.nodes)} brokers on {layout.bootstrap_servers} "
           f"(started {len(to_start)} node(s) in {time.monotonic() - began:.1f}s)")
@@ -395,6 +403,11 @@ def _wait_exit(pids: dict[int, int], timeout: float) -> dict[int, int]:
     return alive
 
 
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+        os.kill(pid, signum)
+
+
 def cluster_down(layout: ClusterLayout) -> None:
     """Stop every node: SIGTERM for a clean shutdown, SIGKILL after a timeout."""
     pids = {n.node_id: pid for n in layout.nodes if (pid := _read_pid(n)) is not None}
@@ -402,11 +415,11 @@ def cluster_down(layout: ClusterLayout) -> None:
         print("cluster not running")
         return
     for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
     left = _wait_exit(pids, STOP_TIMEOUT_S)
     for node_id, pid in left.items():
         print(f"node {node_id} did not stop within {STOP_TIMEOUT_S:.0f}s: killing pid {pid}")
-        os.kill(pid, signal.SIGKILL)
+        _signal(pid, signal.SIGKILL)
     _wait_exit(left, 10)
     for node in layout.nodes:
         node.pid_file.unlink(missing_ok=True)
@@ -422,7 +435,7 @@ def kill_node(layout: ClusterLayout, node_id: int) -> None:
     if pid is None:
         print(f"node {node_id} is not running")
         return
-    os.kill(pid, signal.SIGKILL)
+    _signal(pid, signal.SIGKILL)
     _wait_exit({node_id: pid}, 10)
     print(f"killed node {node_id} (pid {pid})")
 

@@ -31,6 +31,7 @@ MAX_RECORD_BYTES = 64 * 1024
 
 _DATE = re.compile(r"\d{2}/\d{2}/\d{4}\Z")
 _TIME = re.compile(r"\d{2}:\d{2}:\d{2}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,18 @@ def _require(data: dict[str, Any], name: str, kind: type) -> Any:
     # bool is an int in Python, never an amount or a timestamp
     if not isinstance(value, kind) or isinstance(value, bool):
         raise InvalidPayment(f"{name} must be {kind.__name__}, got {type(value).__name__} {_short(value)}")
+    # Text is printed by the processors: no control characters, nothing stdout cannot encode.
+    if isinstance(value, str) and (_CONTROL.search(value) or not _encodable(value)):
+        raise InvalidPayment(f"{name} has control characters or unpaired surrogates: {_short(value)}")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _optional(data: dict[str, Any], name: str, kind: type) -> Any:
@@ -125,6 +137,8 @@ def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
         data = json.loads(text)
     except ValueError as exc:
         raise InvalidPayment(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidPayment("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidPayment(f"not a JSON object: {type(data).__name__}")
     date = _require(data, "DATE", str)

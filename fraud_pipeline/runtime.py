@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from kafka.errors import KafkaError
+
 from .config import Settings, settings_from_args
 
 
@@ -121,4 +123,7 @@ def run_cli(
         return run(settings, install_stop_handlers())
     except PipelineError as exc:
         log.error("%s", exc)
+        return 1
+    except KafkaError as exc:
+        log.error("stopping on a Kafka error: %s", exc)
         return 1

@@ -10,7 +10,9 @@ the batch's first offsets, and the batch is read again.
   flush and the commit repeats part of a batch; nothing is ever skipped.
 - ExactlyOnce: one Kafka transaction per batch holds the routed records and
   the input offsets (``send_offsets_to_transaction``); a read_committed reader
-  sees every input record's output exactly once, whatever crashes.
+  sees every input record's output exactly once across crashes of the
+  detector and of a broker (tests/chaos). Printed lines are outside the
+  transaction: a batch re-read after a failure may print again, or not at all.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 """How long one poll may block: also the longest a stop request waits."""
 MAX_BATCH_RETRIES = 8
-"""Consecutive failed batches before the stage gives up (with backoff: about a minute)."""
+"""Failed attempts at one batch before the stage gives up (with backoff: about a minute)."""
 FATAL_TRANSACTION_ERRORS = (TransactionalIdAuthorizationFailedError,)
 """Errors no retry can mend. A fenced producer (ProducerFencedError,
 InvalidProducerEpochError) is replaced and its batch read again: the
@@ -117,8 +119,8 @@ class Delivery(Protocol):
     def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
         """Make the batch durable, call ``emit`` and commit ``offsets``; raise BatchError or KafkaError to roll back."""
 
-    def roll_back(self) -> None:
-        """Undo what can be undone of a failed batch (the caller rewinds the consumer)."""
+    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+        """Undo what can be undone of a failed batch and rewind the consumer to read it again."""
 
 
 class AtLeastOnce:
@@ -142,8 +144,9 @@ class AtLeastOnce:
             log.warning("offset commit failed, the batch may be delivered again: %s", exc)
             _restart_stalled_rebalance(consumer)
 
-    def roll_back(self) -> None:
+    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
         self._output.forget_failures()
+        _seek(consumer, first_offsets)
 
 
 class ExactlyOnce:
@@ -169,7 +172,14 @@ class ExactlyOnce:
         transaction_step(producer, "commit")
         emit()
 
-    def roll_back(self) -> None:
+    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+        """Abort (or replace the producer), then rewind to the group's committed offsets.
+
+        A commit that timed out on our side may still have completed at the
+        coordinator (a new producer's init_transactions waits for it), so the
+        batch is re-read from what the group committed, not from its first
+        offsets: a batch that did commit is not committed twice.
+        """
         try:
             transaction_step(self._output.producer, "abort")
         except FATAL_TRANSACTION_ERRORS:
@@ -186,6 +196,11 @@ class ExactlyOnce:
             except KafkaError as init_exc:
                 raise PipelineError(f"cannot start a new transactional producer: {init_exc}") from init_exc
         self._output.forget_failures()
+        resume = {}
+        for tp, first in first_offsets.items():
+            committed = consumer.committed(tp)
+            resume[tp] = first if committed is None else committed
+        _seek(consumer, resume)
 
 
 def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
@@ -203,9 +218,9 @@ def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
         coordinator.request_rejoin()
 
 
-def _rewind(consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+def _seek(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
     assigned = consumer.assignment()
-    for tp, offset in first_offsets.items():
+    for tp, offset in offsets.items():
         if tp in assigned:  # a partition lost to a rebalance is re-read by its new owner
             consumer.seek(tp, offset)
 
@@ -250,11 +265,10 @@ def run_consumer(
         except (BatchError, KafkaError) as exc:
             failures += 1
             handler.discard()
-            if failures > MAX_BATCH_RETRIES:
+            if failures >= MAX_BATCH_RETRIES:
                 raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts at one batch: {exc}") from exc
             log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
-            delivery.roll_back()
-            _rewind(consumer, first_offsets)
+            delivery.roll_back(consumer, first_offsets)
             stop.wait(min(0.5 * 2 ** (failures - 1), 10.0))
         last_record_at = time.monotonic()
     return "stopped"

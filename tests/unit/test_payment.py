@@ -100,6 +100,9 @@ def _with(**changes: object) -> bytes:
         (_with(TIMESTAMP_MS=-5), "TIMESTAMP_MS must be >= 0"),
         (_with(ACCOUNT=12), "ACCOUNT must be str"),
         (b"{" + b" " * MAX_RECORD_BYTES + b"}", "record too large"),
+        (b"[" * 5000, "nested too deeply"),
+        (b'{"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "VISA", "AMOUNT": 1, "TO": "\\ud800"}', "unpaired surrogates"),
+        (_with(TO="me\n[VISA] payment to: fake - 1"), "control characters"),
     ],
 )
 def test_bad_records_are_refused_with_a_reason(raw: bytes | None, reason: str) -> None:

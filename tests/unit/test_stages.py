@@ -98,10 +98,20 @@ def test_bad_record_goes_to_dead_letters_unchanged_with_headers(caplog: pytest.L
     assert "rejected payments[3]@17: not JSON" in caplog.text
 
 
+def test_a_record_with_neither_key_nor_value_is_dead_lettered() -> None:
+    rig = Rig()
+    rig.detector.handle(record(None, key=None))
+    (sent,) = rig.producer.send.call_args_list
+    assert sent.kwargs["value"] == b"" and sent.kwargs["key"] is None
+    headers = dict(sent.kwargs["headers"])
+    assert headers["value.null"] == b"true" and headers["error"] == b"empty record (no value)"
+
+
 def test_a_failed_send_fails_the_flush() -> None:
     rig = Rig()
     rig.detector.handle(record(value()))
-    rig.producer.send.return_value.add_errback.call_args.args[0](RuntimeError("broker gone"))
+    errback, *bound = rig.producer.send.return_value.add_errback.call_args.args
+    errback(*bound, RuntimeError("broker gone"))  # as kafka-python calls it: bound args, then the error
     with pytest.raises(BatchError, match="broker gone"):
         rig.output.flush()
     rig.producer.flush.assert_called_once()
@@ -148,7 +158,7 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
 
 def test_producer_stops_at_the_first_failed_send() -> None:
     producer = MagicMock(spec_set=KafkaProducer)
-    producer.send.return_value.add_errback.side_effect = lambda errback: errback(KafkaTimeoutError("no leader"))
+    producer.send.return_value.add_errback.side_effect = lambda errback, *bound: errback(*bound, KafkaTimeoutError("no leader"))
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=10, rate=0, quiet=True)
     with pytest.raises(BatchError, match="no leader"):
         produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
@@ -168,6 +178,7 @@ def _consumer_with(*batches: dict, spec: bool = True) -> MagicMock:  # type: ign
     consumer = MagicMock(spec_set=KafkaConsumer) if spec else MagicMock()
     consumer.poll.side_effect = itertools.chain(batches, itertools.repeat({}))
     consumer.assignment.return_value = {TP}
+    consumer.committed.return_value = None  # the group has committed nothing yet
     return consumer
 
 
@@ -245,6 +256,18 @@ def test_exactly_once_aborts_and_rereads_a_batch_whose_commit_failed() -> None:
     assert events == ["a", "discard", "a", "emit"]
     producer.abort_transaction.assert_called_once()
     consumer.seek.assert_called_once_with(TP, 3)
+
+
+def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None:
+    # the commit timed out on our side but completed at the coordinator: the group committed offset 4
+    consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]})
+    consumer.committed.return_value = 4
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.commit_transaction.side_effect = [KafkaTimeoutError("no answer"), None]
+    events: list[str] = []
+    run_consumer(consumer, Recorder(events), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=0.05)
+    consumer.seek.assert_called_once_with(TP, 4)
+    assert events == ["a", "discard", "b", "emit"]
 
 
 def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
