@@ -37,7 +37,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POM = PROJECT_ROOT / "cluster" / "pom.xml"
 NODE_COUNT = 3
 READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
 
 
 class ClusterError(Exception):
