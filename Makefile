@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 CLUSTER := $(PY) -m fraud_pipeline.local_cluster
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos lint clean
+.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos bench lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -56,6 +57,9 @@ test: venv ## all tests: unit, integration and chaos on a real 3-broker cluster
 
 chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals
 	$(call with_cluster,$(PY) -m pytest tests/chaos $(PYTEST_ARGS))
+
+bench: venv ## throughput benchmark on the local cluster (BENCH_ARGS="--count 200000 --runs 3"); writes results/bench-latest.json
+	$(call with_cluster,$(PY) -m bench.run $(BENCH_ARGS))
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

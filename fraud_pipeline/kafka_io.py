@@ -22,7 +22,7 @@ from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
-MAX_POLL_RECORDS = 500
+MAX_POLL_RECORDS = 2000
 SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 60000
 """A transaction left open by a crashed detector that is not restarted blocks read_committed readers at most this long."""

@@ -1,0 +1,377 @@
+"""`make bench`: throughput of the detector beside kafka-python's and Kafka's own ceilings.
+
+    python -m bench.run [--count N] [--runs R]
+
+Preloads N seeded payments into a fresh input topic, then runs each scenario
+R times, alternating, each in its own process reading the whole topic with a
+new consumer group:
+
+  passthrough    raw kafka-python: poll, send the bytes to one topic, flush, commit
+  seed_loop      the original tutorial's detector loop (iterator, json.loads,
+                 is_suspicious, json.dumps, send, print), without its api_version pin
+  detector_alo   our detector, --guarantee at-least-once, --quiet
+  detector_eos   our detector, exactly-once, --quiet
+  detector_x2    two exactly-once detector processes in one group
+
+and Kafka's Java ProducerPerformance / ConsumerPerformance on the same cluster.
+Throughput is records over the time from a process's first record to its
+last; CPU is the process's user+system time over the same span (getrusage).
+Prints a markdown table and writes results/bench-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "bench-latest.json"
+SCENARIOS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2")
+IDLE_S = 3.0
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Progress:
+    """What a scenario process measured."""
+
+    records: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    cpu_at_first: float = 0.0
+
+    def seen(self, n: int) -> None:
+        now = time.time()
+        if not self.records:
+            self.first_at, self.cpu_at_first = now, _cpu_s()
+        self.records += n
+        self.last_at = now
+
+    def result(self) -> dict[str, float]:
+        return {"records": self.records, "first_at": self.first_at, "last_at": self.last_at,
+                "cpu_s": _cpu_s() - self.cpu_at_first}
+
+
+# ---------------------------------------------------------------------------
+# Scenario processes
+
+
+def child_passthrough(args: argparse.Namespace) -> Progress:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    servers = args.bootstrap.split(",")
+    consumer = KafkaConsumer(args.topic, bootstrap_servers=servers, group_id=args.group, enable_auto_commit=False,
+                             auto_offset_reset="earliest", max_poll_records=MAX_POLL_RECORDS)
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    progress = Progress()
+    try:
+        while progress.records < args.count:
+            batch = consumer.poll(timeout_ms=500)
+            if not batch:
+                if progress.records and time.time() - progress.last_at > IDLE_S:
+                    break
+                continue
+            n = 0
+            for records in batch.values():
+                for record in records:
+                    producer.send(args.out, key=record.key, value=record.value)
+                n += len(records)
+            producer.flush()
+            consumer.commit()
+            progress.seen(n)
+    finally:
+        consumer.close()
+        producer.close()
+    return progress
+
+
+def child_seed_loop(args: argparse.Namespace) -> Progress:
+    """The original tutorial's fraud_detector.py loop, reading from the start with a group."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    servers = args.bootstrap.split(",")
+    consumer = KafkaConsumer(args.topic, bootstrap_servers=servers, group_id=args.group, auto_offset_reset="earliest",
+                             consumer_timeout_ms=int(IDLE_S * 1000))
+    producer = KafkaProducer(bootstrap_servers=servers)
+
+    def is_suspicious(transactions: dict[str, Any]) -> bool:
+        return transactions["PAYMENT_TYPE"] == "BITCOIN"
+
+    progress = Progress()
+    try:
+        for message in consumer:
+            msg = json.loads(message.value.decode())
+            topic = args.fraud if is_suspicious(msg) else args.legit
+            producer.send(topic, json.dumps(msg).encode("utf-8"))
+            print(topic, is_suspicious(msg), msg["PAYMENT_TYPE"])
+            progress.seen(1)
+            if progress.records >= args.count:
+                break
+        producer.flush()
+    finally:
+        consumer.close()
+        producer.close()
+    return progress
+
+
+def child_detector(args: argparse.Namespace) -> Progress:
+    from fraud_pipeline.config import Settings, TopicSettings
+    from fraud_pipeline.detector import Detector
+    from fraud_pipeline.runtime import Summary, setup_logging
+    from fraud_pipeline.stage import run_stage
+
+    setup_logging("bench")
+    settings = Settings(
+        bootstrap_servers=tuple(args.bootstrap.split(",")),
+        topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq),
+        group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee, idle_timeout_s=IDLE_S,
+    )
+    stop = threading.Event()
+    progress = Progress()
+
+    class Counted:
+        def __init__(self, inner: Detector) -> None:
+            self.inner = inner
+            self.batch = 0
+
+        def handle(self, record: Any) -> None:
+            self.inner.handle(record)
+            self.batch += 1
+
+        def emit(self) -> None:
+            self.inner.emit()
+            progress.seen(self.batch)
+            self.batch = 0
+            if progress.records >= args.count:
+                stop.set()
+
+        def discard(self) -> None:
+            self.inner.discard()
+            self.batch = 0
+
+    run_stage(settings, name="fraud_detector", source_topic=args.topic, stop=stop,
+              summary=Summary("bench-detector", "payments"), transactional=True,
+              make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines)))
+    return progress
+
+
+# ---------------------------------------------------------------------------
+# The parent: preload, run, report
+
+
+class Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.started = time.monotonic()
+
+    def step(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        elapsed = time.monotonic() - self.started
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{elapsed:5.0f}s {note:<40}")
+        sys.stderr.flush()
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+
+
+def preload(bootstrap: str, topic: str, count: int) -> int:
+    from kafka import KafkaProducer
+
+    from fraud_pipeline.payment import encode, payment_stream
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=20, batch_size=256 * 1024)
+    bar = Bar(count, "preload ")
+    stream = payment_stream(seed=7)
+    size = 0
+    try:
+        for i in range(count):
+            payment = next(stream)
+            value = encode(payment)
+            size += len(value)
+            producer.send(topic, key=(payment.account or "").encode(), value=value)
+            if (i + 1) % 10_000 == 0:
+                bar.step(10_000)
+        producer.flush()
+        bar.step(count - bar.done)
+    finally:
+        producer.close()
+    return size // max(count, 1)
+
+
+def run_child(scenario: str, common: list[str], group: str, count: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as result_file:
+        result_path = result_file.name
+    cmd = [sys.executable, "-m", "bench.run", "--child", scenario, "--group", group, "--count", str(count),
+           "--result", result_path, *common]
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {scenario} failed:\n{done.stderr[-3000:]}")
+    try:
+        return dict(json.loads(Path(result_path).read_text()))
+    finally:
+        os.unlink(result_path)
+
+
+def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
+    group = f"bench-{scenario}-{uuid.uuid4().hex[:8]}"
+    if scenario == "detector_x2":
+        with_args = [*common, "--guarantee", "exactly-once"]
+        results: list[dict[str, Any]] = [{}, {}]
+
+        def one(i: int) -> None:
+            results[i] = run_child("detector", with_args, group, count)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        records = sum(r["records"] for r in results)
+        span = max(r["last_at"] for r in results) - min(r["first_at"] for r in results)
+        cpu = sum(r["cpu_s"] for r in results)
+    else:
+        child = {"detector_alo": "detector", "detector_eos": "detector"}.get(scenario, scenario)
+        guarantee = {"detector_alo": ["--guarantee", "at-least-once"], "detector_eos": ["--guarantee", "exactly-once"]}
+        result = run_child(child, [*common, *guarantee.get(scenario, [])], group, count)
+        records, span, cpu = result["records"], result["last_at"] - result["first_at"], result["cpu_s"]
+    if records < count:
+        raise SystemExit(f"bench: {scenario} read {records} of {count} records")
+    return {"msgs_per_s": records / span, "cpu_us_per_msg": cpu * 1e6 / records}
+
+
+def java_perf(bootstrap: str, topic: str, count: int, record_size: int) -> tuple[float, float]:
+    """(producer records/s, consumer records/s) from Kafka's own perf tools."""
+    classpath = subprocess.run([sys.executable, "-m", "fraud_pipeline.local_cluster", "classpath"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    produced = subprocess.run(
+        ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+         "--num-records", str(count), "--record-size", str(record_size), "--throughput", "-1",
+         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
+    consumed = subprocess.run(
+        ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance", "--topic", topic,
+         "--bootstrap-server", bootstrap, "--num-records", str(count), "--group", f"bench-java-{uuid.uuid4().hex[:8]}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()
+    header = [h.strip() for h in consumed[0].split(",")]
+    values = [v.strip() for v in consumed[-1].split(",")]
+    return producer_rate, float(values[header.index("nMsg.sec")])
+
+
+def create_topics(bootstrap: str, names: dict[str, int]) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        admin.create_topics([NewTopic(name, partitions, 3, topic_configs={"min.insync.replicas": "2"})
+                             for name, partitions in names.items()], wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def table(medians: dict[str, dict[str, float]], java: dict[str, float], ratios: dict[str, float]) -> str:
+    lines = ["| scenario | msgs/s (median) | CPU µs/msg |", "| --- | ---: | ---: |"]
+    for name, stats in medians.items():
+        lines.append(f"| {name} | {stats['msgs_per_s']:,.0f} | {stats['cpu_us_per_msg']:,.1f} |")
+    for name, rate in java.items():
+        lines.append(f"| {name} (Java) | {rate:,.0f} | |")
+    lines += ["", "| ratio | value | goal |", "| --- | ---: | ---: |"]
+    goals = {"c/a": "≥ 0.85", "c/b": "≥ 3", "d/c": "≥ 0.7", "e/c": "≥ 1.4"}
+    lines += [f"| {name} | {value:.2f} | {goals[name]} |" for name, value in ratios.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
+                                                               "localhost:9091,localhost:9092,localhost:9093"))
+    parser.add_argument("--count", type=int, default=200_000, help="payments preloaded and read per run (default 200000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating; the median counts (default 3)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee"):
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        child = {"passthrough": child_passthrough, "seed_loop": child_seed_loop, "detector": child_detector}[args.child]
+        Path(args.result).write_text(json.dumps(child(args).result()))
+        return 0
+
+    run_id = uuid.uuid4().hex[:8]
+    topics = {"in": f"bench-in-{run_id}", "out": f"bench-out-{run_id}", "fraud": f"bench-fraud-{run_id}",
+              "legit": f"bench-legit-{run_id}", "dlq": f"bench-dlq-{run_id}", "java": f"bench-java-{run_id}"}
+    create_topics(args.bootstrap, {topics["in"]: 6, topics["out"]: 6, topics["fraud"]: 2, topics["legit"]: 2,
+                                   topics["dlq"]: 1, topics["java"]: 6})
+    record_size = preload(args.bootstrap, topics["in"], args.count)
+    common = ["--bootstrap", args.bootstrap, "--topic", topics["in"], "--out", topics["out"], "--fraud", topics["fraud"],
+              "--legit", topics["legit"], "--dlq", topics["dlq"]]
+
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
+    bar = Bar(args.runs * len(SCENARIOS) + args.runs, "runs    ")
+    for run in range(args.runs):
+        for name in random.Random(run).sample(SCENARIOS, len(SCENARIOS)):  # alternate, in a new order each round
+            samples[name].append(measure(name, common, args.count))
+            bar.step(note=f"{name}: {samples[name][-1]['msgs_per_s']:,.0f} msgs/s")
+    java_runs = []
+    for _ in range(args.runs):
+        java_runs.append(java_perf(args.bootstrap, topics["java"], args.count, record_size))
+        bar.step(note="Kafka ProducerPerformance / ConsumerPerformance")
+
+    medians = {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
+    java = {"kafka_producer_perf": statistics.median(p for p, _ in java_runs),
+            "kafka_consumer_perf": statistics.median(c for _, c in java_runs)}
+    rate = {name: stats["msgs_per_s"] for name, stats in medians.items()}
+    ratios = {"c/a": rate["detector_alo"] / rate["passthrough"], "c/b": rate["detector_alo"] / rate["seed_loop"],
+              "d/c": rate["detector_eos"] / rate["detector_alo"], "e/c": rate["detector_x2"] / rate["detector_alo"]}
+    print(table(medians, java, ratios))
+    report = {
+        "passthrough_msgs_per_s": rate["passthrough"],
+        "seed_loop_msgs_per_s": rate["seed_loop"],
+        "detector_alo_msgs_per_s": rate["detector_alo"],
+        "detector_eos_msgs_per_s": rate["detector_eos"],
+        "detector_x2_msgs_per_s": rate["detector_x2"],
+        "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
+        "kafka_consumer_perf_msgs_per_s": java["kafka_consumer_perf"],
+        "cpu_us_per_msg": {name: stats["cpu_us_per_msg"] for name, stats in medians.items()},
+        "ratios": ratios,
+        "samples": samples,
+        "count": args.count,
+        "runs": args.runs,
+        "record_bytes": record_size,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
