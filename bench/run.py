@@ -14,6 +14,10 @@ new consumer group:
   detector_x2    two exactly-once detector processes in one group
 
 and Kafka's Java ProducerPerformance / ConsumerPerformance on the same cluster.
+Then latency: an open-loop producer paced at half the detector's rate stamps
+each payment with its scheduled time; a read_committed reader after the
+(exactly-once) detector, and after a passthrough, records each record's
+latency in a log-linear histogram: 60 s measured after a 10 s warm-up.
 Throughput is records over the time from a process's first record to its
 last; CPU is the process's user+system time over the same span (getrusage).
 Prints a markdown table and writes results/bench-latest.json.
@@ -175,6 +179,38 @@ def child_detector(args: argparse.Namespace) -> Progress:
     return progress
 
 
+def child_paced(args: argparse.Namespace) -> Progress:
+    """Open loop: payment i is due at start + i/rate and carries that time as TIMESTAMP_MS.
+
+    A send that falls behind schedule keeps its scheduled stamp, so a stall
+    shows up as latency instead of hiding as a slower rate.
+    """
+    from dataclasses import replace
+
+    from kafka import KafkaProducer
+
+    from fraud_pipeline.payment import encode, payment_stream
+
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap.split(","), acks="all", linger_ms=1)
+    stream = payment_stream(seed=11)
+    interval = 1.0 / args.rate
+    start = time.time() + 0.5
+    progress = Progress()
+    try:
+        for i in range(int(args.rate * args.seconds)):
+            due = start + i * interval
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            payment = replace(next(stream), timestamp_ms=int(due * 1000))
+            producer.send(args.topic, key=(payment.account or "").encode(), value=encode(payment))
+            progress.seen(1)
+        producer.flush()
+    finally:
+        producer.close()
+    return progress
+
+
 # ---------------------------------------------------------------------------
 # The parent: preload, run, report
 
@@ -284,6 +320,81 @@ def java_perf(bootstrap: str, topic: str, count: int, record_size: int) -> tuple
     return producer_rate, float(values[header.index("nMsg.sec")])
 
 
+class Histogram:
+    """Latencies in log-linear buckets, HDR style: under 1/64 relative error, constant memory."""
+
+    SUB_BITS = 6
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.total = 0
+        self.max_us = 0
+
+    def record(self, value_us: int) -> None:
+        value_us = max(value_us, 0)
+        shift = max(value_us.bit_length() - 1 - self.SUB_BITS, 0)
+        bucket = (value_us >> shift) << shift  # the bucket's lower bound
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.total += 1
+        self.max_us = max(self.max_us, value_us)
+
+    def percentile_ms(self, p: float) -> float:
+        rank, seen = p / 100 * self.total, 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return bucket / 1000
+        return self.max_us / 1000
+
+
+def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: float = 10.0) -> Histogram:
+    """Producer -> (detector | passthrough) -> a read_committed reader that records each record's latency."""
+    from kafka import KafkaConsumer
+
+    run_id = uuid.uuid4().hex[:8]
+    names = {"in": f"lat-in-{run_id}", "out": f"lat-out-{run_id}", "fraud": f"lat-fraud-{run_id}",
+             "legit": f"lat-legit-{run_id}", "dlq": f"lat-dlq-{run_id}"}
+    create_topics(bootstrap, {names["in"]: 6, names["out"]: 2, names["fraud"]: 2, names["legit"]: 2, names["dlq"]: 1})
+    common = ["--bootstrap", bootstrap, "--topic", names["in"], "--out", names["out"], "--fraud", names["fraud"],
+              "--legit", names["legit"], "--dlq", names["dlq"], "--count", str(10**9), "--result", os.devnull]
+    stage_cmd = [sys.executable, "-m", "bench.run", "--child", "detector" if kind == "detector" else "passthrough",
+                 "--group", f"lat-{run_id}", *common] + (["--guarantee", "exactly-once"] if kind == "detector" else [])
+    reader = KafkaConsumer(*([names["fraud"], names["legit"]] if kind == "detector" else [names["out"]]),
+                           bootstrap_servers=bootstrap.split(","), group_id=f"lat-reader-{run_id}",
+                           auto_offset_reset="earliest", isolation_level="read_committed")
+    stage = subprocess.Popen(stage_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    histogram = Histogram()
+    try:
+        time.sleep(3)  # let the stage and the reader join their groups
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "bench.run", "--child", "paced", *common, "--rate", str(rate),
+             "--seconds", str(warmup + seconds)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        begin = time.time() + 0.5 + warmup
+        end = begin + seconds
+        bar = Bar(int(warmup + seconds), f"latency {kind:<11}")
+        last_tick = time.time()
+        while producer.poll() is None or time.time() < end + 5:
+            for records in reader.poll(timeout_ms=200).values():
+                now_us = time.time_ns() // 1000
+                for record in records:
+                    due_ms = json.loads(record.value)["TIMESTAMP_MS"]
+                    if begin * 1000 <= due_ms < end * 1000:
+                        histogram.record(now_us - due_ms * 1000)
+            if time.time() - last_tick >= 1 and bar.done < bar.total:
+                bar.step(note=f"{histogram.total} measured")
+                last_tick = time.time()
+            if time.time() > end + 30:
+                break
+        bar.step(bar.total - bar.done)
+    finally:
+        stage.terminate()
+        stage.wait(30)
+        reader.close()
+    if not histogram.total:
+        raise SystemExit(f"bench: no latency measured for {kind}")
+    return histogram
+
+
 def create_topics(bootstrap: str, names: dict[str, int]) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -297,6 +408,7 @@ def create_topics(bootstrap: str, names: dict[str, int]) -> None:
 
 
 def table(medians: dict[str, dict[str, float]], java: dict[str, float], ratios: dict[str, float]) -> str:
+    """The throughput table and the goal ratios, in markdown."""
     lines = ["| scenario | msgs/s (median) | CPU µs/msg |", "| --- | ---: | ---: |"]
     for name, stats in medians.items():
         lines.append(f"| {name} | {stats['msgs_per_s']:,.0f} | {stats['cpu_us_per_msg']:,.1f} |")
@@ -304,7 +416,7 @@ def table(medians: dict[str, dict[str, float]], java: dict[str, float], ratios: 
         lines.append(f"| {name} (Java) | {rate:,.0f} | |")
     lines += ["", "| ratio | value | goal |", "| --- | ---: | ---: |"]
     goals = {"c/a": "≥ 0.85", "c/b": "≥ 3", "d/c": "≥ 0.7", "e/c": "≥ 1.4"}
-    lines += [f"| {name} | {value:.2f} | {goals[name]} |" for name, value in ratios.items()]
+    lines += [f"| {name} | {value:.2f} | {goals[name]} |" for name, value in ratios.items() if name in goals]
     return "\n".join(lines)
 
 
@@ -315,12 +427,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200_000, help="payments preloaded and read per run (default 200000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating; the median counts (default 3)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--latency-seconds", type=float, default=60.0,
+                        help="measured seconds of each latency run, after a 10 s warm-up (default 60; 0 skips)")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="payments per second of the latency runs (default: half the detector's measured rate)")
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        child = {"passthrough": child_passthrough, "seed_loop": child_seed_loop, "detector": child_detector}[args.child]
+        child = {"passthrough": child_passthrough, "seed_loop": child_seed_loop, "detector": child_detector,
+                 "paced": child_paced}[args.child]
         Path(args.result).write_text(json.dumps(child(args).result()))
         return 0
 
@@ -350,7 +469,20 @@ def main(argv: list[str] | None = None) -> int:
     rate = {name: stats["msgs_per_s"] for name, stats in medians.items()}
     ratios = {"c/a": rate["detector_alo"] / rate["passthrough"], "c/b": rate["detector_alo"] / rate["seed_loop"],
               "d/c": rate["detector_eos"] / rate["detector_alo"], "e/c": rate["detector_x2"] / rate["detector_alo"]}
+    latency: dict[str, Histogram] = {}
+    if args.latency_seconds > 0:
+        rate_lat = args.latency_rate or rate["detector_alo"] / 2
+        for kind in ("detector", "passthrough"):
+            latency[kind] = latency_run(args.bootstrap, kind, rate_lat, args.latency_seconds)
     print(table(medians, java, ratios))
+    if latency:
+        print(f"\n| latency at {rate_lat:,.0f} payments/s | p50 ms | p99 ms | p99.9 ms | max ms | records |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for kind, hist in latency.items():
+            print(f"| {kind} | {hist.percentile_ms(50):.1f} | {hist.percentile_ms(99):.1f} | "
+                  f"{hist.percentile_ms(99.9):.1f} | {hist.max_us / 1000:.1f} | {hist.total:,} |")
+        ratios["p99/passthrough_p99"] = latency["detector"].percentile_ms(99) / latency["passthrough"].percentile_ms(99)
+        print(f"\ndetector p99 / passthrough p99 = {ratios['p99/passthrough_p99']:.2f} (goal ≤ 1.5; p99 goal ≤ 25 ms)")
     report = {
         "passthrough_msgs_per_s": rate["passthrough"],
         "seed_loop_msgs_per_s": rate["seed_loop"],
@@ -359,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         "detector_x2_msgs_per_s": rate["detector_x2"],
         "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
         "kafka_consumer_perf_msgs_per_s": java["kafka_consumer_perf"],
+        **({"latency_p50_ms": latency["detector"].percentile_ms(50),
+            "latency_p99_ms": latency["detector"].percentile_ms(99),
+            "latency_p999_ms": latency["detector"].percentile_ms(99.9),
+            "latency_max_ms": latency["detector"].max_us / 1000,
+            "passthrough_latency_p50_ms": latency["passthrough"].percentile_ms(50),
+            "passthrough_latency_p99_ms": latency["passthrough"].percentile_ms(99),
+            "latency_rate_per_s": rate_lat} if latency else {}),
         "cpu_us_per_msg": {name: stats["cpu_us_per_msg"] for name, stats in medians.items()},
         "ratios": ratios,
         "samples": samples,
