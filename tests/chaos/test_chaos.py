@@ -155,8 +155,7 @@ def test_stop_signal_drains_and_commits(pipeline: Pipeline, figures: dict[str, A
     seed = 404
     pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", str(seed), "--quiet")
     detector = pipeline.start("fraud_detector", "--quiet", group="detector")
-    time.sleep(5)
-    assert detector.poll() is None
+    wait_for_progress(pipeline, "detector", 0, detector)  # stop it mid-stream, once it is committing
     sent_at = time.monotonic()
     detector.send_signal(sig)
     stderr = finish(detector, "fraud_detector", timeout=30)
