@@ -92,7 +92,7 @@ def child_passthrough(args: argparse.Namespace) -> Progress:
         while progress.records < args.count:
             batch = consumer.poll(timeout_ms=500)
             if not batch:
-                if progress.records and time.time() - progress.last_at > IDLE_S:
+                if progress.records and time.time() - progress.last_at > args.idle_seconds:
                     break
                 continue
             n = 0
@@ -148,7 +148,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
     settings = Settings(
         bootstrap_servers=tuple(args.bootstrap.split(",")),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq),
-        group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee, idle_timeout_s=IDLE_S,
+        group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee, idle_timeout_s=args.idle_seconds,
     )
     stop = threading.Event()
     progress = Progress()
@@ -356,12 +356,16 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
              "legit": f"lat-legit-{run_id}", "dlq": f"lat-dlq-{run_id}"}
     create_topics(bootstrap, {names["in"]: 6, names["out"]: 2, names["fraud"]: 2, names["legit"]: 2, names["dlq"]: 1})
     common = ["--bootstrap", bootstrap, "--topic", names["in"], "--out", names["out"], "--fraud", names["fraud"],
-              "--legit", names["legit"], "--dlq", names["dlq"], "--count", str(10**9), "--result", os.devnull]
+              "--legit", names["legit"], "--dlq", names["dlq"], "--count", str(10**9), "--result", os.devnull,
+              "--idle-seconds", "60"]  # the stage waits for the producer; it is stopped at the end
     stage_cmd = [sys.executable, "-m", "bench.run", "--child", "detector" if kind == "detector" else "passthrough",
                  "--group", f"lat-{run_id}", *common] + (["--guarantee", "exactly-once"] if kind == "detector" else [])
-    reader = KafkaConsumer(*([names["fraud"], names["legit"]] if kind == "detector" else [names["out"]]),
-                           bootstrap_servers=bootstrap.split(","), group_id=f"lat-reader-{run_id}",
+    read_topics = [names["fraud"], names["legit"]] if kind == "detector" else [names["out"]]
+    reader = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=f"lat-reader-{run_id}",
                            auto_offset_reset="earliest", isolation_level="read_committed")
+    for topic in read_topics:  # metadata first: a member that joins without it is assigned nothing
+        reader.partitions_for_topic(topic)
+    reader.subscribe(read_topics)
     stage = subprocess.Popen(stage_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     histogram = Histogram()
     try:
@@ -434,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--idle-seconds", type=float, default=IDLE_S, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
