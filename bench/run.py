@@ -86,7 +86,7 @@ def child_passthrough(args: argparse.Namespace) -> Progress:
     servers = args.bootstrap.split(",")
     consumer = KafkaConsumer(args.topic, bootstrap_servers=servers, group_id=args.group, enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=MAX_POLL_RECORDS)
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5, batch_size=256 * 1024)  # as the detector's
     progress = Progress()
     try:
         while progress.records < args.count:

@@ -51,6 +51,9 @@ def make_producer(settings: Settings, client_id: str, transactional_id: str | No
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            # Big batches: kafka-python wakes its sender thread for every new batch,
+            # at 16 KiB (about 80 payments) that wake-up was 13 % of the detector's time.
+            batch_size=256 * 1024,
             **extra,
         )
     except KafkaError as exc:
