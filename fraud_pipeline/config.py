@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
@@ -96,32 +96,23 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
     )
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _at_least_zero(kind: Callable[[str], float], *, zero_ok: bool) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float) that must be > 0, or >= 0 when ``zero_ok``."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+_positive_float = _at_least_zero(float, zero_ok=False)
+_non_negative_float = _at_least_zero(float, zero_ok=True)
+_non_negative_int = _at_least_zero(int, zero_ok=True)
+_positive_int = _at_least_zero(int, zero_ok=False)
 
 
 def build_parser(
