@@ -5,7 +5,7 @@ The original tutorial's only rule: a BITCOIN payment is suspicious.
 
 from __future__ import annotations
 
-from .payment import Payment
+from ..payment import Payment
 
 
 def is_suspicious(payment: Payment) -> bool:

@@ -1,0 +1,204 @@
+"""Field conditions on one payment: comparisons combined with all / any / not.
+
+A condition is written as data::
+
+    {"field": "AMOUNT", "op": ">=", "value": 500}
+    {"all": [cond, ...]}   {"any": [cond, ...]}   {"not": cond}
+
+Fields are the payment's wire names (PAYMENT_TYPE, AMOUNT, TO, ...). A
+condition on a field the payment lacks (ACCOUNT in the original tutorial's
+messages) does not hold, whatever its operator.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..payment import Payment
+
+TEXT_FIELDS = ("DATE", "TIME", "PAYMENT_TYPE", "TO", "PAYMENT_ID", "ACCOUNT")
+NUMBER_FIELDS = ("AMOUNT", "TIMESTAMP_MS")
+_ATTRIBUTES = {
+    "DATE": "date", "TIME": "time", "PAYMENT_TYPE": "payment_type", "TO": "to",
+    "PAYMENT_ID": "payment_id", "ACCOUNT": "account", "AMOUNT": "amount", "TIMESTAMP_MS": "timestamp_ms",
+}
+FIELDS = TEXT_FIELDS + NUMBER_FIELDS
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+OPERATORS = (*_COMPARISONS, "in")
+ORDERING = ("<", "<=", ">", ">=")
+
+
+class RuleError(ValueError):
+    """A rule or rule set that cannot be used; the message names the rule and the field at fault."""
+
+    def __init__(self, path: str, message: str, rule_id: str | None = None) -> None:
+        self.path = path
+        self.message = message
+        self.rule_id = rule_id
+        where = f"rule {rule_id!r}: " if rule_id else ""
+        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
+
+    def in_rule(self, rule_id: str) -> RuleError:
+        """The same error, naming the rule it was found in."""
+        return RuleError(self.path, self.message, rule_id)
+
+
+def field_value(payment: Payment, field: str) -> Any:
+    """The value of a wire field of a payment (None when absent)."""
+    return getattr(payment, _ATTRIBUTES[field])
+
+
+def check_field(field: Any, path: str, *, numeric: bool = False) -> str:
+    """``field`` if it names a payment field (a numeric one when ``numeric``), else RuleError."""
+    allowed = NUMBER_FIELDS if numeric else FIELDS
+    if field not in allowed:
+        raise RuleError(path, f"must be one of {', '.join(allowed)}, got {field!r}")
+    return str(field)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Condition(Protocol):
+    def holds(self, payment: Payment) -> bool:
+        """Whether the condition is true of the payment."""
+
+    def explain(self, payment: Payment) -> str:
+        """Why it holds, with the observed values, e.g. ``AMOUNT=742 >= 500``."""
+
+    def describe(self) -> str:
+        """The condition as text, e.g. ``AMOUNT >= 500``."""
+
+
+@dataclass(frozen=True)
+class Compare:
+    field: str
+    op: str
+    value: Any
+
+    def holds(self, payment: Payment) -> bool:
+        observed = getattr(payment, _ATTRIBUTES[self.field])
+        if observed is None:
+            return False
+        if self.op == "in":
+            return bool(observed in self.value)
+        return _COMPARISONS[self.op](observed, self.value)
+
+    def explain(self, payment: Payment) -> str:
+        if self.op in ORDERING:
+            return f"{self.field}={_show(field_value(payment, self.field))} {self.op} {_show(self.value)}"
+        if self.op == "in":
+            return f"{self.field}={_show(field_value(payment, self.field))} in {_show(self.value)}"
+        return self.describe()
+
+    def describe(self) -> str:
+        return f"{self.field} {self.op} {_show(self.value)}"
+
+
+@dataclass(frozen=True)
+class All:
+    parts: tuple[Condition, ...]
+
+    def holds(self, payment: Payment) -> bool:
+        return all(part.holds(payment) for part in self.parts)
+
+    def explain(self, payment: Payment) -> str:
+        return " and ".join(_group(part.explain(payment), part) for part in self.parts)
+
+    def describe(self) -> str:
+        return " and ".join(_group(part.describe(), part) for part in self.parts)
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Condition, ...]
+
+    def holds(self, payment: Payment) -> bool:
+        return any(part.holds(payment) for part in self.parts)
+
+    def explain(self, payment: Payment) -> str:
+        return " or ".join(_group(part.explain(payment), part) for part in self.parts if part.holds(payment))
+
+    def describe(self) -> str:
+        return " or ".join(_group(part.describe(), part) for part in self.parts)
+
+
+@dataclass(frozen=True)
+class Not:
+    part: Condition
+
+    def holds(self, payment: Payment) -> bool:
+        return not self.part.holds(payment)
+
+    def explain(self, payment: Payment) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        return f"not ({self.part.describe()})"
+
+
+def _group(text: str, part: Condition) -> str:
+    return f"({text})" if isinstance(part, All | AnyOf) and len(part.parts) > 1 else text
+
+
+def parse_condition(data: Any, path: str) -> Condition:
+    """A condition from its data form; RuleError names the path of the part at fault."""
+    if not isinstance(data, Mapping):
+        raise RuleError(path, f"must be an object such as {{\"field\": ..., \"op\": ..., \"value\": ...}}, got {data!r}")
+    for combinator in ("all", "any"):
+        if combinator in data:
+            _no_other_keys(data, {combinator}, path)
+            parts = data[combinator]
+            if not isinstance(parts, list) or not parts:
+                raise RuleError(f"{path}.{combinator}", "must be a non-empty list of conditions")
+            parsed = tuple(parse_condition(part, f"{path}.{combinator}[{i}]") for i, part in enumerate(parts))
+            return All(parsed) if combinator == "all" else AnyOf(parsed)
+    if "not" in data:
+        _no_other_keys(data, {"not"}, path)
+        return Not(parse_condition(data["not"], f"{path}.not"))
+    _no_other_keys(data, {"field", "op", "value"}, path)
+    for key in ("field", "op", "value"):
+        if key not in data:
+            raise RuleError(path, f"missing {key!r} (a condition is field/op/value, or all/any/not)")
+    field = check_field(data["field"], f"{path}.field")
+    op = data["op"]
+    if op not in OPERATORS:
+        raise RuleError(f"{path}.op", f"must be one of {' '.join(OPERATORS)}, got {op!r}")
+    value = data["value"]
+    if op == "in":
+        if not isinstance(value, list) or not value:
+            raise RuleError(f"{path}.value", f"'in' needs a non-empty list, got {value!r}")
+        for i, item in enumerate(value):
+            _check_value(field, item, f"{path}.value[{i}]")
+        return Compare(field, op, tuple(value))
+    if op in ORDERING and field not in NUMBER_FIELDS:
+        raise RuleError(f"{path}.op", f"{op!r} compares numbers; {field} is text")
+    _check_value(field, value, f"{path}.value")
+    return Compare(field, op, value)
+
+
+def _check_value(field: str, value: Any, path: str) -> None:
+    if field in NUMBER_FIELDS and not is_number(value):
+        raise RuleError(path, f"{field} is a number, got {value!r}")
+    if field in TEXT_FIELDS and not isinstance(value, str):
+        raise RuleError(path, f"{field} is text, got {value!r}")
+
+
+def _no_other_keys(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise RuleError(path, f"unexpected key(s) {', '.join(map(repr, extra))} next to {', '.join(sorted(allowed))}")

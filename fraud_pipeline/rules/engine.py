@@ -1,0 +1,201 @@
+"""The rule engine: a payment and its account's history in, an explained decision out.
+
+Pure Python: no Kafka, no clock. The caller gives each payment's event time
+and the WindowState of its partition; the engine reads the windows, decides,
+then records the payment in them.
+
+Score = the sum of the weights of the enabled rules that fire; the payment
+is fraud when the score reaches the rule set's threshold. Shadow rules are
+evaluated and listed in the decision, and never change the score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ..payment import Payment
+from .conditions import field_value
+from .definitions import Aggregate, Rule, RuleSet, Sequence
+from .windows import WindowState
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FiredRule:
+    """One rule that fired, and why, e.g. ``burst@1: count=6 in 60s > 5 (ACCOUNT=ACC00042)``."""
+
+    id: str
+    version: int
+    mode: str
+    weight: float
+    reason: str
+
+    def describe(self) -> str:
+        shadow = " [shadow]" if self.mode == "shadow" else ""
+        return f"{self.id}@{self.version}{shadow}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "mode": self.mode, "weight": self.weight, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    score: float
+    threshold: float
+    fired: tuple[FiredRule, ...]
+
+    @property
+    def fraud(self) -> bool:
+        return self.score >= self.threshold
+
+    def enabled(self) -> tuple[FiredRule, ...]:
+        return tuple(f for f in self.fired if f.mode == "enabled")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fraud": self.fraud, "score": self.score, "threshold": self.threshold,
+            "rules": [fired.to_dict() for fired in self.fired],
+        }
+
+    def to_json(self) -> bytes:
+        """The decision as compact JSON (cached: most decisions repeat)."""
+        return _decision_json(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Decision | None:
+        """A decision read back from a routed record's DECISION field; None if absent or unreadable."""
+        try:
+            fired = tuple(
+                FiredRule(str(r["id"]), int(r["version"]), str(r["mode"]), float(r["weight"]), str(r["reason"]))
+                for r in data["rules"]
+            )
+            return cls(float(data["score"]), float(data["threshold"]), fired)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@lru_cache(maxsize=4096)
+def _decision_json(decision: Decision) -> bytes:
+    return json.dumps(decision.to_dict(), separators=(",", ":")).encode()
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _seconds(window_s: float) -> str:
+    return f"{_show(window_s)}s"
+
+
+class Engine:
+    """Decides payments with one rule set; swap the engine to change the rules, keep the states."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self._rules = ruleset.active
+        self._group_fields = tuple(sorted(ruleset.group_fields))
+        self._nothing = Decision(0.0, ruleset.threshold, ())
+
+    def new_state(self) -> WindowState:
+        """Empty windows for one partition, sized for this rule set."""
+        return WindowState(self._group_fields, self.ruleset.retention_ms)
+
+    def decide(self, payment: Payment, event_ms: int, state: WindowState | None = None) -> Decision:
+        """Decide one payment at its event time, then record it in ``state``.
+
+        ``state`` may be None only for a rule set without stateful rules.
+        """
+        if state is None and self._group_fields:
+            raise ValueError("this rule set has stateful rules: decide() needs a WindowState")
+        now = state.event_time(event_ms) if state is not None else event_ms
+        fired: list[FiredRule] = []
+        score = 0.0
+        for rule in self._rules:
+            reason = self._fires(rule, payment, now, state)
+            if reason is None:
+                continue
+            fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
+            if rule.mode == "enabled":
+                score += rule.weight
+        if state is not None and self._group_fields:
+            keys = [(field, key) for field in self._group_fields if (key := field_value(payment, field)) is not None]
+            state.add(payment, keys, now)
+        if not fired:
+            return self._nothing
+        return Decision(score, self.ruleset.threshold, tuple(fired))
+
+    def _fires(self, rule: Rule, payment: Payment, now: int, state: WindowState | None) -> str | None:
+        """The reason the rule fires for this payment, or None."""
+        if rule.when is not None and not rule.when.holds(payment):
+            return None
+        parts = [rule.when.explain(payment)] if rule.when is not None else []
+        if rule.aggregate is not None:
+            assert state is not None
+            found = _aggregate(rule.aggregate, payment, now, state)
+            if found is None:
+                return None
+            parts.append(found)
+        elif rule.sequence is not None:
+            assert state is not None
+            found = _sequence(rule.sequence, payment, now, state)
+            if found is None:
+                return None
+            parts.append(found)
+        return "; ".join(parts)
+
+
+def _aggregate(aggregate: Aggregate, payment: Payment, now: int, state: WindowState) -> str | None:
+    key = field_value(payment, aggregate.group_by)
+    if key is None:
+        return None
+    where = aggregate.where
+    window_ms = int(aggregate.window_s * 1000)
+    counted = [p for _, p in state.events(aggregate.group_by, key, now, window_ms) if where is None or where.holds(p)]
+    if where is None or where.holds(payment):
+        counted.append(payment)
+    if aggregate.function == "count":
+        observed: float = len(counted)
+        label = "count"
+    else:
+        assert aggregate.field is not None
+        values = [v for p in counted if (v := field_value(p, aggregate.field)) is not None]
+        if not values:
+            return None
+        label = f"{aggregate.function}({aggregate.field})"
+        if aggregate.function == "sum":
+            observed = sum(values)
+        elif aggregate.function == "avg":
+            observed = sum(values) / len(values)
+        elif aggregate.function == "min":
+            observed = min(values)
+        else:
+            observed = max(values)
+    if not _COMPARE[aggregate.op](observed, aggregate.value):
+        return None
+    return (
+        f"{label}={_show(observed)} in {_seconds(aggregate.window_s)} {aggregate.op} {_show(aggregate.value)}"
+        f" ({aggregate.group_by}={key})"
+    )
+
+
+def _sequence(sequence: Sequence, payment: Payment, now: int, state: WindowState) -> str | None:
+    key = field_value(payment, sequence.group_by)
+    if key is None or not sequence.then.holds(payment):
+        return None
+    within_ms = int(sequence.within_s * 1000)
+    earlier = [(t, p) for t, p in state.events(sequence.group_by, key, now, within_ms + 1) if sequence.first.holds(p)]
+    if not earlier:
+        return None
+    at, first = earlier[-1]
+    return (
+        f"{sequence.first.explain(first)} then {sequence.then.explain(payment)} within {_seconds(sequence.within_s)}"
+        f" ({sequence.group_by}={key}, {_show((now - at) / 1000)}s apart)"
+    )
