@@ -140,16 +140,19 @@ def child_seed_loop(args: argparse.Namespace) -> Progress:
 
 def child_detector(args: argparse.Namespace) -> Progress:
     from fraud_pipeline.config import Settings, TopicSettings
-    from fraud_pipeline.detector import Detector
+    from fraud_pipeline.detector import Detector, live_rules
+    from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
     from fraud_pipeline.runtime import Summary, setup_logging
     from fraud_pipeline.stage import run_stage
 
     setup_logging("bench")
     settings = Settings(
         bootstrap_servers=tuple(args.bootstrap.split(",")),
-        topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq),
+        topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
+                             rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
         group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee, idle_timeout_s=args.idle_seconds,
     )
+    ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
     stop = threading.Event()
     progress = Progress()
 
@@ -157,6 +160,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
         def __init__(self, inner: Detector) -> None:
             self.inner = inner
             self.batch = 0
+            self.begin_batch = inner.begin_batch
+            self.partitions_assigned = inner.partitions_assigned
 
         def handle(self, record: Any) -> None:
             self.inner.handle(record)
@@ -173,9 +178,10 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.inner.discard()
             self.batch = 0
 
-    run_stage(settings, name="fraud_detector", source_topic=args.topic, stop=stop,
-              summary=Summary("bench-detector", "payments"), transactional=True,
-              make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines)))
+    with live_rules(settings) as (rules, replay):
+        run_stage(settings, name="fraud_detector", source_topic=args.topic, stop=stop,
+                  summary=Summary("bench-detector", "payments"), transactional=True,
+                  make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, replay)))
     return progress
 
 

@@ -28,6 +28,10 @@ class TopicSettings:
     """Payments the detector let through."""
     dead_letter: str = "payments_dlq"
     """Records no stage could read, kept byte for byte with the reason in headers."""
+    rules: str = "fraud_rules"
+    """Compacted: the live fraud rules, one record per rule keyed by its id (a tombstone removes it)."""
+    rules_rejected: str = "fraud_rules_rejected"
+    """Rule records the detector refused, with the reason in headers."""
     payments_partitions: int = 6
     """6 divides evenly among 1, 2 or 3 detectors and puts 2 leaders on each broker."""
     routed_partitions: int = 2
@@ -68,6 +72,12 @@ class Settings:
     """Detector: ``exactly-once`` (Kafka transactions) or ``at-least-once``; the processors are at-least-once."""
     transactional_id: str | None = None
     """Detector, exactly-once: transactional id; None derives a stable one per host and slot."""
+    rules_file: str | None = None
+    """Detector: rule set file (JSON or YAML) the rules topic applies on top of; None: the original BITCOIN rule."""
+    scenarios: str = "none"
+    """Producer: mix of labelled fraud scenarios to inject (see fraud_pipeline.scenarios); "none": the original stream."""
+    reasons: bool = True
+    """Fraud processor: print the decision's reasons after the original line."""
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -89,6 +99,8 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
         fraud=env.get("FRAUD_TOPIC") or base.fraud,
         legit=env.get("LEGIT_TOPIC") or base.legit,
         dead_letter=env.get("DEAD_LETTER_TOPIC") or base.dead_letter,
+        rules=env.get("RULES_TOPIC") or base.rules,
+        rules_rejected=env.get("RULES_REJECTED_TOPIC") or base.rules_rejected,
         payments_partitions=_env_int(env, "PAYMENTS_PARTITIONS", base.payments_partitions),
         routed_partitions=_env_int(env, "ROUTED_PARTITIONS", base.routed_partitions),
         replication_factor=_env_int(env, "TOPIC_REPLICATION_FACTOR", base.replication_factor),
@@ -152,6 +164,14 @@ def build_parser(
         help="unreadable records, kept byte for byte [env DEAD_LETTER_TOPIC] (default: %(default)s)",
     )
     kafka.add_argument(
+        "--rules-topic", default=topics.rules,
+        help="compacted topic of live fraud rules [env RULES_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--rules-rejected-topic", default=topics.rules_rejected,
+        help="rule records the detector refused, with the reason [env RULES_REJECTED_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
         "--no-create-topics", dest="create_topics", action="store_false",
         help="do not create missing topics at start-up",
     )
@@ -182,6 +202,13 @@ def build_parser(
             "across restarts so a restart fences its predecessor [env DETECTOR_TRANSACTIONAL_ID] "
             "(default: <group>-<host>-<n>, n the lowest slot free on this host)",
         )
+        rules = parser.add_argument_group("rules")
+        rules.add_argument(
+            "--rules", dest="rules_file", default=env.get("DETECTOR_RULES") or None, metavar="FILE",
+            help="rule set file, JSON or YAML, validated at start; the rules published to the rules topic apply on top "
+            "of it, without a restart. fraud_pipeline/rules/sets/recommended.yaml is the recommended set "
+            "[env DETECTOR_RULES] (default: the original rule, BITCOIN is fraud)",
+        )
     if producer:
         run = parser.add_argument_group("producer")
         run.add_argument("--count", type=_non_negative_int, default=None, metavar="N",
@@ -192,6 +219,12 @@ def build_parser(
                          help="seed for a reproducible stream of payments (default: random)")
         run.add_argument("--accounts", type=_positive_int, default=1000, metavar="N",
                          help="number of sender accounts the payments come from (default: %(default)s)")
+        run.add_argument(
+            "--scenarios", default=env.get("PRODUCER_SCENARIOS") or "none", metavar="MIX",
+            help="inject labelled fraud scenarios: 'default', or name=rate pairs such as 'burst=0.004,takeover=0.002' "
+            "(rate: chance per payment of starting one); each record gets a fraud.label header the detector never "
+            "reads [env PRODUCER_SCENARIOS] (default: %(default)s, the original random stream)",
+        )
         run.add_argument("--quiet", action="store_true", help="do not print each payment")
     return parser
 
@@ -207,6 +240,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         fraud=args.fraud_topic,
         legit=args.legit_topic,
         dead_letter=args.dead_letter_topic,
+        rules=args.rules_topic,
+        rules_rejected=args.rules_rejected_topic,
         payments_partitions=base.payments_partitions,
         routed_partitions=base.routed_partitions,
         dead_letter_partitions=base.dead_letter_partitions,
@@ -226,4 +261,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         create_topics=args.create_topics,
         guarantee=getattr(args, "guarantee", EXACTLY_ONCE),
         transactional_id=getattr(args, "transactional_id", None),
+        rules_file=getattr(args, "rules_file", None),
+        scenarios=getattr(args, "scenarios", "none"),
+        reasons=getattr(args, "reasons", True),
     )

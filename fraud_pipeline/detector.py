@@ -1,61 +1,202 @@
-"""The fraud detector: reads payments, routes each to the fraud or legit topic.
+"""The fraud detector: decides each payment with the rules and routes it to the fraud or legit topic.
 
 Prints the original tutorial's line per payment, ``<topic> <True|False> <PAYMENT_TYPE>``,
 e.g. ``fraud_payments True BITCOIN``. The routed record is the input record's
-key and value byte for byte, so the original processors read it unchanged.
-Exactly-once by default (see fraud_pipeline.stage).
+key and value byte for byte with a ``DECISION`` field appended to the JSON
+object (the original processors ignore it) and the decision in headers:
+``decision.fraud``, ``decision.score``, ``decision.rules`` (``id@version`` of
+the enabled rules that fired) and ``decision.shadow`` (shadow rules that fired).
+
+Rules: the original BITCOIN rule by default, or a rules file (``--rules``),
+with the rules topic applied on top while running (fraud_pipeline.live_rules).
+Stateful rules read per-partition windows (fraud_pipeline.rules.windows).
+A partition the detector gains (at start, or from a rebalance), or whose
+batch was rolled back, has its windows rebuilt before its next payment is
+decided, by re-reading its payments of the longest window (plus the allowed
+lateness) before that payment. Exactly-once by default (see fraud_pipeline.stage).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 
 from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
-from .kafka_io import DeadLetters, Output
-from .rules import route
-from .runtime import Summary, run_cli
+from .kafka_io import BatchError, DeadLetters, Output, close_quietly, make_producer, make_topic_reader, read_span
+from .live_rules import LiveRules, describe
+from .payment import InvalidPayment, Payment, decode, with_field
+from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
+from .runtime import PipelineError, Summary, run_cli
 from .stage import LineBuffer, decode_or_reject, run_stage
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
+MAX_CLOCK_SKEW_MS = 60_000
+"""A payment's TIMESTAMP_MS is trusted up to this far ahead of its record's timestamp."""
+
+log = logging.getLogger(NAME)
+
+Replay = Callable[[int, int, int], Iterator[ConsumerRecord]]
+"""``replay(partition, since_ms, until_offset)``: the source partition's records in that span."""
+
+
+def event_time(payment: Payment, record_timestamp: int) -> int:
+    """When the payment happened: its TIMESTAMP_MS (else the record's), never far ahead of the record."""
+    if payment.timestamp_ms is None:
+        return record_timestamp
+    if record_timestamp > 0:
+        return min(payment.timestamp_ms, record_timestamp + MAX_CLOCK_SKEW_MS)
+    return payment.timestamp_ms
+
+
+@lru_cache(maxsize=4096)
+def decision_headers(decision: Decision) -> tuple[tuple[str, bytes], ...]:
+    headers = [
+        ("decision.fraud", b"true" if decision.fraud else b"false"),
+        ("decision.score", f"{decision.score:g}".encode()),
+        ("decision.rules", ",".join(f"{f.id}@{f.version}" for f in decision.fired if f.mode == "enabled").encode()),
+    ]
+    shadow = [f"{f.id}@{f.version}" for f in decision.fired if f.mode == "shadow"]
+    if shadow:
+        headers.append(("decision.shadow", ",".join(shadow).encode()))
+    return tuple(headers)
 
 
 class Detector:
-    """Routes each payment record; unreadable records go to the dead-letter topic."""
+    """Decides and routes each payment record; unreadable records go to the dead-letter topic."""
 
-    def __init__(self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer) -> None:
+    def __init__(
+        self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules, replay: Replay,
+    ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
         self._legit_topic = settings.topics.legit
         self._dead_letters = dead_letters
         self._lines = lines
+        self._rules = rules
+        self._replay = replay
+        self._engine = Engine(rules.current)
+        self._states: dict[int, WindowState] = {}
         self.emit = lines.emit
-        self.discard = lines.discard
+
+    def begin_batch(self) -> None:
+        if not self._rules.refresh():
+            return
+        engine = Engine(self._rules.current)
+        if any(not state.covers(engine.ruleset.group_fields, engine.ruleset.retention_ms) for state in self._states.values()):
+            log.info("the new rules read more history than is held: rebuilding the window state of every partition")
+            self._states.clear()
+        self._engine = engine
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        # Windows of partitions still owned stay valid (nobody else read them meanwhile);
+        # a newly gained partition has none, so it is rebuilt at its first payment.
+        for partition in set(self._states) - partitions:
+            del self._states[partition]
+
+    def discard(self) -> None:
+        # The rolled-back batch's payments are in the windows and will be read again.
+        self._lines.discard()
+        self._states.clear()
 
     def handle(self, record: ConsumerRecord) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        topic = route(payment, self._fraud_topic, self._legit_topic)
-        self._output.send(topic, record.key, record.value)
-        self._lines.add(topic, f"{topic} {topic == self._fraud_topic} {payment.payment_type}")
+        at = event_time(payment, record.timestamp)
+        state = self._state(record, at) if self._engine.stateful else None
+        decision = self._engine.decide(payment, at, state)
+        topic = self._fraud_topic if decision.fraud else self._legit_topic
+        value = with_field(record.value, "DECISION", decision.to_json())
+        self._output.send(topic, record.key, value, list(decision_headers(decision)))
+        self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
+
+    def _state(self, record: ConsumerRecord, now_ms: int) -> WindowState:
+        state = self._states.get(record.partition)
+        if state is None:
+            state = self._states[record.partition] = self._rebuild(record.partition, record.offset, now_ms)
+        return state
+
+    def _rebuild(self, partition: int, until_offset: int, now_ms: int) -> WindowState:
+        """The windows of a partition as of ``until_offset``, from its payments of the last retention span."""
+        started = time.monotonic()
+        state = self._engine.new_state()
+        since_ms = now_ms - state.retention_ms - ALLOWED_LATENESS_MS
+        count = 0
+        for record in self._replay(partition, since_ms, until_offset):
+            try:
+                payment = decode(record.value)
+            except InvalidPayment:
+                continue  # dead-lettered when it was first read
+            self._engine.remember(payment, event_time(payment, record.timestamp), state)
+            count += 1
+        log.info(
+            "rebuilt the windows of partition %d from %d payment(s) before offset %d in %.2fs",
+            partition, count, until_offset, time.monotonic() - started,
+        )
+        return state
+
+
+@contextmanager
+def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
+    """The detector's rules, caught up with the rules topic, and how to replay a payments partition."""
+    if settings.rules_file is None:
+        baseline = ORIGINAL
+    else:
+        try:
+            baseline = load_ruleset(settings.rules_file)
+        except RuleError as exc:
+            raise PipelineError(f"rules file refused: {exc}") from None
+    rejects = Output(make_producer(settings, f"{NAME}-rules"))
+    rejected = DeadLetters(rejects, settings.topics.rules_rejected, NAME)
+
+    def reject(record: ConsumerRecord, reason: str) -> None:
+        rejected.send(record, reason)
+        try:
+            rejects.flush(timeout_s=10)
+        except BatchError as exc:
+            log.error("could not write the rejected rule record to %s: %s", settings.topics.rules_rejected, exc)
+
+    def replay(partition: int, since_ms: int, until_offset: int) -> Iterator[ConsumerRecord]:
+        return read_span(
+            settings, settings.topics.payments, partitions=[partition], since_ms=since_ms,
+            until_offsets={partition: until_offset}, client_id=f"{NAME}-replay",
+        )
+
+    try:
+        reader = make_topic_reader(settings, settings.topics.rules, f"{NAME}-rules")
+        try:
+            rules = LiveRules(baseline, reader, reject)
+            rules.catch_up()
+            log.info("rules (%s, then topic %s): %s", settings.rules_file or "original", settings.topics.rules, describe(rules.current))
+            yield rules, replay
+        finally:
+            close_quietly(reader)
+    finally:
+        close_quietly(rejects.producer)
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
-    return run_stage(
-        settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
-        make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines),
-        transactional=True,
-    )
+    with live_rules(settings) as (rules, replay):
+        return run_stage(
+            settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
+            make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines, rules, replay),
+            transactional=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,
-        "Read payments and route each one: BITCOIN to the fraud topic, the rest to the legit topic. "
-        "Prints '<topic> <True|False> <PAYMENT_TYPE>' per payment; unreadable records go to the "
+        "Read payments, decide each one with the fraud rules and route it: fraud topic when the score of the "
+        "rules that fire reaches the threshold (by default, the original rule: BITCOIN is fraud), legit topic "
+        "otherwise. Prints '<topic> <True|False> <PAYMENT_TYPE>' per payment; unreadable records go to the "
         "dead-letter topic.",
         consumes="the payments topic",
         default_group=DEFAULT_GROUP,

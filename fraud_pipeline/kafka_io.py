@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.structs import TopicPartition
 
 from .config import Settings, TopicSettings
 from .runtime import PipelineError
@@ -60,7 +61,9 @@ def make_producer(settings: Settings, client_id: str, transactional_id: str | No
         raise _connect_error(settings, exc) from None
 
 
-def make_consumer(settings: Settings, topic: str, client_id: str) -> KafkaConsumer:
+def make_consumer(
+    settings: Settings, topic: str, client_id: str, listener: ConsumerRebalanceListener | None = None
+) -> KafkaConsumer:
     """A consumer in ``settings.group_id`` that commits by hand after the output is produced.
 
     It reads committed records only (``read_committed``), so records of an
@@ -88,7 +91,25 @@ def make_consumer(settings: Settings, topic: str, client_id: str) -> KafkaConsum
     if not consumer.partitions_for_topic(topic):
         consumer.close()
         raise PipelineError(f"topic {topic} does not exist (create it with `make topics`)")
-    consumer.subscribe([topic])
+    consumer.subscribe([topic], listener=listener)
+    return consumer
+
+
+def make_topic_reader(settings: Settings, topic: str, client_id: str) -> KafkaConsumer:
+    """A consumer of every partition of ``topic`` from its beginning, outside any group (the rules topic)."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=list(settings.bootstrap_servers), client_id=client_id, group_id=None,
+            enable_auto_commit=False, isolation_level="read_committed",
+        )
+    except KafkaError as exc:
+        raise _connect_error(settings, exc) from None
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        consumer.close()
+        raise PipelineError(f"topic {topic} does not exist (create it with `make topics`)")
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    consumer.seek_to_beginning()
     return consumer
 
 
@@ -104,6 +125,8 @@ class TopicSpec:
     """Copies of each partition."""
     min_insync_replicas: int
     """``min.insync.replicas`` topic config."""
+    compacted: bool = False
+    """``cleanup.policy=compact``: keep the latest record of each key (the rules topic)."""
 
 
 def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -> list[TopicSpec]:
@@ -113,12 +136,14 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         topics.fraud: topics.routed_partitions,
         topics.legit: topics.routed_partitions,
         topics.dead_letter: topics.dead_letter_partitions,
+        topics.rules: 1,  # one partition: rule changes apply in the order they were published
+        topics.rules_rejected: 1,
     }
     wanted = list(partitions) if names is None else list(names)
     return [
         TopicSpec(
             name, partitions[name], topics.replication_factor,
-            min(topics.min_insync_replicas, topics.replication_factor),
+            min(topics.min_insync_replicas, topics.replication_factor), compacted=name == topics.rules,
         )
         for name in wanted
     ]
@@ -145,10 +170,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
                         f" the cluster has {brokers} broker(s); set TOPIC_REPLICATION_FACTOR"
                     )
         for spec in missing:
-            new_topic = NewTopic(
-                spec.name, spec.partitions, spec.replication_factor,
-                topic_configs={"min.insync.replicas": str(spec.min_insync_replicas)},
-            )
+            configs = {"min.insync.replicas": str(spec.min_insync_replicas)}
+            if spec.compacted:
+                configs["cleanup.policy"] = "compact"
+            new_topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=configs)
             try:
                 admin.create_topics([new_topic], wait_for_metadata=True)
                 outcome[spec.name] = "created"
@@ -183,6 +208,73 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
         return {t["name"]: (len(t["partitions"]), len(t["partitions"][0]["replica_nodes"])) for t in found}
     finally:
         admin.close()
+
+
+def read_span(
+    settings: Settings,
+    topic: str,
+    *,
+    partitions: Iterable[int] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    until_offsets: Mapping[int, int] | None = None,
+    client_id: str = "fraud-pipeline-reader",
+) -> Iterator[ConsumerRecord]:
+    """Committed records of a topic (or of some of its partitions) within a time or offset span.
+
+    Starts at the first record stamped at or after ``since_ms`` (the
+    beginning when None); stops before the first record stamped after
+    ``until_ms``, or at ``until_offsets[partition]``, or else at the end the
+    topic had when the call began. Uses no consumer group: nothing is committed.
+    """
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=list(settings.bootstrap_servers), client_id=client_id, group_id=None,
+            enable_auto_commit=False, isolation_level="read_committed", max_poll_records=MAX_POLL_RECORDS,
+        )
+    except KafkaError as exc:
+        raise _connect_error(settings, exc) from None
+    try:
+        known = consumer.partitions_for_topic(topic)
+        if not known:
+            raise PipelineError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(known if partitions is None else set(partitions) & known)]
+        if not tps:
+            return
+        ends = dict(consumer.end_offsets(tps))
+        if until_offsets is not None:
+            ends = {tp: min(ends[tp], until_offsets.get(tp.partition, ends[tp])) for tp in tps}
+        elif until_ms is not None:
+            ends = _offsets_at(consumer, tps, until_ms + 1, ends)
+        starts = _offsets_at(consumer, tps, since_ms, ends) if since_ms is not None else consumer.beginning_offsets(tps)
+        pending = {tp for tp in tps if starts[tp] < ends[tp]}
+        if not pending:
+            return
+        consumer.assign(sorted(pending, key=lambda tp: tp.partition))
+        for tp in pending:
+            consumer.seek(tp, starts[tp])
+        while pending:
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        break
+                    yield record
+                if tp in pending and consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+                    consumer.pause(tp)
+            for tp in list(pending):  # a span ending in aborted records or markers has nothing more to return
+                if consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        close_quietly(consumer)
+
+
+def _offsets_at(
+    consumer: KafkaConsumer, tps: list[TopicPartition], at_ms: int, ends: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Per partition, the first offset stamped at or after ``at_ms``; the end when there is none."""
+    found = consumer.offsets_for_times({tp: max(at_ms, 0) for tp in tps})
+    return {tp: ends[tp] if found.get(tp) is None else min(found[tp].offset, ends[tp]) for tp in tps}
 
 
 def record_source(record: ConsumerRecord) -> str:

@@ -4,10 +4,12 @@ On the wire a payment is the original tutorial's JSON object::
 
     {"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "VISA", "AMOUNT": 42, "TO": "me"}
 
-with three optional fields after those five: ``PAYMENT_ID`` (unique id),
-``ACCOUNT`` (the sender, also the record key) and ``TIMESTAMP_MS`` (event
-time, epoch milliseconds). The original scripts read only the five original
-fields, so they read our messages; we accept messages that have only those five.
+with optional fields after those five: ``PAYMENT_ID`` (unique id),
+``ACCOUNT`` (the sender, also the record key), ``TIMESTAMP_MS`` (event
+time, epoch milliseconds) and, on routed payments only, ``DECISION`` (the
+detector's score and the rules that fired). The original scripts read only
+the five original fields, so they read our messages; we accept messages that
+have only those five.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytz
@@ -54,6 +56,8 @@ class Payment:
     """ACCOUNT: sender account, also the record key; absent in the original's messages."""
     timestamp_ms: int | None = None
     """TIMESTAMP_MS: event time in epoch milliseconds; absent in the original's messages."""
+    decision: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """DECISION: the detector's decision, on routed payments only (see fraud_pipeline.rules.engine.Decision)."""
 
     def original_fields(self) -> dict[str, Any]:
         """The five fields of the original tutorial, in its order (what it printed)."""
@@ -74,12 +78,23 @@ class Payment:
             data["ACCOUNT"] = self.account
         if self.timestamp_ms is not None:
             data["TIMESTAMP_MS"] = self.timestamp_ms
+        if self.decision is not None:
+            data["DECISION"] = self.decision
         return data
 
 
 def encode(payment: Payment) -> bytes:
     """Serialize as the original did: ``json.dumps(...).encode("utf-8")``."""
     return json.dumps(payment.to_dict()).encode("utf-8")
+
+
+def with_field(raw: bytes, name: str, value_json: bytes) -> bytes:
+    """A decoded record's JSON object with one more field appended, the rest byte for byte.
+
+    ``raw`` must be a value ``decode`` accepted (so it ends with ``}``).
+    """
+    body = raw.rstrip()
+    return body[:-1] + b', "' + name.encode() + b'": ' + value_json + b"}"
 
 
 class InvalidPayment(ValueError):
@@ -166,6 +181,7 @@ def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
         payment_id=_optional(data, "PAYMENT_ID", str),
         account=_optional(data, "ACCOUNT", str),
         timestamp_ms=timestamp_ms,
+        decision=decision if isinstance(decision := data.get("DECISION"), dict) else None,
     )
 
 

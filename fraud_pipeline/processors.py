@@ -8,6 +8,13 @@ The lines are the original tutorial's, byte for byte::
     [MASTERCARD] payment to: dad - 7                     (legit topic)
     [ALERT] unable to process payments                   (legit topic, any other type)
 
+The fraud processor then prints the detector's reasons on an indented line
+(``--no-reasons`` leaves them out; a payment routed without a decision, e.g. by
+the original detector, has none)::
+
+    [ALERT] fraud detected payment to: stranger - 900
+        score 2 >= 1: large-to-stranger@1: TO == stranger and AMOUNT=900 >= 500; burst@1: count=6 in 60s > 5 (ACCOUNT=ACC00042)
+
 Both read committed records only, so they never see a payment from an aborted
 detector transaction.
 """
@@ -22,6 +29,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from .config import Settings, TopicSettings, build_parser
 from .kafka_io import DeadLetters
 from .payment import Payment
+from .rules import Decision
 from .runtime import Summary, run_cli
 from .stage import LineBuffer, decode_or_reject, run_stage
 
@@ -31,6 +39,23 @@ def fraud_line(payment: Payment) -> str:
     if payment.to == "stranger":
         return f"[ALERT] fraud detected payment to: {payment.to} - {payment.amount}"
     return f"[PROCESSING BITCOIN] payment to: {payment.to} - {payment.amount}"
+
+
+def reasons_line(payment: Payment) -> str | None:
+    """The detector's decision on a routed payment as one indented line; None without one."""
+    decision = Decision.from_dict(payment.decision) if payment.decision is not None else None
+    if decision is None:
+        return None
+    op = ">=" if decision.fraud else "<"
+    fired = "; ".join(fired.describe() for fired in decision.fired) or "no rule fired"
+    return f"    score {decision.score:g} {op} {decision.threshold:g}: {fired}"
+
+
+def explained_fraud_line(payment: Payment) -> str:
+    """The original fraud line, then the reasons line when the payment carries a decision."""
+    reasons = reasons_line(payment)
+    line = fraud_line(payment)
+    return line if reasons is None else f"{line}\n{reasons}"
 
 
 def legit_line(payment: Payment) -> str:
@@ -57,6 +82,12 @@ class Processor:
         self.emit = lines.emit
         self.discard = lines.discard
 
+    def begin_batch(self) -> None:
+        pass
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        pass  # a processor keeps no state per partition
+
     def handle(self, record: ConsumerRecord) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False)
         if payment is None:
@@ -76,26 +107,32 @@ def _run_processor(
 
 
 def _processor_main(
-    name: str, topic_of: Callable[[TopicSettings], str], line: Callable[[Payment], str], description: str,
-    argv: list[str] | None,
+    name: str, topic_of: Callable[[TopicSettings], str], line_of: Callable[[Settings], Callable[[Payment], str]],
+    description: str, argv: list[str] | None, *, reasons_flag: bool = False,
 ) -> int:
     kind = name.split("_")[0]  # "fraud" or "legit"
     parser = build_parser(name, description, consumes=f"the {kind} topic", default_group=name.replace("_", "-"))
-    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, topic_of(s.topics), line, s, stop))
+    if reasons_flag:
+        parser.add_argument(
+            "--no-reasons", dest="reasons", action="store_false",
+            help="print only the original line, not the detector's reasons after it",
+        )
+    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, topic_of(s.topics), line_of(s), s, stop))
 
 
 def fraud_main(argv: list[str] | None = None) -> int:
     return _processor_main(
-        "fraud_processor", lambda topics: topics.fraud, fraud_line,
+        "fraud_processor", lambda topics: topics.fraud, lambda s: explained_fraud_line if s.reasons else fraud_line,
         "Read the fraud topic and print each payment: '[ALERT] fraud detected payment to: stranger - N' "
-        "for payments to a stranger, '[PROCESSING BITCOIN] payment to: TO - N' otherwise.",
-        argv,
+        "for payments to a stranger, '[PROCESSING BITCOIN] payment to: TO - N' otherwise, then the "
+        "detector's score and the rules that fired on an indented line.",
+        argv, reasons_flag=True,
     )
 
 
 def legit_main(argv: list[str] | None = None) -> int:
     return _processor_main(
-        "legit_processor", lambda topics: topics.legit, legit_line,
+        "legit_processor", lambda topics: topics.legit, lambda s: legit_line,
         "Read the legit topic and print each payment: '[VISA] payment to: TO - N', "
         "'[MASTERCARD] payment to: TO - N', or '[ALERT] unable to process payments' for any other type.",
         argv,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Protocol, TextIO
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TransactionalIdAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -62,6 +62,12 @@ after MAX_BATCH_RETRIES."""
 class RecordHandler(Protocol):
     """What a stage does with each record of a batch."""
 
+    def begin_batch(self) -> None:
+        """A batch was polled and is about to be handled."""
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        """The consumer now owns exactly these partitions of the source topic (after a rebalance)."""
+
     def handle(self, record: ConsumerRecord) -> None:
         """Send and/or buffer the outcome of one record."""
 
@@ -70,6 +76,25 @@ class RecordHandler(Protocol):
 
     def discard(self) -> None:
         """The batch was rolled back: forget its buffered lines."""
+
+
+class _AssignmentListener(ConsumerRebalanceListener):
+    """Tells the handler which partitions it owns after each rebalance."""
+
+    def __init__(self, handler: RecordHandler) -> None:
+        self._handler = handler
+        self._owned: set[int] = set()
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass  # the assignment that follows says what is still owned
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owned = {tp.partition for tp in assigned}
+        self._handler.partitions_assigned(set(self._owned))
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._owned -= {tp.partition for tp in lost}
+        self._handler.partitions_assigned(set(self._owned))
 
 
 class LineBuffer:
@@ -254,6 +279,7 @@ def run_consumer(
         first_offsets = {tp: records[0].offset for tp, records in batches.items()}
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()}
         try:
+            handler.begin_batch()
             delivery.begin()
             for records in batches.values():
                 for record in records:
@@ -302,10 +328,10 @@ def run_stage(
         transactional_id = (settings.transactional_id or f"{settings.group_id}-{slot}") if exactly_once else None
         output = Output(make_producer(settings, name, transactional_id))
         try:
-            consumer = make_consumer(settings, source_topic, name)
+            buffer = LineBuffer(summary, settings.quiet)
+            handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
+            consumer = make_consumer(settings, source_topic, name, _AssignmentListener(handler))
             try:
-                buffer = LineBuffer(summary, settings.quiet)
-                handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
                 delivery: Delivery = (
                     ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id))
                     if exactly_once else AtLeastOnce(output)

@@ -125,12 +125,25 @@ class Engine:
             fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
             if rule.mode == "enabled":
                 score += rule.weight
-        if state is not None and self._group_fields:
-            keys = [(field, key) for field in self._group_fields if (key := field_value(payment, field)) is not None]
-            state.add(payment, keys, now)
+        if state is not None:
+            self._record(payment, now, state)
         if not fired:
             return self._nothing
         return Decision(score, self.ruleset.threshold, tuple(fired))
+
+    def remember(self, payment: Payment, event_ms: int, state: WindowState) -> None:
+        """Record a payment in the windows without deciding it (rebuilding a partition's state)."""
+        self._record(payment, state.event_time(event_ms), state)
+
+    def _record(self, payment: Payment, at_ms: int, state: WindowState) -> None:
+        if self._group_fields:
+            keys = [(field, key) for field in self._group_fields if (key := field_value(payment, field)) is not None]
+            state.add(payment, keys, at_ms)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether some active rule reads the history of a key."""
+        return bool(self._group_fields)
 
     def _fires(self, rule: Rule, payment: Payment, now: int, state: WindowState | None) -> str | None:
         """The reason the rule fires for this payment, or None."""

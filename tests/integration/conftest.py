@@ -60,6 +60,7 @@ class Pipeline:
             "--bootstrap-servers", self.bootstrap,
             "--payments-topic", self.topics.payments, "--fraud-topic", self.topics.fraud,
             "--legit-topic", self.topics.legit, "--dead-letter-topic", self.topics.dead_letter,
+            "--rules-topic", self.topics.rules, "--rules-rejected-topic", self.topics.rules_rejected,
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 
@@ -84,6 +85,7 @@ def pipeline(cluster: str) -> Iterator[Pipeline]:
     suffix = uuid.uuid4().hex[:10]
     topics = TopicSettings(
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
+        rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}",
     )
     settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
     created = ensure_topics(settings, pipeline_topics(topics))
@@ -91,7 +93,7 @@ def pipeline(cluster: str) -> Iterator[Pipeline]:
     yield Pipeline(topics, suffix, cluster)
     admin = KafkaAdminClient(bootstrap_servers=cluster.split(","))
     try:
-        admin.delete_topics([topics.payments, topics.fraud, topics.legit, topics.dead_letter])
+        admin.delete_topics([spec.name for spec in pipeline_topics(topics)])
     finally:
         admin.close()
 

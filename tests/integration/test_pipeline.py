@@ -67,7 +67,8 @@ def test_seeded_payments_flow_through_detector_and_processors(pipeline: Pipeline
     by_id = {p.payment_id: p for p in expected}
     fraud_out = pipeline.run("fraud_processor", "--idle-timeout", "5", group="fraud-processor")
     legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
-    assert Counter(fraud_out.stdout.splitlines()) == Counter(fraud_line(by_id[i]) for i in fraud_ids)
+    reasons = "    score 1 >= 1: bitcoin@1: PAYMENT_TYPE == BITCOIN"
+    assert Counter(fraud_out.stdout.splitlines()) == Counter(fraud_line(by_id[i]) for i in fraud_ids) + Counter({reasons: len(fraud_ids)})
     assert Counter(legit_out.stdout.splitlines()) == Counter(legit_line(by_id[i]) for i in legit_ids)
     assert summary_count(fraud_out.stderr, "fraud_processor") == len(fraud_ids)
 
@@ -102,7 +103,10 @@ def test_original_messages_and_bad_records(pipeline: Pipeline, raw_producer: Kaf
     fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
     legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
     dead = read_topic(pipeline.bootstrap, pipeline.topics.dead_letter)
-    assert [r.value for r in fraud] == [good]  # forwarded byte for byte
+    # forwarded byte for byte, with the decision appended
+    assert [r.value[: len(good) - 1] for r in fraud] == [good[:-1]]
+    assert json.loads(fraud[0].value) == original | {"DECISION": json.loads(fraud[0].value)["DECISION"]}
+    assert dict(fraud[0].headers)["decision.rules"] == b"bitcoin@1"
     assert len(legit) == 1
     assert len(dead) == len(bad)
     for record in dead:
@@ -114,7 +118,9 @@ def test_original_messages_and_bad_records(pipeline: Pipeline, raw_producer: Kaf
     assert 2 + len(bad) == len(fraud) + len(legit) + len(dead)
 
     fraud_out = pipeline.run("fraud_processor", "--idle-timeout", "5", group="fraud-processor")
-    assert fraud_out.stdout == "[ALERT] fraud detected payment to: stranger - 42\n"
+    assert fraud_out.stdout == (
+        "[ALERT] fraud detected payment to: stranger - 42\n    score 1 >= 1: bitcoin@1: PAYMENT_TYPE == BITCOIN\n"
+    )
     legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
     assert legit_out.stdout == "[VISA] payment to: mom - 42\n"
 

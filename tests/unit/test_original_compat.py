@@ -29,7 +29,9 @@ from fraud_pipeline import payment as payment_mod
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.kafka_io import Output
+from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import fraud_line, legit_line
+from fraud_pipeline.rules import ORIGINAL as ORIGINAL_RULES
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import LineBuffer
 from tests.unit.records import record
@@ -112,7 +114,9 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     producer = MagicMock(spec_set=KafkaProducer)
     out = io.StringIO()
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
-    detector = Detector(Output(producer), settings, MagicMock(), LineBuffer(Summary("t", "payments"), False, out))
+    rules = LiveRules(ORIGINAL_RULES, None, MagicMock())
+    lines = LineBuffer(Summary("t", "payments"), False, out)
+    detector = Detector(Output(producer), settings, MagicMock(), lines, rules, lambda *span: iter(()))
     for offset, value in enumerate(values):
         detector.handle(record(value, offset=offset))
     detector.emit()
@@ -120,8 +124,11 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     assert out.getvalue().splitlines() == printed
     ours = [(c.args[0], c.kwargs["value"]) for c in producer.send.call_args_list]
     assert [topic for topic, _ in ours] == [topic for topic, _ in sent]
-    # We forward the bytes; the original re-encoded them: same JSON object either way.
-    assert [json.loads(v) for _, v in ours] == [json.loads(v) for _, v in sent]
+    # We forward the bytes with our decision appended; the original re-encoded them:
+    # same JSON object either way, once the decision is set aside.
+    decided = [json.loads(v) for _, v in ours]
+    assert [d.pop("DECISION")["fraud"] for d in decided] == [topic == "fraud_payments" for topic, _ in sent]
+    assert decided == [json.loads(v) for _, v in sent]
     assert {"fraud_payments", "legit_payments"} == {topic for topic, _ in sent}
 
 

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from typing import Any
-from unittest.mock import MagicMock, call
+from unittest.mock import MagicMock
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -24,8 +24,10 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.kafka_io import BatchError, DeadLetters, Output
+from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import Processor, fraud_line, legit_line
 from fraud_pipeline.producer import produce
+from fraud_pipeline.rules import ORIGINAL
 from fraud_pipeline.runtime import PipelineError, Summary
 from fraud_pipeline.stage import AtLeastOnce, ExactlyOnce, LineBuffer, run_consumer
 from tests.unit.records import record
@@ -50,19 +52,29 @@ class Rig:
         self.out = io.StringIO()
         self.lines = LineBuffer(self.summary, quiet, self.out)
         dead = DeadLetters(self.output, "payments_dlq", "fraud_detector")
-        self.detector = Detector(self.output, SETTINGS, dead, self.lines)
+        rules = LiveRules(ORIGINAL, None, lambda record, reason: None)
+        self.detector = Detector(self.output, SETTINGS, dead, self.lines, rules, lambda *span: iter(()))
 
 
-def test_detector_routes_forwards_bytes_and_prints_the_original_line() -> None:
+def test_detector_routes_forwards_bytes_with_its_decision_and_prints_the_original_line() -> None:
     rig = Rig()
     rig.detector.handle(record(value("BITCOIN"), key=b"ACC1"))
     rig.detector.handle(record(value("VISA"), key=b"ACC2", offset=1))
     assert rig.out.getvalue() == ""  # nothing is printed before the batch is durable
     rig.detector.emit()
     assert rig.out.getvalue() == "fraud_payments True BITCOIN\nlegit_payments False VISA\n"
-    sends = rig.producer.send.call_args_list
-    assert sends[0] == call("fraud_payments", key=b"ACC1", value=value("BITCOIN"), headers=None)
-    assert sends[1] == call("legit_payments", key=b"ACC2", value=value("VISA"), headers=None)
+    fraud, legit = rig.producer.send.call_args_list
+    assert fraud.args == ("fraud_payments",) and fraud.kwargs["key"] == b"ACC1"
+    assert legit.args == ("legit_payments",) and legit.kwargs["key"] == b"ACC2"
+    # the input bytes, then the decision appended to the object
+    assert fraud.kwargs["value"].startswith(value("BITCOIN")[:-1] + b', "DECISION": ')
+    assert json.loads(fraud.kwargs["value"])["DECISION"] == {
+        "fraud": True, "score": 1.0, "threshold": 1.0,
+        "rules": [{"id": "bitcoin", "version": 1, "mode": "enabled", "weight": 1.0, "reason": "PAYMENT_TYPE == BITCOIN"}],
+    }
+    assert json.loads(legit.kwargs["value"])["DECISION"] == {"fraud": False, "score": 0.0, "threshold": 1.0, "rules": []}
+    assert dict(fraud.kwargs["headers"]) == {"decision.fraud": b"true", "decision.score": b"1", "decision.rules": b"bitcoin@1"}
+    assert dict(legit.kwargs["headers"]) == {"decision.fraud": b"false", "decision.score": b"0", "decision.rules": b""}
     assert rig.summary.counts == {"fraud_payments": 1, "legit_payments": 1}
 
 
@@ -187,6 +199,12 @@ class Recorder:
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
+
+    def begin_batch(self) -> None:
+        pass
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        self.events.append(f"assigned {sorted(partitions)}")
 
     def handle(self, record: Any) -> None:
         self.events.append(record.value.decode())

@@ -1,0 +1,110 @@
+"""Rules changed without a restart: a baseline rule set plus the records of the rules topic.
+
+The rules topic is compacted and keyed by rule id. A record's value is one
+rule as JSON (the format of fraud_pipeline.rules.definitions); it adds the
+rule, or replaces the rule of that id. A tombstone (no value) removes the
+rule, the baseline's included. A record that is not a valid rule is logged,
+copied to the rejected-rules topic with the reason in its ``error`` header,
+and changes nothing: the running set stays as it was.
+
+A detector reads the topic from its beginning at start-up, then checks it for
+news about once a second between batches (REFRESH_INTERVAL_S).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+
+from .kafka_io import record_source
+from .rules import RuleError, RuleSet, parse_rule
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_S = 1.0
+"""How often a running detector looks for new rule records."""
+
+Reject = Callable[[ConsumerRecord, str], None]
+
+
+class LiveRules:
+    """The current rule set: ``baseline`` with the rules topic's records applied in order."""
+
+    def __init__(self, baseline: RuleSet, reader: KafkaConsumer | None, reject: Reject) -> None:
+        self.current = baseline
+        self._reader = reader
+        self._reject = reject
+        self._checked_at = 0.0
+        self.applied = 0
+        self.rejected = 0
+
+    def catch_up(self) -> None:
+        """Apply every record the topic holds now (at start-up, before the first payment)."""
+        if self._reader is None:
+            return
+        ends = self._reader.end_offsets(list(self._reader.assignment()))
+        while any(self._reader.position(tp) < end for tp, end in ends.items()):
+            self._apply_batch(self._reader.poll(timeout_ms=500))
+        self._checked_at = time.monotonic()
+
+    def refresh(self) -> bool:
+        """Apply records published since the last look (at most once per REFRESH_INTERVAL_S); True if the set changed."""
+        if self._reader is None or time.monotonic() - self._checked_at < REFRESH_INTERVAL_S:
+            return False
+        self._checked_at = time.monotonic()
+        before = self.current
+        self._apply_batch(self._reader.poll(timeout_ms=0))
+        return self.current is not before
+
+    def _apply_batch(self, batches: dict[object, list[ConsumerRecord]]) -> None:
+        for records in batches.values():
+            for record in records:
+                self.apply(record)
+
+    def apply(self, record: ConsumerRecord) -> None:
+        """Apply one record of the rules topic to the current set, or reject it."""
+        try:
+            self.current = _applied(self.current, record)
+        except RuleError as exc:
+            self.rejected += 1
+            log.error("rejected rule record %s: %s; the running rules are unchanged", record_source(record), exc)
+            self._reject(record, str(exc))
+            return
+        self.applied += 1
+        rule_id = record.key.decode()
+        rule = self.current.get(rule_id)
+        if rule is None:
+            log.info("rule %s removed (%s); %s", rule_id, record_source(record), describe(self.current))
+        else:
+            log.info("rule %s applied (%s, %s); %s", rule.ref, rule.mode, record_source(record), describe(self.current))
+
+
+def _applied(ruleset: RuleSet, record: ConsumerRecord) -> RuleSet:
+    """``ruleset`` changed by one rules-topic record; RuleError if the record is not a valid rule."""
+    if not record.key:
+        raise RuleError("key", "a rule record needs the rule id as its key")
+    try:
+        rule_id = record.key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RuleError("key", "the key is not UTF-8") from None
+    if record.value is None:
+        return ruleset.without(rule_id)
+    try:
+        data = json.loads(record.value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RuleError("", f"not JSON: {exc}", rule_id) from None
+    rule = parse_rule(data)
+    if rule.id != rule_id:
+        raise RuleError("id", f"the record's key is {rule_id!r} but the rule's id is {rule.id!r}", rule_id)
+    return ruleset.with_rule(rule)
+
+
+def describe(ruleset: RuleSet) -> str:
+    """One line: the threshold and each rule with its mode, e.g. ``threshold 1: bitcoin@1, burst@2 (shadow)``."""
+    rules = ", ".join(rule.ref + ("" if rule.mode == "enabled" else f" ({rule.mode})") for rule in ruleset.rules)
+    return f"threshold {ruleset.threshold:g}: {rules or 'no rules'}"
