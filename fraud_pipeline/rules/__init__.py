@@ -7,12 +7,12 @@
 """
 
 from .conditions import RuleError
-from .definitions import ORIGINAL, RULESETS_DIR, Rule, RuleSet, load_ruleset, parse_rule, parse_ruleset
+from .definitions import MODES, ORIGINAL, RULESETS_DIR, Rule, RuleSet, load_ruleset, parse_rule, parse_ruleset
 from .engine import Decision, Engine, FiredRule
 from .original import is_suspicious, route
 from .windows import ALLOWED_LATENESS_MS, MAX_KEYS, WindowState
 
 __all__ = [
-    "ALLOWED_LATENESS_MS", "MAX_KEYS", "ORIGINAL", "RULESETS_DIR", "Decision", "Engine", "FiredRule", "Rule",
+    "ALLOWED_LATENESS_MS", "MAX_KEYS", "MODES", "ORIGINAL", "RULESETS_DIR", "Decision", "Engine", "FiredRule", "Rule",
     "RuleError", "RuleSet", "WindowState", "is_suspicious", "load_ruleset", "parse_rule", "parse_ruleset", "route",
 ]

@@ -1,0 +1,171 @@
+"""Rules as data on the real cluster: live changes through the rules topic, and window state
+that survives a detector restart and a rebalance to a second detector."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from fraud_pipeline.payment import Payment, encode, seoul_date_time
+from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group
+
+pytestmark = pytest.mark.integration
+
+BURST_RULES = """\
+threshold: 1
+rules:
+  - id: burst
+    description: more than 3 payments from one account within 2 minutes
+    aggregate: {function: count, group_by: ACCOUNT, window_s: 120, op: ">", value: 3}
+"""
+
+
+def payment(account: str, amount: int = 7, payment_type: str = "VISA", to: str = "mom") -> Payment:
+    now = datetime.datetime.now(datetime.UTC)
+    date, clock = seoul_date_time(now)
+    return Payment(date, clock, payment_type, amount, to, str(uuid.uuid4()), account, int(now.timestamp() * 1000))
+
+
+def send(producer: KafkaProducer, topic: str, payments: list[Payment]) -> None:
+    for p in payments:
+        producer.send(topic, key=(p.account or "").encode(), value=encode(p))
+    producer.flush()
+
+
+def routed(pipeline: Pipeline) -> dict[str, tuple[bool, dict]]:
+    """payment id -> (went to fraud, its DECISION) for every routed payment."""
+    out = {}
+    for topic, fraud in ((pipeline.topics.fraud, True), (pipeline.topics.legit, False)):
+        for record in read_topic(pipeline.bootstrap, topic):
+            value = json.loads(record.value)
+            out[value["PAYMENT_ID"]] = (fraud, value["DECISION"])
+    return out
+
+
+def wait_routed(pipeline: Pipeline, count: int, timeout_s: float = 60) -> dict[str, tuple[bool, dict]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = routed(pipeline)
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"only {len(found)} of {count} payments routed in {timeout_s}s"
+        time.sleep(0.5)
+
+
+def test_a_published_rule_changes_routing_within_seconds_and_a_bad_one_is_rejected(
+    pipeline: Pipeline, raw_producer: KafkaProducer, tmp_path: Path
+) -> None:
+    detector = pipeline.start("fraud_detector", "--idle-timeout", "6", "--quiet", group="detector")
+    try:
+        wait_for_group(pipeline.bootstrap, pipeline.group("detector"), members=1)
+        sent_at: dict[str, float] = {}
+        stop = threading.Event()
+
+        def probes() -> None:  # a VISA payment of 95 every 100 ms: legit under the original rule
+            while not stop.is_set():
+                p = payment("ACC-PROBE", amount=95)
+                send(raw_producer, pipeline.topics.payments, [p])
+                sent_at[p.payment_id or ""] = time.time()
+                stop.wait(0.1)
+
+        sender = threading.Thread(target=probes, daemon=True)
+        sender.start()
+        time.sleep(3)
+        rule = tmp_path / "big.json"
+        rule.write_text(json.dumps({"id": "big", "description": "90 or more", "when": {"field": "AMOUNT", "op": ">=", "value": 90}}))
+        publish_started = time.time()
+        published = pipeline.run("fraud_rules", "publish", str(rule))
+        published_at = time.time()
+        assert "published big@1 (enabled)" in published.stdout
+        time.sleep(8)
+        # An invalid rule and a rule under the wrong key: both rejected, the running set unchanged.
+        raw_producer.send(pipeline.topics.rules, key=b"broken", value=b'{"id": "broken", "when": {"field": "AMOUNT", "op": "<", "value": "x"}}')
+        raw_producer.send(pipeline.topics.rules, key=b"other", value=b'{"id": "big", "when": {"field": "AMOUNT", "op": ">", "value": 1000}}')
+        raw_producer.flush()
+        time.sleep(4)
+        stop.set()
+        sender.join()
+        decided = wait_routed(pipeline, len(sent_at))
+    finally:
+        _, stderr = detector.communicate(timeout=60)
+    assert detector.returncode == 0, stderr[-3000:]
+
+    before = [pid for pid, at in sent_at.items() if at < publish_started - 2]
+    assert before and not any(decided[pid][0] for pid in before), "probes before the rule must be legit"
+    # From the last probe the old rules let through, every later one was caught.
+    last_legit = max(at for pid, at in sent_at.items() if not decided[pid][0])
+    delay = last_legit - published_at
+    print(f"\nlast probe routed by the old rules was sent {delay:+.2f}s after `fraud_rules publish` returned")
+    assert delay <= 5.0
+    after = [pid for pid, at in sent_at.items() if at >= published_at + 5]
+    assert len(after) > 50 and all(decided[pid][0] for pid in after), "every probe after the 5 s mark must be fraud"
+    assert {decided[pid][1]["rules"][0]["reason"] for pid in after} == {"AMOUNT=95 >= 90"}
+
+    rejected = read_topic(pipeline.bootstrap, pipeline.topics.rules_rejected)
+    errors = {r.key: dict(r.headers)["error"].decode() for r in rejected}
+    assert set(errors) == {b"broken", b"other"}
+    assert "when.value: AMOUNT is a number" in errors[b"broken"]
+    assert "key is 'other' but the rule's id is 'big'" in errors[b"other"]
+    assert stderr.count("rejected rule record") == 2
+
+
+def test_velocity_state_survives_a_restart(pipeline: Pipeline, raw_producer: KafkaProducer, tmp_path: Path) -> None:
+    rules = tmp_path / "burst.yaml"
+    rules.write_text(BURST_RULES)
+    accounts = [f"ACC-R{n:02d}" for n in range(12)]
+    first = [payment(a) for a in accounts for _ in range(2)]
+    send(raw_producer, pipeline.topics.payments, first)
+    pipeline.run("fraud_detector", "--rules", str(rules), "--idle-timeout", "3", "--quiet", group="detector")
+    # A new process: its windows are empty until it rebuilds them from the topic.
+    third = [payment(a) for a in accounts]
+    fourth = [payment(a) for a in accounts]
+    send(raw_producer, pipeline.topics.payments, third + fourth)
+    again = pipeline.run("fraud_detector", "--rules", str(rules), "--idle-timeout", "3", "--quiet", group="detector")
+    assert summary_count(again.stderr, "fraud_detector") == 24
+    assert "rebuilt the windows of partition" in again.stderr
+
+    decided = routed(pipeline)
+    assert not any(decided[p.payment_id or ""][0] for p in first + third)
+    for p in fourth:
+        fraud, decision = decided[p.payment_id or ""]
+        assert fraud, f"4th payment of {p.account} not flagged: {decision}"
+        assert decision["rules"][0]["reason"] == f"count=4 in 120s > 3 (ACCOUNT={p.account})"
+
+
+def test_velocity_state_follows_a_partition_to_a_second_detector(
+    pipeline: Pipeline, raw_producer: KafkaProducer, tmp_path: Path
+) -> None:
+    rules = tmp_path / "burst.yaml"
+    rules.write_text(BURST_RULES)
+    accounts = [f"ACC-B{n:02d}" for n in range(12)]
+    args = ("--rules", str(rules), "--idle-timeout", "10", "--quiet", "--guarantee", "at-least-once")
+    first_detector = pipeline.start("fraud_detector", *args, group="shared")
+    second_detector = None
+    try:
+        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=1)
+        early = [payment(a) for a in accounts for _ in range(3)]
+        send(raw_producer, pipeline.topics.payments, early)
+        wait_routed(pipeline, len(early))
+        # The second detector takes over half of the partitions, and with them accounts it never saw.
+        second_detector = pipeline.start("fraud_detector", *args, group="shared")
+        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
+        late = [payment(a) for a in accounts]
+        send(raw_producer, pipeline.topics.payments, late)
+        decided = wait_routed(pipeline, len(early) + len(late))
+    finally:
+        outputs = [proc.communicate(timeout=90) for proc in (first_detector, second_detector) if proc is not None]
+    handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
+    assert len(handled) == 2 and handled[1] > 0, f"the second detector got no payments: {handled}"
+    assert "rebuilt the windows of partition" in outputs[1][1]
+    assert not any(decided[p.payment_id or ""][0] for p in early)
+    for p in late:
+        fraud, decision = decided[p.payment_id or ""]
+        assert fraud, f"4th payment of {p.account} not flagged: {decision}"
+        assert decision["rules"][0]["reason"] == f"count=4 in 120s > 3 (ACCOUNT={p.account})"
