@@ -1,0 +1,333 @@
+"""The rule engine on its own: conditions, validation, windows, sequences, decisions, live changes."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from kafka import KafkaProducer
+
+from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.detector import Detector
+from fraud_pipeline.kafka_io import DeadLetters, Output
+from fraud_pipeline.live_rules import LiveRules
+from fraud_pipeline.payment import Payment, encode, generate
+from fraud_pipeline.rules import (
+    ALLOWED_LATENESS_MS,
+    ORIGINAL,
+    Decision,
+    Engine,
+    RuleError,
+    WindowState,
+    is_suspicious,
+    load_ruleset,
+    parse_rule,
+    parse_ruleset,
+)
+from fraud_pipeline.runtime import Summary
+from fraud_pipeline.stage import LineBuffer
+from tests.unit.records import record
+
+S = 1000  # ms
+
+
+def pay(amount: int = 10, payment_type: str = "VISA", to: str = "mom", account: str | None = "A", ts: int = 0) -> Payment:
+    return Payment("01/22/2023", "11:50:50", payment_type, amount, to, f"id-{ts}-{amount}", account, ts)
+
+
+def rule(**fields: Any) -> dict[str, Any]:
+    return {"id": "r", **fields}
+
+
+def engine(*rules: dict[str, Any], threshold: float = 1) -> Engine:
+    return Engine(parse_ruleset({"threshold": threshold, "rules": list(rules)}))
+
+
+def fires(cond: dict[str, Any], payment: Payment) -> bool:
+    return engine(rule(when=cond)).decide(payment, 0).fraud
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cond", "expected"),
+    [
+        ({"field": "AMOUNT", "op": ">=", "value": 10}, True),
+        ({"field": "AMOUNT", "op": ">", "value": 10}, False),
+        ({"field": "AMOUNT", "op": "<", "value": 10.5}, True),
+        ({"field": "AMOUNT", "op": "<=", "value": 9}, False),
+        ({"field": "TO", "op": "==", "value": "mom"}, True),
+        ({"field": "TO", "op": "!=", "value": "mom"}, False),
+        ({"field": "PAYMENT_TYPE", "op": "in", "value": ["VISA", "BITCOIN"]}, True),
+        ({"field": "PAYMENT_TYPE", "op": "in", "value": ["BITCOIN"]}, False),
+        ({"all": [{"field": "TO", "op": "==", "value": "mom"}, {"field": "AMOUNT", "op": ">", "value": 5}]}, True),
+        ({"all": [{"field": "TO", "op": "==", "value": "mom"}, {"field": "AMOUNT", "op": ">", "value": 50}]}, False),
+        ({"any": [{"field": "TO", "op": "==", "value": "dad"}, {"field": "AMOUNT", "op": ">", "value": 5}]}, True),
+        ({"any": [{"field": "TO", "op": "==", "value": "dad"}, {"field": "AMOUNT", "op": ">", "value": 50}]}, False),
+        ({"not": {"field": "TO", "op": "==", "value": "dad"}}, True),
+        ({"not": {"any": [{"field": "TO", "op": "==", "value": "mom"}]}}, False),
+    ],
+)
+def test_conditions(cond: dict[str, Any], expected: bool) -> None:
+    assert fires(cond, pay()) is expected
+
+
+def test_a_condition_on_a_missing_field_does_not_hold_whatever_the_operator() -> None:
+    original_message = pay(account=None)
+    assert not fires({"field": "ACCOUNT", "op": "==", "value": "A"}, original_message)
+    assert not fires({"field": "ACCOUNT", "op": "!=", "value": "A"}, original_message)
+
+
+def test_explanations_show_observed_values() -> None:
+    decision = engine(rule(when={"all": [{"field": "TO", "op": "==", "value": "mom"}, {"field": "AMOUNT", "op": ">=", "value": 5}]})
+                      ).decide(pay(amount=742), 0)
+    assert decision.fired[0].reason == "TO == mom and AMOUNT=742 >= 5"
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"when": {"field": "AMOUNT", "op": ">", "value": 1}}, "id: must be"),
+        (rule(), "rule 'r': a rule needs 'when', 'aggregate' or 'sequence'"),
+        (rule(when={"field": "AMOUNT", "op": "<", "value": "ten"}), "rule 'r': when.value: AMOUNT is a number"),
+        (rule(when={"field": "AMOUNTS", "op": "<", "value": 1}), "rule 'r': when.field: must be one of"),
+        (rule(when={"field": "TO", "op": "<", "value": "x"}), "rule 'r': when.op: '<' compares numbers; TO is text"),
+        (rule(when={"field": "TO", "op": "~", "value": "x"}), "rule 'r': when.op: must be one of"),
+        (rule(when={"field": "TO", "op": "in", "value": []}), "rule 'r': when.value: 'in' needs a non-empty list"),
+        (rule(when={"all": [{"field": "TO", "op": "==", "value": 3}]}), "rule 'r': when.all[0].value: TO is text"),
+        (rule(when={"all": []}), "rule 'r': when.all: must be a non-empty list"),
+        (rule(when={"field": "TO", "op": "==", "value": "x"}, mode="on"), "rule 'r': mode: must be one of enabled, shadow, disabled"),
+        (rule(when={"field": "TO", "op": "==", "value": "x"}, version=0), "rule 'r': version: must be a whole number >= 1"),
+        (rule(when={"field": "TO", "op": "==", "value": "x"}, wieght=2), "rule 'r': rule: unknown key(s) 'wieght'"),
+        (rule(aggregate={"function": "median", "group_by": "ACCOUNT", "window_s": 60, "op": ">", "value": 1}),
+         "rule 'r': aggregate.function: must be one of count, sum, avg, min, max"),
+        (rule(aggregate={"function": "sum", "group_by": "ACCOUNT", "window_s": 60, "op": ">", "value": 1}),
+         "rule 'r': aggregate.field: must be one of AMOUNT, TIMESTAMP_MS"),
+        (rule(aggregate={"function": "count", "group_by": "DATE", "window_s": 60, "op": ">", "value": 1}),
+         "rule 'r': aggregate.group_by: must be one of ACCOUNT, TO, PAYMENT_TYPE"),
+        (rule(aggregate={"function": "count", "group_by": "ACCOUNT", "window_s": -5, "op": ">", "value": 1}),
+         "rule 'r': aggregate.window_s: must be a positive number"),
+        (rule(aggregate={"function": "count", "group_by": "ACCOUNT", "window_s": 10**6, "op": ">", "value": 1}),
+         "rule 'r': aggregate.window_s: must be at most 86400 s"),
+        (rule(sequence={"group_by": "ACCOUNT", "within_s": 60, "first": {"field": "AMOUNT", "op": "<", "value": 5}}),
+         "rule 'r': sequence.then: is required"),
+    ],
+)
+def test_invalid_rules_name_the_rule_and_field(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(RuleError) as error:
+        parse_rule(data)
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_duplicate_ids_and_bad_threshold_are_refused() -> None:
+    good = {"id": "x", "when": {"field": "TO", "op": "==", "value": "x"}}
+    with pytest.raises(RuleError, match="two rules have the id 'x'"):
+        parse_ruleset({"rules": [good, good]})
+    with pytest.raises(RuleError, match="threshold: must be a positive number"):
+        parse_ruleset({"threshold": 0, "rules": [good]})
+
+
+def test_rule_files_in_json_and_yaml(tmp_path: Path) -> None:
+    (tmp_path / "set.json").write_text(json.dumps({"threshold": 2, "rules": [rule(when={"field": "TO", "op": "==", "value": "x"})]}))
+    (tmp_path / "set.yaml").write_text("rules:\n  - id: y\n    when: {field: AMOUNT, op: '>', value: 3}\n")
+    assert load_ruleset(tmp_path / "set.json").threshold == 2
+    assert [r.id for r in load_ruleset(tmp_path / "set.yaml").rules] == ["y"]
+    (tmp_path / "bad.yaml").write_text("rules:\n  - id: y\n    when: {field: AMOUNT, op: '>', value: three}\n")
+    with pytest.raises(RuleError, match=r"rule 'y': when.value: AMOUNT is a number, got 'three' \(in .*bad.yaml\)"):
+        load_ruleset(tmp_path / "bad.yaml")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(RuleError, match=r"broken\.json is not valid JSON"):
+        load_ruleset(tmp_path / "broken.json")
+
+
+# --- decisions ----------------------------------------------------------------------------------
+
+
+def test_the_original_rule_set_routes_exactly_as_the_original() -> None:
+    rng = random.Random(3)
+    original = Engine(ORIGINAL)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    for _ in range(500):
+        p = generate(rng, now)
+        assert original.decide(p, 0).fraud is is_suspicious(p)
+
+
+def test_score_weights_threshold_shadow_and_disabled() -> None:
+    big = {"field": "AMOUNT", "op": ">=", "value": 100}
+    stranger = {"field": "TO", "op": "==", "value": "stranger"}
+    e = Engine(parse_ruleset({"threshold": 1.5, "rules": [
+        {"id": "big", "weight": 1, "when": big},
+        {"id": "stranger", "weight": 0.5, "when": stranger},
+        {"id": "watch", "mode": "shadow", "weight": 5, "when": big},
+        {"id": "off", "mode": "disabled", "weight": 5, "when": big},
+    ]}))
+    only_big = e.decide(pay(amount=150), 0)
+    assert (only_big.score, only_big.fraud) == (1.0, False)
+    assert [(f.id, f.mode) for f in only_big.fired] == [("big", "enabled"), ("watch", "shadow")]
+    both = e.decide(pay(amount=150, to="stranger"), 0)
+    assert (both.score, both.fraud) == (1.5, True)
+    assert [f.describe() for f in both.fired][-1] == "watch@1 [shadow]: AMOUNT=150 >= 100"
+
+
+def test_decision_round_trips_through_json() -> None:
+    d = engine(rule(when={"field": "TO", "op": "==", "value": "mom"})).decide(pay(), 0)
+    again = Decision.from_dict(json.loads(d.to_json()))
+    assert again == d and again is not None and again.fraud
+    assert Decision.from_dict({"score": 1}) is None
+
+
+# --- windows --------------------------------------------------------------------------------------
+
+
+def count_rule(window_s: float = 60, value: float = 3, group_by: str = "ACCOUNT", **extra: Any) -> dict[str, Any]:
+    return rule(aggregate={"function": "count", "group_by": group_by, "window_s": window_s, "op": ">", "value": value, **extra})
+
+
+def test_count_in_a_sliding_window_per_account() -> None:
+    e = engine(count_rule())
+    state = e.new_state()
+    flags = [e.decide(pay(account="A", ts=t * S), t * S, state).fraud for t in (0, 10, 20)]
+    flags.append(e.decide(pay(account="B", ts=25 * S), 25 * S, state).fraud)  # another account
+    fourth = e.decide(pay(account="A", ts=30 * S), 30 * S, state)
+    assert flags == [False, False, False, False] and fourth.fraud
+    assert fourth.fired[0].reason == "count=4 in 60s > 3 (ACCOUNT=A)"
+    # at 61 s the payment at 0 has left the window: 10, 20, 30, 61 is 4 again
+    assert e.decide(pay(account="A", ts=61 * S), 61 * S, state).fraud
+    # at 100 s only 61 and 100 are left
+    assert e.decide(pay(account="A", ts=100 * S), 100 * S, state).fraud is False
+
+
+@pytest.mark.parametrize(("function", "expected"), [("sum", "sum(AMOUNT)=60"), ("avg", "avg(AMOUNT)=20"),
+                                                    ("min", "min(AMOUNT)=10"), ("max", "max(AMOUNT)=30")])
+def test_amount_aggregates(function: str, expected: str) -> None:
+    e = engine(rule(aggregate={"function": function, "field": "AMOUNT", "group_by": "ACCOUNT", "window_s": 60, "op": ">=", "value": 0}))
+    state = e.new_state()
+    for i, amount in enumerate((10, 20)):
+        e.decide(pay(amount, ts=i * S), i * S, state)
+    decision = e.decide(pay(30, ts=2 * S), 2 * S, state)
+    assert decision.fired[0].reason.startswith(expected)
+
+
+def test_aggregate_where_and_group_by_recipient() -> None:
+    e = engine(count_rule(value=1, group_by="TO", where={"field": "PAYMENT_TYPE", "op": "==", "value": "BITCOIN"}))
+    state = e.new_state()
+    assert not e.decide(pay(to="x", payment_type="BITCOIN", account="A"), 0, state).fraud
+    assert not e.decide(pay(to="x", payment_type="VISA", account="B"), S, state).fraud  # VISA not counted
+    d = e.decide(pay(to="x", payment_type="BITCOIN", account="C"), 2 * S, state)
+    assert d.fraud and d.fired[0].reason == "count=2 in 60s > 1 (TO=x)"
+
+
+def test_small_then_large_within_a_minute() -> None:
+    e = engine(rule(sequence={"group_by": "ACCOUNT", "within_s": 60,
+                              "first": {"field": "AMOUNT", "op": "<", "value": 5},
+                              "then": {"field": "AMOUNT", "op": ">=", "value": 500}}))
+    state = e.new_state()
+    assert not e.decide(pay(900, account="A", ts=0), 0, state).fraud  # large first: no
+    assert not e.decide(pay(2, account="A", ts=S), S, state).fraud
+    d = e.decide(pay(800, account="A", ts=13 * S), 13 * S, state)
+    assert d.fired[0].reason == "AMOUNT=2 < 5 then AMOUNT=800 >= 500 within 60s (ACCOUNT=A, 12s apart)"
+    assert not e.decide(pay(800, account="B", ts=14 * S), 14 * S, state).fraud  # another account
+    assert not e.decide(pay(800, account="A", ts=62 * S), 62 * S, state).fraud  # small one 61 s ago
+
+
+def test_a_stateful_rule_set_needs_a_state() -> None:
+    with pytest.raises(ValueError, match="needs a WindowState"):
+        engine(count_rule()).decide(pay(), 0)
+
+
+def test_windows_are_bounded_by_time_and_by_keys() -> None:
+    state = WindowState({"ACCOUNT"}, retention_ms=60 * S, max_keys=100)
+    for i in range(250):
+        state.add(pay(account=f"K{i}"), [("ACCOUNT", f"K{i}")], i * 10)
+    assert len(state) == 100 and state.evicted_keys == 150
+    # An hour later, every old key is swept as new payments come
+    state2 = WindowState({"ACCOUNT"}, retention_ms=60 * S)
+    for i in range(500):
+        state2.add(pay(account=f"K{i}"), [("ACCOUNT", f"K{i}")], 0)
+    for i in range(2000):
+        state2.add(pay(account="hot"), [("ACCOUNT", "hot")], 3600 * S + i)
+    assert len(state2) == 1
+    assert state2.payments() < 2000 + 1  # one key, its window only
+
+
+def test_late_payments_keep_event_time_order_within_the_allowed_lateness() -> None:
+    e = engine(count_rule(window_s=10, value=1))
+    state = e.new_state()
+    e.decide(pay(ts=100 * S), 100 * S, state)
+    assert state.event_time(95 * S) == 95 * S  # 5 s late: its own time
+    assert state.event_time(10 * S) == 100 * S - ALLOWED_LATENESS_MS  # too late: counted at the bound
+    late = e.decide(pay(ts=95 * S), 95 * S, state)  # window (85, 95]: only itself
+    assert not late.fraud
+    assert [t for t, _ in state.events("ACCOUNT", "A", 100 * S, 60 * S)] == [95 * S, 100 * S]
+
+
+# --- live changes and the detector's state -----------------------------------------------------
+
+
+def rules_record(key: bytes | None, value: Any, offset: int = 0) -> Any:
+    raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
+    return record(raw, topic="fraud_rules", key=key, offset=offset)
+
+
+def test_live_rules_add_replace_remove_and_reject() -> None:
+    rejected: list[str] = []
+    live = LiveRules(ORIGINAL, None, lambda rec, reason: rejected.append(reason))
+    big = {"id": "big", "when": {"field": "AMOUNT", "op": ">", "value": 90}}
+    live.apply(rules_record(b"big", big))
+    assert [r.ref for r in live.current.rules] == ["bitcoin@1", "big@1"]
+    live.apply(rules_record(b"big", big | {"version": 2, "mode": "shadow"}))
+    assert [(r.ref, r.mode) for r in live.current.rules] == [("bitcoin@1", "enabled"), ("big@2", "shadow")]
+    before = live.current
+    live.apply(rules_record(b"bad", {"id": "bad", "when": {"field": "AMOUNT", "op": ">", "value": "x"}}))
+    live.apply(rules_record(b"other", big))
+    live.apply(rules_record(b"x", b"{not json"))
+    live.apply(rules_record(None, big))
+    assert live.current is before and live.rejected == 4
+    assert [r.split(":")[0] for r in rejected] == ["rule 'bad'", "rule 'other'", "rule 'x'", "key"]
+    live.apply(rules_record(b"bitcoin", None))  # a tombstone removes a baseline rule too
+    assert [r.ref for r in live.current.rules] == ["big@2"]
+
+
+class ReplayLog:
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+        self.calls: list[tuple[int, int, int]] = []
+
+    def __call__(self, partition: int, since_ms: int, until_offset: int) -> Any:
+        self.calls.append((partition, since_ms, until_offset))
+        return iter(r for r in self.records if r.partition == partition and r.offset < until_offset)
+
+
+def test_detector_rebuilds_a_gained_partition_from_its_recent_payments() -> None:
+    ruleset = parse_ruleset({"rules": [count_rule(value=2)]})
+    history = [record(encode(pay(account="A", ts=t * S)), partition=3, offset=t, key=b"A", timestamp=t * S) for t in range(2)]
+    replay = ReplayLog(history)
+    producer = MagicMock(spec_set=KafkaProducer)
+    lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
+    settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
+    detector = Detector(Output(producer), settings, DeadLetters(Output(producer), "dlq", "t"), lines,
+                        LiveRules(ruleset, None, lambda rec, reason: None), replay)
+
+    third = record(encode(pay(account="A", ts=2 * S)), partition=3, offset=2, key=b"A", timestamp=2 * S)
+    detector.handle(third)
+    assert replay.calls == [(3, 2 * S - 60 * S - ALLOWED_LATENESS_MS, 2)]
+    assert producer.send.call_args.args == ("fraud_payments",)  # 3 payments > 2, two of them from the replay
+    detector.partitions_assigned({3})  # kept: no new rebuild
+    detector.handle(record(encode(pay(account="A", ts=3 * S)), partition=3, offset=3, key=b"A", timestamp=3 * S))
+    assert len(replay.calls) == 1
+    detector.discard()  # a rolled-back batch: its payments will be read again, so the windows are rebuilt
+    detector.handle(record(encode(pay(account="A", ts=3 * S)), partition=3, offset=3, key=b"A", timestamp=3 * S))
+    assert replay.calls[-1] == (3, 3 * S - 60 * S - ALLOWED_LATENESS_MS, 3)
+    detector.partitions_assigned({1})  # partition 3 moved away: its windows go
+    detector.handle(record(encode(pay(account="A", ts=4 * S)), partition=3, offset=4, key=b"A", timestamp=4 * S))
+    assert len(replay.calls) == 3
