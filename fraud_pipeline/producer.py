@@ -3,13 +3,20 @@
 Prints each payment as the original tutorial did (the Python dict of its five
 fields). Records are keyed by the sender account, so one account's payments
 stay in order on one partition.
+
+With ``--scenarios`` the stream also carries labelled fraud scenarios
+(fraud_pipeline.scenarios); each record then has the headers ``fraud.label``
+(``fraud`` or ``legit``) and ``fraud.scenario``: the ground truth for a
+backtest, which the detector never reads.
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from itertools import islice
 from typing import TextIO
 
@@ -17,8 +24,9 @@ from kafka import KafkaProducer
 
 from .config import Settings, build_parser
 from .kafka_io import BatchError, Output, close_quietly, make_producer, prepare_topics
-from .payment import encode, payment_stream
+from .payment import Payment, encode, payment_stream
 from .runtime import PipelineError, Summary, run_cli
+from .scenarios import LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
 
 NAME = "payment_producer"
 
@@ -39,7 +47,7 @@ def produce(
     interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
     next_send = time.monotonic()
     reason = "count reached"
-    for payment in islice(payment_stream(settings.seed, settings.accounts), settings.count):
+    for payment, headers in islice(_stream(settings), settings.count):
         if interval:
             delay = next_send - time.monotonic()
             if delay > 0 and stop.wait(delay):
@@ -48,7 +56,7 @@ def produce(
         if stop.is_set():
             break
         key = payment.account.encode("utf-8") if payment.account else None
-        output.send(settings.topics.payments, key, encode(payment))
+        output.send(settings.topics.payments, key, encode(payment), headers)
         output.check()
         summary.add(payment.payment_type)
         if not settings.quiet:
@@ -60,7 +68,21 @@ def produce(
     return reason
 
 
+def _stream(settings: Settings) -> Iterator[tuple[Payment, list[tuple[str, bytes]] | None]]:
+    """The payments to send, each with its record headers (the labels, with scenarios)."""
+    mix = parse_mix(settings.scenarios)
+    if not mix:  # the original random stream, as before
+        yield from ((payment, None) for payment in payment_stream(settings.seed, settings.accounts))
+        return
+    for item in labelled_stream(settings.seed, settings.accounts, mix, lambda: datetime.datetime.now(datetime.UTC)):
+        yield item.payment, [(LABEL_HEADER, item.label.encode()), (SCENARIO_HEADER, item.scenario.encode())]
+
+
 def run(settings: Settings, stop: threading.Event) -> int:
+    try:
+        parse_mix(settings.scenarios)
+    except ValueError as exc:
+        raise PipelineError(f"--scenarios: {exc}") from None
     prepare_topics(settings, [settings.topics.payments])
     summary = Summary(NAME, "payments sent")
     producer = make_producer(settings, NAME)

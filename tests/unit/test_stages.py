@@ -168,6 +168,20 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
     producer.flush.assert_called_once()
 
 
+def test_producer_labels_scenario_payments_in_headers_only() -> None:
+    producer = MagicMock(spec_set=KafkaProducer)
+    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=3000, rate=0, seed=5, quiet=True,
+                        scenarios="large-to-stranger=0.05")
+    produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
+    sends = producer.send.call_args_list
+    labels = [dict(sent.kwargs["headers"]) for sent in sends]
+    assert len(sends) == 3000 and all(set(h) == {"fraud.label", "fraud.scenario"} for h in labels)
+    frauds = [json.loads(sent.kwargs["value"]) for sent, h in zip(sends, labels, strict=True) if h["fraud.label"] == b"fraud"]
+    assert 100 < len(frauds) < 200  # about 5 % of the base payments start one
+    assert all(f["TO"] == "stranger" and f["AMOUNT"] >= 500 for f in frauds)
+    assert all("label" not in k.lower() for sent in sends for k in json.loads(sent.kwargs["value"]))
+
+
 def test_producer_stops_at_the_first_failed_send() -> None:
     producer = MagicMock(spec_set=KafkaProducer)
     producer.send.return_value.add_errback.side_effect = lambda errback, *bound: errback(*bound, KafkaTimeoutError("no leader"))
