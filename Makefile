@@ -6,9 +6,10 @@ CLUSTER := $(PY) -m fraud_pipeline.local_cluster
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+BACKTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos bench lint clean
+.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos bench backtest lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -60,6 +61,9 @@ chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signa
 
 bench: venv ## throughput benchmark on the local cluster (BENCH_ARGS="--count 200000 --runs 3"); writes results/bench-latest.json
 	$(call with_cluster,$(PY) -m bench.run $(BENCH_ARGS))
+
+backtest: venv ## precision/recall of the recommended rules on labelled payments, no cluster (BACKTEST_ARGS="--count 100000 --mix burst=0.004")
+	$(PY) -m fraud_pipeline.backtest --recommended $(BACKTEST_ARGS)
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

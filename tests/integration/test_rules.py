@@ -86,8 +86,10 @@ def test_a_published_rule_changes_routing_within_seconds_and_a_bad_one_is_reject
         assert "published big@1 (enabled)" in published.stdout
         time.sleep(8)
         # An invalid rule and a rule under the wrong key: both rejected, the running set unchanged.
-        raw_producer.send(pipeline.topics.rules, key=b"broken", value=b'{"id": "broken", "when": {"field": "AMOUNT", "op": "<", "value": "x"}}')
-        raw_producer.send(pipeline.topics.rules, key=b"other", value=b'{"id": "big", "when": {"field": "AMOUNT", "op": ">", "value": 1000}}')
+        broken = {"id": "broken", "when": {"field": "AMOUNT", "op": "<", "value": "x"}}
+        raw_producer.send(pipeline.topics.rules, key=b"broken", value=json.dumps(broken).encode())
+        misfiled = {"id": "big", "when": {"field": "AMOUNT", "op": ">", "value": 1000}}
+        raw_producer.send(pipeline.topics.rules, key=b"other", value=json.dumps(misfiled).encode())
         raw_producer.flush()
         time.sleep(4)
         stop.set()
