@@ -28,7 +28,16 @@ from functools import lru_cache
 from kafka.consumer.fetcher import ConsumerRecord
 
 from .config import Settings, build_parser
-from .kafka_io import BatchError, DeadLetters, Output, close_quietly, make_producer, make_topic_reader, read_span
+from .kafka_io import (
+    BatchError,
+    DeadLetters,
+    Output,
+    close_quietly,
+    make_producer,
+    make_topic_reader,
+    prepare_topics,
+    read_span,
+)
 from .live_rules import LiveRules, describe
 from .payment import InvalidPayment, Payment, decode, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
@@ -153,6 +162,7 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
             baseline = load_ruleset(settings.rules_file)
         except RuleError as exc:
             raise PipelineError(f"rules file refused: {exc}") from None
+    prepare_topics(settings, [settings.topics.rules, settings.topics.rules_rejected])
     rejects = Output(make_producer(settings, f"{NAME}-rules"))
     rejected = DeadLetters(rejects, settings.topics.rules_rejected, NAME)
 
