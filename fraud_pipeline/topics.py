@@ -8,6 +8,8 @@ Layout (override with the environment variables in brackets):
   3 detectors and puts two partition leaders on each of the three brokers;
 - fraud_payments, legit_payments: 2 partitions, as the original tutorial [ROUTED_PARTITIONS];
 - payments_dlq: 1 partition;
+- fraud_rules: 1 partition, compacted (the live rules, keyed by rule id) [RULES_TOPIC];
+- fraud_rules_rejected: 1 partition [RULES_REJECTED_TOPIC];
 - all with replication factor 3 [TOPIC_REPLICATION_FACTOR] and
   min.insync.replicas=2 [TOPIC_MIN_INSYNC_REPLICAS].
 """
