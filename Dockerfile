@@ -12,7 +12,7 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 COPY fraud_pipeline/ ./fraud_pipeline/
-COPY payment_producer.py fraud_detector.py fraud_processor.py legit_processor.py ./
+COPY payment_producer.py fraud_detector.py fraud_processor.py legit_processor.py fraud_rules.py ./
 
 RUN useradd --system --no-create-home --uid 10001 app
 USER app

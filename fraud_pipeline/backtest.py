@@ -41,8 +41,8 @@ from typing import Any, TextIO
 import pytz
 from kafka.errors import KafkaError
 
-from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
-from .payment import InvalidPayment, Payment, decode
+from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings, positive_float, positive_int
+from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
 from .runtime import PipelineError
 from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, Labelled, labelled_stream, parse_mix, simulated_clock
@@ -163,7 +163,7 @@ def from_topic(
             skipped.add("unlabelled", where, reason)
             continue
         scenario = _header(record.headers, SCENARIO_HEADER) or UNKNOWN_SCENARIO
-        event_ms = payment.timestamp_ms if payment.timestamp_ms is not None else record.timestamp
+        event_ms = event_time(payment, record.timestamp)  # as the detector bounds it
         yield Example(payment, label, scenario, event_ms, record.partition)
 
 
@@ -429,19 +429,6 @@ def parse_time(text: str) -> int:
     return int(at.timestamp() * 1000)
 
 
-def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def _mix(text: str) -> str:
     try:
         parse_mix(text)
@@ -470,13 +457,13 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
         help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: %(default)s)",
     )
     gen = parser.add_argument_group("generated source (the default)")
-    gen.add_argument("--count", type=_positive(int), default=50000, metavar="N", help="payments (default: %(default)s)")
+    gen.add_argument("--count", type=positive_int, default=50000, metavar="N", help="payments (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default: %(default)s)")
     gen.add_argument("--mix", type=_mix, default="default", metavar="MIX",
                      help="scenario rates: default, none, or name=rate,... per base payment (default: %(default)s)")
-    gen.add_argument("--rate", type=_positive(float), default=20.0, metavar="R",
+    gen.add_argument("--rate", type=positive_float, default=20.0, metavar="R",
                      help="simulated payments per second (default: %(default)s)")
-    gen.add_argument("--accounts", type=_positive(int), default=10000, metavar="N", help="sender accounts (default: %(default)s)")
+    gen.add_argument("--accounts", type=positive_int, default=10000, metavar="N", help="sender accounts (default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--save", type=Path, metavar="FILE", help="also write the labelled payments as JSON lines (readable with --input)")
     out.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")

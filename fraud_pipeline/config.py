@@ -121,10 +121,10 @@ def _at_least_zero(kind: Callable[[str], float], *, zero_ok: bool) -> Callable[[
     return parse
 
 
-_positive_float = _at_least_zero(float, zero_ok=False)
-_non_negative_float = _at_least_zero(float, zero_ok=True)
-_non_negative_int = _at_least_zero(int, zero_ok=True)
-_positive_int = _at_least_zero(int, zero_ok=False)
+positive_float = _at_least_zero(float, zero_ok=False)
+non_negative_float = _at_least_zero(float, zero_ok=True)
+non_negative_int = _at_least_zero(int, zero_ok=True)
+positive_int = _at_least_zero(int, zero_ok=False)
 
 
 def build_parser(
@@ -183,7 +183,7 @@ def build_parser(
             help=f"consumer group reading {consumes}; a new group starts from the earliest offset [env {group_env}] (default: %(default)s)",
         )
         run.add_argument(
-            "--idle-timeout", type=_positive_float, default=None, metavar="S",
+            "--idle-timeout", type=positive_float, default=None, metavar="S",
             help="exit 0 after S seconds without a message while partitions are assigned (default: run forever)",
         )
         run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
@@ -211,13 +211,13 @@ def build_parser(
         )
     if producer:
         run = parser.add_argument_group("producer")
-        run.add_argument("--count", type=_non_negative_int, default=None, metavar="N",
+        run.add_argument("--count", type=non_negative_int, default=None, metavar="N",
                          help="send N payments, then exit (default: forever)")
-        run.add_argument("--rate", type=_non_negative_float, default=1.0, metavar="R",
+        run.add_argument("--rate", type=non_negative_float, default=1.0, metavar="R",
                          help="payments per second; 0 sends as fast as possible (default: %(default)s)")
         run.add_argument("--seed", type=int, default=None, metavar="S",
                          help="seed for a reproducible stream of payments (default: random)")
-        run.add_argument("--accounts", type=_positive_int, default=1000, metavar="N",
+        run.add_argument("--accounts", type=positive_int, default=1000, metavar="N",
                          help="number of sender accounts the payments come from (default: %(default)s)")
         run.add_argument(
             "--scenarios", default=env.get("PRODUCER_SCENARIOS") or "none", metavar="MIX",

@@ -10,10 +10,11 @@ the enabled rules that fired) and ``decision.shadow`` (shadow rules that fired).
 Rules: the original BITCOIN rule by default, or a rules file (``--rules``),
 with the rules topic applied on top while running (fraud_pipeline.live_rules).
 Stateful rules read per-partition windows (fraud_pipeline.rules.windows).
-A partition the detector gains (at start, or from a rebalance), or whose
-batch was rolled back, has its windows rebuilt before its next payment is
-decided, by re-reading its payments of the longest window (plus the allowed
-lateness) before that payment. Exactly-once by default (see fraud_pipeline.stage).
+A partition the detector gains (at start, or from a rebalance), or reads
+again from an earlier offset (after a rolled-back batch, a failed commit or a
+rebalance), has its windows rebuilt before its next batch is handled, by
+re-reading its payments of the longest window (plus the allowed lateness and
+clock skew) before that batch. Exactly-once by default (see fraud_pipeline.stage).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
 
 from .config import Settings, build_parser
 from .kafka_io import (
@@ -39,29 +41,18 @@ from .kafka_io import (
     read_span,
 )
 from .live_rules import LiveRules, describe
-from .payment import InvalidPayment, Payment, decode, with_field
+from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
 from .runtime import PipelineError, Summary, run_cli
 from .stage import LineBuffer, decode_or_reject, run_stage
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
-MAX_CLOCK_SKEW_MS = 60_000
-"""A payment's TIMESTAMP_MS is trusted up to this far ahead of its record's timestamp."""
-
 log = logging.getLogger(NAME)
 
 Replay = Callable[[int, int, int], Iterator[ConsumerRecord]]
 """``replay(partition, since_ms, until_offset)``: the source partition's records in that span."""
-
-
-def event_time(payment: Payment, record_timestamp: int) -> int:
-    """When the payment happened: its TIMESTAMP_MS (else the record's), never far ahead of the record."""
-    if payment.timestamp_ms is None:
-        return record_timestamp
-    if record_timestamp > 0:
-        return min(payment.timestamp_ms, record_timestamp + MAX_CLOCK_SKEW_MS)
-    return payment.timestamp_ms
+Batch = Mapping[TopicPartition, list[ConsumerRecord]]
 
 
 @lru_cache(maxsize=4096)
@@ -78,7 +69,14 @@ def decision_headers(decision: Decision) -> tuple[tuple[str, bytes], ...]:
 
 
 class Detector:
-    """Decides and routes each payment record; unreadable records go to the dead-letter topic."""
+    """Decides and routes each payment record; unreadable records go to the dead-letter topic.
+
+    Window state is kept per partition with the offset it has recorded up to.
+    Before a batch is handled (outside its transaction), a partition without
+    state, or whose batch starts before that offset (read again after a
+    rollback, a failed commit or a rebalance), is rebuilt from the payments
+    before the batch's first offset.
+    """
 
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules, replay: Replay,
@@ -92,64 +90,78 @@ class Detector:
         self._replay = replay
         self._engine = Engine(rules.current)
         self._states: dict[int, WindowState] = {}
+        self._next_offsets: dict[int, int] = {}
         self.emit = lines.emit
+        self.discard = lines.discard
 
-    def begin_batch(self) -> None:
-        if not self._rules.refresh():
+    def begin_batch(self, batch: Batch) -> None:
+        if self._rules.refresh():
+            self._use(Engine(self._rules.current))
+        if not self._engine.stateful:
             return
-        engine = Engine(self._rules.current)
-        if any(not state.covers(engine.ruleset.group_fields, engine.ruleset.retention_ms) for state in self._states.values()):
-            log.info("the new rules read more history than is held: rebuilding the window state of every partition")
+        for tp, records in batch.items():
+            if records and self._stale(tp.partition, records[0].offset):
+                self._rebuild(records[0])
+
+    def _use(self, engine: Engine) -> None:
+        ruleset = engine.ruleset
+        if not engine.stateful:
+            self._states.clear()  # nothing reads them; rebuilt if stateful rules come back
+        elif any(not state.covers(ruleset.group_fields, ruleset.retention_ms) for state in self._states.values()):
+            log.info("the new rules read more history than is held: rebuilding the windows of every partition")
             self._states.clear()
         self._engine = engine
 
     def partitions_assigned(self, partitions: set[int]) -> None:
-        # Windows of partitions still owned stay valid (nobody else read them meanwhile);
-        # a newly gained partition has none, so it is rebuilt at its first payment.
+        # Windows of partitions still owned stay (their offsets tell if they must be rebuilt);
+        # those of partitions gone elsewhere are dropped.
         for partition in set(self._states) - partitions:
             del self._states[partition]
-
-    def discard(self) -> None:
-        # The rolled-back batch's payments are in the windows and will be read again.
-        self._lines.discard()
-        self._states.clear()
 
     def handle(self, record: ConsumerRecord) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        at = event_time(payment, record.timestamp)
-        state = self._state(record, at) if self._engine.stateful else None
+        at = event_time(payment, record.timestamp, int(time.time() * 1000))
+        state = None
+        if self._engine.stateful:
+            if self._stale(record.partition, record.offset):
+                self._rebuild(record)
+            state = self._states[record.partition]
+            self._next_offsets[record.partition] = record.offset + 1
         decision = self._engine.decide(payment, at, state)
         topic = self._fraud_topic if decision.fraud else self._legit_topic
         value = with_field(record.value, "DECISION", decision.to_json())
         self._output.send(topic, record.key, value, list(decision_headers(decision)))
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
+        if state is not None and state.evicted_keys % 1000 == 1:
+            log.warning("window state of partition %d full (%d keys): %d least recently active keys forgotten so far",
+                        record.partition, state.max_keys, state.evicted_keys)
 
-    def _state(self, record: ConsumerRecord, now_ms: int) -> WindowState:
-        state = self._states.get(record.partition)
-        if state is None:
-            state = self._states[record.partition] = self._rebuild(record.partition, record.offset, now_ms)
-        return state
+    def _stale(self, partition: int, offset: int) -> bool:
+        """Whether the windows of a partition cannot decide the record at ``offset``."""
+        return partition not in self._states or offset < self._next_offsets.get(partition, 0)
 
-    def _rebuild(self, partition: int, until_offset: int, now_ms: int) -> WindowState:
-        """The windows of a partition as of ``until_offset``, from its payments of the last retention span."""
+    def _rebuild(self, first: ConsumerRecord) -> None:
+        """The windows of a partition as of ``first``, from the partition's payments of the longest window before it."""
         started = time.monotonic()
         state = self._engine.new_state()
-        since_ms = now_ms - state.retention_ms - ALLOWED_LATENESS_MS
+        reference = first.timestamp if first.timestamp > 0 else int(time.time() * 1000)
+        since_ms = reference - state.retention_ms - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
         count = 0
-        for record in self._replay(partition, since_ms, until_offset):
+        for record in self._replay(first.partition, since_ms, first.offset):
             try:
                 payment = decode(record.value)
             except InvalidPayment:
                 continue  # dead-lettered when it was first read
             self._engine.remember(payment, event_time(payment, record.timestamp), state)
             count += 1
+        self._states[first.partition] = state
+        self._next_offsets[first.partition] = first.offset
         log.info(
             "rebuilt the windows of partition %d from %d payment(s) before offset %d in %.2fs",
-            partition, count, until_offset, time.monotonic() - started,
+            first.partition, count, first.offset, time.monotonic() - started,
         )
-        return state
 
 
 @contextmanager

@@ -173,6 +173,9 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
             configs = {"min.insync.replicas": str(spec.min_insync_replicas)}
             if spec.compacted:
                 configs["cleanup.policy"] = "compact"
+                # Tombstones (removed rules) are kept 10 years, not the default day:
+                # a detector started later must still see that the rule was removed.
+                configs["delete.retention.ms"] = str(10 * 365 * 24 * 3600 * 1000)
             new_topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=configs)
             try:
                 admin.create_topics([new_topic], wait_for_metadata=True)
@@ -219,6 +222,7 @@ def read_span(
     until_ms: int | None = None,
     until_offsets: Mapping[int, int] | None = None,
     client_id: str = "fraud-pipeline-reader",
+    stall_timeout_s: float = 60.0,
 ) -> Iterator[ConsumerRecord]:
     """Committed records of a topic (or of some of its partitions) within a time or offset span.
 
@@ -226,11 +230,13 @@ def read_span(
     beginning when None); stops before the first record stamped after
     ``until_ms``, or at ``until_offsets[partition]``, or else at the end the
     topic had when the call began. Uses no consumer group: nothing is committed.
+    PipelineError if no record comes for ``stall_timeout_s`` before the end.
     """
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=list(settings.bootstrap_servers), client_id=client_id, group_id=None,
             enable_auto_commit=False, isolation_level="read_committed", max_poll_records=MAX_POLL_RECORDS,
+            auto_offset_reset="earliest",  # a start removed by retention meanwhile: read what is left
         )
     except KafkaError as exc:
         raise _connect_error(settings, exc) from None
@@ -253,8 +259,15 @@ def read_span(
         consumer.assign(sorted(pending, key=lambda tp: tp.partition))
         for tp in pending:
             consumer.seek(tp, starts[tp])
+        progress_at = time.monotonic()
         while pending:
-            for tp, records in consumer.poll(timeout_ms=1000).items():
+            if time.monotonic() - progress_at > stall_timeout_s:
+                stuck = sorted(tp.partition for tp in pending)
+                raise PipelineError(f"reading {topic}: no progress in {stall_timeout_s:.0f}s (partitions {stuck})")
+            polled = consumer.poll(timeout_ms=1000)
+            if polled:
+                progress_at = time.monotonic()
+            for tp, records in polled.items():
                 for record in records:
                     if record.offset >= ends[tp]:
                         break

@@ -23,11 +23,14 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from .kafka_io import record_source
 from .rules import RuleError, RuleSet, parse_rule
+from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 1.0
 """How often a running detector looks for new rule records."""
+CATCH_UP_TIMEOUT_S = 60.0
+"""The longest a detector waits at start-up to read the rules topic to its end."""
 
 Reject = Callable[[ConsumerRecord, str], None]
 
@@ -43,12 +46,15 @@ class LiveRules:
         self.applied = 0
         self.rejected = 0
 
-    def catch_up(self) -> None:
+    def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
         """Apply every record the topic holds now (at start-up, before the first payment)."""
         if self._reader is None:
             return
         ends = self._reader.end_offsets(list(self._reader.assignment()))
+        deadline = time.monotonic() + timeout_s
         while any(self._reader.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise PipelineError(f"could not read the rules topic to its end in {timeout_s:.0f}s")
             self._apply_batch(self._reader.poll(timeout_ms=500))
         self._checked_at = time.monotonic()
 
@@ -70,10 +76,11 @@ class LiveRules:
         """Apply one record of the rules topic to the current set, or reject it."""
         try:
             self.current = _applied(self.current, record)
-        except RuleError as exc:
+        except Exception as exc:  # a record on the topic, whatever it holds, must not stop the detector
+            reason = str(exc) if isinstance(exc, RuleError) else f"unreadable rule record: {type(exc).__name__}: {exc}"
             self.rejected += 1
-            log.error("rejected rule record %s: %s; the running rules are unchanged", record_source(record), exc)
-            self._reject(record, str(exc))
+            log.error("rejected rule record %s: %s; the running rules are unchanged", record_source(record), reason)
+            self._reject(record, reason)
             return
         self.applied += 1
         rule_id = record.key.decode()
@@ -96,7 +103,7 @@ def _applied(ruleset: RuleSet, record: ConsumerRecord) -> RuleSet:
         return ruleset.without(rule_id)
     try:
         data = json.loads(record.value)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RuleError("", f"not JSON: {exc}", rule_id) from None
     rule = parse_rule(data)
     if rule.id != rule_id:

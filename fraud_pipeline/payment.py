@@ -30,6 +30,12 @@ RECIPIENTS = ("me", "mom", "dad", "friend", "stranger")
 SEOUL = pytz.timezone("Asia/Seoul")
 MAX_RECORD_BYTES = 64 * 1024
 """A payment is ~200 bytes; anything far larger is not one."""
+MAX_AMOUNT = 10**15
+"""Larger amounts are refused: no payment is that large, and rules compare amounts as floats."""
+MAX_TIMESTAMP_MS = 10**14
+"""About the year 5138: a larger TIMESTAMP_MS is not a time."""
+MAX_CLOCK_SKEW_MS = 60_000
+"""How far ahead of its record's timestamp (and of the clock) a payment's TIMESTAMP_MS is trusted."""
 
 _DATE = re.compile(r"\d{2}/\d{2}/\d{4}\Z")
 _TIME = re.compile(r"\d{2}:\d{2}:\d{2}\Z")
@@ -133,7 +139,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
+def decode(raw: bytes | None, *, known_types_only: bool = True, max_bytes: int = MAX_RECORD_BYTES) -> Payment:
     """Read one record value as a Payment, or raise InvalidPayment with the reason.
 
     ``known_types_only`` refuses a PAYMENT_TYPE other than VISA, MASTERCARD and
@@ -142,8 +148,8 @@ def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
     """
     if raw is None:
         raise InvalidPayment("empty record (no value)")
-    if len(raw) > MAX_RECORD_BYTES:
-        raise InvalidPayment(f"record too large: {len(raw)} bytes > {MAX_RECORD_BYTES}")
+    if len(raw) > max_bytes:
+        raise InvalidPayment(f"record too large: {len(raw)} bytes > {max_bytes}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -167,11 +173,15 @@ def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
         raise InvalidPayment(f"unknown PAYMENT_TYPE {_short(payment_type)}")
     amount = _require(data, "AMOUNT", int)
     if amount < 0:
-        raise InvalidPayment(f"AMOUNT must be >= 0, got {amount}")
+        raise InvalidPayment(f"AMOUNT must be >= 0, got {_short(amount)}")
+    if amount > MAX_AMOUNT:
+        raise InvalidPayment(f"AMOUNT must be <= {MAX_AMOUNT}, got {_short(amount)}")
     to = _require(data, "TO", str)
     timestamp_ms = _optional(data, "TIMESTAMP_MS", int)
     if timestamp_ms is not None and timestamp_ms < 0:
-        raise InvalidPayment(f"TIMESTAMP_MS must be >= 0, got {timestamp_ms}")
+        raise InvalidPayment(f"TIMESTAMP_MS must be >= 0, got {_short(timestamp_ms)}")
+    if timestamp_ms is not None and timestamp_ms > MAX_TIMESTAMP_MS:
+        raise InvalidPayment(f"TIMESTAMP_MS must be <= {MAX_TIMESTAMP_MS}, got {_short(timestamp_ms)}")
     return Payment(
         date=date,
         time=time,
@@ -183,6 +193,21 @@ def decode(raw: bytes | None, *, known_types_only: bool = True) -> Payment:
         timestamp_ms=timestamp_ms,
         decision=decision if isinstance(decision := data.get("DECISION"), dict) else None,
     )
+
+
+def event_time(payment: Payment, record_timestamp: int, now_ms: int | None = None) -> int:
+    """When a payment happened: its TIMESTAMP_MS (else its record's timestamp), bounded.
+
+    A TIMESTAMP_MS more than MAX_CLOCK_SKEW_MS ahead of the record's timestamp,
+    or of ``now_ms`` when given, is taken as that bound: one payment stamped in
+    the far future must not move its partition's event time.
+    """
+    at = record_timestamp if payment.timestamp_ms is None else payment.timestamp_ms
+    if record_timestamp > 0:
+        at = min(at, record_timestamp + MAX_CLOCK_SKEW_MS)
+    if now_ms is not None:
+        at = min(at, now_ms + MAX_CLOCK_SKEW_MS)
+    return max(at, 0)
 
 
 def seoul_date_time(now: datetime.datetime) -> tuple[str, str]:

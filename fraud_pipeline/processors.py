@@ -21,17 +21,23 @@ detector transaction.
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
 
 from .config import Settings, TopicSettings, build_parser
 from .kafka_io import DeadLetters
-from .payment import Payment
+from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
 from .runtime import Summary, run_cli
 from .stage import LineBuffer, decode_or_reject, run_stage
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+ROUTED_MAX_BYTES = 2 * MAX_RECORD_BYTES
+"""A routed payment is the input (at most MAX_RECORD_BYTES) plus the detector's decision."""
 
 
 def fraud_line(payment: Payment) -> str:
@@ -48,7 +54,8 @@ def reasons_line(payment: Payment) -> str | None:
         return None
     op = ">=" if decision.fraud else "<"
     fired = "; ".join(fired.describe() for fired in decision.fired) or "no rule fired"
-    return f"    score {decision.score:g} {op} {decision.threshold:g}: {fired}"
+    # The decision comes from the record: nothing in it may break the line.
+    return _UNPRINTABLE.sub("?", f"    score {decision.score:g} {op} {decision.threshold:g}: {fired}")
 
 
 def explained_fraud_line(payment: Payment) -> str:
@@ -82,14 +89,14 @@ class Processor:
         self.emit = lines.emit
         self.discard = lines.discard
 
-    def begin_batch(self) -> None:
+    def begin_batch(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         pass
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         pass  # a processor keeps no state per partition
 
     def handle(self, record: ConsumerRecord) -> None:
-        payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False)
+        payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False, max_bytes=ROUTED_MAX_BYTES)
         if payment is None:
             return
         text = self._line(payment)

@@ -21,7 +21,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Protocol, TextIO
 
@@ -42,7 +42,7 @@ from .kafka_io import (
     prepare_topics,
     transaction_step,
 )
-from .payment import InvalidPayment, Payment, decode
+from .payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
 from .runtime import PipelineError, Summary, instance_slot
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ after MAX_BATCH_RETRIES."""
 class RecordHandler(Protocol):
     """What a stage does with each record of a batch."""
 
-    def begin_batch(self) -> None:
-        """A batch was polled and is about to be handled."""
+    def begin_batch(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+        """A batch was polled and is about to be handled (before its transaction begins)."""
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         """The consumer now owns exactly these partitions of the source topic (after a rebalance)."""
@@ -122,11 +122,12 @@ class LineBuffer:
 
 
 def decode_or_reject(
-    record: ConsumerRecord, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True
+    record: ConsumerRecord, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True,
+    max_bytes: int = MAX_RECORD_BYTES,
 ) -> Payment | None:
     """The record's payment, or None after sending the record to the dead-letter topic."""
     try:
-        return decode(record.value, known_types_only=known_types_only)
+        return decode(record.value, known_types_only=known_types_only, max_bytes=max_bytes)
     except InvalidPayment as exc:
         dead_letters.send(record, str(exc))
         lines.add("dead-lettered", None)
@@ -279,7 +280,7 @@ def run_consumer(
         first_offsets = {tp: records[0].offset for tp, records in batches.items()}
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()}
         try:
-            handler.begin_batch()
+            handler.begin_batch(batches)
             delivery.begin()
             for records in batches.values():
                 for record in records:

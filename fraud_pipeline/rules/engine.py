@@ -54,7 +54,8 @@ class Decision:
 
     @property
     def fraud(self) -> bool:
-        return self.score >= self.threshold
+        # weights are floats: 0.7 + 0.1 must reach a threshold of 0.8
+        return self.score >= self.threshold - 1e-9
 
     def enabled(self) -> tuple[FiredRule, ...]:
         return tuple(f for f in self.fired if f.mode == "enabled")
@@ -78,7 +79,7 @@ class Decision:
                 for r in data["rules"]
             )
             return cls(float(data["score"]), float(data["threshold"]), fired)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
 
 
@@ -136,8 +137,10 @@ class Engine:
         self._record(payment, state.event_time(event_ms), state)
 
     def _record(self, payment: Payment, at_ms: int, state: WindowState) -> None:
-        if self._group_fields:
-            keys = [(field, key) for field in self._group_fields if (key := field_value(payment, field)) is not None]
+        # Every field the state tracks, not only this rule set's: a state kept
+        # across a rule change stays complete for the rules that read it later.
+        if state.group_fields:
+            keys = [(field, key) for field in state.group_fields if (key := field_value(payment, field)) is not None]
             state.add(payment, keys, at_ms)
 
     @property
@@ -204,7 +207,7 @@ def _sequence(sequence: Sequence, payment: Payment, now: int, state: WindowState
     if key is None or not sequence.then.holds(payment):
         return None
     within_ms = int(sequence.within_s * 1000)
-    earlier = [(t, p) for t, p in state.events(sequence.group_by, key, now, within_ms + 1) if sequence.first.holds(p)]
+    earlier = [(t, p) for t, p in state.events(sequence.group_by, key, now, within_ms) if sequence.first.holds(p)]
     if not earlier:
         return None
     at, first = earlier[-1]

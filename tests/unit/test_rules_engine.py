@@ -12,18 +12,21 @@ from unittest.mock import MagicMock
 
 import pytest
 from kafka import KafkaProducer
+from kafka.structs import TopicPartition
 
 from fraud_pipeline.config import Settings, TopicSettings
-from fraud_pipeline.detector import Detector
+from fraud_pipeline.detector import Detector, decision_headers
 from fraud_pipeline.kafka_io import DeadLetters, Output
 from fraud_pipeline.live_rules import LiveRules
-from fraud_pipeline.payment import Payment, encode, generate
+from fraud_pipeline.payment import MAX_CLOCK_SKEW_MS, Payment, encode, event_time, generate, with_field
+from fraud_pipeline.processors import reasons_line
 from fraud_pipeline.rules import (
     ALLOWED_LATENESS_MS,
     ORIGINAL,
     Decision,
     Engine,
     RuleError,
+    RuleSet,
     WindowState,
     is_suspicious,
     load_ruleset,
@@ -118,7 +121,10 @@ def test_explanations_show_observed_values() -> None:
         (rule(aggregate={"function": "count", "group_by": "ACCOUNT", "window_s": -5, "op": ">", "value": 1}),
          "rule 'r': aggregate.window_s: must be a positive number"),
         (rule(aggregate={"function": "count", "group_by": "ACCOUNT", "window_s": 10**6, "op": ">", "value": 1}),
-         "rule 'r': aggregate.window_s: must be at most 86400 s"),
+         "rule 'r': aggregate.window_s: must be at most 3600 s"),
+        (rule(aggregate={"function": "count", "group_by": "ACCOUNT", "window_s": float("nan"), "op": ">", "value": 1}),
+         "rule 'r': aggregate.window_s: must be a positive number, got nan"),
+        (rule(when={"field": "TO", "op": "==", "value": "x"}, weight=float("inf")), "rule 'r': weight: must be a number, got inf"),
         (rule(sequence={"group_by": "ACCOUNT", "within_s": 60, "first": {"field": "AMOUNT", "op": "<", "value": 5}}),
          "rule 'r': sequence.then: is required"),
     ],
@@ -308,26 +314,115 @@ class ReplayLog:
         return iter(r for r in self.records if r.partition == partition and r.offset < until_offset)
 
 
-def test_detector_rebuilds_a_gained_partition_from_its_recent_payments() -> None:
-    ruleset = parse_ruleset({"rules": [count_rule(value=2)]})
-    history = [record(encode(pay(account="A", ts=t * S)), partition=3, offset=t, key=b"A", timestamp=t * S) for t in range(2)]
-    replay = ReplayLog(history)
+def detector_with(ruleset: RuleSet, replay: ReplayLog, live: LiveRules | None = None) -> tuple[Detector, MagicMock]:
     producer = MagicMock(spec_set=KafkaProducer)
     lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
-    detector = Detector(Output(producer), settings, DeadLetters(Output(producer), "dlq", "t"), lines,
-                        LiveRules(ruleset, None, lambda rec, reason: None), replay)
+    rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
+    detector = Detector(Output(producer), settings, DeadLetters(Output(producer), "dlq", "t"), lines, rules, replay)
+    return detector, producer
 
-    third = record(encode(pay(account="A", ts=2 * S)), partition=3, offset=2, key=b"A", timestamp=2 * S)
-    detector.handle(third)
-    assert replay.calls == [(3, 2 * S - 60 * S - ALLOWED_LATENESS_MS, 2)]
-    assert producer.send.call_args.args == ("fraud_payments",)  # 3 payments > 2, two of them from the replay
-    detector.partitions_assigned({3})  # kept: no new rebuild
-    detector.handle(record(encode(pay(account="A", ts=3 * S)), partition=3, offset=3, key=b"A", timestamp=3 * S))
+
+def payment_record(t: int, partition: int = 3, account: str = "A") -> Any:
+    return record(encode(pay(account=account, ts=t * S)), partition=partition, offset=t, key=account.encode(), timestamp=t * S)
+
+
+def handle_batch(detector: Detector, *records: Any) -> None:
+    batch: dict[TopicPartition, list[Any]] = {}
+    for r in records:
+        batch.setdefault(TopicPartition("payments", r.partition), []).append(r)
+    detector.begin_batch(batch)
+    for r in records:
+        detector.handle(r)
+
+
+def test_detector_rebuilds_a_partition_before_a_batch_that_it_has_not_seen_or_reads_again() -> None:
+    replay = ReplayLog([payment_record(t) for t in range(6)])
+    detector, producer = detector_with(parse_ruleset({"rules": [count_rule(value=2)]}), replay)
+    since = -60 * S - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
+
+    handle_batch(detector, payment_record(2))  # gained: rebuilt from offsets 0 and 1
+    assert replay.calls == [(3, 2 * S + since, 2)]
+    assert producer.send.call_args.args == ("fraud_payments",)  # 3 payments > 2
+    detector.partitions_assigned({3})  # still owned, next offset as expected: kept
+    handle_batch(detector, payment_record(3))
     assert len(replay.calls) == 1
-    detector.discard()  # a rolled-back batch: its payments will be read again, so the windows are rebuilt
-    detector.handle(record(encode(pay(account="A", ts=3 * S)), partition=3, offset=3, key=b"A", timestamp=3 * S))
-    assert replay.calls[-1] == (3, 3 * S - 60 * S - ALLOWED_LATENESS_MS, 3)
+    # Offsets 2-3 read again (a rollback, a failed commit, a rebalance): rebuilt, not counted twice.
+    handle_batch(detector, payment_record(2), payment_record(3))
+    assert replay.calls[-1] == (3, 2 * S + since, 2)
+    assert [d.fired[0].reason for d in decisions(producer)[-2:]] == ["count=3 in 60s > 2 (ACCOUNT=A)", "count=4 in 60s > 2 (ACCOUNT=A)"]
     detector.partitions_assigned({1})  # partition 3 moved away: its windows go
-    detector.handle(record(encode(pay(account="A", ts=4 * S)), partition=3, offset=4, key=b"A", timestamp=4 * S))
+    handle_batch(detector, payment_record(4))
     assert len(replay.calls) == 3
+
+
+def decisions(producer: MagicMock) -> list[Decision]:
+    found = []
+    for sent in producer.send.call_args_list:
+        decision = Decision.from_dict(json.loads(sent.kwargs["value"])["DECISION"])
+        assert decision is not None
+        found.append(decision)
+    return found
+
+
+def test_windows_stay_complete_across_rule_changes() -> None:
+    """Disabling the only stateful rule then enabling it again must not leave a gap in the windows."""
+    burst = count_rule(value=2) | {"id": "burst"}
+    live = LiveRules(parse_ruleset({"rules": [burst]}), None, lambda rec, reason: None)
+    replay = ReplayLog([])
+    detector, producer = detector_with(live.current, replay, live)
+    handle_batch(detector, payment_record(0), payment_record(1))
+    live.current = live.current.with_rule(parse_rule(burst | {"mode": "disabled", "version": 2}))
+    detector._use(Engine(live.current))
+    handle_batch(detector, payment_record(2))  # stateless rules: no windows kept
+    live.current = live.current.with_rule(parse_rule(burst | {"version": 3}))
+    detector._use(Engine(live.current))
+    replay.records = [payment_record(t) for t in range(3)]
+    handle_batch(detector, payment_record(3))  # windows rebuilt: 0, 1, 2 and 3
+    assert decisions(producer)[-1].fired[0].reason == "count=4 in 60s > 2 (ACCOUNT=A)"
+
+
+def test_decision_headers_name_enabled_and_shadow_rules() -> None:
+    e = engine(rule(when={"field": "TO", "op": "==", "value": "mom"}),
+               {"id": "watch", "mode": "shadow", "when": {"field": "AMOUNT", "op": ">", "value": 1}})
+    headers = dict(decision_headers(e.decide(pay(), 0)))
+    assert headers == {"decision.fraud": b"true", "decision.score": b"1", "decision.rules": b"r@1", "decision.shadow": b"watch@1"}
+
+
+def test_threshold_tolerates_float_sums() -> None:
+    e = Engine(parse_ruleset({"threshold": 0.8, "rules": [
+        {"id": "a", "weight": 0.7, "when": {"field": "TO", "op": "==", "value": "mom"}},
+        {"id": "b", "weight": 0.1, "when": {"field": "TO", "op": "==", "value": "mom"}},
+    ]}))
+    assert e.decide(pay(), 0).fraud
+
+
+def test_with_field_appends_to_the_object_and_keeps_the_rest() -> None:
+    raw = b'{"DATE": "01/22/2023", "AMOUNT": 4}  \n'
+    out = with_field(raw, "DECISION", b'{"fraud":true}')
+    assert out == b'{"DATE": "01/22/2023", "AMOUNT": 4}'[:-1] + b', "DECISION": {"fraud":true}}'
+    assert json.loads(out)["DECISION"] == {"fraud": True}
+
+
+def test_reasons_line_is_one_printable_line() -> None:
+    bad = {"fraud": True, "score": 1, "threshold": 1,
+           "rules": [{"id": "x", "version": 1, "mode": "enabled", "weight": 1, "reason": "AMOUNT=1\n[ALERT] fake"}]}
+    line = reasons_line(Payment("01/22/2023", "11:50:50", "BITCOIN", 1, "me", decision=bad))
+    assert line == "    score 1 >= 1: x@1: AMOUNT=1?[ALERT] fake"
+    huge = bad | {"score": 10**400}
+    assert reasons_line(Payment("01/22/2023", "11:50:50", "BITCOIN", 1, "me", decision=huge)) is None
+    assert reasons_line(pay()) is None
+
+
+def test_event_time_is_bounded_by_the_record_and_the_clock() -> None:
+    assert event_time(pay(ts=5 * S), 4 * S) == 5 * S
+    assert event_time(pay(ts=10**12), 4 * S) == 4 * S + MAX_CLOCK_SKEW_MS
+    assert event_time(pay(ts=10**12), 0, now_ms=7 * S) == 7 * S + MAX_CLOCK_SKEW_MS
+    assert event_time(Payment("01/22/2023", "11:50:50", "VISA", 1, "me"), 9 * S) == 9 * S  # no TIMESTAMP_MS
+
+
+def test_a_rule_record_that_breaks_the_parser_is_rejected() -> None:
+    rejected: list[str] = []
+    live = LiveRules(ORIGINAL, None, lambda rec, reason: rejected.append(reason))
+    live.apply(rules_record(b"deep", b"[" * 100_000 + b"]" * 100_000))
+    assert live.current is ORIGINAL and len(rejected) == 1 and "not JSON" in rejected[0]

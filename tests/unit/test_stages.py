@@ -214,7 +214,7 @@ class Recorder:
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    def begin_batch(self) -> None:
+    def begin_batch(self, batch: Any) -> None:
         pass
 
     def partitions_assigned(self, partitions: set[int]) -> None:
