@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytz
 
 PAYMENT_TYPES = ("VISA", "MASTERCARD", "BITCOIN")
@@ -107,7 +108,8 @@ class InvalidPayment(ValueError):
     """A record that is not a readable payment; the message says why."""
 
 
-def _require(data: dict[str, Any], name: str, kind: type) -> Any:
+def _require(data: dict[str, Any], name: str, kind: type, escaped: bool = True) -> Any:
+    """``data[name]``, checked to be of ``kind``; ``escaped``: the raw JSON had escapes, so text must be checked."""
     if name not in data:
         raise InvalidPayment(f"missing field {name}")
     value = data[name]
@@ -115,7 +117,8 @@ def _require(data: dict[str, Any], name: str, kind: type) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise InvalidPayment(f"{name} must be {kind.__name__}, got {type(value).__name__} {_short(value)}")
     # Text is printed by the processors: no control characters, nothing stdout cannot encode.
-    if isinstance(value, str) and (_CONTROL.search(value) or not _encodable(value)):
+    # JSON text holds neither unless written as an escape (the parser refuses them raw).
+    if escaped and isinstance(value, str) and (_CONTROL.search(value) or not _encodable(value)):
         raise InvalidPayment(f"{name} has control characters or unpaired surrogates: {_short(value)}")
     return value
 
@@ -128,10 +131,10 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _optional(data: dict[str, Any], name: str, kind: type) -> Any:
+def _optional(data: dict[str, Any], name: str, kind: type, escaped: bool = True) -> Any:
     if data.get(name) is None:
         return None
-    return _require(data, name, kind)
+    return _require(data, name, kind, escaped)
 
 
 def _short(value: Any) -> str:
@@ -155,29 +158,28 @@ def decode(raw: bytes | None, *, known_types_only: bool = True, max_bytes: int =
     except UnicodeDecodeError as exc:
         raise InvalidPayment(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)  # about 4 times as fast as json.loads; refuses what it does
     except ValueError as exc:
         raise InvalidPayment(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidPayment("not JSON: nested too deeply") from None
+    escaped = b"\\" in raw
     if not isinstance(data, dict):
         raise InvalidPayment(f"not a JSON object: {type(data).__name__}")
-    date = _require(data, "DATE", str)
+    date = _require(data, "DATE", str, escaped)
     if not _DATE.match(date):
         raise InvalidPayment(f"DATE must be MM/DD/YYYY, got {_short(date)}")
-    time = _require(data, "TIME", str)
+    time = _require(data, "TIME", str, escaped)
     if not _TIME.match(time):
         raise InvalidPayment(f"TIME must be HH:MM:SS, got {_short(time)}")
-    payment_type = _require(data, "PAYMENT_TYPE", str)
+    payment_type = _require(data, "PAYMENT_TYPE", str, escaped)
     if known_types_only and payment_type not in PAYMENT_TYPES:
         raise InvalidPayment(f"unknown PAYMENT_TYPE {_short(payment_type)}")
-    amount = _require(data, "AMOUNT", int)
+    amount = _require(data, "AMOUNT", int, escaped)
     if amount < 0:
         raise InvalidPayment(f"AMOUNT must be >= 0, got {_short(amount)}")
     if amount > MAX_AMOUNT:
         raise InvalidPayment(f"AMOUNT must be <= {MAX_AMOUNT}, got {_short(amount)}")
-    to = _require(data, "TO", str)
-    timestamp_ms = _optional(data, "TIMESTAMP_MS", int)
+    to = _require(data, "TO", str, escaped)
+    timestamp_ms = _optional(data, "TIMESTAMP_MS", int, escaped)
     if timestamp_ms is not None and timestamp_ms < 0:
         raise InvalidPayment(f"TIMESTAMP_MS must be >= 0, got {_short(timestamp_ms)}")
     if timestamp_ms is not None and timestamp_ms > MAX_TIMESTAMP_MS:
@@ -188,8 +190,8 @@ def decode(raw: bytes | None, *, known_types_only: bool = True, max_bytes: int =
         payment_type=payment_type,
         amount=amount,
         to=to,
-        payment_id=_optional(data, "PAYMENT_ID", str),
-        account=_optional(data, "ACCOUNT", str),
+        payment_id=_optional(data, "PAYMENT_ID", str, escaped),
+        account=_optional(data, "ACCOUNT", str, escaped),
         timestamp_ms=timestamp_ms,
         decision=decision if isinstance(decision := data.get("DECISION"), dict) else None,
     )
