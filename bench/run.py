@@ -46,7 +46,8 @@ from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
-SCENARIOS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2")
+SCENARIOS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules")
+RECOMMENDED = ROOT / "fraud_pipeline" / "rules" / "sets" / "recommended.yaml"
 IDLE_S = 3.0
 
 
@@ -151,6 +152,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
         group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee, idle_timeout_s=args.idle_seconds,
+        rules_file=args.rules_file,
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
     stop = threading.Event()
@@ -281,7 +283,7 @@ def run_child(scenario: str, common: list[str], group: str, count: int) -> dict[
 def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
     group = f"bench-{scenario}-{uuid.uuid4().hex[:8]}"
     if scenario == "detector_x2":
-        with_args = [*common, "--guarantee", "exactly-once"]
+        with_args = [*common, "--guarantee", "at-least-once"]  # as (c): the ratio is the second process's gain
         results: list[dict[str, Any]] = [{}, {}]
 
         def one(i: int) -> None:
@@ -297,7 +299,9 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
         cpu = sum(r["cpu_s"] for r in results)
     else:
         child = {"detector_alo": "detector", "detector_eos": "detector"}.get(scenario, scenario)
-        guarantee = {"detector_alo": ["--guarantee", "at-least-once"], "detector_eos": ["--guarantee", "exactly-once"]}
+        child = "detector" if scenario == "detector_rules" else child
+        guarantee = {"detector_alo": ["--guarantee", "at-least-once"], "detector_eos": ["--guarantee", "exactly-once"],
+                     "detector_rules": ["--guarantee", "at-least-once", "--rules-file", str(RECOMMENDED)]}
         result = run_child(child, [*common, *guarantee.get(scenario, [])], group, count)
         records, span, cpu = result["records"], result["last_at"] - result["first_at"], result["cpu_s"]
     if records < count:
@@ -436,12 +440,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                "localhost:9091,localhost:9092,localhost:9093"))
     parser.add_argument("--count", type=int, default=200_000, help="payments preloaded and read per run (default 200000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating; the median counts (default 3)")
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios to run, for a quick look: {', '.join(SCENARIOS)} "
+                        "(default: all, with the Java tools; the ratios and the JSON need all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--latency-seconds", type=float, default=60.0,
                         help="measured seconds of each latency run, after a 10 s warm-up (default 60; 0 skips)")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="payments per second of the latency runs (default: half the detector's measured rate)")
-    for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee"):
+    for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--idle-seconds", type=float, default=IDLE_S, help=argparse.SUPPRESS)
@@ -454,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(child(args).result()))
         return 0
 
+    chosen = SCENARIOS if args.only is None else tuple(args.only.split(","))
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"--only: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     run_id = uuid.uuid4().hex[:8]
     topics = {"in": f"bench-in-{run_id}", "out": f"bench-out-{run_id}", "fraud": f"bench-fraud-{run_id}",
               "legit": f"bench-legit-{run_id}", "dlq": f"bench-dlq-{run_id}", "java": f"bench-java-{run_id}"}
@@ -463,12 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--bootstrap", args.bootstrap, "--topic", topics["in"], "--out", topics["out"], "--fraud", topics["fraud"],
               "--legit", topics["legit"], "--dlq", topics["dlq"]]
 
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
-    bar = Bar(args.runs * len(SCENARIOS) + args.runs, "runs    ")
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
+    bar = Bar(args.runs * len(chosen) + (args.runs if args.only is None else 0), "runs    ")
     for run in range(args.runs):
-        for name in random.Random(run).sample(SCENARIOS, len(SCENARIOS)):  # alternate, in a new order each round
+        for name in random.Random(run).sample(chosen, len(chosen)):  # alternate, in a new order each round
             samples[name].append(measure(name, common, args.count))
             bar.step(note=f"{name}: {samples[name][-1]['msgs_per_s']:,.0f} msgs/s")
+    if args.only is not None:
+        medians = {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
+        print(table(medians, {}, {}))
+        return 0
     java_runs = []
     for _ in range(args.runs):
         java_runs.append(java_perf(args.bootstrap, topics["java"], args.count, record_size))
@@ -500,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "detector_alo_msgs_per_s": rate["detector_alo"],
         "detector_eos_msgs_per_s": rate["detector_eos"],
         "detector_x2_msgs_per_s": rate["detector_x2"],
+        "detector_rules_msgs_per_s": rate["detector_rules"],
         "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
         "kafka_consumer_perf_msgs_per_s": java["kafka_consumer_perf"],
         **({"latency_p50_ms": latency["detector"].percentile_ms(50),
