@@ -309,13 +309,32 @@ class Output:
     def __init__(self, producer: KafkaProducer) -> None:
         self.producer = producer
         self._failure: Exception | None = None
+        self._partitions: dict[str, int] = {}
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
         producer = self.producer
         try:
-            producer.send(topic, key=key, value=value, headers=headers).add_errback(self._on_error, producer)
+            producer.send(topic, key=key, value=value, headers=headers, partition=partition).add_errback(self._on_error, producer)
         except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
             self._on_error(producer, exc)
+
+    def partition_for(self, topic: str, source_partition: int) -> int:
+        """The partition of ``topic`` that records read from ``source_partition`` go to.
+
+        Input partition modulo the topic's partitions: a key's records, already
+        in one input partition, stay together and in order, and the producer
+        skips hashing every key (a tenth of the detector's time in kafka-python).
+        """
+        count = self._partitions.get(topic)
+        if count is None:
+            found = self.producer.partitions_for(topic)  # waits for the topic's metadata, once
+            if not found:
+                raise BatchError(f"topic {topic} has no partitions")
+            count = self._partitions[topic] = len(found)
+        return source_partition % count
 
     def _on_error(self, producer: KafkaProducer, exc: Exception) -> None:
         # A replaced producer's late failures belong to a batch already rolled back.

@@ -106,7 +106,7 @@ def test_original_messages_and_bad_records(pipeline: Pipeline, raw_producer: Kaf
     # forwarded byte for byte, with the decision appended
     assert [r.value[: len(good) - 1] for r in fraud] == [good[:-1]]
     assert json.loads(fraud[0].value) == original | {"DECISION": json.loads(fraud[0].value)["DECISION"]}
-    assert dict(fraud[0].headers)["decision.rules"] == b"bitcoin@1"
+    assert dict(fraud[0].headers)["decision"] == b"fraud score=1 rules=bitcoin@1"
     assert len(legit) == 1
     assert len(dead) == len(bad)
     for record in dead:

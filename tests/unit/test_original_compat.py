@@ -112,6 +112,7 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     printed, sent = run_original("fraud_detector", values)
 
     producer = MagicMock(spec_set=KafkaProducer)
+    producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
     out = io.StringIO()
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
     rules = LiveRules(ORIGINAL_RULES, None, MagicMock())

@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
 from fraud_pipeline.config import Settings, TopicSettings
-from fraud_pipeline.detector import Detector, decision_headers
+from fraud_pipeline.detector import Detector, decision_header
 from fraud_pipeline.kafka_io import DeadLetters, Output
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.payment import MAX_CLOCK_SKEW_MS, Payment, encode, event_time, generate, with_field
@@ -316,6 +316,7 @@ class ReplayLog:
 
 def detector_with(ruleset: RuleSet, replay: ReplayLog, live: LiveRules | None = None) -> tuple[Detector, MagicMock]:
     producer = MagicMock(spec_set=KafkaProducer)
+    producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
     lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
     rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
@@ -385,8 +386,8 @@ def test_windows_stay_complete_across_rule_changes() -> None:
 def test_decision_headers_name_enabled_and_shadow_rules() -> None:
     e = engine(rule(when={"field": "TO", "op": "==", "value": "mom"}),
                {"id": "watch", "mode": "shadow", "when": {"field": "AMOUNT", "op": ">", "value": 1}})
-    headers = dict(decision_headers(e.decide(pay(), 0)))
-    assert headers == {"decision.fraud": b"true", "decision.score": b"1", "decision.rules": b"r@1", "decision.shadow": b"watch@1"}
+    assert decision_header(e.decide(pay(), 0)) == ("decision", b"fraud score=1 rules=r@1 shadow=watch@1")
+    assert decision_header(e.decide(pay(amount=1, to="me"), 0)) == ("decision", b"legit score=0")
 
 
 def test_threshold_tolerates_float_sums() -> None:

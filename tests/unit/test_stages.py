@@ -47,6 +47,7 @@ class Rig:
 
     def __init__(self, quiet: bool = False) -> None:
         self.producer = MagicMock(spec_set=KafkaProducer)
+        self.producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
         self.output = Output(self.producer)
         self.summary = Summary("fraud_detector", "payments")
         self.out = io.StringIO()
@@ -65,6 +66,7 @@ def test_detector_routes_forwards_bytes_with_its_decision_and_prints_the_origina
     assert rig.out.getvalue() == "fraud_payments True BITCOIN\nlegit_payments False VISA\n"
     fraud, legit = rig.producer.send.call_args_list
     assert fraud.args == ("fraud_payments",) and fraud.kwargs["key"] == b"ACC1"
+    assert fraud.kwargs["partition"] == 0  # input partition 0 of 6 -> 0 of 2
     assert legit.args == ("legit_payments",) and legit.kwargs["key"] == b"ACC2"
     # the input bytes, then the decision appended to the object
     assert fraud.kwargs["value"].startswith(value("BITCOIN")[:-1] + b', "DECISION": ')
@@ -73,8 +75,8 @@ def test_detector_routes_forwards_bytes_with_its_decision_and_prints_the_origina
         "rules": [{"id": "bitcoin", "version": 1, "mode": "enabled", "weight": 1.0, "reason": "PAYMENT_TYPE == BITCOIN"}],
     }
     assert json.loads(legit.kwargs["value"])["DECISION"] == {"fraud": False, "score": 0.0, "threshold": 1.0, "rules": []}
-    assert dict(fraud.kwargs["headers"]) == {"decision.fraud": b"true", "decision.score": b"1", "decision.rules": b"bitcoin@1"}
-    assert dict(legit.kwargs["headers"]) == {"decision.fraud": b"false", "decision.score": b"0", "decision.rules": b""}
+    assert fraud.kwargs["headers"] == [("decision", b"fraud score=1 rules=bitcoin@1")]
+    assert legit.kwargs["headers"] == [("decision", b"legit score=0")]
     assert rig.summary.counts == {"fraud_payments": 1, "legit_payments": 1}
 
 
@@ -379,3 +381,14 @@ def test_the_loop_ends_on_the_stop_event() -> None:
     stop.set()
     delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
     assert run_consumer(consumer, Recorder([]), delivery, stop=stop, idle_timeout_s=None) == "stopped"
+
+
+def test_routed_records_keep_their_input_partition_modulo_the_topic() -> None:
+    producer = MagicMock(spec_set=KafkaProducer)
+    producer.partitions_for.return_value = {0, 1}
+    output = Output(producer)
+    assert [output.partition_for("fraud_payments", p) for p in range(6)] == [0, 1, 0, 1, 0, 1]
+    producer.partitions_for.assert_called_once_with("fraud_payments")  # looked up once per topic
+    producer.partitions_for.return_value = set()
+    with pytest.raises(BatchError, match="topic empty has no partitions"):
+        output.partition_for("empty", 0)
