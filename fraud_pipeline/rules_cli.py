@@ -180,3 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, KafkaError) as exc:
         log.error("%s", exc)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
