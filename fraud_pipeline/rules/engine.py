@@ -153,15 +153,13 @@ class Engine:
         if rule.when is not None and not rule.when.holds(payment):
             return None
         parts = [rule.when.explain(payment)] if rule.when is not None else []
-        if rule.aggregate is not None:
+        if rule.aggregate is not None or rule.sequence is not None:
             assert state is not None
-            found = _aggregate(rule.aggregate, payment, now, state)
-            if found is None:
-                return None
-            parts.append(found)
-        elif rule.sequence is not None:
-            assert state is not None
-            found = _sequence(rule.sequence, payment, now, state)
+            if rule.aggregate is not None:
+                found = _aggregate(rule.aggregate, payment, now, state)
+            else:
+                assert rule.sequence is not None
+                found = _sequence(rule.sequence, payment, now, state)
             if found is None:
                 return None
             parts.append(found)
