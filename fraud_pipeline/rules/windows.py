@@ -29,6 +29,10 @@ _SWEEP_EVERY = 1024
 Event = tuple[int, Payment]
 
 
+def _time(event: Event) -> int:
+    return event[0]
+
+
 class WindowState:
     """The recent payments of each key of one partition."""
 
@@ -59,6 +63,13 @@ class WindowState:
         start = now_ms - span_ms
         return (event for event in window if start < event[0] <= now_ms)
 
+    def count(self, field: str, key: str, now_ms: int, span_ms: int) -> int:
+        """How many of the key's payments have ``now_ms - span_ms < time <= now_ms`` (by bisection)."""
+        window = self._windows.get((field, key))
+        if not window:
+            return 0
+        return bisect.bisect_right(window, now_ms, key=_time) - bisect.bisect_right(window, now_ms - span_ms, key=_time)
+
     def add(self, payment: Payment, keys: Iterable[tuple[str, str]], at_ms: int) -> None:
         """Record a payment (already clamped by event_time) under each of its ``(field, key)``."""
         if self._watermark is None or at_ms > self._watermark:
@@ -76,7 +87,7 @@ class WindowState:
             if not window or window[-1][0] <= at_ms:
                 window.append((at_ms, payment))
             else:  # late: keep event-time order
-                window.insert(bisect.bisect_right([t for t, _ in window], at_ms), (at_ms, payment))
+                window.insert(bisect.bisect_right(window, at_ms, key=_time), (at_ms, payment))
             while window[0][0] <= horizon:
                 window.popleft()
         self._adds += 1

@@ -427,3 +427,17 @@ def test_a_rule_record_that_breaks_the_parser_is_rejected() -> None:
     live = LiveRules(ORIGINAL, None, lambda rec, reason: rejected.append(reason))
     live.apply(rules_record(b"deep", b"[" * 100_000 + b"]" * 100_000))
     assert live.current is ORIGINAL and len(rejected) == 1 and "not JSON" in rejected[0]
+
+
+def test_count_by_bisection_equals_counting_the_window() -> None:
+    rng = random.Random(5)
+    state = WindowState({"ACCOUNT"}, retention_ms=60 * S)
+    now = 0
+    for _ in range(3000):
+        now += rng.randint(0, 400)
+        at = state.event_time(now - rng.choice((0, 0, 0, rng.randint(0, 40 * S))))  # some late payments
+        key = f"K{rng.randint(0, 3)}"
+        state.add(pay(account=key), [("ACCOUNT", key)], at)
+        span = rng.choice((1 * S, 10 * S, 60 * S))
+        probe = now - rng.randint(0, 5 * S)
+        assert state.count("ACCOUNT", key, probe, span) == len(list(state.events("ACCOUNT", key, probe, span)))
