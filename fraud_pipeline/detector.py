@@ -93,6 +93,7 @@ class Detector:
         self._engine = Engine(rules.current)
         self._states: dict[int, WindowState] = {}
         self._next_offsets: dict[int, int] = {}
+        self._evicted: dict[int, int] = {}
         self.emit = lines.emit
         self.discard = lines.discard
 
@@ -137,9 +138,16 @@ class Detector:
         partition = self._output.partition_for(topic, record.partition)
         self._output.send(topic, record.key, value, [decision_header(decision)], partition)
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
-        if state is not None and state.evicted_keys % 1000 == 1:
-            log.warning("window state of partition %d full (%d keys): %d least recently active keys forgotten so far",
-                        record.partition, state.max_keys, state.evicted_keys)
+        if state is not None and state.evicted_keys != self._evicted.get(record.partition, 0):
+            self._note_evictions(record.partition, state)
+
+    def _note_evictions(self, partition: int, state: WindowState) -> None:
+        """Log the first key a partition's full windows forget, then every thousandth."""
+        before = self._evicted.get(partition, 0)
+        self._evicted[partition] = state.evicted_keys
+        if before == 0 or state.evicted_keys // 1000 > before // 1000:
+            log.warning("windows of partition %d full (%d keys): %d least recently active key(s) forgotten so far",
+                        partition, state.max_keys, state.evicted_keys)
 
     def _stale(self, partition: int, offset: int) -> bool:
         """Whether the windows of a partition cannot decide the record at ``offset``."""
@@ -152,12 +160,13 @@ class Detector:
         reference = first.timestamp if first.timestamp > 0 else int(time.time() * 1000)
         since_ms = reference - state.retention_ms - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
         count = 0
+        now_ms = int(time.time() * 1000)
         for record in self._replay(first.partition, since_ms, first.offset):
             try:
                 payment = decode(record.value)
             except InvalidPayment:
                 continue  # dead-lettered when it was first read
-            self._engine.remember(payment, event_time(payment, record.timestamp), state)
+            self._engine.remember(payment, event_time(payment, record.timestamp, now_ms), state)
             count += 1
         self._states[first.partition] = state
         self._next_offsets[first.partition] = first.offset

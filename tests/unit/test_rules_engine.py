@@ -441,3 +441,17 @@ def test_count_by_bisection_equals_counting_the_window() -> None:
         span = rng.choice((1 * S, 10 * S, 60 * S))
         probe = now - rng.randint(0, 5 * S)
         assert state.count("ACCOUNT", key, probe, span) == len(list(state.events("ACCOUNT", key, probe, span)))
+
+
+def test_full_windows_are_logged_once_then_every_thousand_keys(caplog: pytest.LogCaptureFixture) -> None:
+    detector, _ = detector_with(parse_ruleset({"rules": [count_rule()]}), ReplayLog([]))
+    handle_batch(detector, payment_record(0, account="K0"))
+    detector._states[3].max_keys = 10
+    for i in range(1, 1200):
+        r = record(encode(pay(account=f"K{i}", ts=i)), partition=3, offset=i, key=b"K", timestamp=i)
+        handle_batch(detector, r)
+    warnings = [m for m in caplog.messages if "full" in m]
+    assert warnings == [
+        "windows of partition 3 full (10 keys): 1 least recently active key(s) forgotten so far",
+        "windows of partition 3 full (10 keys): 1000 least recently active key(s) forgotten so far",
+    ]
