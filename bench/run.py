@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
+from fraud_pipeline.runtime import Progress as Bar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
@@ -225,32 +226,13 @@ def child_paced(args: argparse.Namespace) -> Progress:
 # The parent: preload, run, report
 
 
-class Bar:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.started = time.monotonic()
-
-    def step(self, n: int = 1, note: str = "") -> None:
-        self.done += n
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        elapsed = time.monotonic() - self.started
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{elapsed:5.0f}s {note:<40}")
-        sys.stderr.flush()
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-
-
 def preload(bootstrap: str, topic: str, count: int) -> int:
     from kafka import KafkaProducer
 
     from fraud_pipeline.payment import encode, payment_stream
 
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=20, batch_size=256 * 1024)
-    bar = Bar(count, "preload ")
+    bar = Bar("preload", count)
     stream = payment_stream(seed=7)
     size = 0
     try:
@@ -260,9 +242,9 @@ def preload(bootstrap: str, topic: str, count: int) -> int:
             size += len(value)
             producer.send(topic, key=(payment.account or "").encode(), value=value)
             if (i + 1) % 10_000 == 0:
-                bar.step(10_000)
+                bar(i + 1)
         producer.flush()
-        bar.step(count - bar.done)
+        bar.close()
     finally:
         producer.close()
     return size // max(count, 1)
@@ -405,7 +387,7 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
              "--seconds", str(warmup + seconds)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         begin = time.time() + 0.5 + warmup
         end = begin + seconds
-        bar = Bar(int(warmup + seconds), f"latency {kind:<11}")
+        bar = Bar(f"latency {kind}", int(warmup + seconds))
         last_tick = time.time()
         while producer.poll() is None or time.time() < end + 5:
             for records in reader.poll(timeout_ms=200).values():
@@ -414,12 +396,12 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
                     due_ms = json.loads(record.value)["TIMESTAMP_MS"]
                     if begin * 1000 <= due_ms < end * 1000:
                         histogram.record(now_us - due_ms * 1000)
-            if time.time() - last_tick >= 1 and bar.done < bar.total:
-                bar.step(note=f"{histogram.total} measured")
+            if time.time() - last_tick >= 1:
+                bar(min(int(time.time() - begin + warmup), int(warmup + seconds)), note=f"{histogram.total} measured")
                 last_tick = time.time()
             if time.time() > end + 30:
                 break
-        bar.step(bar.total - bar.done)
+        bar.close()
     finally:
         stage.terminate()
         stage.wait(30)
@@ -494,12 +476,13 @@ def main(argv: list[str] | None = None) -> int:
               "--legit", topics["legit"], "--dlq", topics["dlq"]]
 
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
-    bar = Bar(args.runs * len(chosen) + (args.runs if args.only is None else 0), "runs    ")
+    bar = Bar("runs", args.runs * len(chosen) + (args.runs if args.only is None else 0))
     for run in range(args.runs):
         for name in random.Random(run).sample(chosen, len(chosen)):  # alternate, in a new order each round
             samples[name].append(measure(name, common, args.count))
             bar.step(note=f"{name}: {samples[name][-1]['msgs_per_s']:,.0f} msgs/s")
     if args.only is not None:
+        bar.close()
         medians = {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
         print(table(medians, {}, {}))
         return 0
@@ -507,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.runs):
         java_runs.append(java_perf(args.bootstrap, topics["java"], args.count, record_size))
         bar.step(note="Kafka ProducerPerformance / ConsumerPerformance")
+    bar.close()
 
     medians = {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
     java = {"kafka_producer_perf": statistics.median(p for p, _ in java_runs),

@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from kafka.errors import KafkaError
 from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings, positive_float, positive_int
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
-from .runtime import PipelineError
+from .runtime import PipelineError, Progress
 from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, Labelled, labelled_stream, parse_mix, simulated_clock
 
 START = datetime.datetime(2024, 1, 1, tzinfo=pytz.utc)
@@ -375,42 +374,6 @@ def to_json(report: Report, title: str) -> dict[str, Any]:
     }
 
 
-class Progress:
-    """Progress on stderr: a bar on a terminal, a line every few seconds otherwise."""
-
-    def __init__(self, total: int | None, out: TextIO | None = None, every_s: float = 5.0) -> None:
-        self.total = total
-        self.out = out if out is not None else sys.stderr
-        self.tty = self.out.isatty()
-        self.every_s = every_s
-        self.started = self.last = time.monotonic()
-        self.done = 0
-
-    def __call__(self, done: int) -> None:
-        self.done = done
-        now = time.monotonic()
-        if self.tty:
-            self.out.write("\r" + self._text(now))
-            self.out.flush()
-        elif now - self.last >= self.every_s:
-            self.out.write(self._text(now) + "\n")
-            self.out.flush()
-            self.last = now
-
-    def _text(self, now: float) -> str:
-        elapsed = now - self.started
-        if not self.total:
-            return f"backtest: {self.done} payments {elapsed:.1f}s"
-        width = 30
-        filled = min(width, width * self.done // self.total)
-        return f"backtest [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:.1f}s"
-
-    def close(self) -> None:
-        now = time.monotonic()
-        self.out.write(("\r" if self.tty else "") + self._text(now) + " done\n")
-        self.out.flush()
-
-
 # ---------------------------------------------------------------------------
 # Command line
 
@@ -494,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     ruleset, rules_name = _load_rules(args)
     skipped = Skipped()
     examples, total, description = _source(args, skipped)
-    progress = Progress(total)
+    progress = Progress("backtest", total)
     save = args.save.open("w", encoding="utf-8") if args.save is not None else None
     try:
         report = backtest(saving(examples, save) if save else examples, ruleset, skipped, progress)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from kafka.errors import KafkaError
 
@@ -84,6 +85,50 @@ def instance_slot(name: str, limit: int = 64) -> Iterator[str]:
             lock_file.close()  # closing releases the lock
         return
     raise PipelineError(f"more than {limit} instances of {name} on this host")
+
+
+class Progress:
+    """Progress of long work on stderr: a bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, label: str, total: int | None, out: TextIO | None = None, every_s: float = 5.0) -> None:
+        self.label = label
+        self.total = total
+        self.out = out if out is not None else sys.stderr
+        self.tty = self.out.isatty()
+        self.every_s = every_s
+        self.started = self.last = time.monotonic()
+        self.done = 0
+        self.note = ""
+
+    def __call__(self, done: int, note: str = "") -> None:
+        """``done`` units are done (``note``: what just happened)."""
+        self.done, self.note = done, note
+        now = time.monotonic()
+        if self.tty:
+            self.out.write("\r" + self._text(now))
+            self.out.flush()
+        elif now - self.last >= self.every_s:
+            self.out.write(self._text(now) + "\n")
+            self.out.flush()
+            self.last = now
+
+    def step(self, n: int = 1, note: str = "") -> None:
+        """``n`` more units are done."""
+        self(self.done + n, note)
+
+    def _text(self, now: float) -> str:
+        elapsed = now - self.started
+        note = f" {self.note}" if self.note else ""
+        if not self.total:
+            return f"{self.label}: {self.done} {elapsed:.1f}s{note}"
+        width = 30
+        filled = min(width, width * self.done // self.total)
+        return f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:.1f}s{note}"
+
+    def close(self) -> None:
+        self.note = ""
+        self.out.write(("\r" if self.tty else "") + self._text(time.monotonic()) + " done\n")
+        self.out.flush()
 
 
 class Summary:

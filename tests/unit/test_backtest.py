@@ -17,7 +17,6 @@ from fraud_pipeline.backtest import (
     RECOMMENDED,
     START,
     Example,
-    Progress,
     Report,
     Skipped,
     backtest,
@@ -33,6 +32,7 @@ from fraud_pipeline.backtest import (
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.payment import Payment, encode
 from fraud_pipeline.rules import ORIGINAL, load_ruleset, parse_ruleset
+from fraud_pipeline.runtime import Progress
 from fraud_pipeline.scenarios import DEFAULT_MIX, FRAUD_SCENARIOS, LABEL_HEADER, SCENARIO_HEADER, labelled_stream, simulated_clock
 
 from .records import record
@@ -304,7 +304,7 @@ def test_parse_time_refuses_other_text() -> None:
 
 def test_progress_off_a_terminal_writes_lines_not_a_bar() -> None:
     out = io.StringIO()
-    progress = Progress(100, out, every_s=0.0)
+    progress = Progress("backtest", 100, out, every_s=0.0)
     progress(50)
     progress.close()
     assert "\r" not in out.getvalue()
