@@ -40,7 +40,7 @@ from typing import Any, TextIO
 import pytz
 from kafka.errors import KafkaError
 
-from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings, positive_float, positive_int
+from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings, bootstrap_servers, positive_float, positive_int
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
 from .runtime import PipelineError, Progress
@@ -446,8 +446,7 @@ def _source(args: argparse.Namespace, skipped: Skipped) -> tuple[Iterator[Exampl
     if args.input is not None:
         return from_file(args.input, skipped), None, f"file {args.input}"
     if args.topic is not None:
-        servers = tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip())
-        settings = Settings(bootstrap_servers=servers, topics=TopicSettings())
+        settings = Settings(bootstrap_servers=bootstrap_servers(args.bootstrap_servers), topics=TopicSettings())
         return from_topic(settings, args.topic, args.since, args.until, skipped), None, f"topic {args.topic}"
     description = f"generated count={args.count} seed={args.seed} mix={args.mix} rate={args.rate:g}/s accounts={args.accounts}"
     return generated(args.count, args.seed, args.mix, args.rate, args.accounts), args.count, description

@@ -229,11 +229,17 @@ def build_parser(
     return parser
 
 
-def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-    """Freeze parsed flags (over environment, over defaults) into Settings."""
-    servers = tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip())
+def bootstrap_servers(text: str) -> tuple[str, ...]:
+    """The ``host:port`` entries of a comma-separated list; SystemExit if there are none."""
+    servers = tuple(s.strip() for s in text.split(",") if s.strip())
     if not servers:
         raise SystemExit("error: --bootstrap-servers is empty")
+    return servers
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Freeze parsed flags (over environment, over defaults) into Settings."""
+    servers = bootstrap_servers(args.bootstrap_servers)
     base = topic_settings_from_env(env)
     topics = TopicSettings(
         payments=args.payments_topic,

@@ -186,7 +186,6 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
             baseline = load_ruleset(settings.rules_file)
         except RuleError as exc:
             raise PipelineError(f"rules file refused: {exc}") from None
-    prepare_topics(settings, [settings.topics.rules, settings.topics.rules_rejected])
     rejects = Output(make_producer(settings, f"{NAME}-rules"))
     rejected = DeadLetters(rejects, settings.topics.rules_rejected, NAME)
 
@@ -217,6 +216,7 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
+    prepare_topics(settings)
     with live_rules(settings) as (rules, replay):
         return run_stage(
             settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),

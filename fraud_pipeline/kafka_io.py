@@ -95,15 +95,21 @@ def make_consumer(
     return consumer
 
 
-def make_topic_reader(settings: Settings, topic: str, client_id: str) -> KafkaConsumer:
-    """A consumer of every partition of ``topic`` from its beginning, outside any group (the rules topic)."""
+def _groupless_consumer(settings: Settings, client_id: str) -> KafkaConsumer:
+    """A read_committed consumer outside any group, for partitions assigned by hand: commits nothing."""
     try:
-        consumer = KafkaConsumer(
+        return KafkaConsumer(
             bootstrap_servers=list(settings.bootstrap_servers), client_id=client_id, group_id=None,
-            enable_auto_commit=False, isolation_level="read_committed",
+            enable_auto_commit=False, isolation_level="read_committed", max_poll_records=MAX_POLL_RECORDS,
+            auto_offset_reset="earliest",  # a start removed by retention meanwhile: read what is left
         )
     except KafkaError as exc:
         raise _connect_error(settings, exc) from None
+
+
+def make_topic_reader(settings: Settings, topic: str, client_id: str) -> KafkaConsumer:
+    """A consumer of every partition of ``topic`` from its beginning, outside any group (the rules topic)."""
+    consumer = _groupless_consumer(settings, client_id)
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         consumer.close()
@@ -188,10 +194,14 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
 
 
 def prepare_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, str]:
-    """Create the pipeline's missing topics, or with ``--no-create-topics`` check they all exist."""
+    """Create the pipeline's missing topics (logging each), or with ``--no-create-topics`` check they all exist."""
     specs = pipeline_topics(settings.topics, names)
     if settings.create_topics:
-        return ensure_topics(settings, specs)
+        outcome = ensure_topics(settings, specs)
+        for topic, state in outcome.items():
+            if state == "created":
+                log.info("created topic %s", topic)
+        return outcome
     present = set(describe_topics(settings, [spec.name for spec in specs]))
     missing = [spec.name for spec in specs if spec.name not in present]
     if missing:
@@ -232,14 +242,7 @@ def read_span(
     topic had when the call began. Uses no consumer group: nothing is committed.
     PipelineError if no record comes for ``stall_timeout_s`` before the end.
     """
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=list(settings.bootstrap_servers), client_id=client_id, group_id=None,
-            enable_auto_commit=False, isolation_level="read_committed", max_poll_records=MAX_POLL_RECORDS,
-            auto_offset_reset="earliest",  # a start removed by retention meanwhile: read what is left
-        )
-    except KafkaError as exc:
-        raise _connect_error(settings, exc) from None
+    consumer = _groupless_consumer(settings, client_id)
     try:
         known = consumer.partitions_for_topic(topic)
         if not known:
@@ -272,12 +275,10 @@ def read_span(
                     if record.offset >= ends[tp]:
                         break
                     yield record
-                if tp in pending and consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-            for tp in list(pending):  # a span ending in aborted records or markers has nothing more to return
-                if consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+            # Done once the position passes the end (also over aborted records and transaction markers).
+            for tp in [tp for tp in pending if consumer.position(tp) >= ends[tp]]:
+                pending.discard(tp)
+                consumer.pause(tp)
     finally:
         close_quietly(consumer)
 

@@ -29,7 +29,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from .config import Settings, TopicSettings, build_parser
-from .kafka_io import DeadLetters
+from .kafka_io import DeadLetters, prepare_topics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
 from .runtime import Summary, run_cli
@@ -107,6 +107,7 @@ class Processor:
 def _run_processor(
     name: str, topic: str, line: Callable[[Payment], str], settings: Settings, stop: threading.Event
 ) -> int:
+    prepare_topics(settings)
     return run_stage(
         settings, name=name, source_topic=topic, stop=stop, summary=Summary(name, "payments"),
         make_handler=lambda output, dead_letters, lines: Processor(line, dead_letters, lines),

@@ -40,7 +40,6 @@ from .kafka_io import (
     close_quietly,
     make_consumer,
     make_producer,
-    prepare_topics,
     transaction_step,
 )
 from .payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
@@ -317,13 +316,12 @@ def run_stage(
 ) -> int:
     """Run one consuming stage (detector or processor) until stopped or idle; return the exit status.
 
+    The caller prepares the topics (kafka_io.prepare_topics) first.
+
     ``transactional`` stages follow ``settings.guarantee``; the others are
     at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
-    for topic, state in prepare_topics(settings).items():
-        if state == "created":
-            stage_log.info("created topic %s", topic)
     exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
     needs_slot = exactly_once and settings.transactional_id is None
     with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:
