@@ -38,9 +38,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytz
-from kafka.errors import KafkaError
 
-from .config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings, bootstrap_servers, positive_float, positive_int
+from .clients.types import ClientError
+from .config import (
+    CLIENTS,
+    DEFAULT_BOOTSTRAP_SERVERS,
+    KAFKA_PYTHON,
+    Settings,
+    TopicSettings,
+    bootstrap_servers,
+    positive_float,
+    positive_int,
+)
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
 from .runtime import PipelineError, Progress
@@ -419,6 +428,10 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
         "--bootstrap-servers", default=env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS,
         help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: %(default)s)",
     )
+    kafka.add_argument(
+        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or KAFKA_PYTHON,
+        help="Kafka client library [env KAFKA_CLIENT] (default: %(default)s)",
+    )
     gen = parser.add_argument_group("generated source (the default)")
     gen.add_argument("--count", type=positive_int, default=50000, metavar="N", help="payments (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default: %(default)s)")
@@ -446,7 +459,7 @@ def _source(args: argparse.Namespace, skipped: Skipped) -> tuple[Iterator[Exampl
     if args.input is not None:
         return from_file(args.input, skipped), None, f"file {args.input}"
     if args.topic is not None:
-        settings = Settings(bootstrap_servers=bootstrap_servers(args.bootstrap_servers), topics=TopicSettings())
+        settings = Settings(bootstrap_servers=bootstrap_servers(args.bootstrap_servers), topics=TopicSettings(), client=args.client)
         return from_topic(settings, args.topic, args.since, args.until, skipped), None, f"topic {args.topic}"
     description = f"generated count={args.count} seed={args.seed} mix={args.mix} rate={args.rate:g}/s accounts={args.accounts}"
     return generated(args.count, args.seed, args.mix, args.rate, args.accounts), args.count, description
@@ -489,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"backtest: error: {exc}", file=sys.stderr)
         return 2
-    except (PipelineError, KafkaError) as exc:
+    except (PipelineError, ClientError) as exc:
         print(f"backtest: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,19 +22,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
-
+from .clients import Batch, Record
 from .config import Settings, build_parser
 from .kafka_io import (
     BatchError,
     DeadLetters,
     Output,
-    close_quietly,
     make_producer,
     make_topic_reader,
     prepare_topics,
@@ -50,9 +47,8 @@ NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
 log = logging.getLogger(NAME)
 
-Replay = Callable[[int, int, int], Iterator[ConsumerRecord]]
+Replay = Callable[[int, int, int], Iterator[Record]]
 """``replay(partition, since_ms, until_offset)``: the source partition's records in that span."""
-Batch = Mapping[TopicPartition, list[ConsumerRecord]]
 
 
 @lru_cache(maxsize=4096)
@@ -121,7 +117,7 @@ class Detector:
         for partition in set(self._states) - partitions:
             del self._states[partition]
 
-    def handle(self, record: ConsumerRecord) -> None:
+    def handle(self, record: Record) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
@@ -134,7 +130,7 @@ class Detector:
             self._next_offsets[record.partition] = record.offset + 1
         decision = self._engine.decide(payment, at, state)
         topic = self._fraud_topic if decision.fraud else self._legit_topic
-        value = with_field(record.value, "DECISION", decision.to_json())
+        value = with_field(record.value or b"", "DECISION", decision.to_json())
         partition = self._output.partition_for(topic, record.partition)
         self._output.send(topic, record.key, value, [decision_header(decision)], partition)
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
@@ -153,7 +149,7 @@ class Detector:
         """Whether the windows of a partition cannot decide the record at ``offset``."""
         return partition not in self._states or offset < self._next_offsets.get(partition, 0)
 
-    def _rebuild(self, first: ConsumerRecord) -> None:
+    def _rebuild(self, first: Record) -> None:
         """The windows of a partition as of ``first``, from the partition's payments of the longest window before it."""
         started = time.monotonic()
         state = self._engine.new_state()
@@ -189,14 +185,14 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
     rejects = Output(make_producer(settings, f"{NAME}-rules"))
     rejected = DeadLetters(rejects, settings.topics.rules_rejected, NAME)
 
-    def reject(record: ConsumerRecord, reason: str) -> None:
+    def reject(record: Record, reason: str) -> None:
         rejected.send(record, reason)
         try:
             rejects.flush(timeout_s=10)
         except BatchError as exc:
             log.error("could not write the rejected rule record to %s: %s", settings.topics.rules_rejected, exc)
 
-    def replay(partition: int, since_ms: int, until_offset: int) -> Iterator[ConsumerRecord]:
+    def replay(partition: int, since_ms: int, until_offset: int) -> Iterator[Record]:
         return read_span(
             settings, settings.topics.payments, partitions=[partition], since_ms=since_ms,
             until_offsets={partition: until_offset}, client_id=f"{NAME}-replay",
@@ -210,9 +206,9 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
             log.info("rules (%s, then topic %s): %s", settings.rules_file or "original", settings.topics.rules, describe(rules.current))
             yield rules, replay
         finally:
-            close_quietly(reader)
+            reader.close()
     finally:
-        close_quietly(rejects.producer)
+        rejects.producer.close()
 
 
 def run(settings: Settings, stop: threading.Event) -> int:

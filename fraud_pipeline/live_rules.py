@@ -18,10 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer
-from kafka.consumer.fetcher import ConsumerRecord
-
-from .kafka_io import record_source
+from .clients import Batch, ClientError, Consumer, Record
+from .kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, record_source
 from .rules import RuleError, RuleSet, parse_rule
 from .runtime import PipelineError
 
@@ -32,13 +30,13 @@ REFRESH_INTERVAL_S = 1.0
 CATCH_UP_TIMEOUT_S = 60.0
 """The longest a detector waits at start-up to read the rules topic to its end."""
 
-Reject = Callable[[ConsumerRecord, str], None]
+Reject = Callable[[Record, str], None]
 
 
 class LiveRules:
     """The current rule set: ``baseline`` with the rules topic's records applied in order."""
 
-    def __init__(self, baseline: RuleSet, reader: KafkaConsumer | None, reject: Reject) -> None:
+    def __init__(self, baseline: RuleSet, reader: Consumer | None, reject: Reject) -> None:
         self.current = baseline
         self._reader = reader
         self._reject = reject
@@ -50,12 +48,15 @@ class LiveRules:
         """Apply every record the topic holds now (at start-up, before the first payment)."""
         if self._reader is None:
             return
-        ends = self._reader.end_offsets(list(self._reader.assignment()))
-        deadline = time.monotonic() + timeout_s
-        while any(self._reader.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise PipelineError(f"could not read the rules topic to its end in {timeout_s:.0f}s")
-            self._apply_batch(self._reader.poll(timeout_ms=500))
+        try:
+            ends = {tp: end for tp, (_, end) in self._reader.watermarks(self._reader.assignment(), METADATA_TIMEOUT_S).items()}
+            deadline = time.monotonic() + timeout_s
+            while any(self._reader.position(tp) < end for tp, end in ends.items()):
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"could not read the rules topic to its end in {timeout_s:.0f}s")
+                self._apply_batch(self._reader.poll(0.5, MAX_POLL_RECORDS))
+        except ClientError as exc:
+            raise PipelineError(f"cannot read the rules topic: {exc}") from None
         self._checked_at = time.monotonic()
 
     def refresh(self) -> bool:
@@ -64,15 +65,15 @@ class LiveRules:
             return False
         self._checked_at = time.monotonic()
         before = self.current
-        self._apply_batch(self._reader.poll(timeout_ms=0))
+        self._apply_batch(self._reader.poll(0.0, MAX_POLL_RECORDS))
         return self.current is not before
 
-    def _apply_batch(self, batches: dict[object, list[ConsumerRecord]]) -> None:
+    def _apply_batch(self, batches: Batch) -> None:
         for records in batches.values():
             for record in records:
                 self.apply(record)
 
-    def apply(self, record: ConsumerRecord) -> None:
+    def apply(self, record: Record) -> None:
         """Apply one record of the rules topic to the current set, or reject it."""
         try:
             self.current = _applied(self.current, record)
@@ -83,7 +84,7 @@ class LiveRules:
             self._reject(record, reason)
             return
         self.applied += 1
-        rule_id = record.key.decode()
+        rule_id = (record.key or b"").decode()  # checked by _applied
         rule = self.current.get(rule_id)
         if rule is None:
             log.info("rule %s removed (%s); %s", rule_id, record_source(record), describe(self.current))
@@ -91,7 +92,7 @@ class LiveRules:
             log.info("rule %s applied (%s, %s); %s", rule.ref, rule.mode, record_source(record), describe(self.current))
 
 
-def _applied(ruleset: RuleSet, record: ConsumerRecord) -> RuleSet:
+def _applied(ruleset: RuleSet, record: Record) -> RuleSet:
     """``ruleset`` changed by one rules-topic record; RuleError if the record is not a valid rule."""
     if not record.key:
         raise RuleError("key", "a rule record needs the rule id as its key")

@@ -302,11 +302,11 @@ def _log_tail(node: Node, lines: int = 5) -> str:
 
 
 def _count_brokers(bootstrap: str) -> int:
-    from kafka import KafkaAdminClient  # imported here: `jars` and `down` work without kafka-python
+    from .clients import KAFKA_PYTHON, backend  # imported here: `jars` and `down` work without a client library
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="local-cluster")
+    admin = backend(KAFKA_PYTHON, tuple(bootstrap.split(","))).admin("local-cluster")
     try:
-        return len(admin.describe_cluster()["brokers"])
+        return admin.broker_count()
     finally:
         admin.close()
 

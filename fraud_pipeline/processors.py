@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
-
+from .clients import Batch, Record
 from .config import Settings, TopicSettings, build_parser
 from .kafka_io import DeadLetters, prepare_topics
 from .payment import MAX_RECORD_BYTES, Payment
@@ -89,13 +87,13 @@ class Processor:
         self.emit = lines.emit
         self.discard = lines.discard
 
-    def begin_batch(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+    def begin_batch(self, batch: Batch) -> None:
         pass
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         pass  # a processor keeps no state per partition
 
-    def handle(self, record: ConsumerRecord) -> None:
+    def handle(self, record: Record) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False, max_bytes=ROUTED_MAX_BYTES)
         if payment is None:
             return

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import TextIO
 
-from kafka import KafkaProducer
-
+from .clients import Producer
 from .config import Settings, build_parser
-from .kafka_io import BatchError, Output, close_quietly, make_producer, prepare_topics
+from .kafka_io import BatchError, Output, make_producer, prepare_topics
 from .payment import Payment, encode, payment_stream
 from .runtime import PipelineError, Summary, run_cli
 from .scenarios import LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
@@ -32,7 +31,7 @@ NAME = "payment_producer"
 
 
 def produce(
-    producer: KafkaProducer,
+    producer: Producer,
     settings: Settings,
     stop: threading.Event,
     summary: Summary,
@@ -92,7 +91,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
         summary.print("failed")
         raise PipelineError(f"{NAME}: {exc}; stopping (payments after the failed one were not sent)") from exc
     finally:
-        close_quietly(producer)
+        producer.close()
     summary.print(reason)
     return 0
 

@@ -24,11 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
-
+from .clients import ClientError, Record
 from .config import Settings, build_parser, settings_from_args
-from .kafka_io import Output, close_quietly, make_producer, make_topic_reader, prepare_topics
+from .kafka_io import Output, make_producer, make_topic_reader, prepare_topics
 from .live_rules import LiveRules
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import read_document
@@ -52,7 +50,7 @@ def current_rules(settings: Settings, baseline: RuleSet) -> tuple[RuleSet, list[
     """The rule set running detectors hold now, and the topic's records they reject."""
     rejected: list[str] = []
 
-    def note(record: ConsumerRecord, reason: str) -> None:
+    def note(record: Record, reason: str) -> None:
         rejected.append(f"offset {record.offset}: {reason}")
 
     reader = make_topic_reader(settings, settings.topics.rules, f"{NAME}-list")
@@ -61,7 +59,7 @@ def current_rules(settings: Settings, baseline: RuleSet) -> tuple[RuleSet, list[
         live.catch_up()
         return live.current, rejected
     finally:
-        close_quietly(reader)
+        reader.close()
 
 
 def publish(settings: Settings, items: list[tuple[str, dict[str, Any] | None]]) -> None:
@@ -73,7 +71,7 @@ def publish(settings: Settings, items: list[tuple[str, dict[str, Any] | None]]) 
             output.send(settings.topics.rules, rule_id.encode("utf-8"), value)
         output.flush(timeout_s=30)
     finally:
-        close_quietly(output.producer)
+        output.producer.close()
 
 
 def _baseline(args: argparse.Namespace) -> RuleSet:
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (PipelineError, KafkaError) as exc:
+    except (PipelineError, ClientError) as exc:
         log.error("%s", exc)
         return 1
 

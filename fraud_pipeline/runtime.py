@@ -24,8 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from kafka.errors import KafkaError
-
+from .clients.types import ClientError
 from .config import Settings, settings_from_args
 
 
@@ -34,13 +33,14 @@ class PipelineError(Exception):
 
 
 def setup_logging(name: str) -> logging.Logger:
-    """Log to stderr with a time stamp; kafka-python's chatter only from WARNING up."""
+    """Log to stderr with a time stamp; the client libraries' chatter only from WARNING up."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("librdkafka").setLevel(logging.WARNING)
     return logging.getLogger(name)
 
 
@@ -169,6 +169,6 @@ def run_cli(
     except PipelineError as exc:
         log.error("%s", exc)
         return 1
-    except KafkaError as exc:
+    except ClientError as exc:
         log.error("stopping on a Kafka error: %s", exc)
         return 1

@@ -1,18 +1,25 @@
 """The consume-process-commit loop of the detector and processors, and its guarantees.
 
-Each poll returns a batch; the stage handles every record of it (sending
-routed records and dead letters through an Output, buffering its printed
-lines), then the Delivery makes the batch durable and commits the input
-offsets. If that fails the batch is rolled back, the consumer is rewound to
-the batch's first offsets, and the batch is read again.
+The stage polls batches and handles every record (sending routed records and
+dead letters through an Output, buffering its printed lines). About every
+commit interval (``--commit-interval-ms``, 100 ms by default, or at
+``commit_records`` pending records) the Delivery makes what was handled
+durable and commits the input offsets: one commit, or one transaction, is
+shared by every poll of the interval. If that fails everything since the last
+commit is rolled back, the consumer is rewound, and the records are read again.
 
 - AtLeastOnce: flush the producer, print, commit offsets. A crash between the
-  flush and the commit repeats part of a batch; nothing is ever skipped.
-- ExactlyOnce: one Kafka transaction per batch holds the routed records and
-  the input offsets (``send_offsets_to_transaction``); a read_committed reader
-  sees every input record's output exactly once across crashes of the
-  detector and of a broker (tests/chaos). Printed lines are outside the
-  transaction: a batch re-read after a failure may print again, or not at all.
+  flush and the commit repeats what was not committed; nothing is ever skipped.
+- ExactlyOnce: one Kafka transaction per commit interval holds the routed
+  records and the input offsets (``send_offsets_to_transaction``); a
+  read_committed reader sees every input record's output exactly once across
+  crashes of the detector and of a broker (tests/chaos). Printed lines are
+  outside the transaction: records re-read after a failure may print again, or
+  not at all.
+
+A rebalance that takes partitions while a transaction is open aborts it: the
+partitions' new owner reads them again from the committed offsets, so output
+of theirs is never committed twice.
 """
 
 from __future__ import annotations
@@ -22,79 +29,75 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Protocol, TextIO
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, TransactionalIdAuthorizationFailedError
-from kafka.structs import OffsetAndMetadata, TopicPartition
-
+from .clients import Batch, ClientError, Consumer, FatalError, Producer, Record, TopicPartition
 from .config import EXACTLY_ONCE, Settings
 from .kafka_io import (
+    MAX_POLL_RECORDS,
     TRANSACTION_STEP_TIMEOUT_S,
     BatchError,
     DeadLetters,
     Output,
-    close_quietly,
     make_consumer,
     make_producer,
-    transaction_step,
 )
 from .payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
 from .runtime import PipelineError, Summary, instance_slot
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 500
+POLL_TIMEOUT_S = 0.5
 """How long one poll may block: also the longest a stop request waits."""
 MAX_BATCH_RETRIES = 8
-"""Failed attempts at one batch before the stage gives up (with backoff: about a minute)."""
-FATAL_TRANSACTION_ERRORS = (TransactionalIdAuthorizationFailedError,)
-"""Errors no retry can mend. A fenced producer (ProducerFencedError,
-InvalidProducerEpochError) is replaced and its batch read again: the
+"""Failed attempts in a row before the stage gives up (with backoff: about a minute).
+A fenced producer (FencedError) is replaced and its records read again: the
 coordinator also fences a producer whose transaction it timed out. Two live
-instances sharing one transactional id fence each other until one gives up
-after MAX_BATCH_RETRIES."""
+instances sharing one transactional id fence each other until one gives up."""
 
 
 class RecordHandler(Protocol):
-    """What a stage does with each record of a batch."""
+    """What a stage does with each record."""
 
-    def begin_batch(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
-        """A batch was polled and is about to be handled (before its transaction begins)."""
+    def begin_batch(self, batch: Batch) -> None:
+        """A batch was polled and is about to be handled."""
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         """The consumer now owns exactly these partitions of the source topic (after a rebalance)."""
 
-    def handle(self, record: ConsumerRecord) -> None:
+    def handle(self, record: Record) -> None:
         """Send and/or buffer the outcome of one record."""
 
     def emit(self) -> None:
-        """The batch is durable: print its buffered lines and count its outcomes."""
+        """What was handled is durable: print its buffered lines and count its outcomes."""
 
     def discard(self) -> None:
-        """The batch was rolled back: forget its buffered lines."""
+        """What was handled was rolled back: forget its buffered lines."""
 
 
-class _AssignmentListener(ConsumerRebalanceListener):
-    """Tells the handler which partitions it owns after each rebalance."""
+class _Assignment:
+    """Tells the handler which partitions it owns after each rebalance, and notes those taken away."""
 
     def __init__(self, handler: RecordHandler) -> None:
         self._handler = handler
-        self._owned: set[int] = set()
+        self.taken: set[TopicPartition] = set()
+        """Partitions revoked or lost since the loop last looked."""
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass  # the assignment that follows says what is still owned
+        self._owned: set[TopicPartition] = set()
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._owned = {tp.partition for tp in assigned}
-        self._handler.partitions_assigned(set(self._owned))
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        self._owned = set(partitions)
+        self._handler.partitions_assigned({tp.partition for tp in partitions})
 
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._owned -= {tp.partition for tp in lost}
-        self._handler.partitions_assigned(set(self._owned))
+    def revoked(self, partitions: set[TopicPartition]) -> None:
+        self.taken |= partitions
+
+    def lost(self, partitions: set[TopicPartition]) -> None:
+        self.taken |= partitions
+        self._owned -= partitions
+        self._handler.partitions_assigned({tp.partition for tp in self._owned})
 
 
 class LineBuffer:
@@ -122,7 +125,7 @@ class LineBuffer:
 
 
 def decode_or_reject(
-    record: ConsumerRecord, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True,
+    record: Record, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True,
     max_bytes: int = MAX_RECORD_BYTES,
 ) -> Payment | None:
     """The record's payment, or None after sending the record to the dead-letter topic."""
@@ -135,22 +138,22 @@ def decode_or_reject(
 
 
 class Delivery(Protocol):
-    """How a batch is made durable and its input offsets committed."""
+    """How handled records are made durable and their input offsets committed."""
 
     name: str
 
     def begin(self) -> None:
-        """Before the first record of a batch."""
+        """Before the first record after a commit or a rollback."""
 
-    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
-        """Make the batch durable, call ``emit`` and commit ``offsets``; raise BatchError or KafkaError to roll back."""
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+        """Make the output durable, call ``emit`` and commit the next ``offsets``; raise BatchError or ClientError to roll back."""
 
-    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
-        """Undo what can be undone of a failed batch and rewind the consumer to read it again."""
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        """Undo what can be undone since the last commit and rewind the consumer to read it again."""
 
 
 class AtLeastOnce:
-    """Flush, print, then commit: a crash may repeat part of a batch, never skip one."""
+    """Flush, print, then commit: a crash may repeat what was not committed, never skip it."""
 
     name = "at-least-once"
 
@@ -160,144 +163,197 @@ class AtLeastOnce:
     def begin(self) -> None:
         pass
 
-    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
         self._output.flush()
         emit()
         try:
             consumer.commit(offsets)
-        except KafkaError as exc:
-            # The output is out: re-reading this batch would only repeat it, so carry on.
+        except FatalError:
+            raise
+        except ClientError as exc:
+            # The output is out: reading these records again would only repeat it, so carry on.
             log.warning("offset commit failed, the batch may be delivered again: %s", exc)
-            _restart_stalled_rebalance(consumer)
 
-    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
         self._output.forget_failures()
         _seek(consumer, first_offsets)
 
 
 class ExactlyOnce:
-    """One Kafka transaction per batch: routed records and input offsets commit together."""
+    """One Kafka transaction per commit interval: routed records and input offsets commit together."""
 
     name = "exactly-once"
 
-    def __init__(self, output: Output, new_producer: Callable[[], KafkaProducer]) -> None:
+    def __init__(self, output: Output, new_producer: Callable[[], Producer]) -> None:
         self._output = output
         self._new_producer = new_producer
-        self._output.producer.init_transactions()
+        self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
 
     def begin(self) -> None:
         self._output.producer.begin_transaction()
 
-    def complete(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], emit: Callable[[], None]) -> None:
-        # Every record of the batch must be acknowledged before the commit:
-        # kafka-python 3.0 can commit a transaction whose sends are still
-        # pending, and a send that then fails would be lost.
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+        # Every record must be acknowledged before the commit: kafka-python 3.0
+        # can commit a transaction whose sends are still pending, and a send
+        # that then fails would be lost.
         self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
         producer = self._output.producer
-        transaction_step(producer, "send_offsets", offsets, consumer.group_metadata())
-        transaction_step(producer, "commit")
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata(), TRANSACTION_STEP_TIMEOUT_S)
+        producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
         emit()
 
-    def roll_back(self, consumer: KafkaConsumer, first_offsets: dict[TopicPartition, int]) -> None:
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
         """Abort (or replace the producer), then rewind to the group's committed offsets.
 
         A commit that timed out on our side may still have completed at the
         coordinator (a new producer's init_transactions waits for it), so the
-        batch is re-read from what the group committed, not from its first
-        offsets: a batch that did commit is not committed twice.
+        records are read again from what the group committed, not from the
+        first offsets: what did commit is not committed twice.
         """
         try:
-            transaction_step(self._output.producer, "abort")
-        except FATAL_TRANSACTION_ERRORS:
+            self._output.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        except FatalError:
             raise
-        except KafkaError as exc:  # includes a fenced producer
+        except ClientError as exc:  # includes a fenced producer
             log.warning("abort failed (%s): starting a new producer with the same transactional id", exc)
             # A new producer with the same id aborts whatever the old one left open
             # and fences the old one, which is closed in the background.
             old = self._output.producer
-            threading.Thread(target=close_quietly, args=(old, TRANSACTION_STEP_TIMEOUT_S), daemon=True).start()
+            threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
             self._output.producer = self._new_producer()
             try:
-                self._output.producer.init_transactions()
-            except KafkaError as init_exc:
+                self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
+            except ClientError as init_exc:
                 raise PipelineError(f"cannot start a new transactional producer: {init_exc}") from init_exc
         self._output.forget_failures()
-        resume = {}
-        for tp, first in first_offsets.items():
-            committed = consumer.committed(tp)
-            resume[tp] = first if committed is None else committed
-        _seek(consumer, resume)
+        committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
+        _seek(consumer, {tp: first if committed.get(tp) is None else committed[tp] or 0 for tp, first in first_offsets.items()})
 
 
-def _restart_stalled_rebalance(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0 stall in the group protocol.
-
-    When a rejoin triggered by a metadata change outlives one poll's timeout,
-    kafka-python 3.0.12 finishes the JoinGroup/SyncGroup round trip in the
-    background but never marks the member stable again, so every later commit
-    fails with RebalanceInProgressError. Asking for a fresh rejoin (what the
-    client would do itself on a broker-initiated rebalance) ends the stall.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None and coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
-        log.info("consumer group membership stalled mid-rebalance; rejoining")
-        coordinator.request_rejoin()
-
-
-def _seek(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
     assigned = consumer.assignment()
     for tp, offset in offsets.items():
-        if tp in assigned:  # a partition lost to a rebalance is re-read by its new owner
+        if tp in assigned:  # a partition lost to a rebalance is read again by its new owner
             consumer.seek(tp, offset)
 
 
+class _Pending:
+    """What was handled since the last commit: where each partition started and where it got to."""
+
+    def __init__(self) -> None:
+        self.first: dict[TopicPartition, int] = {}
+        self.next: dict[TopicPartition, int] = {}
+        self.records = 0
+        self.opened_at = 0.0
+
+    @property
+    def open(self) -> bool:
+        return bool(self.first)
+
+    def add(self, batch: Batch) -> None:
+        if not self.first:
+            self.opened_at = time.monotonic()
+        for tp, records in batch.items():
+            self.first.setdefault(tp, records[0].offset)
+            self.next[tp] = records[-1].offset + 1
+            self.records += len(records)
+
+    def clear(self) -> None:
+        self.first, self.next, self.records = {}, {}, 0
+
+
 def run_consumer(
-    consumer: KafkaConsumer,
+    consumer: Consumer,
     handler: RecordHandler,
     delivery: Delivery,
     *,
     stop: threading.Event,
     idle_timeout_s: float | None,
+    assignment: _Assignment | None = None,
+    commit_interval_s: float = 0.1,
+    commit_records: int = 10_000,
 ) -> str:
-    """Poll and process batches until ``stop`` is set or the input is idle; return why it ended.
+    """Poll and handle records until ``stop`` is set or the input is idle; return why it ended.
 
-    Idle means: partitions assigned and no record for ``idle_timeout_s``.
+    Commits about every ``commit_interval_s`` (or at ``commit_records``
+    pending records), and once more before returning. Idle means: partitions
+    assigned, nothing pending and no record for ``idle_timeout_s``.
 
-    A batch that cannot be delivered is rolled back and read again, with
-    backoff; after MAX_BATCH_RETRIES failures in a row, PipelineError.
+    What cannot be delivered is rolled back and read again, with backoff;
+    after MAX_BATCH_RETRIES failures in a row, PipelineError. A FatalError
+    (authorization, configuration) stops at once.
     """
     last_record_at = time.monotonic()
     failures = 0
+    pending = _Pending()
+    taken = assignment.taken if assignment is not None else set()
+
+    def roll_back(exc: Exception) -> None:
+        nonlocal failures
+        failures += 1
+        handler.discard()
+        if failures >= MAX_BATCH_RETRIES:
+            raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts in a row: {exc}") from exc
+        log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
+        try:
+            delivery.roll_back(consumer, pending.first)
+        finally:
+            pending.clear()
+        stop.wait(min(0.5 * 2 ** (failures - 1), 10.0))
+
+    def commit() -> None:
+        nonlocal failures
+        delivery.complete(consumer, dict(pending.next), handler.emit)
+        pending.clear()
+        failures = 0
+
     while not stop.is_set():
-        batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-        if not batches:
+        wait_s = POLL_TIMEOUT_S
+        if pending.open:
+            wait_s = max(0.0, min(wait_s, pending.opened_at + commit_interval_s - time.monotonic()))
+        batch = consumer.poll(wait_s, MAX_POLL_RECORDS)
+        try:
+            if taken:
+                # Partitions went to another member while records of theirs were pending:
+                # their new owner reads them again from the committed offsets.
+                taken.clear()
+                if pending.open:
+                    pending.add(batch)
+                    raise BatchError("partitions were reassigned while a commit was pending")
+            if batch:
+                if not pending.open:
+                    delivery.begin()
+                pending.add(batch)
+                handler.begin_batch(batch)
+                for records in batch.values():
+                    for record in records:
+                        handler.handle(record)
+                last_record_at = time.monotonic()
+            if pending.open and (
+                pending.records >= commit_records or time.monotonic() - pending.opened_at >= commit_interval_s
+            ):
+                commit()
+        except FatalError as exc:
+            raise PipelineError(str(exc)) from exc
+        except (BatchError, ClientError) as exc:
+            roll_back(exc)
+            last_record_at = time.monotonic()
+            continue
+        if not batch and not pending.open:
             if not consumer.assignment():
                 # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
                 last_record_at = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
                 return "idle timeout"
-            continue
-        first_offsets = {tp: records[0].offset for tp, records in batches.items()}
-        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()}
+    if pending.open:  # a stop request: commit what was handled
         try:
-            handler.begin_batch(batches)
-            delivery.begin()
-            for records in batches.values():
-                for record in records:
-                    handler.handle(record)
-            delivery.complete(consumer, offsets, handler.emit)
-            failures = 0
-        except FATAL_TRANSACTION_ERRORS as exc:
-            raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
-        except (BatchError, KafkaError) as exc:
-            failures += 1
+            commit()
+        except FatalError as exc:
+            raise PipelineError(str(exc)) from exc
+        except (BatchError, ClientError) as exc:
+            log.warning("the last commit failed (%s); its records will be read again at the next start", exc)
             handler.discard()
-            if failures >= MAX_BATCH_RETRIES:
-                raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts at one batch: {exc}") from exc
-            log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
-            delivery.roll_back(consumer, first_offsets)
-            stop.wait(min(0.5 * 2 ** (failures - 1), 10.0))
-        last_record_at = time.monotonic()
+            delivery.roll_back(consumer, pending.first)
     return "stopped"
 
 
@@ -330,30 +386,39 @@ def run_stage(
         try:
             buffer = LineBuffer(summary, settings.quiet)
             handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
-            consumer = make_consumer(settings, source_topic, name, _AssignmentListener(handler))
+            assignment = _Assignment(handler)
+            consumer = make_consumer(settings, source_topic, name, assignment.assigned, assignment.revoked, assignment.lost)
             # What exists now (modules, clients, rules) lives until the end: keep it out of every
             # garbage collection, which then only walks the short-lived per-record objects.
             gc.collect()
             gc.freeze()
             try:
-                delivery: Delivery = (
-                    ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id))
-                    if exactly_once else AtLeastOnce(output)
-                )
-                stage_log.info(
-                    "reading %s as group %s from %s; %s%s; dead letters to %s",
-                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), delivery.name,
-                    f" (transactional id {transactional_id})" if transactional_id else "", settings.topics.dead_letter,
-                )
                 try:
-                    reason = run_consumer(consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s)
-                except PipelineError as exc:
-                    stage_log.error("%s; stopping without committing the current batch", exc)
-                    summary.print("failed")
-                    return 1
+                    delivery: Delivery = (
+                        ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id))
+                        if exactly_once else AtLeastOnce(output)
+                    )
+                except FatalError as exc:
+                    raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
+                except ClientError as exc:
+                    raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
+                stage_log.info(
+                    "reading %s as group %s from %s with %s; %s%s, commit every %d ms; dead letters to %s",
+                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.client, delivery.name,
+                    f" (transactional id {transactional_id})" if transactional_id else "", settings.commit_interval_ms,
+                    settings.topics.dead_letter,
+                )
+                reason = run_consumer(
+                    consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s, assignment=assignment,
+                    commit_interval_s=settings.commit_interval_ms / 1000, commit_records=settings.commit_records,
+                )
+            except PipelineError as exc:
+                stage_log.error("%s; stopping without committing the current batch", exc)
+                summary.print("failed")
+                return 1
             finally:
-                close_quietly(consumer)
+                consumer.close()
         finally:
-            close_quietly(output.producer)
+            output.producer.close()
     summary.print(reason)
     return 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import cluster, pipeline  # noqa: F401  (fixtures)
+from tests.integration.conftest import client, cluster, pipeline  # noqa: F401  (fixtures)
 
 FIGURES: list[dict[str, Any]] = []
 

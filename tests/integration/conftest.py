@@ -1,8 +1,9 @@
 """Fixtures for tests against the real Kafka cluster (``make cluster-up``).
 
 Each test gets its own topics and consumer groups (uuid suffix), and runs the
-real scripts as subprocesses. Without a reachable 3-broker cluster the tests
-fail: they are never skipped.
+real scripts as subprocesses, once with each client library (``--client``):
+every test that takes ``pipeline`` runs for kafka-python and for confluent.
+Without a reachable 3-broker cluster the tests fail: they are never skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
+from fraud_pipeline.config import CLIENTS, DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
 from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,8 @@ class Pipeline:
     topics: TopicSettings
     suffix: str
     bootstrap: str
+    client: str
+    """The client library the scripts run on, unless a call names another."""
 
     def group(self, name: str) -> str:
         return f"{name}-{self.suffix}"
@@ -64,24 +67,34 @@ class Pipeline:
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 
-    def command(self, script: str, *extra: str, group: str | None = None) -> list[str]:
-        return [sys.executable, str(ROOT / f"{script}.py"), *self.args(group), *extra]
+    def command(self, script: str, *extra: str, group: str | None = None, client: str | None = None) -> list[str]:
+        return [sys.executable, str(ROOT / f"{script}.py"), "--client", client or self.client, *self.args(group), *extra]
 
-    def run(self, script: str, *extra: str, group: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, script: str, *extra: str, group: str | None = None, timeout: float = 180, client: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a script to completion; fail the test on a non-zero exit."""
-        done = subprocess.run(self.command(script, *extra, group=group), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(self.command(script, *extra, group=group, client=client), capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
         assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
         return done
 
-    def start(self, script: str, *extra: str, group: str | None = None) -> subprocess.Popen[str]:
+    def start(self, script: str, *extra: str, group: str | None = None, client: str | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            self.command(script, *extra, group=group), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+            self.command(script, *extra, group=group, client=client), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
         )
 
 
+@pytest.fixture(params=CLIENTS)
+def client(request: pytest.FixtureRequest) -> str:
+    """Each client library in turn: the tests that use it run once per library."""
+    return str(request.param)
+
+
 @pytest.fixture
-def pipeline(cluster: str) -> Iterator[Pipeline]:
-    """Fresh topics for one test (deleted afterwards)."""
+def pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
+    """Fresh topics for one test (deleted afterwards), the scripts on ``client``."""
     suffix = uuid.uuid4().hex[:10]
     topics = TopicSettings(
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
@@ -90,7 +103,7 @@ def pipeline(cluster: str) -> Iterator[Pipeline]:
     settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
     created = ensure_topics(settings, pipeline_topics(topics))
     assert set(created.values()) == {"created"}
-    yield Pipeline(topics, suffix, cluster)
+    yield Pipeline(topics, suffix, cluster, client)
     admin = KafkaAdminClient(bootstrap_servers=cluster.split(","))
     try:
         admin.delete_topics([spec.name for spec in pipeline_topics(topics)])

@@ -1,0 +1,444 @@
+"""The confluent-kafka backend: librdkafka, the C client under confluent-kafka-python and Quix Streams.
+
+librdkafka does its network work on its own threads; Python only queues and
+collects. Errors reach Python three ways, each classified here: an exception
+from a call (``KafkaException``), an error event in ``consume``, and the
+``error_cb`` / ``on_delivery`` callbacks, which run inside ``poll``,
+``consume`` and ``flush``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer as RdConsumer
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as RdProducer
+from confluent_kafka import TopicPartition as RdTP
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .base import Batch, OnError, OnPartitions
+from .types import (
+    ClientError,
+    FatalError,
+    FencedError,
+    Headers,
+    PartitionInfo,
+    Record,
+    RetriableError,
+    TopicPartition,
+    TopicSpec,
+    UnknownTopicError,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_TIMEOUT_MS = 10000
+TRANSACTION_TIMEOUT_MS = 60000
+DELIVERY_TIMEOUT_MS = 120000
+"""How long a record may wait for a broker before its send fails (kafka-python's default, not librdkafka's 5 minutes)."""
+ERROR_LOG_INTERVAL_S = 10.0
+"""The same client error (a broker down, say) is logged at most this often."""
+POLL_EVERY = 64
+"""Sends between two ``poll(0)`` calls that serve delivery reports."""
+
+_FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+_FATAL_CODES = {
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION, KafkaError._INVALID_ARG,
+}
+
+
+def classify(error: KafkaError | KafkaException | Exception, doing: str = "") -> ClientError:
+    """librdkafka's error as one of the pipeline's kinds, by its own flags (fatal, retriable, txn_requires_abort)."""
+    if isinstance(error, ClientError):
+        return error
+    err = error.args[0] if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError) else error
+    text = f"{doing}: {err}" if doing else str(err)
+    if not isinstance(err, KafkaError):
+        return RetriableError(text)
+    code = err.code()
+    if code in _FATAL_CODES:
+        return FatalError(text)
+    if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        return UnknownTopicError(text)
+    if code in _FENCED_CODES or err.fatal():
+        return FencedError(text)
+    return RetriableError(text)  # retriable(), txn_requires_abort() and the rest: roll back and try again
+
+
+class _ErrorLog:
+    """``error_cb`` for a client: logs each distinct error at most every ERROR_LOG_INTERVAL_S."""
+
+    def __init__(self, client_id: str) -> None:
+        self._client_id = client_id
+        self._logged: dict[str, float] = {}
+        self.on_fatal: OnError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.fatal() and self.on_fatal is not None:
+            self.on_fatal(classify(err))
+        text = err.str()
+        now = time.monotonic()
+        if now - self._logged.get(text, -ERROR_LOG_INTERVAL_S) >= ERROR_LOG_INTERVAL_S:
+            self._logged[text] = now
+            # A lost broker is reported here and retried by librdkafka itself: a warning, not a failure.
+            log.warning("%s: %s%s", self._client_id, text, " (fatal)" if err.fatal() else "")
+
+
+def _rd_tps(offsets: Mapping[TopicPartition, int]) -> list[RdTP]:
+    return [RdTP(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+
+
+def _raise_partition_errors(results: list[RdTP] | None, doing: str) -> None:
+    for tp in results or ():
+        if tp.error is not None:
+            raise classify(tp.error, f"{doing} {tp.topic}[{tp.partition}]")
+
+
+class Consumer:
+    """confluent-kafka's Consumer behind the seam."""
+
+    def __init__(self, consumer: RdConsumer, errors: _ErrorLog) -> None:
+        self._consumer = consumer
+        self._errors = errors
+        self._tps: dict[tuple[str, int], TopicPartition] = {}
+        self._next: dict[TopicPartition, int] = {}
+        """Next offset per partition as this consumer has read it, past aborted records and markers (EOF events)."""
+        self._assigned: set[TopicPartition] = set()
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
+        return tp
+
+    def subscribe(self, topic: str, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
+        def assigned(consumer: RdConsumer, partitions: list[RdTP]) -> None:
+            self._assigned = {self._tp(tp.topic, tp.partition) for tp in partitions}
+            on_assigned(set(self._assigned))
+
+        def revoked(consumer: RdConsumer, partitions: list[RdTP]) -> None:
+            gone = {self._tp(tp.topic, tp.partition) for tp in partitions}
+            self._assigned -= gone
+            if gone:
+                on_revoked(gone)
+
+        def lost(consumer: RdConsumer, partitions: list[RdTP]) -> None:
+            gone = {self._tp(tp.topic, tp.partition) for tp in partitions}
+            self._assigned -= gone
+            on_lost(gone)
+
+        self._consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._consumer.assign(_rd_tps(offsets))
+        self._assigned = set(offsets)
+        self._next.update(offsets)
+
+    def poll(self, timeout_s: float, max_records: int) -> Batch:
+        try:
+            messages: list[Any] = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        except KafkaException as exc:
+            error = classify(exc, "consume")
+            if not isinstance(error, RetriableError):
+                raise error from exc
+            log.warning("%s (retrying)", error)
+            return {}
+        batch: dict[TopicPartition, list[Record]] = {}
+        for message in messages:
+            err = message.error()
+            if err is not None:
+                self._consume_error(message, err)
+                continue
+            tp = self._tp(message.topic(), message.partition())
+            records = batch.get(tp)
+            if records is None:
+                records = batch[tp] = []
+            records.append(Record(tp.topic, tp.partition, message.offset(), message.key(), message.value(),
+                                  message.headers() or (), message.timestamp()[1]))
+        for tp, records in batch.items():
+            self._next[tp] = records[-1].offset + 1
+        return batch
+
+    def _consume_error(self, message: Any, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:  # the end (for read_committed, the last stable offset)
+            tp = self._tp(message.topic(), message.partition())
+            self._next[tp] = max(self._next.get(tp, 0), message.offset())
+            return
+        error = classify(err, "consume")
+        if not isinstance(error, RetriableError):
+            raise error
+        self._errors(err)
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            results = self._consumer.commit(offsets=_rd_tps(offsets), asynchronous=False)
+        except KafkaException as exc:
+            raise classify(exc, "offset commit") from exc
+        _raise_partition_errors(results, "offset commit")
+
+    def committed(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        tps = list(partitions)
+        try:
+            found = self._consumer.committed([RdTP(tp.topic, tp.partition) for tp in tps], timeout=timeout_s)
+        except KafkaException as exc:
+            raise classify(exc, "committed offsets") from exc
+        _raise_partition_errors(found, "committed offsets")
+        return {self._tp(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(RdTP(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            raise classify(exc, f"seek {tp.topic}[{tp.partition}] to {offset}") from exc
+        self._next[tp] = offset
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._next.get(tp, 0)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause([RdTP(tp.topic, tp.partition) for tp in partitions])
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def partitions_for(self, topic: str, timeout_s: float) -> set[int]:
+        return _partitions(self._consumer, topic, timeout_s)
+
+    def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        found = {}
+        try:
+            for tp in partitions:
+                low, high = self._consumer.get_watermark_offsets(RdTP(tp.topic, tp.partition), timeout=timeout_s, cached=False)
+                found[tp] = (low, high)
+        except KafkaException as exc:
+            raise classify(exc, "watermark offsets") from exc
+        return found
+
+    def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
+        try:
+            found = self._consumer.offsets_for_times([RdTP(tp.topic, tp.partition, max(ms, 0)) for tp, ms in times.items()],
+                                                     timeout=timeout_s)
+        except KafkaException as exc:
+            raise classify(exc, "offsets for times") from exc
+        return {self._tp(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found}
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.info("closing consumer: %s", exc)
+
+
+def _partitions(client: RdConsumer | RdProducer, topic: str, timeout_s: float) -> set[int]:
+    try:
+        metadata = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise classify(exc, f"metadata of {topic}") from exc
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise UnknownTopicError(f"topic {topic} does not exist")
+    return set(metadata.partitions)
+
+
+class Producer:
+    """confluent-kafka's Producer behind the seam."""
+
+    def __init__(self, config: dict[str, Any], errors: _ErrorLog) -> None:
+        self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
+        errors.on_fatal = self._failed
+        # Delivery reports for failures only: a success costs no Python call.
+        self._producer = RdProducer({**config, "error_cb": errors, "on_delivery": self._delivered,
+                                     "delivery.report.only.error": True})
+        self._sends = 0
+        self._counts: dict[str, int] = {}
+
+    def on_error(self, handler: OnError) -> None:
+        self._on_error = handler
+
+    def _failed(self, exc: Exception) -> None:
+        self._on_error(exc)
+
+    def _delivered(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            self._on_error(classify(err, f"send to {message.topic()}"))
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
+    ) -> None:
+        producer: Any = self._producer  # headers: the binding's stubs want str values too
+        for _ in range(600):  # a full local queue: serve reports and try again, for at most a minute
+            try:
+                if partition is None:
+                    producer.produce(topic, value, key, headers=headers)
+                else:
+                    producer.produce(topic, value, key, partition, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.1)
+            except KafkaException as exc:
+                self._on_error(classify(exc, f"send to {topic}"))
+                return
+        else:
+            self._on_error(RetriableError(f"send to {topic}: the local queue stayed full for a minute"))
+            return
+        self._sends += 1
+        if self._sends % POLL_EVERY == 0:
+            producer.poll(0)
+
+    def partition_count(self, topic: str, timeout_s: float) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            count = self._counts[topic] = len(_partitions(self._producer, topic, timeout_s))
+        return count
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        try:
+            left = self._producer.flush() if timeout_s is None else self._producer.flush(timeout_s)
+        except KafkaException as exc:
+            raise classify(exc, "flush") from exc
+        if left:
+            raise RetriableError(f"{left} send(s) not acknowledged within {timeout_s}s")
+
+    def _call(self, doing: str, method: Any, *args: object) -> None:
+        try:
+            method(*args)
+        except KafkaException as exc:
+            raise classify(exc, doing) from exc
+
+    def init_transactions(self, timeout_s: float) -> None:
+        self._call("init_transactions", self._producer.init_transactions, timeout_s)
+
+    def begin_transaction(self) -> None:
+        self._call("begin_transaction", self._producer.begin_transaction)
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group: object, timeout_s: float) -> None:
+        self._call("send_offsets_to_transaction", self._producer.send_offsets_to_transaction, _rd_tps(offsets), group, timeout_s)
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        self._call("commit_transaction", self._producer.commit_transaction, timeout_s)
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._call("abort_transaction", self._producer.abort_transaction, timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        try:
+            self._producer.flush(timeout_s if timeout_s is not None else 30.0)
+            self._producer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.info("closing producer: %s", exc)
+
+
+class Admin:
+    """confluent-kafka's AdminClient behind the seam."""
+
+    def __init__(self, admin: AdminClient, servers: str) -> None:
+        self._admin = admin
+        self._servers = servers
+
+    def _metadata(self) -> Any:
+        try:
+            return self._admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            error = classify(exc, "metadata")
+            if isinstance(error, RetriableError):
+                raise FatalError(f"cannot reach Kafka at {self._servers}: {exc} (is the cluster up? `make cluster-up`)") from exc
+            raise error from exc
+
+    def list_topics(self) -> set[str]:
+        return set(self._metadata().topics)
+
+    def broker_count(self) -> int:
+        return len(self._metadata().brokers)
+
+    def create_topic(self, spec: TopicSpec, configs: Mapping[str, str]) -> bool:
+        new_topic = NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=spec.replication_factor,
+                             config=dict(configs))
+        try:
+            self._admin.create_topics([new_topic], operation_timeout=30, request_timeout=40)[spec.name].result()
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return False
+            raise classify(exc, f"create topic {spec.name}") from exc
+        deadline = time.monotonic() + 30
+        while not self._has_leaders(spec.name):  # as kafka-python's wait_for_metadata
+            if time.monotonic() > deadline:
+                raise RetriableError(f"topic {spec.name} was created but has no leaders after 30s")
+            time.sleep(0.1)
+        return True
+
+    def _has_leaders(self, name: str) -> bool:
+        topic = self._metadata().topics.get(name)
+        return topic is not None and topic.error is None and bool(topic.partitions) and all(
+            p.leader >= 0 for p in topic.partitions.values()
+        )
+
+    def describe_topics(self, names: Iterable[str]) -> dict[str, list[PartitionInfo]]:
+        topics = self._metadata().topics
+        return {
+            name: [PartitionInfo(p.id, p.leader, tuple(p.replicas), tuple(p.isrs))
+                   for p in sorted(topics[name].partitions.values(), key=lambda p: p.id)]
+            for name in names if name in topics
+        }
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        doomed = [n for n in names if n in self.list_topics()]
+        if not doomed:
+            return
+        for name, future in self._admin.delete_topics(doomed, operation_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise classify(exc, f"delete topic {name}") from exc
+
+    def close(self) -> None:
+        pass  # AdminClient has nothing to close; it is released with the object
+
+
+class Backend:
+    """Builds confluent-kafka clients for one cluster."""
+
+    name = "confluent"
+
+    def __init__(self, bootstrap_servers: tuple[str, ...]) -> None:
+        self._servers = ",".join(bootstrap_servers)
+
+    def _common(self, client_id: str) -> tuple[dict[str, Any], _ErrorLog]:
+        errors = _ErrorLog(client_id)
+        return {"bootstrap.servers": self._servers, "client.id": client_id, "error_cb": errors,
+                "logger": logging.getLogger("librdkafka")}, errors
+
+    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
+        config, errors = self._common(client_id)
+        config.update({"acks": "all", "enable.idempotence": True, "linger.ms": linger_ms,
+                       "delivery.timeout.ms": DELIVERY_TIMEOUT_MS})
+        if transactional_id:
+            # librdkafka wants every record's delivery timeout within the transaction's.
+            config.update({"transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                           "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS})
+        return Producer(config, errors)
+
+    def consumer(self, client_id: str, group_id: str | None, *, max_records: int) -> Consumer:
+        config, errors = self._common(client_id)
+        config.update({
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        })
+        if group_id:
+            config.update({"group.id": group_id, "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 3000})
+        else:
+            # The binding insists on a group id; a consumer that only assigns never joins it nor commits to it.
+            # EOF events tell a reader where a partition ends, aborted records and markers included.
+            config.update({"group.id": f"{client_id}-unused", "enable.partition.eof": True})
+        return Consumer(RdConsumer(config), errors)
+
+    def admin(self, client_id: str) -> Admin:
+        config, _ = self._common(client_id)
+        return Admin(AdminClient(config), self._servers)

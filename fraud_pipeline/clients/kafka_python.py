@@ -1,0 +1,395 @@
+"""The kafka-python backend: the tutorial's client, and the default.
+
+kafka-python 3.0.12 needs two reaches into its private attributes, both here
+and nowhere else, each marked ``PRIVATE``: transactional calls with a
+deadline (``_transaction_manager``, ``_sender``) and a stalled rebalance
+(``_coordinator``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTP
+
+from .base import Batch, OnError, OnPartitions
+from .types import (
+    ClientError,
+    FatalError,
+    FencedError,
+    Headers,
+    PartitionInfo,
+    Record,
+    RetriableError,
+    TopicPartition,
+    TopicSpec,
+    UnknownTopicError,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_TIMEOUT_MS = 10000
+TRANSACTION_TIMEOUT_MS = 60000
+
+_FENCED = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError)
+_FATAL = (
+    kerr.TransactionalIdAuthorizationFailedError, kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
+    kerr.ClusterAuthorizationFailedError, kerr.SaslAuthenticationFailedError, kerr.AuthorizationError,
+)
+
+
+def classify(exc: Exception, doing: str = "") -> ClientError:
+    """kafka-python's exception as one of the pipeline's kinds."""
+    if isinstance(exc, ClientError):
+        return exc
+    text = f"{doing}: {type(exc).__name__}: {exc}" if doing else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _FENCED):
+        return FencedError(text)
+    if isinstance(exc, _FATAL):
+        return FatalError(text)
+    return RetriableError(text)
+
+
+def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTP]:
+    return [KafkaTP(tp.topic, tp.partition) for tp in tps]
+
+
+def _ours(tps: Iterable[KafkaTP]) -> set[TopicPartition]:
+    return {TopicPartition(tp.topic, tp.partition) for tp in tps}
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._on_lost = on_lost
+
+    def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
+        if revoked:
+            self._on_revoked(_ours(revoked))
+
+    def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
+        self._on_assigned(_ours(assigned))
+
+    def on_partitions_lost(self, lost: set[KafkaTP]) -> None:
+        self._on_lost(_ours(lost))
+
+
+class Consumer:
+    """kafka-python's KafkaConsumer behind the seam."""
+
+    def __init__(self, consumer: KafkaConsumer, max_records: int) -> None:
+        self._consumer = consumer
+        self._max_records = max_records
+        self._tps: dict[KafkaTP, TopicPartition] = {}
+
+    def subscribe(self, topic: str, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
+        self._consumer.subscribe([topic], listener=_Listener(on_assigned, on_revoked, on_lost))
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._consumer.assign(_kafka_tps(offsets))
+        for tp, offset in offsets.items():
+            self._consumer.seek(KafkaTP(tp.topic, tp.partition), offset)
+
+    def poll(self, timeout_s: float, max_records: int) -> Batch:
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except kerr.KafkaError as exc:
+            error = classify(exc, "poll")
+            if not isinstance(error, RetriableError):
+                raise error from exc
+            log.warning("%s (retrying)", error)  # a lost broker: the client reconnects on its own
+            return {}
+        batch: dict[TopicPartition, list[Record]] = {}
+        for ktp, records in polled.items():
+            tp = self._tps.get(ktp)
+            if tp is None:
+                tp = self._tps[ktp] = TopicPartition(ktp.topic, ktp.partition)
+            batch[tp] = [
+                Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in records
+            ]
+        return batch
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            self._consumer.commit({KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except kerr.KafkaError as exc:
+            self._restart_stalled_rebalance()
+            raise classify(exc, "offset commit") from exc
+
+    def _restart_stalled_rebalance(self) -> None:
+        """Work around a kafka-python 3.0 stall in the group protocol.
+
+        When a rejoin triggered by a metadata change outlives one poll's timeout,
+        kafka-python 3.0.12 finishes the JoinGroup/SyncGroup round trip in the
+        background but never marks the member stable again, so every later commit
+        fails with RebalanceInProgressError. Asking for a fresh rejoin (what the
+        client would do itself on a broker-initiated rebalance) ends the stall.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)  # PRIVATE
+        if coordinator is not None and coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+            log.info("consumer group membership stalled mid-rebalance; rejoining")
+            coordinator.request_rejoin()
+
+    def committed(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        try:
+            return {tp: self._consumer.committed(KafkaTP(tp.topic, tp.partition)) for tp in partitions}
+        except kerr.KafkaError as exc:
+            raise classify(exc, "committed offsets") from exc
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTP(tp.topic, tp.partition), offset)
+
+    def assignment(self) -> set[TopicPartition]:
+        return _ours(self._consumer.assignment())
+
+    def position(self, tp: TopicPartition) -> int:
+        try:
+            return int(self._consumer.position(KafkaTP(tp.topic, tp.partition)))
+        except kerr.KafkaError as exc:
+            raise classify(exc, "position") from exc
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause(*_kafka_tps(partitions))
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def partitions_for(self, topic: str, timeout_s: float) -> set[int]:
+        try:
+            found = self._consumer.partitions_for_topic(topic)
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"metadata of {topic}") from exc
+        if not found:
+            raise UnknownTopicError(f"topic {topic} does not exist")
+        return set(found)
+
+    def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        tps = _kafka_tps(partitions)
+        try:
+            first = self._consumer.beginning_offsets(tps)
+            end = self._consumer.end_offsets(tps)
+        except kerr.KafkaError as exc:
+            raise classify(exc, "offsets") from exc
+        return {TopicPartition(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
+
+    def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
+        try:
+            found = self._consumer.offsets_for_times({KafkaTP(tp.topic, tp.partition): max(ms, 0) for tp, ms in times.items()})
+        except kerr.KafkaError as exc:
+            raise classify(exc, "offsets for times") from exc
+        return {TopicPartition(tp.topic, tp.partition): None if at is None else at.offset for tp, at in found.items()}
+
+    def close(self) -> None:
+        _close_quietly(self._consumer)
+
+
+class Producer:
+    """kafka-python's KafkaProducer behind the seam."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
+        self._errback = self._failed
+
+    def on_error(self, handler: OnError) -> None:
+        self._on_error = handler
+
+    def _failed(self, exc: Exception) -> None:
+        self._on_error(classify(exc, "send"))
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
+    ) -> None:
+        try:
+            future = self._producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+        except kerr.KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
+            self._failed(exc)
+            return
+        future.add_errback(self._errback)
+
+    def partition_count(self, topic: str, timeout_s: float) -> int:
+        try:
+            found = self._producer.partitions_for(topic)  # waits for the topic's metadata
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"metadata of {topic}") from exc
+        if not found:
+            raise UnknownTopicError(f"topic {topic} has no partitions")
+        return len(found)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"sends not acknowledged within {timeout_s}s") from exc
+
+    def init_transactions(self, timeout_s: float) -> None:
+        try:
+            self._producer.init_transactions()
+        except kerr.KafkaError as exc:
+            raise classify(exc, "init_transactions") from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except kerr.KafkaError as exc:
+            raise classify(exc, "begin_transaction") from exc
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group: object, timeout_s: float) -> None:
+        kafka_offsets = {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        self._transaction_step("send_offsets", timeout_s, kafka_offsets, group)
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        self._transaction_step("commit", timeout_s)
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._transaction_step("abort", timeout_s)
+
+    def _transaction_step(self, step: str, timeout_s: float, *args: object) -> None:
+        """Start a transactional request and wait for its answer at most ``timeout_s``.
+
+        kafka-python 3.0.12's ``send_offsets_to_transaction``, ``commit_transaction``
+        and ``abort_transaction`` wait for the coordinator's answer without a
+        deadline; when the coordinator's broker dies with the request in flight,
+        the answer never comes (seen with kill -9 of a broker). This starts the
+        same request the producer's method starts and raises RetriableError at
+        the deadline, so the caller can replace the producer.
+        """
+        manager: Any = self._producer._transaction_manager  # PRIVATE
+        start = {"send_offsets": manager.send_offsets_to_transaction, "commit": manager.begin_commit, "abort": manager.begin_abort}
+        try:
+            result = start[step](*args)
+            self._producer._sender.wakeup()  # PRIVATE
+            done = result.wait(timeout_ms=timeout_s * 1000)  # raises the coordinator's error, if any
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"transaction {step}") from exc
+        if not done:
+            raise RetriableError(f"transaction {step}: no answer from the coordinator in {timeout_s:.0f}s")
+
+    def close(self, timeout_s: float | None = None) -> None:
+        _close_quietly(self._producer, timeout_s)
+
+
+def _close_quietly(client: KafkaConsumer | KafkaProducer | KafkaAdminClient, timeout_s: float | None = None) -> None:
+    """Close a client; kafka-python 3.0 may log a selector traceback for a socket closed mid-read."""
+    selector_log = logging.getLogger("kafka.net.selector")
+    level = selector_log.level
+    selector_log.setLevel(logging.CRITICAL)
+    try:
+        client.close() if timeout_s is None else client.close(timeout=timeout_s)
+    except kerr.KafkaError as exc:  # records still pending at the deadline: they are given up on
+        log.info("closing %s: %s", type(client).__name__, exc)
+    finally:
+        selector_log.setLevel(level)
+
+
+class Admin:
+    """kafka-python's KafkaAdminClient behind the seam."""
+
+    def __init__(self, admin: KafkaAdminClient) -> None:
+        self._admin = admin
+
+    def list_topics(self) -> set[str]:
+        try:
+            return set(self._admin.list_topics())
+        except kerr.KafkaError as exc:
+            raise classify(exc, "list topics") from exc
+
+    def broker_count(self) -> int:
+        try:
+            return len(self._admin.describe_cluster()["brokers"])
+        except kerr.KafkaError as exc:
+            raise classify(exc, "describe cluster") from exc
+
+    def create_topic(self, spec: TopicSpec, configs: Mapping[str, str]) -> bool:
+        new_topic = NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=dict(configs))
+        try:
+            self._admin.create_topics([new_topic], wait_for_metadata=True)
+        except kerr.TopicAlreadyExistsError:
+            return False
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"create topic {spec.name}") from exc
+        return True
+
+    def describe_topics(self, names: Iterable[str]) -> dict[str, list[PartitionInfo]]:
+        present = self.list_topics()
+        wanted = [n for n in names if n in present]
+        if not wanted:
+            return {}
+        try:
+            found = self._admin.describe_topics(wanted)
+        except kerr.KafkaError as exc:
+            raise classify(exc, "describe topics") from exc
+        return {
+            t["name"]: sorted(
+                (PartitionInfo(p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"])) for p in t["partitions"]),
+                key=lambda info: info.partition,
+            )
+            for t in found
+        }
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        present = self.list_topics()
+        doomed = [n for n in names if n in present]
+        if doomed:
+            try:
+                self._admin.delete_topics(doomed)
+            except kerr.KafkaError as exc:
+                raise classify(exc, "delete topics") from exc
+
+    def close(self) -> None:
+        _close_quietly(self._admin)
+
+
+class Backend:
+    """Builds kafka-python clients for one cluster."""
+
+    name = "kafka-python"
+
+    def __init__(self, bootstrap_servers: tuple[str, ...]) -> None:
+        self._servers = list(bootstrap_servers)
+
+    def _connect_error(self, exc: Exception) -> ClientError:
+        return FatalError(f"cannot reach Kafka at {','.join(self._servers)}: {exc} (is the cluster up? `make cluster-up`)")
+
+    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
+        extra: dict[str, Any] = (
+            {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS} if transactional_id else {}
+        )
+        try:
+            return Producer(KafkaProducer(
+                bootstrap_servers=self._servers, client_id=client_id, acks="all", enable_idempotence=True, linger_ms=linger_ms,
+                # Big batches: kafka-python wakes its sender thread for every new batch,
+                # at 16 KiB (about 80 payments) that wake-up was 13 % of the detector's time.
+                batch_size=256 * 1024,
+                **extra,
+            ))
+        except kerr.KafkaError as exc:
+            raise self._connect_error(exc) from None
+
+    def consumer(self, client_id: str, group_id: str | None, *, max_records: int) -> Consumer:
+        group: dict[str, Any] = {
+            # A member that died without leaving holds its partitions until its
+            # session expires: 10 s, not the client's default 45 s.
+            "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": 3000,
+        } if group_id else {}
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self._servers, client_id=client_id, group_id=group_id, enable_auto_commit=False,
+                auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_records, **group,
+            )
+        except kerr.KafkaError as exc:
+            raise self._connect_error(exc) from None
+        return Consumer(consumer, max_records)
+
+    def admin(self, client_id: str) -> Admin:
+        try:
+            return Admin(KafkaAdminClient(bootstrap_servers=self._servers, client_id=client_id, request_timeout_ms=10000))
+        except kerr.KafkaError as exc:
+            raise self._connect_error(exc) from None

@@ -1,0 +1,94 @@
+"""The pipeline's own Kafka types: records, partitions, topic layouts and error kinds.
+
+Every backend converts its client's objects into these at its edge, so the
+stages, rules and tools never see a client's classes (as aiokafka's
+``structs.py`` and quix-streams' ``models/types.py`` do for theirs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+Headers = Sequence[tuple[str, bytes]]
+"""Record headers, in order; a name may repeat."""
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    """Topic name."""
+    partition: int
+    """Partition number, from 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record read from Kafka."""
+
+    topic: str
+    """Topic it was read from."""
+    partition: int
+    """Partition it was read from."""
+    offset: int
+    """Its offset in that partition."""
+    key: bytes | None
+    """Key bytes; None when the record has no key."""
+    value: bytes | None
+    """Value bytes; None for a tombstone."""
+    headers: Headers = ()
+    """Headers, in order."""
+    timestamp: int = 0
+    """Record timestamp, epoch milliseconds (0 or less when the record has none)."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How one topic of the pipeline is created."""
+
+    name: str
+    """Topic name."""
+    partitions: int
+    """Number of partitions."""
+    replication_factor: int
+    """Copies of each partition."""
+    min_insync_replicas: int
+    """``min.insync.replicas`` topic config."""
+    compacted: bool = False
+    """``cleanup.policy=compact``: keep the latest record of each key (the rules topic)."""
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """Where one partition lives, from the cluster metadata."""
+
+    partition: int
+    """Partition number."""
+    leader: int
+    """Broker id of the leader; -1 when it has none."""
+    replicas: tuple[int, ...]
+    """Broker ids holding a copy."""
+    isr: tuple[int, ...]
+    """Broker ids in sync with the leader."""
+
+
+class ClientError(Exception):
+    """A Kafka failure, classified once at the backend's edge (as librdkafka and quix-streams classify theirs)."""
+
+
+class RetriableError(ClientError):
+    """Transient: a broker lost, a leader moving, a rebalance, a timeout. The batch is rolled back and read again."""
+
+
+class FencedError(ClientError):
+    """The producer cannot go on (fenced by a newer instance, or failed for good): a new producer with the same id mends it."""
+
+
+class FatalError(ClientError):
+    """No retry mends it: authorization, authentication, configuration. The script stops with exit 1."""
+
+
+class UnknownTopicError(FatalError):
+    """The topic does not exist."""
