@@ -17,9 +17,8 @@ commit is rolled back, the consumer is rewound, and the records are read again.
   outside the transaction: records re-read after a failure may print again, or
   not at all.
 
-A rebalance that takes partitions while a transaction is open aborts it: the
-partitions' new owner reads them again from the committed offsets, so output
-of theirs is never committed twice.
+A rebalance commits what is pending before it hands partitions over (see
+Assignment), so their new owner starts where this member stopped.
 """
 
 from __future__ import annotations
@@ -77,25 +76,33 @@ class RecordHandler(Protocol):
         """What was handled was rolled back: forget its buffered lines."""
 
 
-class _Assignment:
-    """Tells the handler which partitions it owns after each rebalance, and notes those taken away."""
+class Assignment:
+    """The consumer's rebalance callbacks: keeps the handler told of the partitions it owns.
+
+    Before partitions are handed over (``revoked``, inside the poll that
+    rebalances) what is pending is committed, while they are still ours, as
+    Kafka Streams does: their new owner starts after it. Partitions ``lost``
+    without a hand-over (this member's session expired) cannot be committed
+    for any more: the loop rolls back what is pending.
+    """
 
     def __init__(self, handler: RecordHandler) -> None:
         self._handler = handler
-        self.taken: set[TopicPartition] = set()
-        """Partitions revoked or lost since the loop last looked."""
-
         self._owned: set[TopicPartition] = set()
+        self.before_revoke: Callable[[], None] = lambda: None
+        """Set by the loop: commits what is pending."""
+        self.lost_partitions: set[TopicPartition] = set()
+        """Partitions lost since the loop last looked."""
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
         self._owned = set(partitions)
         self._handler.partitions_assigned({tp.partition for tp in partitions})
 
     def revoked(self, partitions: set[TopicPartition]) -> None:
-        self.taken |= partitions
+        self.before_revoke()
 
     def lost(self, partitions: set[TopicPartition]) -> None:
-        self.taken |= partitions
+        self.lost_partitions |= partitions
         self._owned -= partitions
         self._handler.partitions_assigned({tp.partition for tp in self._owned})
 
@@ -187,7 +194,7 @@ class ExactlyOnce:
     def __init__(self, output: Output, new_producer: Callable[[], Producer]) -> None:
         self._output = output
         self._new_producer = new_producer
-        self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
+        _init_transactions(output.producer)
 
     def begin(self) -> None:
         self._output.producer.begin_transaction()
@@ -221,13 +228,28 @@ class ExactlyOnce:
             old = self._output.producer
             threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
             self._output.producer = self._new_producer()
-            try:
-                self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
-            except ClientError as init_exc:
-                raise PipelineError(f"cannot start a new transactional producer: {init_exc}") from init_exc
+            _init_transactions(self._output.producer)
         self._output.forget_failures()
         committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
         _seek(consumer, {tp: first if committed.get(tp) is None else committed[tp] or 0 for tp, first in first_offsets.items()})
+
+
+def _init_transactions(producer: Producer, attempts: int = 4) -> None:
+    """Register the transactional id, trying again while its coordinator moves (a broker lost at start-up).
+
+    FatalError (not authorized) at once; PipelineError when every attempt failed.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
+            return
+        except FatalError:
+            raise
+        except ClientError as exc:
+            if attempt == attempts:
+                raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
+            log.warning("init_transactions failed (%s); trying again", exc)
+            time.sleep(1.0)
 
 
 def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
@@ -269,7 +291,7 @@ def run_consumer(
     *,
     stop: threading.Event,
     idle_timeout_s: float | None,
-    assignment: _Assignment | None = None,
+    assignment: Assignment | None = None,
     commit_interval_s: float = 0.1,
     commit_records: int = 10_000,
 ) -> str:
@@ -286,7 +308,8 @@ def run_consumer(
     last_record_at = time.monotonic()
     failures = 0
     pending = _Pending()
-    taken = assignment.taken if assignment is not None else set()
+    revoke_failures: list[Exception] = []
+    lost: set[TopicPartition] = assignment.lost_partitions if assignment is not None else set()
 
     def roll_back(exc: Exception) -> None:
         nonlocal failures
@@ -307,54 +330,77 @@ def run_consumer(
         pending.clear()
         failures = 0
 
-    while not stop.is_set():
-        wait_s = POLL_TIMEOUT_S
+    def commit_before_revoke() -> None:
         if pending.open:
-            wait_s = max(0.0, min(wait_s, pending.opened_at + commit_interval_s - time.monotonic()))
-        batch = consumer.poll(wait_s, MAX_POLL_RECORDS)
-        try:
-            if taken:
-                # Partitions went to another member while records of theirs were pending:
-                # their new owner reads them again from the committed offsets.
-                taken.clear()
-                if pending.open:
-                    pending.add(batch)
-                    raise BatchError("partitions were reassigned while a commit was pending")
-            if batch:
-                if not pending.open:
-                    delivery.begin()
-                pending.add(batch)
-                handler.begin_batch(batch)
-                for records in batch.values():
-                    for record in records:
-                        handler.handle(record)
-                last_record_at = time.monotonic()
-            if pending.open and (
-                pending.records >= commit_records or time.monotonic() - pending.opened_at >= commit_interval_s
-            ):
+            try:
                 commit()
-        except FatalError as exc:
-            raise PipelineError(str(exc)) from exc
-        except (BatchError, ClientError) as exc:
-            roll_back(exc)
-            last_record_at = time.monotonic()
-            continue
-        if not batch and not pending.open:
-            if not consumer.assignment():
-                # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
+            except Exception as exc:  # raised again after the poll, where the loop rolls back
+                revoke_failures.append(exc)
+
+    def _loop() -> str:
+        nonlocal last_record_at
+        while not stop.is_set():
+            wait_s = POLL_TIMEOUT_S
+            if pending.open:
+                wait_s = max(0.0, min(wait_s, pending.opened_at + commit_interval_s - time.monotonic()))
+            try:
+                batch = consumer.poll(wait_s, MAX_POLL_RECORDS)
+            except FatalError as exc:
+                raise PipelineError(str(exc)) from exc
+            try:
+                if revoke_failures or lost:
+                    failure = revoke_failures[0] if revoke_failures else BatchError(f"partitions lost: {sorted(lost)}")
+                    revoke_failures.clear()
+                    lost.clear()
+                    if pending.open:  # nothing of it may be committed now: read it all again
+                        pending.add(batch)
+                        raise failure
+                if batch:
+                    opening = not pending.open
+                    pending.add(batch)  # first: a failed begin rolls this batch back too
+                    if opening:
+                        delivery.begin()
+                    handler.begin_batch(batch)
+                    for records in batch.values():
+                        for record in records:
+                            handler.handle(record)
+                    last_record_at = time.monotonic()
+                if pending.open and (
+                    pending.records >= commit_records or time.monotonic() - pending.opened_at >= commit_interval_s
+                ):
+                    commit()
+            except FatalError as exc:
+                raise PipelineError(str(exc)) from exc
+            except (BatchError, ClientError) as exc:
+                roll_back(exc)
                 last_record_at = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
-                return "idle timeout"
-    if pending.open:  # a stop request: commit what was handled
-        try:
-            commit()
-        except FatalError as exc:
-            raise PipelineError(str(exc)) from exc
-        except (BatchError, ClientError) as exc:
-            log.warning("the last commit failed (%s); its records will be read again at the next start", exc)
-            handler.discard()
-            delivery.roll_back(consumer, pending.first)
-    return "stopped"
+                continue
+            if not batch and not pending.open:
+                if not consumer.assignment():
+                    # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
+                    last_record_at = time.monotonic()
+                elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+                    return "idle timeout"
+        if pending.open:  # a stop request: commit what was handled
+            try:
+                commit()
+            except FatalError as exc:
+                raise PipelineError(str(exc)) from exc
+            except (BatchError, ClientError) as exc:
+                log.warning("the last commit failed (%s); its records will be read again at the next start", exc)
+                handler.discard()
+                delivery.roll_back(consumer, pending.first)
+        return "stopped"
+
+    if assignment is not None:
+        assignment.before_revoke = commit_before_revoke
+    try:
+        return _loop()
+    finally:
+        if assignment is not None:
+            # Closing the consumer revokes its partitions: what is still pending then
+            # (a failed last commit, a give-up) must not be committed on the way out.
+            assignment.before_revoke = lambda: None
 
 
 HandlerFactory = Callable[[Output, DeadLetters, LineBuffer], RecordHandler]
@@ -386,7 +432,7 @@ def run_stage(
         try:
             buffer = LineBuffer(summary, settings.quiet)
             handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
-            assignment = _Assignment(handler)
+            assignment = Assignment(handler)
             consumer = make_consumer(settings, source_topic, name, assignment.assigned, assignment.revoked, assignment.lost)
             # What exists now (modules, clients, rules) lives until the end: keep it out of every
             # garbage collection, which then only walks the short-lived per-record objects.
@@ -400,8 +446,6 @@ def run_stage(
                     )
                 except FatalError as exc:
                     raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
-                except ClientError as exc:
-                    raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
                 stage_log.info(
                     "reading %s as group %s from %s with %s; %s%s, commit every %d ms; dead letters to %s",
                     source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.client, delivery.name,

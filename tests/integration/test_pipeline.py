@@ -11,6 +11,7 @@ import pytest
 import pytz
 from kafka import KafkaProducer
 
+from fraud_pipeline.config import CONFLUENT, KAFKA_PYTHON
 from fraud_pipeline.payment import Payment, generate
 from fraud_pipeline.processors import fraud_line, legit_line
 from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group
@@ -136,6 +137,29 @@ def test_two_detectors_in_one_group_share_the_partitions(pipeline: Pipeline) -> 
     handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
     assert all(n > 0 for n in handled), f"one detector got no partitions: {handled}"
     routed = read_topic(pipeline.bootstrap, pipeline.topics.fraud) + read_topic(pipeline.bootstrap, pipeline.topics.legit)
-    routed_ids = ids(routed)
-    assert len(set(routed_ids)) == count, "payments lost"
-    assert sum(handled) == len(routed_ids)
+    routed_ids = Counter(ids(routed))
+    sent_ids = {p.payment_id for p in expected_payments(7, count, 1000)}
+    assert set(routed_ids) == sent_ids, "payments lost, or ids never sent"
+    assert routed_ids.most_common(1)[0][1] == 1, f"payments routed twice: {[i for i, n in routed_ids.items() if n > 1][:5]}"
+    assert sum(handled) == count
+
+
+def test_mixed_clients_kafka_python_and_confluent_in_one_pipeline(pipeline: Pipeline) -> None:
+    """Producer and processors on one client, the detector on the other: the records and lines are the same."""
+    detector_client = CONFLUENT if pipeline.client == KAFKA_PYTHON else KAFKA_PYTHON
+    expected = expected_payments(SEED, COUNT, ACCOUNTS)
+    by_id = {p.payment_id: p for p in expected}
+    fraud_ids = {p.payment_id for p in expected if p.payment_type == "BITCOIN"}
+    pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", str(SEED), "--accounts", str(ACCOUNTS), "--quiet")
+    detected = pipeline.run("fraud_detector", "--idle-timeout", "5", group="detector", client=detector_client)
+    assert f"with {detector_client}" in detected.stderr
+    assert summary_count(detected.stderr, "fraud_detector") == COUNT
+    fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
+    legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    assert sorted(ids(fraud)) == sorted(fraud_ids)  # type: ignore[type-var]
+    assert len(legit) == COUNT - len(fraud_ids) and len(set(ids(legit))) == len(legit)
+    assert all(dict(r.headers)["decision"] == b"fraud score=1 rules=bitcoin@1" for r in fraud)
+    fraud_out = pipeline.run("fraud_processor", "--idle-timeout", "5", "--no-reasons", group="fraud-processor")
+    legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
+    assert Counter(fraud_out.stdout.splitlines()) == Counter(fraud_line(by_id[i]) for i in fraud_ids)
+    assert Counter(legit_out.stdout.splitlines()) == Counter(legit_line(by_id[i]) for i in ids(legit))

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,11 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
     handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
     assert len(handled) == 2 and handled[1] > 0, f"the second detector got no payments: {handled}"
     assert "rebuilt the windows of partition" in outputs[1][1]
+    # Each payment sent was routed once, across the rebalance: none lost, none twice.
+    routed_ids = Counter(json.loads(r.value)["PAYMENT_ID"] for topic in (pipeline.topics.fraud, pipeline.topics.legit)
+                         for r in read_topic(pipeline.bootstrap, topic))
+    assert routed_ids == Counter(p.payment_id for p in early + late)
+    assert sum(handled) == len(early) + len(late)
     assert not any(decided[p.payment_id or ""][0] for p in early)
     for p in late:
         fraud, decision = decided[p.payment_id or ""]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.consumer.fetcher import ConsumerRecord
 
 from fraud_pipeline import kafka_io
 from fraud_pipeline.backtest import (
@@ -29,6 +28,7 @@ from fraud_pipeline.backtest import (
     ratio,
     write_jsonl,
 )
+from fraud_pipeline.clients import Record
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.payment import Payment, encode
 from fraud_pipeline.rules import ORIGINAL, load_ruleset, parse_ruleset
@@ -163,10 +163,10 @@ def test_unreadable_and_unlabelled_lines_are_counted_and_reported(tmp_path: Path
     assert json.loads((tmp_path / "r.json").read_text())["skipped"] == {"unreadable": 2, "unlabelled": 2}
 
 
-def labelled_record(payment: Payment | bytes, label: str | None, partition: int, offset: int, timestamp: int = 0) -> ConsumerRecord:
+def labelled_record(payment: Payment | bytes, label: str | None, partition: int, offset: int, timestamp: int = 0) -> Record:
     value = payment if isinstance(payment, bytes) else encode(payment)
     headers = [] if label is None else [(LABEL_HEADER, label.encode()), (SCENARIO_HEADER, b"burst")]
-    return record(value, partition=partition, offset=offset)._replace(headers=headers, timestamp=timestamp)
+    return record(value, partition=partition, offset=offset, headers=headers, timestamp=timestamp)
 
 
 def test_topic_source_labels_by_header_and_keeps_a_state_per_partition(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,7 +178,7 @@ def test_topic_source_labels_by_header_and_keeps_a_state_per_partition(monkeypat
     seen: dict[str, Any] = {}
 
     def fake_read_span(settings: Settings, topic: str, *, since_ms: int | None = None, until_ms: int | None = None,
-                       **_: Any) -> Iterator[ConsumerRecord]:
+                       **_: Any) -> Iterator[Record]:
         seen.update(topic=topic, since_ms=since_ms, until_ms=until_ms)
         yield from records
 

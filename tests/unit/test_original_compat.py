@@ -23,9 +23,9 @@ from unittest.mock import MagicMock
 
 import pytest
 import pytz
-from kafka import KafkaProducer
 
 from fraud_pipeline import payment as payment_mod
+from fraud_pipeline.clients import Producer
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.kafka_io import Output
@@ -34,7 +34,7 @@ from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.rules import ORIGINAL as ORIGINAL_RULES
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import LineBuffer
-from tests.unit.records import record
+from tests.unit.records import record, sends
 
 ORIGINAL = Path(__file__).resolve().parent.parent / "original_tutorial"
 
@@ -77,6 +77,8 @@ def run_original(
     finally:
         if saved is not None:
             sys.modules["kafka"] = saved
+        else:  # kafka-python was not imported before: leave no stand-in behind
+            del sys.modules["kafka"]
     return out.getvalue().splitlines(), sent
 
 
@@ -111,8 +113,8 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     values = [payment_mod.encode(p) for p in payments]
     printed, sent = run_original("fraud_detector", values)
 
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
+    producer = MagicMock(spec_set=Producer)
+    producer.partition_count.return_value = 2  # the routed topics' partitions
     out = io.StringIO()
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
     rules = LiveRules(ORIGINAL_RULES, None, MagicMock())
@@ -123,7 +125,7 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     detector.emit()
 
     assert out.getvalue().splitlines() == printed
-    ours = [(c.args[0], c.kwargs["value"]) for c in producer.send.call_args_list]
+    ours = [(s.topic, s.value) for s in sends(producer)]
     assert [topic for topic, _ in ours] == [topic for topic, _ in sent]
     # We forward the bytes with our decision appended; the original re-encoded them:
     # same JSON object either way, once the decision is set aside.

@@ -11,9 +11,8 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from kafka import KafkaProducer
-from kafka.structs import TopicPartition
 
+from fraud_pipeline.clients import Producer, TopicPartition
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector, decision_header
 from fraud_pipeline.kafka_io import DeadLetters, Output
@@ -35,7 +34,7 @@ from fraud_pipeline.rules import (
 )
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import LineBuffer
-from tests.unit.records import record
+from tests.unit.records import record, sends, sent
 
 S = 1000  # ms
 
@@ -315,8 +314,8 @@ class ReplayLog:
 
 
 def detector_with(ruleset: RuleSet, replay: ReplayLog, live: LiveRules | None = None) -> tuple[Detector, MagicMock]:
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
+    producer = MagicMock(spec_set=Producer)
+    producer.partition_count.return_value = 2  # the routed topics' partitions
     lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
     settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
     rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
@@ -344,7 +343,7 @@ def test_detector_rebuilds_a_partition_before_a_batch_that_it_has_not_seen_or_re
 
     handle_batch(detector, payment_record(2))  # gained: rebuilt from offsets 0 and 1
     assert replay.calls == [(3, 2 * S + since, 2)]
-    assert producer.send.call_args.args == ("fraud_payments",)  # 3 payments > 2
+    assert sent(producer.send.call_args).topic == "fraud_payments"  # 3 payments > 2
     detector.partitions_assigned({3})  # still owned, next offset as expected: kept
     handle_batch(detector, payment_record(3))
     assert len(replay.calls) == 1
@@ -359,8 +358,8 @@ def test_detector_rebuilds_a_partition_before_a_batch_that_it_has_not_seen_or_re
 
 def decisions(producer: MagicMock) -> list[Decision]:
     found = []
-    for sent in producer.send.call_args_list:
-        decision = Decision.from_dict(json.loads(sent.kwargs["value"])["DECISION"])
+    for routed in sends(producer):
+        decision = Decision.from_dict(json.loads(routed.value)["DECISION"])
         assert decision is not None
         found.append(decision)
     return found

@@ -1,4 +1,4 @@
-"""The detector, processors, producer and consume loop with mocked kafka-python clients."""
+"""The detector, processors, producer and consume loop with mocked clients of the seam (fraud_pipeline.clients)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,27 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import (
-    CommitFailedError,
-    KafkaTimeoutError,
-    ProducerFencedError,
-    RebalanceInProgressError,
-    TransactionalIdAuthorizationFailedError,
-)
-from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from fraud_pipeline import stage
+from fraud_pipeline.clients import (
+    Consumer,
+    FatalError,
+    FencedError,
+    Producer,
+    RetriableError,
+    TopicPartition,
+    UnknownTopicError,
+)
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
-from fraud_pipeline.kafka_io import BatchError, DeadLetters, Output
+from fraud_pipeline.kafka_io import METADATA_TIMEOUT_S, TRANSACTION_STEP_TIMEOUT_S, BatchError, DeadLetters, Output
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import Processor, fraud_line, legit_line
 from fraud_pipeline.producer import produce
 from fraud_pipeline.rules import ORIGINAL
 from fraud_pipeline.runtime import PipelineError, Summary
-from fraud_pipeline.stage import AtLeastOnce, ExactlyOnce, LineBuffer, run_consumer
-from tests.unit.records import record
+from fraud_pipeline.stage import Assignment, AtLeastOnce, ExactlyOnce, LineBuffer, run_consumer, run_stage
+from tests.unit.records import record, sends, sent
 
 SETTINGS = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
 TP = TopicPartition("payments", 0)
@@ -46,8 +47,8 @@ class Rig:
     """A detector wired to a mocked producer, printing into a buffer."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.producer = MagicMock(spec_set=KafkaProducer)
-        self.producer.partitions_for.return_value = {0, 1}  # the routed topics' partitions
+        self.producer = MagicMock(spec_set=Producer)
+        self.producer.partition_count.return_value = 2  # the routed topics' partitions
         self.output = Output(self.producer)
         self.summary = Summary("fraud_detector", "payments")
         self.out = io.StringIO()
@@ -64,19 +65,19 @@ def test_detector_routes_forwards_bytes_with_its_decision_and_prints_the_origina
     assert rig.out.getvalue() == ""  # nothing is printed before the batch is durable
     rig.detector.emit()
     assert rig.out.getvalue() == "fraud_payments True BITCOIN\nlegit_payments False VISA\n"
-    fraud, legit = rig.producer.send.call_args_list
-    assert fraud.args == ("fraud_payments",) and fraud.kwargs["key"] == b"ACC1"
-    assert fraud.kwargs["partition"] == 0  # input partition 0 of 6 -> 0 of 2
-    assert legit.args == ("legit_payments",) and legit.kwargs["key"] == b"ACC2"
+    fraud, legit = sends(rig.producer)
+    assert fraud.topic == "fraud_payments" and fraud.key == b"ACC1"
+    assert fraud.partition == 0  # input partition 0 of 6 -> 0 of 2
+    assert legit.topic == "legit_payments" and legit.key == b"ACC2"
     # the input bytes, then the decision appended to the object
-    assert fraud.kwargs["value"].startswith(value("BITCOIN")[:-1] + b', "DECISION": ')
-    assert json.loads(fraud.kwargs["value"])["DECISION"] == {
+    assert fraud.value is not None and fraud.value.startswith(value("BITCOIN")[:-1] + b', "DECISION": ')
+    assert json.loads(fraud.value)["DECISION"] == {
         "fraud": True, "score": 1.0, "threshold": 1.0,
         "rules": [{"id": "bitcoin", "version": 1, "mode": "enabled", "weight": 1.0, "reason": "PAYMENT_TYPE == BITCOIN"}],
     }
-    assert json.loads(legit.kwargs["value"])["DECISION"] == {"fraud": False, "score": 0.0, "threshold": 1.0, "rules": []}
-    assert fraud.kwargs["headers"] == [("decision", b"fraud score=1 rules=bitcoin@1")]
-    assert legit.kwargs["headers"] == [("decision", b"legit score=0")]
+    assert json.loads(legit.value or b"")["DECISION"] == {"fraud": False, "score": 0.0, "threshold": 1.0, "rules": []}
+    assert fraud.headers == [("decision", b"fraud score=1 rules=bitcoin@1")]
+    assert legit.headers == [("decision", b"legit score=0")]
     assert rig.summary.counts == {"fraud_payments": 1, "legit_payments": 1}
 
 
@@ -101,10 +102,10 @@ def test_bad_record_goes_to_dead_letters_unchanged_with_headers(caplog: pytest.L
     rig.detector.handle(record(b"\x00garbage", key=b"K", partition=3, offset=17))
     rig.detector.emit()
     assert rig.out.getvalue() == ""
-    (sent,) = rig.producer.send.call_args_list
-    assert sent.args == ("payments_dlq",)
-    assert sent.kwargs["key"] == b"K" and sent.kwargs["value"] == b"\x00garbage"
-    headers = dict(sent.kwargs["headers"])
+    (dead,) = sends(rig.producer)
+    assert dead.topic == "payments_dlq"
+    assert dead.key == b"K" and dead.value == b"\x00garbage"
+    headers = dict(dead.headers or ())
     assert headers["error"].startswith(b"not JSON")
     assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (b"payments", b"3", b"17")
     assert headers["rejected.by"] == b"fraud_detector" and int(headers["rejected.at.ms"]) > 0
@@ -115,20 +116,36 @@ def test_bad_record_goes_to_dead_letters_unchanged_with_headers(caplog: pytest.L
 def test_a_record_with_neither_key_nor_value_is_dead_lettered() -> None:
     rig = Rig()
     rig.detector.handle(record(None, key=None))
-    (sent,) = rig.producer.send.call_args_list
-    assert sent.kwargs["value"] == b"" and sent.kwargs["key"] is None
-    headers = dict(sent.kwargs["headers"])
+    (dead,) = sends(rig.producer)
+    assert dead.value == b"" and dead.key is None
+    headers = dict(dead.headers or ())
     assert headers["value.null"] == b"true" and headers["error"] == b"empty record (no value)"
 
 
 def test_a_failed_send_fails_the_flush() -> None:
     rig = Rig()
     rig.detector.handle(record(value()))
-    errback, *bound = rig.producer.send.return_value.add_errback.call_args.args
-    errback(*bound, RuntimeError("broker gone"))  # as kafka-python calls it: bound args, then the error
+    (on_error,) = rig.producer.on_error.call_args.args  # registered by the Output that adopted the producer
+    on_error(RetriableError("broker gone"))  # as a backend reports a send that failed for good
     with pytest.raises(BatchError, match="broker gone"):
         rig.output.flush()
     rig.producer.flush.assert_called_once()
+
+
+def test_a_replaced_producers_late_failure_is_ignored() -> None:
+    old = MagicMock(spec_set=Producer)
+    output = Output(old)
+    (old_on_error,) = old.on_error.call_args.args
+    fresh = MagicMock(spec_set=Producer)
+    output.producer = fresh
+    fresh.on_error.assert_called_once()
+    assert output.send == fresh.send  # sends go through the new producer
+    old_on_error(FencedError("fenced"))  # belongs to a batch already rolled back
+    output.flush()
+    (fresh_on_error,) = fresh.on_error.call_args.args
+    fresh_on_error(RetriableError("broker gone"))
+    with pytest.raises(BatchError, match="broker gone"):
+        output.flush()
 
 
 @pytest.mark.parametrize(
@@ -141,7 +158,7 @@ def test_a_failed_send_fails_the_flush() -> None:
     ],
 )
 def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expected: str, outcome: str) -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     summary = Summary("p", "payments")
     out = io.StringIO()
     processor = Processor(line, DeadLetters(Output(producer), "dlq", "p"), LineBuffer(summary, False, out))
@@ -150,43 +167,45 @@ def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expe
     processor.emit()
     assert out.getvalue() == expected + "\n"
     assert summary.counts == {outcome: 1, "dead-lettered": 1}
-    assert producer.send.call_args.args == ("dlq",)
-    assert dict(producer.send.call_args.kwargs["headers"])["error"] == b"missing field TIME"
+    dead = sent(producer.send.call_args)
+    assert dead.topic == "dlq"
+    assert dict(dead.headers or ())["error"] == b"missing field TIME"
 
 
 def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     out = io.StringIO()
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(payments="pay"), count=25, rate=0, seed=9)
     summary = Summary("payment_producer", "payments sent")
     assert produce(producer, settings, threading.Event(), summary, out) == "count reached"
     assert producer.send.call_count == 25 and summary.total == 25
     lines = out.getvalue().splitlines()
-    for sent, line in zip(producer.send.call_args_list, lines, strict=True):
-        data = json.loads(sent.kwargs["value"])
-        assert sent.args == ("pay",)
-        assert sent.kwargs["key"] == data["ACCOUNT"].encode()
+    for payment, line in zip(sends(producer), lines, strict=True):
+        data = json.loads(payment.value or b"")
+        assert payment.topic == "pay"
+        assert payment.key == data["ACCOUNT"].encode()
         assert line == repr({k: data[k] for k in ("DATE", "TIME", "PAYMENT_TYPE", "AMOUNT", "TO")})
     producer.flush.assert_called_once()
 
 
 def test_producer_labels_scenario_payments_in_headers_only() -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=3000, rate=0, seed=5, quiet=True,
                         scenarios="large-to-stranger=0.05")
     produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
-    sends = producer.send.call_args_list
-    labels = [dict(sent.kwargs["headers"]) for sent in sends]
-    assert len(sends) == 3000 and all(set(h) == {"fraud.label", "fraud.scenario"} for h in labels)
-    frauds = [json.loads(sent.kwargs["value"]) for sent, h in zip(sends, labels, strict=True) if h["fraud.label"] == b"fraud"]
+    payments = sends(producer)
+    labels = [dict(p.headers or ()) for p in payments]
+    assert len(payments) == 3000 and all(set(h) == {"fraud.label", "fraud.scenario"} for h in labels)
+    frauds = [json.loads(p.value or b"") for p, h in zip(payments, labels, strict=True) if h["fraud.label"] == b"fraud"]
     assert 100 < len(frauds) < 200  # about 5 % of the base payments start one
     assert all(f["TO"] == "stranger" and f["AMOUNT"] >= 500 for f in frauds)
-    assert all("label" not in k.lower() for sent in sends for k in json.loads(sent.kwargs["value"]))
+    assert all("label" not in k.lower() for p in payments for k in json.loads(p.value or b""))
 
 
 def test_producer_stops_at_the_first_failed_send() -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.send.return_value.add_errback.side_effect = lambda errback, *bound: errback(*bound, KafkaTimeoutError("no leader"))
+    producer = MagicMock(spec_set=Producer)
+    # the backend reports the failure to the handler the Output registered, here at once
+    producer.send.side_effect = lambda *args: producer.on_error.call_args.args[0](RetriableError("no leader"))
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=10, rate=0, quiet=True)
     with pytest.raises(BatchError, match="no leader"):
         produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
@@ -194,7 +213,7 @@ def test_producer_stops_at_the_first_failed_send() -> None:
 
 
 def test_producer_stops_when_asked() -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     stop = threading.Event()
     stop.set()
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=None, rate=1, quiet=True)
@@ -202,12 +221,23 @@ def test_producer_stops_when_asked() -> None:
     producer.send.assert_not_called()
 
 
-def _consumer_with(*batches: dict, spec: bool = True) -> MagicMock:  # type: ignore[type-arg]
-    consumer = MagicMock(spec_set=KafkaConsumer) if spec else MagicMock()
+def _consumer_with(*batches: dict) -> MagicMock:  # type: ignore[type-arg]
+    consumer = MagicMock(spec_set=Consumer)
     consumer.poll.side_effect = itertools.chain(batches, itertools.repeat({}))
     consumer.assignment.return_value = {TP}
-    consumer.committed.return_value = None  # the group has committed nothing yet
+    consumer.committed.return_value = {TP: None}  # the group has committed nothing yet
     return consumer
+
+
+def _transactional_producer(events: list[str]) -> MagicMock:
+    """A seam producer that logs its transactional calls into ``events``."""
+    producer = MagicMock(spec_set=Producer)
+    for method in ("init_transactions", "begin_transaction", "commit_transaction", "abort_transaction"):
+        getattr(producer, method).side_effect = lambda *a, _m=method, **k: events.append(_m)
+    producer.send_offsets_to_transaction.side_effect = (
+        lambda offsets, group, timeout_s: events.append(f"offsets {sorted((tp.partition, o) for tp, o in offsets.items())} {group}")
+    )
+    return producer
 
 
 class Recorder:
@@ -234,18 +264,19 @@ class Recorder:
 
 def test_at_least_once_flushes_prints_then_commits_the_next_offsets() -> None:
     consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]}, {TP: [record(b"c", offset=2)]})
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     events: list[str] = []
     producer.flush.side_effect = lambda *a, **k: events.append("flush")
-    consumer.commit.side_effect = lambda offsets: events.append(f"commit {offsets[TP].offset}")
-    reason = run_consumer(consumer, Recorder(events), AtLeastOnce(Output(producer)), stop=threading.Event(), idle_timeout_s=0.05)
+    consumer.commit.side_effect = lambda offsets: events.append(f"commit {offsets[TP]}")
+    delivery = AtLeastOnce(Output(producer))
+    reason = run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     assert reason == "idle timeout"
     assert events == ["a", "b", "flush", "emit", "commit 2", "c", "flush", "emit", "commit 3"]
 
 
 def test_a_failed_batch_is_rolled_back_rewound_and_read_again() -> None:
     consumer = _consumer_with({TP: [record(b"a", offset=5)]}, {TP: [record(b"a", offset=5)]})
-    producer = MagicMock(spec_set=KafkaProducer)
+    producer = MagicMock(spec_set=Producer)
     output = Output(producer)
     events: list[str] = []
     producer.flush.side_effect = [None, None]
@@ -260,135 +291,394 @@ def test_a_failed_batch_is_rolled_back_rewound_and_read_again() -> None:
 
     output.flush = flaky_flush  # type: ignore[method-assign]
     stop = threading.Event()
-    run_consumer(consumer, Recorder(events), AtLeastOnce(output), stop=stop, idle_timeout_s=0.05)
+    run_consumer(consumer, Recorder(events), AtLeastOnce(output), stop=stop, idle_timeout_s=0.05, commit_interval_s=0)
     assert events == ["a", "discard", "a", "emit"]
     consumer.seek.assert_called_once_with(TP, 5)
-    consumer.commit.assert_called_once_with({TP: OffsetAndMetadata(6, "", -1)})
+    consumer.commit.assert_called_once_with({TP: 6})
 
 
 def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
     consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]})
     consumer.group_metadata.return_value = "group-meta"
-    producer = MagicMock(spec_set=KafkaProducer)
     events: list[str] = []
-    for method in ("init_transactions", "begin_transaction", "commit_transaction", "abort_transaction"):
-        getattr(producer, method).side_effect = lambda *a, _m=method, **k: events.append(_m)
-    producer.send_offsets_to_transaction.side_effect = lambda offsets, meta: events.append(f"offsets {offsets[TP].offset} {meta}")
+    producer = _transactional_producer(events)
     delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("no new producer needed"))
-    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
-    assert events == ["init_transactions", "begin_transaction", "a", "b", "offsets 2 group-meta", "commit_transaction", "emit"]
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
+    assert events == ["init_transactions", "begin_transaction", "a", "b", "offsets [(0, 2)] group-meta", "commit_transaction", "emit"]
     consumer.commit.assert_not_called()
+    # every transactional call that waits on the coordinator has a deadline
+    producer.init_transactions.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
+    producer.send_offsets_to_transaction.assert_called_once_with({TP: 2}, "group-meta", TRANSACTION_STEP_TIMEOUT_S)
+    producer.commit_transaction.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
+    producer.flush.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
 
 
 def test_exactly_once_aborts_and_rereads_a_batch_whose_commit_failed() -> None:
     consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"a", offset=3)]})
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.commit_transaction.side_effect = [CommitFailedError("generation changed"), None]
+    producer = MagicMock(spec_set=Producer)
+    producer.commit_transaction.side_effect = [RetriableError("generation changed"), None]
     events: list[str] = []
     delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("abort worked: no new producer needed"))
-    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     assert events == ["a", "discard", "a", "emit"]
-    producer.abort_transaction.assert_called_once()
+    producer.abort_transaction.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
     consumer.seek.assert_called_once_with(TP, 3)
 
 
 def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None:
     # the commit timed out on our side but completed at the coordinator: the group committed offset 4
     consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]})
-    consumer.committed.return_value = 4
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.commit_transaction.side_effect = [KafkaTimeoutError("no answer"), None]
+    consumer.committed.return_value = {TP: 4}
+    producer = MagicMock(spec_set=Producer)
+    producer.commit_transaction.side_effect = [RetriableError("no answer from the coordinator"), None]
     events: list[str] = []
-    run_consumer(consumer, Recorder(events), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = ExactlyOnce(Output(producer), MagicMock())
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
+    consumer.committed.assert_called_once_with({TP: 3}, TRANSACTION_STEP_TIMEOUT_S)
     consumer.seek.assert_called_once_with(TP, 4)
     assert events == ["a", "discard", "b", "emit"]
 
 
 def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
-    broken = MagicMock(spec_set=KafkaProducer)
-    broken.commit_transaction.side_effect = KafkaTimeoutError("coordinator gone")
-    broken.abort_transaction.side_effect = KafkaTimeoutError("coordinator gone")
-    fresh = MagicMock(spec_set=KafkaProducer)
+    broken = MagicMock(spec_set=Producer)
+    broken.commit_transaction.side_effect = RetriableError("coordinator gone")
+    broken.abort_transaction.side_effect = RetriableError("coordinator gone")
+    fresh = MagicMock(spec_set=Producer)
     output = Output(broken)
-    run_consumer(consumer, Recorder([]), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = ExactlyOnce(output, lambda: fresh)
+    run_consumer(consumer, Recorder([]), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     assert output.producer is fresh
-    fresh.init_transactions.assert_called_once()
+    fresh.on_error.assert_called_once()  # the Output hears of the new producer's failed sends
+    fresh.init_transactions.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
     fresh.commit_transaction.assert_called_once()
     deadline = time.monotonic() + 5
     while not broken.close.called and time.monotonic() < deadline:  # closed in the background
         time.sleep(0.01)
-    broken.close.assert_called_once()
+    broken.close.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
 
 
 def test_a_fenced_producer_is_replaced_and_the_batch_read_again() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
-    fenced = MagicMock(spec_set=KafkaProducer)
-    fenced.commit_transaction.side_effect = ProducerFencedError("transaction timed out by the coordinator")
-    fenced.abort_transaction.side_effect = ProducerFencedError("still fenced")
-    fresh = MagicMock(spec_set=KafkaProducer)
+    fenced = MagicMock(spec_set=Producer)
+    fenced.commit_transaction.side_effect = FencedError("transaction timed out by the coordinator")
+    fenced.abort_transaction.side_effect = FencedError("still fenced")
+    fresh = MagicMock(spec_set=Producer)
     output = Output(fenced)
     events: list[str] = []
-    run_consumer(consumer, Recorder(events), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = ExactlyOnce(output, lambda: fresh)
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     assert output.producer is fresh and events == ["a", "discard", "a", "emit"]
     fresh.commit_transaction.assert_called_once()
 
 
 def test_missing_transaction_rights_stop_the_stage() -> None:
     consumer = _consumer_with({TP: [record(b"a")]})
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.commit_transaction.side_effect = TransactionalIdAuthorizationFailedError("no ACL")
-    with pytest.raises(PipelineError, match="not allowed"):
-        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=1)
+    producer = MagicMock(spec_set=Producer)
+    producer.commit_transaction.side_effect = FatalError("transactional id authorization failed: no ACL")
+    with pytest.raises(PipelineError, match="transactional id authorization failed: no ACL"):
+        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=1,
+                     commit_interval_s=0)
     producer.abort_transaction.assert_not_called()
+
+
+def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    producer = MagicMock(spec_set=Producer)
+    producer.init_transactions.side_effect = FatalError("transactional id authorization failed: no ACL")
+    consumer = _consumer_with()
+    monkeypatch.setattr(stage, "make_producer", lambda settings, client_id, transactional_id=None: producer)
+    monkeypatch.setattr(stage, "make_consumer", lambda *args: consumer)
+    monkeypatch.setattr(stage.gc, "freeze", lambda: None)  # keep this test process's garbage collectable
+    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), group_id="g", transactional_id="g-0")
+    summary = Summary("fraud_detector", "payments")
+    rc = run_stage(settings, name="fraud_detector", source_topic="payments", stop=threading.Event(), summary=summary,
+                   make_handler=lambda output, dead_letters, lines: Recorder([]), transactional=True)
+    assert rc == 1
+    assert "transactions are not allowed for this detector: transactional id authorization failed: no ACL" in caplog.text
+    consumer.poll.assert_not_called()
+    consumer.close.assert_called_once()
+    producer.close.assert_called_once()
 
 
 def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fraud_pipeline.stage.MAX_BATCH_RETRIES", 2)
-    consumer = MagicMock(spec_set=KafkaConsumer)
+    consumer = _consumer_with()
+    consumer.poll.side_effect = None
     consumer.poll.return_value = {TP: [record(b"a")]}
-    consumer.assignment.return_value = {TP}
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.commit_transaction.side_effect = KafkaTimeoutError("still down")
+    producer = MagicMock(spec_set=Producer)
+    producer.commit_transaction.side_effect = RetriableError("still down")
     stop = threading.Event()
     monkeypatch.setattr(stop, "wait", lambda timeout: False)
     with pytest.raises(PipelineError, match="giving up after 2"):
-        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=stop, idle_timeout_s=None)
+        run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=stop, idle_timeout_s=None,
+                     commit_interval_s=0)
 
 
 def test_a_commit_lost_to_a_rebalance_is_not_fatal() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
-    consumer.commit.side_effect = [CommitFailedError("rebalanced"), None]
+    consumer.commit.side_effect = [RetriableError("rebalanced"), None]
     events: list[str] = []
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
-    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05)
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     assert events == ["a", "emit", "b", "emit"] and consumer.commit.call_count == 2
-
-
-def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
-    consumer = _consumer_with({TP: [record(b"a")]}, spec=False)  # reaches into the client's private coordinator
-    consumer.commit.side_effect = RebalanceInProgressError("stalled")
-    consumer._coordinator.rebalance_in_progress.return_value = True
-    consumer._coordinator.need_rejoin.return_value = False
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
-    run_consumer(consumer, Recorder([]), delivery, stop=threading.Event(), idle_timeout_s=0.05)
-    consumer._coordinator.request_rejoin.assert_called_once()
 
 
 def test_the_loop_ends_on_the_stop_event() -> None:
     consumer = _consumer_with()
     stop = threading.Event()
     stop.set()
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=KafkaProducer)))
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
     assert run_consumer(consumer, Recorder([]), delivery, stop=stop, idle_timeout_s=None) == "stopped"
 
 
 def test_routed_records_keep_their_input_partition_modulo_the_topic() -> None:
-    producer = MagicMock(spec_set=KafkaProducer)
-    producer.partitions_for.return_value = {0, 1}
+    producer = MagicMock(spec_set=Producer)
+    producer.partition_count.return_value = 2
     output = Output(producer)
     assert [output.partition_for("fraud_payments", p) for p in range(6)] == [0, 1, 0, 1, 0, 1]
-    producer.partitions_for.assert_called_once_with("fraud_payments")  # looked up once per topic
-    producer.partitions_for.return_value = set()
+    producer.partition_count.assert_called_once_with("fraud_payments", METADATA_TIMEOUT_S)  # looked up once per topic
+    producer.partition_count.side_effect = UnknownTopicError("topic empty does not exist")
     with pytest.raises(BatchError, match="topic empty has no partitions"):
         output.partition_for("empty", 0)
+
+
+# --- the commit interval: one commit (one transaction) for every poll of an interval -------------------------
+
+
+TP1 = TopicPartition("payments", 1)
+
+
+class Clock:
+    """Stands in for time.monotonic in the stage; a poll with nothing to return waits its whole timeout."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _clocked_consumer(monkeypatch: pytest.MonkeyPatch, *polls: Any) -> tuple[MagicMock, Clock]:
+    """A consumer whose polls return ``polls`` in turn (a callable is called first), 10 ms apart, then wait empty."""
+    clock = Clock()
+    monkeypatch.setattr(stage, "time", clock)
+    pending = list(polls)
+
+    def poll(timeout_s: float, max_records: int) -> dict:  # type: ignore[type-arg]
+        if not pending:
+            clock.advance(timeout_s)
+            return {}
+        clock.advance(0.01)
+        batch = pending.pop(0)
+        return batch() if callable(batch) else batch
+
+    consumer = _consumer_with()
+    consumer.poll.side_effect = poll
+    consumer.assignment.return_value = {TP, TP1}
+    consumer.committed.return_value = {}
+    consumer.group_metadata.return_value = "meta"
+    return consumer, clock
+
+
+def test_the_polls_of_one_commit_interval_share_one_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer, clock = _clocked_consumer(
+        monkeypatch,
+        {TP: [record(b"a"), record(b"b", offset=1)]},
+        {TP1: [record(b"c", partition=1, offset=7)]},
+        {TP: [record(b"d", offset=2)], TP1: [record(b"e", partition=1, offset=8)]},
+    )
+    events: list[str] = []
+    producer = _transactional_producer(events)
+    committed_at: list[float] = []
+    producer.commit_transaction.side_effect = lambda timeout_s: committed_at.append(clock.now) or events.append("commit_transaction")
+    opened_at = clock.now + 0.01  # the first poll returns records
+    delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("no new producer needed"))
+    reason = run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=5, commit_interval_s=1.0)
+    assert reason == "idle timeout"
+    assert events == [
+        "init_transactions", "begin_transaction", "a", "b", "c", "d", "e", "offsets [(0, 3), (1, 9)] meta", "commit_transaction",
+        "emit",
+    ]
+    # once the batches stop, polls wait no longer than what is left of the interval: the commit is on time
+    assert [c.args[0] for c in consumer.poll.call_args_list[3:5]] == pytest.approx([0.5, 0.48])
+    assert committed_at == [pytest.approx(opened_at + 1.0)]
+
+
+def test_a_commit_comes_early_once_commit_records_are_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer, clock = _clocked_consumer(
+        monkeypatch,
+        {TP: [record(b"a"), record(b"b", offset=1)]},
+        {TP: [record(b"c", offset=2)]},  # the third pending record: commit now
+        {TP: [record(b"d", offset=3)]},  # ... and this one at the end of its own interval
+    )
+    events: list[str] = []
+    delivery = ExactlyOnce(Output(_transactional_producer(events)), MagicMock())
+    started = clock.now
+    run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=120, commit_interval_s=60,
+                 commit_records=3)
+    assert events == [
+        "init_transactions",
+        "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
+        "begin_transaction", "d", "offsets [(0, 4)] meta", "commit_transaction", "emit",
+    ]
+    assert clock.now - started >= 60  # the second commit waited for its interval
+
+
+def test_a_stop_request_commits_what_is_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+
+    def stop_requested() -> dict:  # type: ignore[type-arg]
+        stop.set()  # e.g. SIGTERM during this poll
+        return {}
+
+    consumer, _ = _clocked_consumer(monkeypatch, {TP: [record(b"a"), record(b"b", offset=1)]}, stop_requested)
+    events: list[str] = []
+    producer = MagicMock(spec_set=Producer)
+    producer.flush.side_effect = lambda *a: events.append("flush")
+    consumer.commit.side_effect = lambda offsets: events.append("commit")
+    delivery = AtLeastOnce(Output(producer))
+    assert run_consumer(consumer, Recorder(events), delivery, stop=stop, idle_timeout_s=None, commit_interval_s=60) == "stopped"
+    assert events == ["a", "b", "flush", "emit", "commit"]
+    consumer.commit.assert_called_once_with({TP: 2})
+
+
+def test_pending_records_are_committed_before_their_partitions_are_handed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    handler = Recorder(events)
+    assignment = Assignment(handler)
+    assignment.assigned({TP, TP1})
+
+    def rebalance() -> dict:  # type: ignore[type-arg]
+        # the group moves partition 1 away inside this poll, which then returns a record of partition 0
+        assignment.revoked({TP, TP1})
+        assignment.assigned({TP})
+        consumer.assignment.return_value = {TP}
+        return {TP: [record(b"c", offset=2)]}
+
+    consumer, _ = _clocked_consumer(
+        monkeypatch, {TP: [record(b"a"), record(b"b", offset=1)], TP1: [record(b"x", partition=1, offset=4)]}, rebalance,
+    )
+    delivery = ExactlyOnce(Output(_transactional_producer(events)), lambda: pytest.fail("no new producer needed"))
+    run_consumer(consumer, handler, delivery, stop=threading.Event(), idle_timeout_s=5, commit_interval_s=60, assignment=assignment)
+    assert events == [
+        "assigned [0, 1]", "init_transactions",
+        "begin_transaction", "a", "b", "x",
+        "offsets [(0, 2), (1, 5)] meta", "commit_transaction", "emit",  # inside the poll, while partition 1 is still ours
+        "assigned [0]",
+        "begin_transaction", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",  # its own transaction
+    ]
+    consumer.seek.assert_not_called()
+
+
+def test_a_commit_that_fails_before_a_hand_over_is_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    handler = Recorder(events)
+    assignment = Assignment(handler)
+    assignment.assigned({TP, TP1})
+
+    def rebalance() -> dict:  # type: ignore[type-arg]
+        assignment.revoked({TP, TP1})
+        assignment.assigned({TP})
+        consumer.assignment.return_value = {TP}
+        return {TP: [record(b"c", offset=2)]}
+
+    consumer, clock = _clocked_consumer(
+        monkeypatch,
+        {TP: [record(b"a"), record(b"b", offset=1)], TP1: [record(b"x", partition=1, offset=4)]},
+        rebalance,
+        {TP: [record(b"a"), record(b"b", offset=1), record(b"c", offset=2)]},  # read again from the committed offsets
+    )
+    consumer.committed.return_value = {TP: None, TP1: None}
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda timeout: clock.advance(timeout))  # the backoff, without sleeping
+    producer = _transactional_producer(events)
+    outcomes = iter([RetriableError("coordinator moved"), None])
+
+    def commit_transaction(timeout_s: float) -> None:
+        failure = next(outcomes)
+        if failure is not None:
+            raise failure
+        events.append("commit_transaction")
+
+    producer.commit_transaction.side_effect = commit_transaction
+    delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("abort worked: no new producer needed"))
+    run_consumer(consumer, handler, delivery, stop=stop, idle_timeout_s=5, commit_interval_s=1.0, assignment=assignment)
+    assert events == [
+        "assigned [0, 1]", "init_transactions",
+        "begin_transaction", "a", "b", "x", "offsets [(0, 2), (1, 5)] meta",  # the commit before the hand-over fails ...
+        "assigned [0]", "discard", "abort_transaction",  # ... so after the poll all of it is rolled back, c unread
+        "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
+    ]
+    consumer.seek.assert_called_once_with(TP, 0)  # partition 1 is read again by its new owner, not here
+
+
+def test_pending_records_of_lost_partitions_are_rolled_back_not_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    handler = Recorder(events)
+    assignment = Assignment(handler)
+    assignment.assigned({TP, TP1})
+
+    def session_expired() -> dict:  # type: ignore[type-arg]
+        # partition 1 was taken without a hand-over: nothing of it may be committed now
+        assignment.lost({TP1})
+        consumer.assignment.return_value = {TP}
+        return {TP: [record(b"c", offset=2)]}
+
+    consumer, clock = _clocked_consumer(
+        monkeypatch,
+        {TP: [record(b"a"), record(b"b", offset=1)], TP1: [record(b"x", partition=1, offset=4)]},
+        session_expired,
+        {TP: [record(b"a"), record(b"b", offset=1), record(b"c", offset=2)]},
+    )
+    consumer.committed.return_value = {TP: None, TP1: None}
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda timeout: clock.advance(timeout))  # the backoff, without sleeping
+    delivery = ExactlyOnce(Output(_transactional_producer(events)), lambda: pytest.fail("abort worked: no new producer needed"))
+    run_consumer(consumer, handler, delivery, stop=stop, idle_timeout_s=5, commit_interval_s=1.0, assignment=assignment)
+    assert events == [
+        "assigned [0, 1]", "init_transactions",
+        "begin_transaction", "a", "b", "x", "assigned [0]", "discard", "abort_transaction",  # nothing committed for partition 1
+        "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
+    ]
+    consumer.seek.assert_called_once_with(TP, 0)  # partition 1 is read again by its new owner, not here
+    assert not assignment.lost_partitions
+
+
+def test_a_failed_begin_rewinds_the_batch_it_was_opened_for() -> None:
+    consumer = MagicMock(spec_set=Consumer)
+    consumer.poll.side_effect = itertools.chain([{TP: [record(b"a", offset=0)]}, {TP: [record(b"b", offset=1)]}],
+                                                itertools.repeat({}))
+    consumer.assignment.return_value = {TP}
+    consumer.committed.return_value = {TP: None}
+    producer = MagicMock(spec_set=Producer)
+    producer.begin_transaction.side_effect = [FencedError("fenced while idle"), None]
+    stop = threading.Event()
+    stop.wait = lambda timeout=None: False  # type: ignore[method-assign]
+    run_consumer(consumer, MagicMock(), ExactlyOnce(Output(producer), lambda: MagicMock(spec_set=Producer)),
+                 stop=stop, idle_timeout_s=0.05, commit_interval_s=0)
+    # the record of the failed begin is read again from its offset, not skipped
+    consumer.seek.assert_called_once_with(TP, 0)
+
+
+def test_records_pending_when_the_loop_ends_are_not_committed_by_the_close() -> None:
+    stop = threading.Event()
+    producer = MagicMock(spec_set=Producer)
+    output = Output(producer)
+    on_error = producer.on_error.call_args.args[0]
+
+    def poll(*args: Any) -> dict:  # type: ignore[type-arg]
+        on_error(RetriableError("broker gone"))  # the batch's send fails for good
+        stop.set()  # and a stop request arrives
+        return {TP: [record(b"a", offset=0)]}
+
+    consumer = MagicMock(spec_set=Consumer)
+    consumer.poll.side_effect = poll
+    consumer.assignment.return_value = {TP}
+    handler = MagicMock()
+    assignment = Assignment(handler)
+    assert run_consumer(consumer, handler, AtLeastOnce(output), stop=stop, idle_timeout_s=None, assignment=assignment) == "stopped"
+    assignment.revoked({TP})  # what closing the consumer does, in both backends
+    consumer.commit.assert_not_called()

@@ -1,0 +1,229 @@
+"""The client seam's backends: how each library's errors are classified, and what the kafka-python backend adds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from unittest.mock import MagicMock
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTP
+
+from fraud_pipeline.clients import (
+    ClientError,
+    FatalError,
+    FencedError,
+    Producer,
+    Record,
+    RetriableError,
+    TopicPartition,
+    UnknownTopicError,
+    confluent,
+    kafka_python,
+)
+from fraud_pipeline.kafka_io import Output
+from fraud_pipeline.stage import AtLeastOnce, run_consumer
+
+TP = TopicPartition("payments", 0)
+KTP = KafkaTP("payments", 0)
+
+# --- error classification ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (kerr.ProducerFencedError("newer instance"), FencedError),
+        (kerr.InvalidProducerEpochError("old epoch"), FencedError),
+        (kerr.TopicAuthorizationFailedError("no ACL"), FatalError),
+        (kerr.TransactionalIdAuthorizationFailedError("no ACL"), FatalError),
+        (kerr.GroupAuthorizationFailedError("no ACL"), FatalError),
+        (kerr.KafkaConnectionError("broker gone"), RetriableError),
+        (kerr.KafkaTimeoutError("no answer"), RetriableError),
+        (kerr.CommitFailedError("generation changed"), RetriableError),
+        (kerr.RebalanceInProgressError("rebalancing"), RetriableError),
+    ],
+)
+def test_kafka_python_errors_are_classified(error: Exception, kind: type[ClientError]) -> None:
+    classified = kafka_python.classify(error, "commit")
+    assert type(classified) is kind
+    assert str(classified).startswith(f"commit: {type(error).__name__}: ")  # what failed, and how
+
+
+def test_kafka_python_classify_keeps_an_error_already_classified() -> None:
+    error = FencedError("fenced")
+    assert kafka_python.classify(error, "abort") is error
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (KafkaError(KafkaError.PRODUCER_FENCED, "newer instance"), FencedError),
+        (KafkaError(KafkaError._FENCED, "fenced"), FencedError),
+        (KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, "old epoch"), FencedError),
+        (KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no ACL"), FatalError),
+        (KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "no ACL"), FatalError),
+        (KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED, "bad password", fatal=True), FatalError),  # fatal, and no retry mends it
+        (KafkaError(KafkaError._TRANSPORT, "broker gone"), RetriableError),
+        (KafkaError(KafkaError._TIMED_OUT, "no answer", retriable=True), RetriableError),
+        (KafkaError(KafkaError.CONCURRENT_TRANSACTIONS, "abort first", txn_requires_abort=True), RetriableError),
+        (KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "idempotence broken", fatal=True), FencedError),  # a fatal error
+        (KafkaError(KafkaError._TRANSPORT, "fatal whatever its code", fatal=True), FencedError),
+        (KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "no such topic"), UnknownTopicError),
+    ],
+)
+def test_confluent_errors_are_classified(error: KafkaError, kind: type[ClientError]) -> None:
+    classified = confluent.classify(error, "commit")
+    assert type(classified) is kind
+    assert str(classified).startswith("commit: ")
+    # librdkafka's exceptions carry the same error: classified the same way
+    assert type(confluent.classify(KafkaException(error))) is kind
+
+
+def test_an_unknown_topic_is_a_fatal_error() -> None:
+    assert issubclass(UnknownTopicError, FatalError)
+
+
+def test_confluent_classify_keeps_classified_errors_and_treats_the_rest_as_transient() -> None:
+    error = FatalError("no ACL")
+    assert confluent.classify(error) is error
+    assert type(confluent.classify(RuntimeError("something odd"))) is RetriableError
+    assert type(confluent.classify(KafkaException("no error object"))) is RetriableError
+
+
+# --- the kafka-python backend --------------------------------------------------------------------------------
+
+
+def consumer_record(value: bytes, offset: int, *, key: bytes | None = None, headers: list | None = None) -> ConsumerRecord:  # type: ignore[type-arg]
+    return ConsumerRecord(
+        topic="payments", partition=0, leader_epoch=0, offset=offset, timestamp=1234, timestamp_type=0, key=key, value=value,
+        headers=headers or [], checksum=None, serialized_key_size=len(key or b""), serialized_value_size=len(value),
+        serialized_header_size=0,
+    )
+
+
+def test_kafka_python_poll_returns_the_seams_records_by_partition() -> None:
+    raw = MagicMock(spec_set=KafkaConsumer)
+    raw.poll.return_value = {KTP: [consumer_record(b"a", 5, key=b"K", headers=[("h", b"v")]), consumer_record(b"b", 6)]}
+    batch = kafka_python.Consumer(raw, max_records=100).poll(0.25, 7)
+    raw.poll.assert_called_once_with(timeout_ms=250, max_records=7)
+    assert batch == {TP: [Record("payments", 0, 5, b"K", b"a", [("h", b"v")], 1234), Record("payments", 0, 6, None, b"b", [], 1234)]}
+    assert type(next(iter(batch))) is TopicPartition
+
+
+def test_kafka_python_poll_logs_a_lost_broker_and_raises_what_no_retry_mends() -> None:
+    raw = MagicMock(spec_set=KafkaConsumer)
+    consumer = kafka_python.Consumer(raw, max_records=100)
+    raw.poll.side_effect = kerr.KafkaConnectionError("broker gone")
+    assert consumer.poll(0.1, 10) == {}
+    raw.poll.side_effect = kerr.TopicAuthorizationFailedError("no ACL")
+    with pytest.raises(FatalError, match="TopicAuthorizationFailedError"):
+        consumer.poll(0.1, 10)
+
+
+def test_kafka_python_commit_and_committed_speak_next_offsets() -> None:
+    raw = MagicMock(spec_set=KafkaConsumer)
+    raw.committed.return_value = None  # nothing committed yet
+    consumer = kafka_python.Consumer(raw, max_records=100)
+    consumer.commit({TP: 6})
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(6, "", -1)})
+    assert consumer.committed([TP], 5.0) == {TP: None}
+    raw.commit.side_effect = kerr.CommitFailedError("rebalanced")
+    with pytest.raises(RetriableError, match="offset commit"):
+        consumer.commit({TP: 7})
+
+
+class _Handler:
+    """A RecordHandler that notes the values it handled and emitted."""
+
+    def __init__(self) -> None:
+        self.handled: list[bytes] = []
+        self.emitted = 0
+
+    def begin_batch(self, batch: object) -> None:
+        pass
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        pass
+
+    def handle(self, record: Record) -> None:
+        self.handled.append(record.value or b"")
+
+    def emit(self) -> None:
+        self.emitted += 1
+
+    def discard(self) -> None:
+        pass
+
+
+def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
+    raw = MagicMock()  # the backend reaches into kafka-python's private coordinator: no spec
+    raw.poll.side_effect = itertools.chain([{KTP: [consumer_record(b"a", 0)]}], itertools.repeat({}))
+    raw.assignment.return_value = {KTP}
+    raw.commit.side_effect = kerr.RebalanceInProgressError("stalled")
+    raw._coordinator.rebalance_in_progress.return_value = True
+    raw._coordinator.need_rejoin.return_value = False
+    handler = _Handler()
+    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
+    run_consumer(kafka_python.Consumer(raw, max_records=100), handler, delivery, stop=threading.Event(), idle_timeout_s=0.05,
+                 commit_interval_s=0)
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)})
+    raw._coordinator.request_rejoin.assert_called_once()
+    assert handler.handled == [b"a"] and handler.emitted == 1  # the output was out: the failed commit was not fatal
+
+
+def test_a_commit_failure_outside_a_stalled_rebalance_does_not_rejoin() -> None:
+    raw = MagicMock()
+    raw.commit.side_effect = kerr.CommitFailedError("rebalanced")
+    raw._coordinator.rebalance_in_progress.return_value = True
+    raw._coordinator.need_rejoin.return_value = True  # the client rejoins on its own
+    with pytest.raises(RetriableError):
+        kafka_python.Consumer(raw, max_records=100).commit({TP: 1})
+    raw._coordinator.request_rejoin.assert_not_called()
+
+
+def test_kafka_python_send_failures_reach_the_handler_classified() -> None:
+    raw = MagicMock(spec_set=KafkaProducer)
+    producer = kafka_python.Producer(raw)
+    failures: list[Exception] = []
+    producer.on_error(failures.append)
+    producer.send("fraud_payments", b"K", b"v", [("decision", b"fraud")], 1)
+    raw.send.assert_called_once_with("fraud_payments", key=b"K", value=b"v", headers=[("decision", b"fraud")], partition=1)
+    (errback,) = raw.send.return_value.add_errback.call_args.args
+    errback(kerr.KafkaTimeoutError("no leader"))  # as kafka-python fails the send's future
+    raw.send.side_effect = kerr.ProducerFencedError("newer instance")  # raised by send itself
+    producer.send("fraud_payments", b"K", b"v")
+    assert [type(f) for f in failures] == [RetriableError, FencedError]
+    assert "no leader" in str(failures[0])
+
+
+def test_kafka_python_partition_count_waits_for_the_topics_metadata() -> None:
+    raw = MagicMock(spec_set=KafkaProducer)
+    producer = kafka_python.Producer(raw)
+    raw.partitions_for.return_value = {0, 1, 2}
+    assert producer.partition_count("fraud_payments", 30.0) == 3
+    raw.partitions_for.return_value = set()
+    with pytest.raises(UnknownTopicError, match="topic empty has no partitions"):
+        producer.partition_count("empty", 30.0)
+
+
+def test_kafka_python_transaction_steps_have_a_deadline() -> None:
+    raw = MagicMock()  # the backend reaches into kafka-python's private transaction manager: no spec
+    manager = raw._transaction_manager
+    producer = kafka_python.Producer(raw)
+    producer.commit_transaction(20.0)
+    manager.begin_commit.return_value.wait.assert_called_once_with(timeout_ms=20000.0)
+    raw._sender.wakeup.assert_called()
+    manager.begin_commit.return_value.wait.return_value = False  # the coordinator's broker died with the request in flight
+    with pytest.raises(RetriableError, match="no answer from the coordinator in 20s"):
+        producer.commit_transaction(20.0)
+    manager.begin_abort.return_value.wait.side_effect = kerr.ProducerFencedError("newer instance")
+    with pytest.raises(FencedError):
+        producer.abort_transaction(20.0)
+    producer.send_offsets_to_transaction({TP: 3}, "group-meta", 20.0)
+    manager.send_offsets_to_transaction.assert_called_once_with({KTP: OffsetAndMetadata(3, "", -1)}, "group-meta")
