@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 from .clients import (
     Admin,
@@ -31,6 +32,7 @@ from .config import Settings, TopicSettings
 from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_POLL_RECORDS = 2000
 TRANSACTION_STEP_TIMEOUT_S = 20.0
@@ -139,8 +141,32 @@ def _admin(settings: Settings) -> Admin:
         raise PipelineError(str(exc)) from None
 
 
+def _retrying(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()``, again after a RetriableError (a broker lost, a controller moving), at most ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RetriableError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s; trying again", exc)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
 def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
-    """Create the topics that do not exist; return ``{name: "created" | "exists"}``."""
+    """Create the topics that do not exist; return ``{name: "created" | "exists"}``.
+
+    Admin requests are tried again after a transient failure: a script starts
+    while a broker is down.
+    """
+    try:
+        return _retrying(lambda: _ensure_topics(settings, specs))
+    except ClientError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
     admin = _admin(settings)
     try:
         existing = admin.list_topics()
@@ -164,6 +190,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
             # False: created meanwhile by another process
             outcome[spec.name] = "created" if admin.create_topic(spec, configs) else "exists"
         return outcome
+    except RetriableError:
+        raise
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
     finally:
@@ -190,7 +218,7 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
     """``{name: (partitions, replication factor)}`` of the named topics that exist."""
     admin = _admin(settings)
     try:
-        found = admin.describe_topics(names)
+        found = _retrying(lambda: admin.describe_topics(names))
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
     finally:

@@ -328,7 +328,8 @@ class Admin:
             raise classify(exc, "describe topics") from exc
         return {
             t["name"]: sorted(
-                (PartitionInfo(p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"])) for p in t["partitions"]),
+                (PartitionInfo(p["partition_index"], p["leader_id"], tuple(p["replica_nodes"]), tuple(p["isr_nodes"]))
+                 for p in t["partitions"]),
                 key=lambda info: info.partition,
             )
             for t in found
