@@ -60,9 +60,25 @@ def make_producer(settings: Settings, client_id: str, transactional_id: str | No
         raise PipelineError(str(exc)) from None
 
 
+def retrying(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()``, again after a RetriableError (a broker lost, a controller moving), at most ``attempts`` times.
+
+    For the look-ups a script makes at start-up: one may start while a broker is down.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RetriableError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s; trying again", exc)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
 def _existing_partitions(consumer: Consumer, topic: str, settings: Settings) -> set[int]:
     try:
-        return consumer.partitions_for(topic, METADATA_TIMEOUT_S)
+        return retrying(lambda: consumer.partitions_for(topic, METADATA_TIMEOUT_S))
     except UnknownTopicError:
         consumer.close()
         raise PipelineError(f"topic {topic} does not exist (create it with `make topics`)") from None
@@ -106,7 +122,7 @@ def make_topic_reader(settings: Settings, topic: str, client_id: str) -> Consume
     partitions = _existing_partitions(consumer, topic, settings)
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     try:
-        starts = consumer.watermarks(tps, METADATA_TIMEOUT_S)
+        starts = retrying(lambda: consumer.watermarks(tps, METADATA_TIMEOUT_S))
     except ClientError as exc:
         consumer.close()
         raise PipelineError(f"cannot read the offsets of {topic}: {exc}") from None
@@ -141,19 +157,6 @@ def _admin(settings: Settings) -> Admin:
         raise PipelineError(str(exc)) from None
 
 
-def _retrying(call: Callable[[], T], attempts: int = 5) -> T:
-    """``call()``, again after a RetriableError (a broker lost, a controller moving), at most ``attempts`` times."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except RetriableError as exc:
-            if attempt == attempts:
-                raise
-            log.warning("%s; trying again", exc)
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
-
-
 def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
     """Create the topics that do not exist; return ``{name: "created" | "exists"}``.
 
@@ -161,7 +164,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
     while a broker is down.
     """
     try:
-        return _retrying(lambda: _ensure_topics(settings, specs))
+        return retrying(lambda: _ensure_topics(settings, specs))
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
 
@@ -218,7 +221,7 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
     """``{name: (partitions, replication factor)}`` of the named topics that exist."""
     admin = _admin(settings)
     try:
-        found = _retrying(lambda: admin.describe_topics(names))
+        found = retrying(lambda: admin.describe_topics(names))
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
     finally:
@@ -251,7 +254,7 @@ def read_span(
         tps = [TopicPartition(topic, p) for p in sorted(known if partitions is None else set(partitions) & known)]
         if not tps:
             return
-        marks = consumer.watermarks(tps, METADATA_TIMEOUT_S)
+        marks = retrying(lambda: consumer.watermarks(tps, METADATA_TIMEOUT_S))
         ends = {tp: end for tp, (_, end) in marks.items()}
         if until_offsets is not None:
             ends = {tp: min(ends[tp], until_offsets.get(tp.partition, ends[tp])) for tp in tps}

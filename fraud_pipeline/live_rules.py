@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from .clients import Batch, ClientError, Consumer, Record
-from .kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, record_source
+from .kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, record_source, retrying
 from .rules import RuleError, RuleSet, parse_rule
 from .runtime import PipelineError
 
@@ -49,7 +49,9 @@ class LiveRules:
         if self._reader is None:
             return
         try:
-            ends = {tp: end for tp, (_, end) in self._reader.watermarks(self._reader.assignment(), METADATA_TIMEOUT_S).items()}
+            reader = self._reader
+            marks = retrying(lambda: reader.watermarks(reader.assignment(), METADATA_TIMEOUT_S))
+            ends = {tp: end for tp, (_, end) in marks.items()}
             deadline = time.monotonic() + timeout_s
             while any(self._reader.position(tp) < end for tp, end in ends.items()):
                 if time.monotonic() > deadline:

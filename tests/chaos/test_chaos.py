@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, ElectionType
+from confluent_kafka import Consumer, ElectionType, KafkaException
 from confluent_kafka import TopicPartition as ConfluentTP
 from confluent_kafka.admin import AdminClient
 
@@ -234,11 +234,17 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
 
 
 def committed_total(pipeline: Pipeline, group: str) -> int:
-    """The group's committed offsets on the payments topic, summed; also while a broker is down (librdkafka retries)."""
-    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": pipeline.group(group), "enable.auto.commit": False})
+    """The group's committed offsets on the payments topic, summed; asked again while the group's coordinator moves."""
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": pipeline.group(group), "enable.auto.commit": False,
+                         "log_level": 0})
+    partitions = [ConfluentTP(pipeline.topics.payments, p) for p in range(pipeline.topics.payments_partitions)]
     try:
-        partitions = [ConfluentTP(pipeline.topics.payments, p) for p in range(pipeline.topics.payments_partitions)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=30))
+        for _ in range(30):
+            try:
+                return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+            except KafkaException:  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS while a broker is down
+                time.sleep(1)
+        raise AssertionError(f"could not read the committed offsets of {group} in 30 attempts")
     finally:
         consumer.close()
 

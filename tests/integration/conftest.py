@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,8 @@ class Pipeline:
     bootstrap: str
     client: str
     """The client library the scripts run on, unless a call names another."""
+    started: list[subprocess.Popen[str]] = field(default_factory=list)
+    """Scripts started in the background; those still running when the test ends are killed."""
 
     def group(self, name: str) -> str:
         return f"{name}-{self.suffix}"
@@ -80,10 +82,19 @@ class Pipeline:
         return done
 
     def start(self, script: str, *extra: str, group: str | None = None, client: str | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             self.command(script, *extra, group=group, client=client), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=ROOT,
         )
+        self.started.append(proc)
+        return proc
+
+    def kill_leftovers(self) -> None:
+        """Kill what a failed test left running, so it does not load the machine for the tests after it."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(params=CLIENTS)
@@ -103,7 +114,11 @@ def pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
     settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
     created = ensure_topics(settings, pipeline_topics(topics))
     assert set(created.values()) == {"created"}
-    yield Pipeline(topics, suffix, cluster, client)
+    pipeline = Pipeline(topics, suffix, cluster, client)
+    try:
+        yield pipeline
+    finally:
+        pipeline.kill_leftovers()
     admin = KafkaAdminClient(bootstrap_servers=cluster.split(","))
     try:
         admin.delete_topics([spec.name for spec in pipeline_topics(topics)])
