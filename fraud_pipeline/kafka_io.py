@@ -314,6 +314,8 @@ class Output:
     """
 
     def __init__(self, producer: Producer) -> None:
+        self.stalled = False
+        """A flush timed out: sends of the producer are still pending, retried by the client."""
         self._failure: Exception | None = None
         self._partitions: dict[str, int] = {}
         self.producer = producer
@@ -327,6 +329,7 @@ class Output:
     def producer(self, producer: Producer) -> None:
         """Write through ``producer`` from now on; a replaced producer's late failures are ignored."""
         self._producer = producer
+        self.stalled = False
         self.send = producer.send
         producer.on_error(lambda exc: self._on_error(producer, exc))
 
@@ -361,6 +364,7 @@ class Output:
         try:
             self._producer.flush(timeout_s)
         except RetriableError as exc:
+            self.stalled = True
             raise BatchError(f"sends not acknowledged within {timeout_s}s: {exc}") from exc
         except FatalError:
             raise

@@ -217,21 +217,29 @@ class ExactlyOnce:
         records are read again from what the group committed, not from the
         first offsets: what did commit is not committed twice.
         """
-        try:
-            self._output.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT_S)
-        except FatalError:
-            raise
-        except ClientError as exc:  # includes a fenced producer
-            log.warning("abort failed (%s): starting a new producer with the same transactional id", exc)
-            # A new producer with the same id aborts whatever the old one left open
-            # and fences the old one, which is closed in the background.
-            old = self._output.producer
-            threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
-            self._output.producer = self._new_producer()
-            _init_transactions(self._output.producer)
+        if self._output.stalled:
+            # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
+            # after the transaction coordinator's broker died): start afresh instead of aborting.
+            self._replace_producer("sends were not acknowledged")
+        else:
+            try:
+                self._output.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT_S)
+            except FatalError:
+                raise
+            except ClientError as exc:  # includes a fenced producer
+                self._replace_producer(f"abort failed ({exc})")
         self._output.forget_failures()
         committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
         _seek(consumer, {tp: first if committed.get(tp) is None else committed[tp] or 0 for tp, first in first_offsets.items()})
+
+
+    def _replace_producer(self, why: str) -> None:
+        """A new producer with the same transactional id: it aborts whatever the old one left open and fences it."""
+        log.warning("%s: starting a new producer with the same transactional id", why)
+        old = self._output.producer
+        threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()  # fenced: closed aside
+        self._output.producer = self._new_producer()
+        _init_transactions(self._output.producer)
 
 
 def _init_transactions(producer: Producer, attempts: int = 4) -> None:

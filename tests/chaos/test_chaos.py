@@ -151,10 +151,19 @@ def wait_back_in_isr(admin: Admin, pipeline: Pipeline, node: int, timeout_s: flo
         assert time.monotonic() - started < timeout_s, f"node {node} not back in the ISR of {behind} after {timeout_s:.0f}s"
         time.sleep(0.5)
     in_isr_s = time.monotonic() - started
-    # Leadership moved away while the node was down; give it back, so the next kill hurts as much.
-    elector = AdminClient({"bootstrap.servers": pipeline.bootstrap})
-    elector.elect_leaders(ElectionType.PREFERRED, None).result(timeout=60)
+    elect_preferred_leaders(admin, pipeline)  # leadership moved away while the node was down: the next kill hurts as much
     return round(in_isr_s, 1)
+
+
+def elect_preferred_leaders(admin: Admin, pipeline: Pipeline, timeout_s: float = 60) -> None:
+    """Make each partition's preferred replica its leader again (leaders spread over the brokers); wait until the metadata says so."""
+    elector = AdminClient({"bootstrap.servers": pipeline.bootstrap})
+    elector.elect_leaders(ElectionType.PREFERRED, None).result(timeout=timeout_s)
+    names = ["__consumer_offsets", "__transaction_state", pipeline.topics.payments]
+    deadline = time.monotonic() + timeout_s
+    while any(p.leader != p.replicas[0] for parts in admin.describe_topics(names).values() for p in parts):
+        assert time.monotonic() < deadline, "the preferred leaders did not take over"
+        time.sleep(0.5)
 
 
 def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any]) -> None:
@@ -166,8 +175,14 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any])
     txn_node, group_node = random.Random(seed).sample([1, 2, 3], 2)
     admin = backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).admin("chaos")
     try:
-        if "__transaction_state" not in admin.list_topics():  # a fresh cluster: any transactional producer creates it
-            backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).producer("chaos", f"chaos-{pipeline.suffix}").init_transactions(60)
+        # A fresh cluster creates its coordinators' topics on first use: a group's, a transactional id's.
+        committed_total(pipeline, "warm-up")
+        backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).producer("chaos", f"chaos-{pipeline.suffix}").init_transactions(60)
+        deadline = time.monotonic() + 60
+        while not {"__consumer_offsets", "__transaction_state"} <= admin.list_topics():
+            assert time.monotonic() < deadline, "the coordinators' topics were not created"
+            time.sleep(0.5)
+        elect_preferred_leaders(admin, pipeline)
         group_name = key_coordinated_by(admin, "__consumer_offsets", group_node, lambda i: f"detector{i}")
         group = pipeline.group(group_name)
         txn = key_coordinated_by(admin, "__transaction_state", txn_node, lambda i: f"{group}-a{i}")
@@ -228,7 +243,10 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
     deadline = time.monotonic() + timeout_s
     while (committed := committed_total(pipeline, group)) <= above:
         assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, f"no progress past {above} committed payments in {timeout_s:.0f}s"
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no progress past {above} committed payments in {timeout_s:.0f}s; the detector's log ends:\n"
+                        f"{proc.communicate()[1][-4000:]}")
         time.sleep(0.2)
     return committed
 

@@ -358,6 +358,20 @@ def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
     broken.close.assert_called_once_with(TRANSACTION_STEP_TIMEOUT_S)
 
 
+def test_a_producer_whose_sends_stalled_is_replaced_without_an_abort() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
+    stalled = MagicMock(spec_set=Producer)
+    stalled.flush.side_effect = RetriableError("2 send(s) not acknowledged within 20.0s")
+    fresh = MagicMock(spec_set=Producer)
+    output = Output(stalled)
+    run_consumer(consumer, Recorder([]), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05,
+                 commit_interval_s=0)
+    # the stalled producer's sends would hold up its next transaction too: a new one takes over
+    stalled.abort_transaction.assert_not_called()
+    assert output.producer is fresh and not output.stalled
+    fresh.commit_transaction.assert_called_once()
+
+
 def test_a_fenced_producer_is_replaced_and_the_batch_read_again() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
     fenced = MagicMock(spec_set=Producer)
