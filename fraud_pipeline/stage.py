@@ -194,7 +194,7 @@ class ExactlyOnce:
     def __init__(self, output: Output, new_producer: Callable[[], Producer]) -> None:
         self._output = output
         self._new_producer = new_producer
-        _init_transactions(output.producer)
+        self._init_transactions()
 
     def begin(self) -> None:
         self._output.producer.begin_transaction()
@@ -239,25 +239,28 @@ class ExactlyOnce:
         old = self._output.producer
         threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()  # fenced: closed aside
         self._output.producer = self._new_producer()
-        _init_transactions(self._output.producer)
+        self._init_transactions()
 
+    def _init_transactions(self, attempts: int = 4) -> None:
+        """Register the transactional id, trying again while its coordinator moves (a broker lost at start-up).
 
-def _init_transactions(producer: Producer, attempts: int = 4) -> None:
-    """Register the transactional id, trying again while its coordinator moves (a broker lost at start-up).
-
-    FatalError (not authorized) at once; PipelineError when every attempt failed.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
-            return
-        except FatalError:
-            raise
-        except ClientError as exc:
-            if attempt == attempts:
-                raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
-            log.warning("init_transactions failed (%s); trying again", exc)
-            time.sleep(1.0)
+        Each new attempt is a new producer: kafka-python keeps waiting for a coordinator
+        that died, where a fresh producer looks the coordinator up again.
+        FatalError (not authorized) at once; PipelineError when every attempt failed.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
+                return
+            except FatalError:
+                raise
+            except ClientError as exc:
+                if attempt == attempts:
+                    raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
+                log.warning("init_transactions failed (%s); trying again with a new producer", exc)
+                old = self._output.producer
+                threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
+                self._output.producer = self._new_producer()
 
 
 def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:

@@ -361,7 +361,9 @@ class Backend:
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         extra: dict[str, Any] = (
-            {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS} if transactional_id else {}
+            # init_transactions waits max_block_ms for a coordinator: 30 s, then the stage tries a new producer
+            {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS, "max_block_ms": 30000}
+            if transactional_id else {}
         )
         try:
             return Producer(KafkaProducer(
