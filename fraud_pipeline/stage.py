@@ -472,8 +472,26 @@ def run_stage(
                 summary.print("failed")
                 return 1
             finally:
-                consumer.close()
+                _close_within(consumer.close, "consumer")
         finally:
-            output.producer.close()
+            _close_within(output.producer.close, "producer")
     summary.print(reason)
     return 0
+
+
+CLOSE_TIMEOUT_S = 30.0
+"""The longest a client's close may hold up the exit: what it does then (leave the group) loses nothing."""
+
+
+def _close_within(close: Callable[[], None], what: str) -> None:
+    """Close a client, giving up waiting after CLOSE_TIMEOUT_S.
+
+    Everything handled is committed before the close; librdkafka's consumer
+    close can block on a group coordinator that moved (seen after a broker
+    restart), and a stop request must still end the process.
+    """
+    closer = threading.Thread(target=close, name=f"close-{what}", daemon=True)
+    closer.start()
+    closer.join(CLOSE_TIMEOUT_S)
+    if closer.is_alive():
+        log.warning("the %s did not close within %.0fs; exiting without waiting for it", what, CLOSE_TIMEOUT_S)
