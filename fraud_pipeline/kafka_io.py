@@ -40,8 +40,6 @@ TRANSACTION_STEP_TIMEOUT_S = 20.0
 METADATA_TIMEOUT_S = 30.0
 """The longest a metadata or offset look-up may wait."""
 
-__all__ = ["Record", "TopicPartition", "TopicSpec"]
-
 
 def connect(settings: Settings) -> Backend:
     """The client library chosen in ``settings.client``, for the configured cluster."""

@@ -230,16 +230,23 @@ class ExactlyOnce:
                 self._replace_producer(f"abort failed ({exc})")
         self._output.forget_failures()
         committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
-        _seek(consumer, {tp: first if committed.get(tp) is None else committed[tp] or 0 for tp, first in first_offsets.items()})
-
+        resume = {}
+        for tp, first in first_offsets.items():
+            offset = committed.get(tp)
+            resume[tp] = first if offset is None else offset
+        _seek(consumer, resume)
 
     def _replace_producer(self, why: str) -> None:
         """A new producer with the same transactional id: it aborts whatever the old one left open and fences it."""
         log.warning("%s: starting a new producer with the same transactional id", why)
-        old = self._output.producer
-        threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()  # fenced: closed aside
-        self._output.producer = self._new_producer()
+        self._swap_producer()
         self._init_transactions()
+
+    def _swap_producer(self) -> None:
+        """Write through a new producer; the old one (fenced, or stuck) is closed aside."""
+        old = self._output.producer
+        threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
+        self._output.producer = self._new_producer()
 
     def _init_transactions(self, attempts: int = 4) -> None:
         """Register the transactional id, trying again while its coordinator moves (a broker lost at start-up).
@@ -258,9 +265,7 @@ class ExactlyOnce:
                 if attempt == attempts:
                     raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
                 log.warning("init_transactions failed (%s); trying again with a new producer", exc)
-                old = self._output.producer
-                threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
-                self._output.producer = self._new_producer()
+                self._swap_producer()
 
 
 def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
