@@ -365,12 +365,16 @@ def run_consumer(
                 raise PipelineError(str(exc)) from exc
             try:
                 if revoke_failures or lost:
+                    # kafka-python 3.0 runs rebalance callbacks on its network thread, where a blocking
+                    # offset commit is refused (RuntimeError): then what is pending is rolled back.
                     failure = revoke_failures[0] if revoke_failures else BatchError(f"partitions lost: {sorted(lost)}")
                     revoke_failures.clear()
                     lost.clear()
                     if pending.open:  # nothing of it may be committed now: read it all again
                         pending.add(batch)
-                        raise failure
+                        if isinstance(failure, (BatchError, ClientError)):
+                            raise failure
+                        raise BatchError(f"commit before a rebalance failed: {type(failure).__name__}: {failure}") from failure
                 if batch:
                     opening = not pending.open
                     pending.add(batch)  # first: a failed begin rolls this batch back too

@@ -696,3 +696,13 @@ def test_records_pending_when_the_loop_ends_are_not_committed_by_the_close() -> 
     assert run_consumer(consumer, handler, AtLeastOnce(output), stop=stop, idle_timeout_s=None, assignment=assignment) == "stopped"
     assignment.revoked({TP})  # what closing the consumer does, in both backends
     consumer.commit.assert_not_called()
+
+
+def test_a_close_that_blocks_holds_up_the_exit_only_so_long(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(stage, "CLOSE_TIMEOUT_S", 0.1)
+    release = threading.Event()
+    started = time.monotonic()
+    stage._close_within(lambda: release.wait(10) and None, "consumer")
+    assert time.monotonic() - started < 2
+    assert "the consumer did not close within" in caplog.text
+    release.set()
