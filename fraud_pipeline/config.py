@@ -17,7 +17,11 @@ CONFLUENT = "confluent"
 CLIENTS = (KAFKA_PYTHON, CONFLUENT)
 """The client libraries behind the seam (fraud_pipeline.clients)."""
 DEFAULT_COMMIT_INTERVAL_MS = 100
-"""As Kafka Streams' exactly-once default: a transaction's fixed cost is shared by 100 ms of records."""
+"""confluent: as Kafka Streams' exactly-once default, a transaction's fixed cost is shared by 100 ms of records.
+
+kafka-python commits every poll (0) by default: it runs rebalance callbacks on its
+network thread, where the commit of what is pending before a hand-over cannot block,
+so nothing may be pending across a poll there."""
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 
@@ -64,8 +68,8 @@ class Settings:
     """Consumer group of this process; None for the producer."""
     idle_timeout_s: float | None = None
     """Exit after this many seconds without a message; None runs forever."""
-    commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS
-    """Consumers: output and offsets are committed (one transaction, exactly-once) at most this often."""
+    commit_interval_ms: int | None = None
+    """Consumers: output and offsets are committed (one transaction, exactly-once) at most this often; None: the client's default."""
     commit_records: int = 10_000
     """Consumers: ... or as soon as this many records are pending."""
     quiet: bool = False
@@ -205,10 +209,11 @@ def build_parser(
         )
         run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
         run.add_argument(
-            "--commit-interval-ms", type=positive_int, default=_env_int(env, "COMMIT_INTERVAL_MS", DEFAULT_COMMIT_INTERVAL_MS),
-            metavar="MS",
+            "--commit-interval-ms", type=non_negative_int,
+            default=_env_int(env, "COMMIT_INTERVAL_MS", -1) if env.get("COMMIT_INTERVAL_MS") else None, metavar="MS",
             help="commit output and offsets (exactly-once: one transaction) every MS milliseconds, or at 10000 pending "
-            "records; lines are printed when their records commit [env COMMIT_INTERVAL_MS] (default: %(default)s)",
+            "records; lines are printed when their records commit; 0 commits every poll [env COMMIT_INTERVAL_MS] "
+            f"(default: {DEFAULT_COMMIT_INTERVAL_MS} on confluent, 0 on kafka-python, whose rebalance callbacks cannot commit)",
         )
     if transactional:
         delivery = parser.add_argument_group("delivery")
@@ -252,6 +257,13 @@ def build_parser(
     return parser
 
 
+def commit_interval_ms(settings: Settings) -> int:
+    """The commit interval in force: the one set, or the client's default (see DEFAULT_COMMIT_INTERVAL_MS)."""
+    if settings.commit_interval_ms is not None:
+        return settings.commit_interval_ms
+    return 0 if settings.client == KAFKA_PYTHON else DEFAULT_COMMIT_INTERVAL_MS
+
+
 def bootstrap_servers(text: str) -> tuple[str, ...]:
     """The ``host:port`` entries of a comma-separated list; SystemExit if there are none."""
     servers = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -281,7 +293,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         bootstrap_servers=servers,
         topics=topics,
         client=args.client,
-        commit_interval_ms=getattr(args, "commit_interval_ms", DEFAULT_COMMIT_INTERVAL_MS),
+        commit_interval_ms=getattr(args, "commit_interval_ms", None),
         group_id=getattr(args, "group_id", None),
         idle_timeout_s=getattr(args, "idle_timeout", None),
         quiet=getattr(args, "quiet", False),

@@ -33,7 +33,7 @@ from contextlib import nullcontext
 from typing import Protocol, TextIO
 
 from .clients import Batch, ClientError, Consumer, FatalError, Producer, Record, TopicPartition
-from .config import EXACTLY_ONCE, Settings
+from .config import EXACTLY_ONCE, Settings, commit_interval_ms
 from .kafka_io import (
     MAX_POLL_RECORDS,
     TRANSACTION_STEP_TIMEOUT_S,
@@ -444,6 +444,7 @@ def run_stage(
     at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
+    interval_ms = commit_interval_ms(settings)
     exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
     needs_slot = exactly_once and settings.transactional_id is None
     with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:
@@ -469,12 +470,12 @@ def run_stage(
                 stage_log.info(
                     "reading %s as group %s from %s with %s; %s%s, commit every %d ms; dead letters to %s",
                     source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.client, delivery.name,
-                    f" (transactional id {transactional_id})" if transactional_id else "", settings.commit_interval_ms,
+                    f" (transactional id {transactional_id})" if transactional_id else "", interval_ms,
                     settings.topics.dead_letter,
                 )
                 reason = run_consumer(
                     consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s, assignment=assignment,
-                    commit_interval_s=settings.commit_interval_ms / 1000, commit_records=settings.commit_records,
+                    commit_interval_s=interval_ms / 1000, commit_records=settings.commit_records,
                 )
             except PipelineError as exc:
                 stage_log.error("%s; stopping without committing the current batch", exc)
