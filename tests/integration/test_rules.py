@@ -108,7 +108,8 @@ def test_a_published_rule_changes_routing_within_seconds_and_a_bad_one_is_reject
     print(f"\nlast probe routed by the old rules was sent {delay:+.2f}s after `fraud_rules publish` returned")
     assert delay <= 5.0
     after = [pid for pid, at in sent_at.items() if at >= published_at + 5]
-    assert len(after) > 50 and all(decided[pid][0] for pid in after), "every probe after the 5 s mark must be fraud"
+    # about 70 probes at 10 a second; fewer on a loaded machine, where each send waits longer
+    assert len(after) > 20 and all(decided[pid][0] for pid in after), "every probe after the 5 s mark must be fraud"
     assert {decided[pid][1]["rules"][0]["reason"] for pid in after} == {"AMOUNT=95 >= 90"}
 
     rejected = read_topic(pipeline.bootstrap, pipeline.topics.rules_rejected)
