@@ -7,6 +7,10 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 BACKTEST_ARGS ?=
+# plaintext: the open cluster on localhost:9091-9093; sasl_ssl: the secured one on 9191-9193 (README, "Security")
+KAFKA_SECURITY ?= plaintext
+export KAFKA_SECURITY
+ADMIN_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/admin.properties,)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos bench backtest lint clean
@@ -25,7 +29,7 @@ venv: $(VENV)/.installed ## create .venv with the runtime and test dependencies
 jars: venv ## fetch the Kafka jars from Maven Central (once)
 	@$(CLUSTER) jars
 
-cluster-up: venv ## start the local 3-broker Kafka cluster (idempotent; restarts nodes that are down)
+cluster-up: venv ## start the local 3-broker Kafka cluster (idempotent; restarts nodes that are down; KAFKA_SECURITY=sasl_ssl: the secured one)
 	@$(CLUSTER) up
 
 cluster-down: venv ## stop the local cluster
@@ -35,7 +39,7 @@ cluster-status: venv ## show each node: up/down, port, pid
 	@$(CLUSTER) status || true
 
 topics: cluster-up ## create the pipeline's topics (idempotent)
-	@$(PY) -m fraud_pipeline.topics
+	@$(PY) -m fraud_pipeline.topics $(ADMIN_CONFIG)
 
 demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duration 30" to stop by itself)
 	@$(PY) -m fraud_pipeline.demo $(DEMO_ARGS)
@@ -43,18 +47,19 @@ demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duratio
 unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Runs its command with a cluster: starts one when none answers on 9091-9093,
-# and stops it afterwards only if it started it.
+# Runs its command with the open cluster: starts it when none answers on
+# 9091-9093, and stops it afterwards only if it started it. (The security
+# tests start the secured cluster themselves, the same way.)
 define with_cluster
-	@started=0; \
+	@export KAFKA_SECURITY=plaintext; started=0; \
 	if ! $(CLUSTER) ping; then $(CLUSTER) up || exit 1; started=1; fi; \
 	$(1); rc=$$?; \
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
 	exit $$rc
 endef
 
-test: venv ## all tests: unit, integration and chaos on a real 3-broker cluster
-	$(call with_cluster,$(PY) -m pytest tests/unit tests/integration tests/chaos $(PYTEST_ARGS))
+test: venv ## all tests: unit, integration, chaos and security on real 3-broker clusters (the secured one started by the tests)
+	$(call with_cluster,$(PY) -m pytest tests/unit tests/integration tests/chaos tests/security $(PYTEST_ARGS))
 
 chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals
 	$(call with_cluster,$(PY) -m pytest tests/chaos $(PYTEST_ARGS))
@@ -69,5 +74,7 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-clean: cluster-down ## stop the cluster and delete its data (keeps the jars)
-	rm -rf .cluster/node* .cluster/cluster.id
+clean: venv ## stop both clusters and delete their data, certificates and passwords (keeps the jars)
+	@KAFKA_SECURITY=plaintext $(CLUSTER) down
+	@KAFKA_SECURITY=sasl_ssl $(CLUSTER) down
+	rm -rf .cluster/node* .cluster/cluster.id .cluster/sasl_ssl .cluster/security

@@ -40,16 +40,7 @@ from typing import Any, TextIO
 import pytz
 
 from .clients.types import ClientError
-from .config import (
-    CLIENTS,
-    DEFAULT_BOOTSTRAP_SERVERS,
-    KAFKA_PYTHON,
-    Settings,
-    TopicSettings,
-    bootstrap_servers,
-    positive_float,
-    positive_int,
-)
+from .config import Settings, TopicSettings, add_connection_arguments, connection_from_args, positive_float, positive_int
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
 from .runtime import PipelineError, Progress
@@ -421,17 +412,10 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, metavar="FILE", help="labelled payments, JSON lines (as --save writes them)")
     source.add_argument("--topic", metavar="NAME", help=f"read a topic's committed records, labelled by their {LABEL_HEADER} header")
-    kafka = parser.add_argument_group("topic source")
+    kafka = add_connection_arguments(parser, env)
+    kafka.title = "topic source (Kafka)"
     kafka.add_argument("--since", type=parse_time, metavar="T", help="first record time: epoch ms or ISO-8601 (default: the beginning)")
     kafka.add_argument("--until", type=parse_time, metavar="T", help="last record time: epoch ms or ISO-8601 (default: the current end)")
-    kafka.add_argument(
-        "--bootstrap-servers", default=env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS,
-        help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: %(default)s)",
-    )
-    kafka.add_argument(
-        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or KAFKA_PYTHON,
-        help="Kafka client library [env KAFKA_CLIENT] (default: %(default)s)",
-    )
     gen = parser.add_argument_group("generated source (the default)")
     gen.add_argument("--count", type=positive_int, default=50000, metavar="N", help="payments (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default: %(default)s)")
@@ -459,7 +443,8 @@ def _source(args: argparse.Namespace, skipped: Skipped) -> tuple[Iterator[Exampl
     if args.input is not None:
         return from_file(args.input, skipped), None, f"file {args.input}"
     if args.topic is not None:
-        settings = Settings(bootstrap_servers=bootstrap_servers(args.bootstrap_servers), topics=TopicSettings(), client=args.client)
+        servers, security = connection_from_args(args)
+        settings = Settings(bootstrap_servers=servers, topics=TopicSettings(), client=args.client, security=security)
         return from_topic(settings, args.topic, args.since, args.until, skipped), None, f"topic {args.topic}"
     description = f"generated count={args.count} seed={args.seed} mix={args.mix} rate={args.rate:g}/s accounts={args.accounts}"
     return generated(args.count, args.seed, args.mix, args.rate, args.accounts), args.count, description

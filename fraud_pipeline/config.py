@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from . import security as security_settings
+from .security import Security
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
 KAFKA_PYTHON = "kafka-python"
@@ -64,6 +67,8 @@ class Settings:
     """Topic names and layout."""
     client: str = KAFKA_PYTHON
     """Client library: ``kafka-python`` (the tutorial's) or ``confluent`` (librdkafka)."""
+    security: Security = field(default_factory=Security)
+    """TLS and SASL settings of every connection (fraud_pipeline.security); PLAINTEXT by default."""
     group_id: str | None = None
     """Consumer group of this process; None for the producer."""
     idle_timeout_s: float | None = None
@@ -143,6 +148,23 @@ non_negative_int = _at_least_zero(int, zero_ok=True)
 positive_int = _at_least_zero(int, zero_ok=False)
 
 
+def add_connection_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> argparse._ArgumentGroup:
+    """--client, --bootstrap-servers and the security flags, which connection_from_args reads; returns the "Kafka" group."""
+    group = parser.add_argument_group("Kafka")
+    group.add_argument(
+        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or KAFKA_PYTHON,
+        help="Kafka client library: kafka-python (pure Python, the tutorial's) or confluent (confluent-kafka on librdkafka, "
+        "several times faster); both give the same guarantees [env KAFKA_CLIENT] (default: %(default)s)",
+    )
+    group.add_argument(
+        "--bootstrap-servers", default=None,
+        help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: the client config file's, "
+        f"else {env.get('KAFKA_BOOTSTRAP_SERVERS') or DEFAULT_BOOTSTRAP_SERVERS})",
+    )
+    security_settings.add_arguments(parser.add_argument_group("security (TLS and SASL)"), env)
+    return group
+
+
 def build_parser(
     prog: str,
     description: str,
@@ -166,17 +188,7 @@ def build_parser(
         prog=prog,
         description=description,
     )
-    kafka = parser.add_argument_group("Kafka")
-    kafka.add_argument(
-        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or KAFKA_PYTHON,
-        help="Kafka client library: kafka-python (pure Python, the tutorial's) or confluent (confluent-kafka on librdkafka, "
-        "several times faster); both give the same guarantees [env KAFKA_CLIENT] (default: %(default)s)",
-    )
-    kafka.add_argument(
-        "--bootstrap-servers",
-        default=env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS,
-        help="comma-separated host:port list [env KAFKA_BOOTSTRAP_SERVERS] (default: %(default)s)",
-    )
+    kafka = add_connection_arguments(parser, env)
     kafka.add_argument("--payments-topic", default=topics.payments, help="incoming payments [env PAYMENTS_TOPIC] (default: %(default)s)")
     kafka.add_argument("--fraud-topic", default=topics.fraud, help="suspicious payments [env FRAUD_TOPIC] (default: %(default)s)")
     kafka.add_argument("--legit-topic", default=topics.legit, help="legitimate payments [env LEGIT_TOPIC] (default: %(default)s)")
@@ -272,9 +284,23 @@ def bootstrap_servers(text: str) -> tuple[str, ...]:
     return servers
 
 
+def connection_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[tuple[str, ...], Security]:
+    """Bootstrap servers and security settings: a flag, else the environment, else the client config file, else the defaults.
+
+    SystemExit with one line for settings that cannot work (the CLI edge of fraud_pipeline.security).
+    """
+    env = os.environ if env is None else env
+    try:
+        file_servers, security = security_settings.resolve(args, env)
+    except security_settings.SecurityConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    text = args.bootstrap_servers or env.get("KAFKA_BOOTSTRAP_SERVERS") or file_servers or DEFAULT_BOOTSTRAP_SERVERS
+    return bootstrap_servers(text), security
+
+
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     """Freeze parsed flags (over environment, over defaults) into Settings."""
-    servers = bootstrap_servers(args.bootstrap_servers)
+    servers, security = connection_from_args(args, env)
     base = topic_settings_from_env(env)
     topics = TopicSettings(
         payments=args.payments_topic,
@@ -293,6 +319,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         bootstrap_servers=servers,
         topics=topics,
         client=args.client,
+        security=security,
         commit_interval_ms=getattr(args, "commit_interval_ms", None),
         group_id=getattr(args, "group_id", None),
         idle_timeout_s=getattr(args, "idle_timeout", None),

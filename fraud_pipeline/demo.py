@@ -21,8 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from . import cluster_security
+from .local_cluster import ClusterError, ClusterLayout
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("legit_processor", "fraud_processor", "fraud_detector", "payment_producer")
+ROLES = {
+    "legit_processor": cluster_security.LEGIT_PROCESSOR, "fraud_processor": cluster_security.FRAUD_PROCESSOR,
+    "fraud_detector": cluster_security.DETECTOR, "payment_producer": cluster_security.PRODUCER,
+}
+"""On the secured local cluster (KAFKA_SECURITY=sasl_ssl) each script connects as its own role."""
 WIDTH = max(len(name) for name in SCRIPTS)
 STOP_TIMEOUT_S = 15.0
 
@@ -50,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fraud_pipeline.demo",
         description="Run legit_processor, fraud_processor, fraud_detector and payment_producer together "
-        "against the cluster, output prefixed by script name, until Ctrl-C.",
+        "against the cluster, output prefixed by script name, until Ctrl-C. With KAFKA_SECURITY=sasl_ssl, against "
+        "the secured local cluster, each script with its own role's client file (.cluster/security/<role>.properties).",
     )
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop by itself after S seconds (default: until Ctrl-C)")
@@ -70,14 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        security = ClusterLayout.from_env().security
+    except ClusterError as exc:
+        parser.error(str(exc))
     lock = threading.Lock()
     pumps: list[threading.Thread] = []
     try:
         for name in SCRIPTS:
             extra = args.producer_args if name == "payment_producer" else []
+            script_env = env if security is None else dict(env, KAFKA_CLIENT_CONFIG=str(security.role_file(ROLES[name])))
             proc = subprocess.Popen(
                 [sys.executable, str(PROJECT_ROOT / f"{name}.py"), *extra],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env,
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops each script in order
             )
             procs.append((name, proc))

@@ -212,7 +212,9 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
-    prepare_topics(settings)
+    topics = settings.topics
+    prepare_topics(settings, reads=[topics.payments, topics.rules],
+                   writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
     with live_rules(settings) as (rules, replay):
         return run_stage(
             settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),

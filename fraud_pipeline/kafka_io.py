@@ -19,6 +19,7 @@ from .clients import (
     ClientError,
     Consumer,
     FatalError,
+    NotAuthorizedError,
     Producer,
     Record,
     RetriableError,
@@ -43,7 +44,7 @@ METADATA_TIMEOUT_S = 30.0
 
 def connect(settings: Settings) -> Backend:
     """The client library chosen in ``settings.client``, for the configured cluster."""
-    return backend(settings.client, settings.bootstrap_servers)
+    return backend(settings.client, settings.bootstrap_servers, settings.security)
 
 
 def make_producer(settings: Settings, client_id: str, transactional_id: str | None = None) -> Producer:
@@ -155,25 +156,42 @@ def _admin(settings: Settings) -> Admin:
         raise PipelineError(str(exc)) from None
 
 
-def ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
+def ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str, str] | None = None) -> dict[str, str]:
     """Create the topics that do not exist; return ``{name: "created" | "exists"}``.
+
+    ``uses`` says what the script does with each topic ("read", "write"), for
+    the error when the cluster's ACLs hide one from it.
 
     Admin requests are tried again after a transient failure: a script starts
     while a broker is down.
     """
     try:
-        return retrying(lambda: _ensure_topics(settings, specs))
+        return retrying(lambda: _ensure_topics(settings, specs, uses or {}))
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
 
 
-def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
+def _who(settings: Settings) -> str:
+    return f"user {settings.security.sasl_username}" if settings.security.uses_sasl else "this client"
+
+
+def not_authorized(settings: Settings, exc: NotAuthorizedError, operation: str) -> PipelineError:
+    """The one line a script stops with when the cluster's ACLs refuse it a topic."""
+    return PipelineError(f"not authorized to {operation} topic {exc.resource} ({_who(settings)} at "
+                         f"{','.join(settings.bootstrap_servers)}): ask the cluster's admin for the ACL")
+
+
+def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str, str]) -> dict[str, str]:
     admin = _admin(settings)
     try:
         existing = admin.list_topics()
         outcome = {spec.name: "exists" for spec in specs if spec.name in existing}
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
+            try:  # a topic this user may not see is not listed: asked by name, the cluster says so
+                admin.describe_topics([spec.name for spec in missing])
+            except NotAuthorizedError as exc:
+                raise not_authorized(settings, exc, uses.get(exc.resource, "describe")) from None
             brokers = admin.broker_count()
             for spec in missing:
                 if spec.replication_factor > brokers:
@@ -188,8 +206,12 @@ def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]
                 # Tombstones (removed rules) are kept 10 years, not the default day:
                 # a detector started later must still see that the rule was removed.
                 configs["delete.retention.ms"] = str(10 * 365 * 24 * 3600 * 1000)
-            # False: created meanwhile by another process
-            outcome[spec.name] = "created" if admin.create_topic(spec, configs) else "exists"
+            try:
+                # False: created meanwhile by another process
+                outcome[spec.name] = "created" if admin.create_topic(spec, configs) else "exists"
+            except NotAuthorizedError:
+                raise PipelineError(f"topic {spec.name} does not exist, and {_who(settings)} is not authorized to create it: "
+                                    "ask the cluster's admin (`make topics` with the admin's client file)") from None
         return outcome
     except RetriableError:
         raise
@@ -199,16 +221,22 @@ def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]
         admin.close()
 
 
-def prepare_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, str]:
-    """Create the pipeline's missing topics (logging each), or with ``--no-create-topics`` check they all exist."""
-    specs = pipeline_topics(settings.topics, names)
+def prepare_topics(settings: Settings, reads: Iterable[str] = (), writes: Iterable[str] = ()) -> dict[str, str]:
+    """Create the missing topics a script reads and writes (logging each), or with ``--no-create-topics`` check they exist."""
+    uses = {name: "read" for name in reads}
+    for name in writes:
+        uses[name] = "read and write" if name in uses else "write"
+    specs = pipeline_topics(settings.topics, uses)
     if settings.create_topics:
-        outcome = ensure_topics(settings, specs)
+        outcome = ensure_topics(settings, specs, uses)
         for topic, state in outcome.items():
             if state == "created":
                 log.info("created topic %s", topic)
         return outcome
-    present = set(describe_topics(settings, [spec.name for spec in specs]))
+    try:
+        present = set(describe_topics(settings, [spec.name for spec in specs]))
+    except NotAuthorizedError as exc:
+        raise not_authorized(settings, exc, uses.get(exc.resource, "describe")) from None
     missing = [spec.name for spec in specs if spec.name not in present]
     if missing:
         raise PipelineError(f"topic(s) {', '.join(missing)} do not exist: run `make topics`, or drop --no-create-topics")
@@ -220,6 +248,8 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
     admin = _admin(settings)
     try:
         found = retrying(lambda: admin.describe_topics(names))
+    except NotAuthorizedError:
+        raise
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
     finally:

@@ -6,6 +6,13 @@ its client listener on localhost:9091-9093 and its controller listener on
 localhost:19091-19093. Everything a node writes (data, logs, pid) lives under
 ``.cluster/`` beside this package, or under ``$KAFKA_CLUSTER_DIR``.
 
+With ``KAFKA_SECURITY=sasl_ssl`` the same commands run a second, secured
+cluster beside the open one (fraud_pipeline.cluster_security): clients on
+SASL_SSL at localhost:9191-9193 (SCRAM-SHA-512, a CA of its own), the nodes
+among themselves on mutual TLS (localhost:19191-19193 controllers,
+29191-29193 brokers), least-privilege ACLs, under ``.cluster/sasl_ssl/`` and
+``.cluster/security/``.
+
 ``up`` is idempotent and self-healing: running nodes are left alone, stopped
 ones are started, and it returns once the cluster metadata lists all brokers.
 
@@ -28,9 +35,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import cluster_security
+from . import security as security_settings
+from .cluster_security import SecurityFiles
+from .security import Security
+
+if TYPE_CHECKING:
+    from .clients import Admin
 
 KAFKA_VERSION = "4.3.1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +55,10 @@ POM = PROJECT_ROOT / "cluster" / "pom.xml"
 NODE_COUNT = 3
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+PLAINTEXT = "plaintext"
+SASL_SSL = "sasl_ssl"
+MODES = (PLAINTEXT, SASL_SSL)
+"""KAFKA_SECURITY: the open cluster (the tutorial's), or the secured one beside it."""
 
 
 class ClusterError(Exception):
@@ -51,9 +72,11 @@ class Node:
     node_id: int
     """Kafka ``node.id``, 1-based."""
     port: int
-    """Client (PLAINTEXT) listener on localhost."""
+    """Client listener on localhost (PLAINTEXT, or SASL_SSL on the secured cluster)."""
     controller_port: int
     """Controller listener on localhost."""
+    internal_port: int | None
+    """Secured cluster: the brokers' own listener (mutual TLS); None on the open cluster, whose brokers use the client one."""
     home: Path
     """Folder with this node's properties, data, logs and pid file."""
 
@@ -88,6 +111,13 @@ class ClusterLayout:
     """Heap of each broker JVM (-Xms and -Xmx), in MiB."""
     nodes: tuple[Node, ...]
     """The three nodes."""
+    security: SecurityFiles | None = None
+    """The secured cluster's certificates, passwords and client files; None for the open cluster."""
+
+    @property
+    def home(self) -> Path:
+        """Folder of this cluster's nodes and id (the secured one has its own)."""
+        return self.root if self.security is None else self.root / SASL_SSL
 
     @property
     def lib_dir(self) -> Path:
@@ -98,13 +128,24 @@ class ClusterLayout:
         return ",".join(f"localhost:{n.port}" for n in self.nodes)
 
     @classmethod
-    def from_env(cls) -> ClusterLayout:
-        root = Path(os.environ.get("KAFKA_CLUSTER_DIR", PROJECT_ROOT / ".cluster")).resolve()
-        heap_mb = int(os.environ.get("KAFKA_HEAP_MB", "384"))
-        nodes = tuple(
-            Node(i, 9090 + i, 19090 + i, root / f"node{i}") for i in range(1, NODE_COUNT + 1)
-        )
-        return cls(root=root, heap_mb=heap_mb, nodes=nodes)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterLayout:
+        env = os.environ if env is None else env
+        root = Path(env.get("KAFKA_CLUSTER_DIR", PROJECT_ROOT / ".cluster")).resolve()
+        heap_mb = int(env.get("KAFKA_HEAP_MB", "384"))
+        mode = (env.get("KAFKA_SECURITY") or PLAINTEXT).lower()
+        if mode not in MODES:
+            raise ClusterError(f"KAFKA_SECURITY={mode!r}: one of {', '.join(MODES)}")
+        if mode == PLAINTEXT:
+            nodes = tuple(Node(i, 9090 + i, 19090 + i, None, root / f"node{i}") for i in range(1, NODE_COUNT + 1))
+            return cls(root=root, heap_mb=heap_mb, nodes=nodes)
+        nodes = tuple(Node(i, 9190 + i, 19190 + i, 29190 + i, root / SASL_SSL / f"node{i}") for i in range(1, NODE_COUNT + 1))
+        return cls(root=root, heap_mb=heap_mb, nodes=nodes, security=SecurityFiles(root / "security"))
+
+    def admin_security(self) -> Security | None:
+        """How the tool itself connects: the secured cluster's ``admin`` client file, or None (PLAINTEXT)."""
+        if self.security is None:
+            return None
+        return security_settings.from_file(str(self.security.role_file(cluster_security.ADMIN)))[1]
 
 
 # ---------------------------------------------------------------------------
@@ -195,6 +236,24 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _listeners(layout: ClusterLayout, node: Node) -> str:
+    if layout.security is None:
+        return f"""\
+listeners=PLAINTEXT://localhost:{node.port},CONTROLLER://localhost:{node.controller_port}
+advertised.listeners=PLAINTEXT://localhost:{node.port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+"""
+    return f"""\
+listeners=CLIENT://localhost:{node.port},INTERNAL://localhost:{node.internal_port},CONTROLLER://localhost:{node.controller_port}
+advertised.listeners=CLIENT://localhost:{node.port},INTERNAL://localhost:{node.internal_port}
+listener.security.protocol.map=CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=INTERNAL
+{cluster_security.broker_properties(layout.security)}"""
+
+
 def _server_properties(layout: ClusterLayout, node: Node) -> str:
     voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in layout.nodes)
     replicas = len(layout.nodes)
@@ -203,12 +262,7 @@ def _server_properties(layout: ClusterLayout, node: Node) -> str:
 process.roles=broker,controller
 node.id={node.node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://localhost:{node.port},CONTROLLER://localhost:{node.controller_port}
-advertised.listeners=PLAINTEXT://localhost:{node.port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs={node.data_dir}
+{_listeners(layout, node)}log.dirs={node.data_dir}
 # Topics are created by the project (fraud_pipeline.topics), never by accident.
 auto.create.topics.enable=false
 num.partitions=1
@@ -253,7 +307,7 @@ def _classpath(layout: ClusterLayout) -> str:
 
 
 def _cluster_id(layout: ClusterLayout) -> str:
-    id_file = layout.root / "cluster.id"
+    id_file = layout.home / "cluster.id"
     if id_file.exists():
         return id_file.read_text().strip()
     # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
@@ -265,12 +319,16 @@ def _cluster_id(layout: ClusterLayout) -> str:
 def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
     if (node.data_dir / "meta.properties").exists():
         return
+    # The secured cluster's SCRAM users are written with its first metadata: no one could create them later.
+    users = [] if layout.security is None else cluster_security.scram_format_arguments(
+        cluster_security.ensure_passwords(layout.security))
     result = subprocess.run(
         [java, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
-         "-t", cluster_id, "-c", str(node.properties_file), "--ignore-formatted"],
+         "-t", cluster_id, "-c", str(node.properties_file), "--ignore-formatted", *users],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
+        # The output never holds the passwords: StorageTool does not echo its arguments.
         raise ClusterError(f"formatting node {node.node_id} failed: {result.stdout.strip()} {result.stderr.strip()}"[:400])
 
 
@@ -301,10 +359,14 @@ def _log_tail(node: Node, lines: int = 5) -> str:
     return "(no log)"
 
 
-def _count_brokers(bootstrap: str) -> int:
+def _admin(layout: ClusterLayout) -> Admin:
     from .clients import KAFKA_PYTHON, backend  # imported here: `jars` and `down` work without a client library
 
-    admin = backend(KAFKA_PYTHON, tuple(bootstrap.split(","))).admin("local-cluster")
+    return backend(KAFKA_PYTHON, tuple(layout.bootstrap_servers.split(",")), layout.admin_security()).admin("local-cluster")
+
+
+def _count_brokers(layout: ClusterLayout) -> int:
+    admin = _admin(layout)
     try:
         return admin.broker_count()
     finally:
@@ -315,9 +377,20 @@ def _brokers_answer(layout: ClusterLayout) -> bool:
     if not all(_port_open(n.port) for n in layout.nodes):
         return False
     try:
-        return _count_brokers(layout.bootstrap_servers) == len(layout.nodes)
+        return _count_brokers(layout) == len(layout.nodes)
     except Exception:
         return False
+
+
+def _apply_acls(layout: ClusterLayout) -> int:
+    """The roles' ACLs on the secured cluster (adding those present again changes nothing); how many."""
+    acls = [acl for role_acls in cluster_security.role_acls().values() for acl in role_acls]
+    admin = _admin(layout)
+    try:
+        admin.create_acls(acls)
+    finally:
+        admin.close()
+    return len(acls)
 
 
 def _wait_ready(layout: ClusterLayout, started: dict[int, subprocess.Popen[bytes]]) -> None:
@@ -334,7 +407,7 @@ def _wait_ready(layout: ClusterLayout, started: dict[int, subprocess.Popen[bytes
         report = f"waiting for brokers: {len(open_ports)}/{len(layout.nodes)} listening"
         if len(open_ports) == len(layout.nodes):
             try:
-                brokers = _count_brokers(layout.bootstrap_servers)
+                brokers = _count_brokers(layout)
             except Exception:  # the cluster is still electing; ask again
                 brokers = 0
             if brokers == len(layout.nodes):
@@ -348,6 +421,25 @@ def _wait_ready(layout: ClusterLayout, started: dict[int, subprocess.Popen[bytes
         time.sleep(0.5)
 
 
+def _prepare_security(layout: ClusterLayout) -> None:
+    """Secured cluster: the CA, the brokers' certificate, the passwords and the roles' client files, made once."""
+    if layout.security is None:
+        return
+    try:
+        cluster_security.ensure_certificates(layout.security)
+        passwords = cluster_security.ensure_passwords(layout.security)
+    except cluster_security.SecuritySetupError as exc:
+        raise ClusterError(str(exc)) from None
+    cluster_security.write_role_files(layout.security, layout.bootstrap_servers, passwords)
+
+
+def _finish_security(layout: ClusterLayout) -> None:
+    if layout.security is not None:
+        count = _apply_acls(layout)
+        print(f"secured: SASL_SSL ({cluster_security.MECHANISM}), {count} ACLs for {len(cluster_security.ROLES) - 1} roles; "
+              f"client files in {layout.security.folder}/<role>.properties")
+
+
 def cluster_up(layout: ClusterLayout) -> None:
     """Start every node that is not running and wait until all brokers are in the metadata."""
     began = time.monotonic()
@@ -358,11 +450,16 @@ def cluster_up(layout: ClusterLayout) -> None:
     if not to_start:
         print(f"cluster already running: {len(running)} nodes on {layout.bootstrap_servers}")
         _wait_ready(layout, {})
+        _finish_security(layout)
         return
     for node in to_start:
-        for port, what in ((node.port, "client"), (node.controller_port, "controller")):
-            if not _port_free(port):
+        for port, what in ((node.port, "client"), (node.controller_port, "controller"), (node.internal_port, "internal")):
+            if port is not None and not _port_free(port):
                 raise ClusterError(f"port {port} ({what} listener of node {node.node_id}) is already taken by another process")
+    if layout.security is not None and not (layout.home / "cluster.id").exists():
+        # A new secured cluster gets new users: the passwords of a deleted one go with it.
+        layout.security.passwords.unlink(missing_ok=True)
+    _prepare_security(layout)
     (layout.root / "log4j2.properties").write_text(_LOG4J2)
     for node in to_start:
         node.home.mkdir(parents=True, exist_ok=True)
@@ -388,6 +485,7 @@ def cluster_up(layout: ClusterLayout) -> None:
         raise
     print(f"cluster up: {len(layout.nodes)} brokers on {layout.bootstrap_servers} "
           f"(started {len(to_start)} node(s) in {time.monotonic() - began:.1f}s)")
+    _finish_security(layout)
 
 
 def _wait_exit(pids: dict[int, int], timeout: float) -> dict[int, int]:
@@ -457,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fraud_pipeline.local_cluster",
         description=f"Run a local 3-node Apache Kafka {KAFKA_VERSION} cluster (KRaft) on the JVM, without Docker. "
-        "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384).",
+        "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384), KAFKA_SECURITY "
+        "(plaintext, the default: the open cluster on localhost:9091-9093; sasl_ssl: the secured cluster beside it "
+        "on localhost:9191-9193, SCRAM-SHA-512 over TLS with least-privilege ACLs and a client file per role).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the nodes that are not running; wait until all brokers are in the metadata")
@@ -466,12 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--quiet", action="store_true", help="print nothing, only set the exit status")
     kill = sub.add_parser("kill", help="SIGKILL one node (failure testing)")
     kill.add_argument("node", type=int, help="node id, 1..3")
-    sub.add_parser("ping", help="exit 0 if all brokers answer at localhost:9091-9093, whoever started them")
+    sub.add_parser("ping", help="exit 0 if all brokers answer (localhost:9091-9093, or 9191-9193 secured), whoever started them")
     sub.add_parser("jars", help="only resolve the Kafka jars from Maven Central")
     sub.add_parser("classpath", help="print the Java class path of the Kafka jars")
     args = parser.parse_args(argv)
-    layout = ClusterLayout.from_env()
     try:
+        layout = ClusterLayout.from_env()
         if args.command == "up":
             cluster_up(layout)
         elif args.command == "down":

@@ -105,7 +105,7 @@ class Processor:
 def _run_processor(
     name: str, topic: str, line: Callable[[Payment], str], settings: Settings, stop: threading.Event
 ) -> int:
-    prepare_topics(settings)
+    prepare_topics(settings, reads=[topic], writes=[settings.topics.dead_letter])
     return run_stage(
         settings, name=name, source_topic=topic, stop=stop, summary=Summary(name, "payments"),
         make_handler=lambda output, dead_letters, lines: Processor(line, dead_letters, lines),

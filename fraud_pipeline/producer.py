@@ -82,7 +82,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
         parse_mix(settings.scenarios)
     except ValueError as exc:
         raise PipelineError(f"--scenarios: {exc}") from None
-    prepare_topics(settings, [settings.topics.payments])
+    prepare_topics(settings, writes=[settings.topics.payments])
     summary = Summary(NAME, "payments sent")
     producer = make_producer(settings, NAME)
     try:

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("fraud_pipeline.live_rules").setLevel(logging.WARNING)  # what list/mode read is printed anyway
     try:
         if args.command != "validate":
-            prepare_topics(settings, [settings.topics.rules])
+            writes = [settings.topics.rules] if args.command in ("publish", "mode", "remove") else []
+            prepare_topics(settings, reads=[settings.topics.rules], writes=writes)
         return int(args.run(settings, args))
     except RuleError as exc:
         print(f"error: {exc}", file=sys.stderr)

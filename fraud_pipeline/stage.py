@@ -468,8 +468,9 @@ def run_stage(
                 except FatalError as exc:
                     raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
                 stage_log.info(
-                    "reading %s as group %s from %s with %s; %s%s, commit every %d ms; dead letters to %s",
-                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.client, delivery.name,
+                    "reading %s as group %s from %s (%s) with %s; %s%s, commit every %d ms; dead letters to %s",
+                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.security.describe(),
+                    settings.client, delivery.name,
                     f" (transactional id {transactional_id})" if transactional_id else "", interval_ms,
                     settings.topics.dead_letter,
                 )

@@ -9,12 +9,15 @@ Nothing outside this package imports a client library.
 from __future__ import annotations
 
 from ..config import CLIENTS, CONFLUENT, KAFKA_PYTHON
+from ..security import Security
 from .base import Admin, Backend, Batch, Consumer, Producer
 from .types import (
+    Acl,
     ClientError,
     FatalError,
     FencedError,
     Headers,
+    NotAuthorizedError,
     PartitionInfo,
     Record,
     RetriableError,
@@ -24,21 +27,26 @@ from .types import (
 )
 
 
-def backend(client: str, bootstrap_servers: tuple[str, ...]) -> Backend:
-    """The backend of ``client`` (one of CLIENTS) for a cluster; the library is imported only when chosen."""
+def backend(client: str, bootstrap_servers: tuple[str, ...], security: Security | None = None) -> Backend:
+    """The backend of ``client`` (one of CLIENTS) for a cluster; the library is imported only when chosen.
+
+    ``security`` (TLS, SASL) is mapped to the library's own settings by its backend; None is PLAINTEXT.
+    """
+    security = Security() if security is None else security
     if client == KAFKA_PYTHON:
         from . import kafka_python
 
-        return kafka_python.Backend(bootstrap_servers)
+        return kafka_python.Backend(bootstrap_servers, security)
     if client == CONFLUENT:
         from . import confluent
 
-        return confluent.Backend(bootstrap_servers)
+        return confluent.Backend(bootstrap_servers, security)
     raise ValueError(f"unknown Kafka client {client!r}; one of {', '.join(CLIENTS)}")
 
 
 __all__ = [
-    "CLIENTS", "CONFLUENT", "KAFKA_PYTHON", "Admin", "Backend", "Batch", "ClientError", "Consumer", "FatalError", "FencedError",
-    "Headers", "PartitionInfo", "Producer", "Record", "RetriableError", "TopicPartition", "TopicSpec", "UnknownTopicError",
+    "CLIENTS", "CONFLUENT", "KAFKA_PYTHON", "Acl", "Admin", "Backend", "Batch", "ClientError", "Consumer", "FatalError", "FencedError",
+    "Headers", "NotAuthorizedError",
+    "PartitionInfo", "Producer", "Record", "RetriableError", "TopicPartition", "TopicSpec", "UnknownTopicError",
     "backend",
 ]

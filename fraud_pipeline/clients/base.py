@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from .types import Headers, PartitionInfo, Record, TopicPartition, TopicSpec
+from .types import Acl, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
 
 Batch = Mapping[TopicPartition, list[Record]]
 """One poll's records, by partition, each list in offset order."""
@@ -125,6 +125,9 @@ class Admin(Protocol):
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics (those missing are ignored)."""
+
+    def create_acls(self, acls: Iterable[Acl]) -> None:
+        """Add ALLOW entries (those that exist already stay as they are); the cluster needs an authorizer."""
 
     def close(self) -> None:
         """Close; never raises."""

@@ -18,20 +18,34 @@ from confluent_kafka import Consumer as RdConsumer
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as RdProducer
 from confluent_kafka import TopicPartition as RdTP
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
+from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .types import (
+    Acl,
     ClientError,
     FatalError,
     FencedError,
     Headers,
+    NotAuthorizedError,
     PartitionInfo,
     Record,
+    RefusedError,
     RetriableError,
     TopicPartition,
     TopicSpec,
     UnknownTopicError,
+    authentication_failed,
+    tls_failed,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +54,8 @@ SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 60000
 DELIVERY_TIMEOUT_MS = 120000
 """How long a record may wait for a broker before its send fails (kafka-python's default, not librdkafka's 5 minutes)."""
+METADATA_TIMEOUT_S = 10.0
+"""An admin's first look at the cluster waits this long for a broker to answer."""
 ERROR_LOG_INTERVAL_S = 10.0
 """The same client error (a broker down, say) is logged at most this often."""
 POLL_EVERY = 64
@@ -62,6 +78,8 @@ def classify(error: KafkaError | KafkaException | Exception, doing: str = "") ->
     if not isinstance(err, KafkaError):
         return RetriableError(text)
     code = err.code()
+    if code in _NOT_AUTHORIZED:
+        return NotAuthorizedError(f"not authorized: {text}")
     if code in _FATAL_CODES:
         return FatalError(text)
     if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -71,23 +89,48 @@ def classify(error: KafkaError | KafkaException | Exception, doing: str = "") ->
     return RetriableError(text)  # retriable(), txn_requires_abort() and the rest: roll back and try again
 
 
-class _ErrorLog:
-    """``error_cb`` for a client: logs each distinct error at most every ERROR_LOG_INTERVAL_S."""
+_NOT_AUTHORIZED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic", KafkaError.GROUP_AUTHORIZATION_FAILED: "group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional id", KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
+}
+_REFUSED_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
+"""librdkafka retries these for ever; a wrong password or certificate does not mend itself: refused, at once."""
 
-    def __init__(self, client_id: str) -> None:
+
+class _ErrorLog:
+    """``error_cb`` for a client: logs each distinct error at most every ERROR_LOG_INTERVAL_S; keeps a refusal to raise."""
+
+    def __init__(self, client_id: str, servers: str, user: str | None) -> None:
         self._client_id = client_id
+        self._servers = servers
+        self._user = user
         self._logged: dict[str, float] = {}
         self.on_fatal: OnError | None = None
+        self.refused: RefusedError | None = None
+        """The cluster refused the connection (authentication, TLS): every later call raises it."""
+        self.last = ""
+        """The latest error, to say why a cluster could not be reached."""
 
     def __call__(self, err: KafkaError) -> None:
-        if err.fatal() and self.on_fatal is not None:
+        code, text = err.code(), err.str()
+        self.last = text
+        if code in _REFUSED_CODES and self.refused is None:
+            self.refused = (tls_failed(self._servers, text) if code == KafkaError._SSL
+                            else authentication_failed(self._user, self._servers, text))
+            if self.on_fatal is not None:
+                self.on_fatal(self.refused)
+        elif err.fatal() and self.on_fatal is not None:
             self.on_fatal(classify(err))
-        text = err.str()
         now = time.monotonic()
         if now - self._logged.get(text, -ERROR_LOG_INTERVAL_S) >= ERROR_LOG_INTERVAL_S:
             self._logged[text] = now
             # A lost broker is reported here and retried by librdkafka itself: a warning, not a failure.
             log.warning("%s: %s%s", self._client_id, text, " (fatal)" if err.fatal() else "")
+
+    def check(self) -> None:
+        """Raise the refusal, if the cluster refused this client."""
+        if self.refused is not None:
+            raise self.refused
 
 
 def _rd_tps(offsets: Mapping[TopicPartition, int]) -> list[RdTP]:
@@ -176,6 +219,10 @@ class Consumer:
             tp = self._tp(message.topic(), message.partition())
             self._next[tp] = max(self._next.get(tp, 0), message.offset())
             return
+        if err.code() in _NOT_AUTHORIZED:
+            what = _NOT_AUTHORIZED[err.code()]
+            name = message.topic() if what == "topic" else ""
+            raise NotAuthorizedError(f"not authorized to read {what} {name}: {err.str()}".replace("  ", " "), name)
         error = classify(err, "consume")
         if not isinstance(error, RetriableError):
             raise error
@@ -273,7 +320,11 @@ class Producer:
         self._on_error(exc)
 
     def _delivered(self, err: KafkaError | None, message: Message) -> None:
-        if err is not None:
+        if err is None:
+            return
+        if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            self._on_error(NotAuthorizedError(f"not authorized to write topic {message.topic()}: {err.str()}", message.topic() or ""))
+        else:
             self._on_error(classify(err, f"send to {message.topic()}"))
 
     def send(
@@ -345,18 +396,26 @@ class Producer:
 class Admin:
     """confluent-kafka's AdminClient behind the seam."""
 
-    def __init__(self, admin: AdminClient, servers: str) -> None:
+    def __init__(self, admin: AdminClient, servers: str, errors: _ErrorLog) -> None:
         self._admin = admin
         self._servers = servers
+        self._errors = errors
 
-    def _metadata(self) -> Any:
-        try:
-            return self._admin.list_topics(timeout=10)
-        except KafkaException as exc:
-            error = classify(exc, "metadata")
-            if isinstance(error, RetriableError):
-                raise FatalError(f"cannot reach Kafka at {self._servers}: {exc} (is the cluster up? `make cluster-up`)") from exc
-            raise error from exc
+    def _metadata(self, topic: str | None = None) -> Any:
+        deadline = time.monotonic() + METADATA_TIMEOUT_S
+        while True:  # in steps, so that a refusal (a wrong password, a certificate) ends the wait at once
+            self._errors.check()
+            try:
+                return self._admin.list_topics(topic, timeout=1)
+            except KafkaException as exc:
+                error = classify(exc, "metadata")
+                if not isinstance(error, RetriableError):
+                    raise error from exc
+                if time.monotonic() >= deadline:
+                    self._errors.check()
+                    why = self._errors.last or str(exc)
+                    raise FatalError(f"cannot reach Kafka at {self._servers} within {METADATA_TIMEOUT_S:.0f}s: {why} "
+                                     "(is the cluster up? `make cluster-up`)") from exc
 
     def list_topics(self) -> set[str]:
         return set(self._metadata().topics)
@@ -387,7 +446,13 @@ class Admin:
         )
 
     def describe_topics(self, names: Iterable[str]) -> dict[str, list[PartitionInfo]]:
+        names = list(names)
         topics = self._metadata().topics
+        for name in names:
+            if name not in topics:  # hidden, or missing: asked by name, the cluster says which
+                error = self._metadata(name).topics[name].error
+                if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    raise NotAuthorizedError(f"not authorized to describe topic {name}", name)
         return {
             name: [PartitionInfo(p.id, p.leader, tuple(p.replicas), tuple(p.isrs))
                    for p in sorted(topics[name].partitions.values(), key=lambda p: p.id)]
@@ -404,8 +469,37 @@ class Admin:
             except KafkaException as exc:
                 raise classify(exc, f"delete topic {name}") from exc
 
+    def create_acls(self, acls: Iterable[Acl]) -> None:
+        bindings = [
+            AclBinding(ResourceType[acl.resource_type], acl.resource_name,
+                       ResourcePatternType.PREFIXED if acl.prefixed else ResourcePatternType.LITERAL,
+                       acl.principal, "*", AclOperation[acl.operation], AclPermissionType.ALLOW)
+            for acl in acls
+        ]
+        for binding, future in self._admin.create_acls(bindings, request_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise classify(exc, f"create ACL {binding}") from exc
+
     def close(self) -> None:
         pass  # AdminClient has nothing to close; it is released with the object
+
+
+def security_config(security: Security) -> dict[str, Any]:
+    """librdkafka's settings: the same names as the client config file's."""
+    config: dict[str, Any] = {"security.protocol": security.protocol}
+    if security.uses_sasl:
+        assert security.sasl_password is not None  # fraud_pipeline.security checks it
+        config.update({"sasl.mechanism": security.sasl_mechanism, "sasl.username": security.sasl_username,
+                       "sasl.password": security.sasl_password.reveal()})
+    if security.uses_tls:
+        optional = {"ssl.ca.location": security.ssl_ca_location, "ssl.certificate.location": security.ssl_certificate_location,
+                    "ssl.key.location": security.ssl_key_location,
+                    "ssl.key.password": security.ssl_key_password.reveal() if security.ssl_key_password else None}
+        config.update({key: value for key, value in optional.items() if value is not None})
+        config["ssl.endpoint.identification.algorithm"] = "https" if security.ssl_check_hostname else "none"
+    return config
 
 
 class Backend:
@@ -413,13 +507,14 @@ class Backend:
 
     name = "confluent"
 
-    def __init__(self, bootstrap_servers: tuple[str, ...]) -> None:
+    def __init__(self, bootstrap_servers: tuple[str, ...], security: Security) -> None:
         self._servers = ",".join(bootstrap_servers)
+        self._security = security
 
     def _common(self, client_id: str) -> tuple[dict[str, Any], _ErrorLog]:
-        errors = _ErrorLog(client_id)
+        errors = _ErrorLog(client_id, self._servers, self._security.sasl_username)
         return {"bootstrap.servers": self._servers, "client.id": client_id, "error_cb": errors,
-                "logger": logging.getLogger("librdkafka")}, errors
+                "logger": logging.getLogger("librdkafka"), **security_config(self._security)}, errors
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         config, errors = self._common(client_id)
@@ -446,5 +541,5 @@ class Backend:
         return Consumer(RdConsumer(config), errors)
 
     def admin(self, client_id: str) -> Admin:
-        config, _ = self._common(client_id)
-        return Admin(AdminClient(config), self._servers)
+        config, errors = self._common(client_id)
+        return Admin(AdminClient(config), self._servers, errors)

@@ -9,27 +9,34 @@ deadline (``_transaction_manager``, ``_sender``) and a stalled rebalance
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
-from kafka.admin import NewTopic
+from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, NewTopic, ResourcePattern, ResourceType
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
+from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .types import (
+    Acl,
     ClientError,
     FatalError,
     FencedError,
     Headers,
+    NotAuthorizedError,
     PartitionInfo,
     Record,
+    RefusedError,
     RetriableError,
     TopicPartition,
     TopicSpec,
     UnknownTopicError,
+    authentication_failed,
+    tls_failed,
 )
 
 log = logging.getLogger(__name__)
@@ -38,10 +45,11 @@ SESSION_TIMEOUT_MS = 10000
 TRANSACTION_TIMEOUT_MS = 60000
 
 _FENCED = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError)
-_FATAL = (
+_NOT_AUTHORIZED = (
     kerr.TransactionalIdAuthorizationFailedError, kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
-    kerr.ClusterAuthorizationFailedError, kerr.SaslAuthenticationFailedError, kerr.AuthorizationError,
+    kerr.ClusterAuthorizationFailedError, kerr.AuthorizationError,
 )
+_FATAL = (kerr.SaslAuthenticationFailedError,)
 
 
 def classify(exc: Exception, doing: str = "") -> ClientError:
@@ -51,9 +59,23 @@ def classify(exc: Exception, doing: str = "") -> ClientError:
     text = f"{doing}: {type(exc).__name__}: {exc}" if doing else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _FENCED):
         return FencedError(text)
+    if isinstance(exc, _NOT_AUTHORIZED):
+        return NotAuthorizedError(f"not authorized: {text}")
     if isinstance(exc, _FATAL):
         return FatalError(text)
     return RetriableError(text)
+
+
+def refusal(exc: BaseException, servers: str, user: str | None) -> RefusedError | None:
+    """The cluster's refusal of the connection itself (authentication, TLS) in ``exc`` or its causes; None if it is not one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kerr.SaslAuthenticationFailedError):
+            return authentication_failed(user, servers, str(seen))
+        if isinstance(seen, ssl.SSLError):
+            return tls_failed(servers, str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTP]:
@@ -318,22 +340,24 @@ class Admin:
         return True
 
     def describe_topics(self, names: Iterable[str]) -> dict[str, list[PartitionInfo]]:
-        present = self.list_topics()
-        wanted = [n for n in names if n in present]
+        wanted = list(names)
         if not wanted:
             return {}
         try:
             found = self._admin.describe_topics(wanted)
         except kerr.KafkaError as exc:
             raise classify(exc, "describe topics") from exc
-        return {
-            t["name"]: sorted(
-                (PartitionInfo(p["partition_index"], p["leader_id"], tuple(p["replica_nodes"]), tuple(p["isr_nodes"]))
-                 for p in t["partitions"]),
-                key=lambda info: info.partition,
-            )
-            for t in found
-        }
+        described = {}
+        for t in found:
+            if t["error_code"] == kerr.TopicAuthorizationFailedError.errno:
+                raise NotAuthorizedError(f"not authorized to describe topic {t['name']}", t["name"])
+            if t["error_code"] == 0:  # else: it does not exist
+                described[t["name"]] = sorted(
+                    (PartitionInfo(p["partition_index"], p["leader_id"], tuple(p["replica_nodes"]), tuple(p["isr_nodes"]))
+                     for p in t["partitions"]),
+                    key=lambda info: info.partition,
+                )
+        return described
 
     def delete_topics(self, names: Iterable[str]) -> None:
         present = self.list_topics()
@@ -344,8 +368,36 @@ class Admin:
             except kerr.KafkaError as exc:
                 raise classify(exc, "delete topics") from exc
 
+    def create_acls(self, acls: Iterable[Acl]) -> None:
+        entries = [
+            ACL(acl.principal, "*", ACLOperation[acl.operation], ACLPermissionType.ALLOW,
+                ResourcePattern(ResourceType[acl.resource_type], acl.resource_name,
+                                ACLResourcePatternType.PREFIXED if acl.prefixed else ACLResourcePatternType.LITERAL))
+            for acl in acls
+        ]
+        try:
+            result = self._admin.create_acls(entries)
+        except kerr.KafkaError as exc:
+            raise classify(exc, "create ACLs") from exc
+        for entry, error in result["failed"]:
+            raise classify(error, f"create ACL {entry}")
+
     def close(self) -> None:
         _close_quietly(self._admin)
+
+
+def security_config(security: Security) -> dict[str, Any]:
+    """kafka-python's names for the TLS and SASL settings."""
+    config: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.uses_sasl:
+        assert security.sasl_password is not None  # fraud_pipeline.security checks it
+        config.update(sasl_mechanism=security.sasl_mechanism, sasl_plain_username=security.sasl_username,
+                      sasl_plain_password=security.sasl_password.reveal())
+    if security.uses_tls:
+        config.update(ssl_cafile=security.ssl_ca_location, ssl_certfile=security.ssl_certificate_location,
+                      ssl_keyfile=security.ssl_key_location, ssl_check_hostname=security.ssl_check_hostname,
+                      ssl_password=security.ssl_key_password.reveal() if security.ssl_key_password else None)
+    return config
 
 
 class Backend:
@@ -353,11 +405,17 @@ class Backend:
 
     name = "kafka-python"
 
-    def __init__(self, bootstrap_servers: tuple[str, ...]) -> None:
+    def __init__(self, bootstrap_servers: tuple[str, ...], security: Security) -> None:
         self._servers = list(bootstrap_servers)
+        self._security = security
+        self._connection = {"bootstrap_servers": self._servers, **security_config(security)}
 
     def _connect_error(self, exc: Exception) -> ClientError:
-        return FatalError(f"cannot reach Kafka at {','.join(self._servers)}: {exc} (is the cluster up? `make cluster-up`)")
+        servers = ",".join(self._servers)
+        refused = refusal(exc, servers, self._security.sasl_username)
+        if refused is not None:
+            return refused
+        return FatalError(f"cannot reach Kafka at {servers}: {exc} (is the cluster up? `make cluster-up`)")
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         extra: dict[str, Any] = (
@@ -367,7 +425,7 @@ class Backend:
         )
         try:
             return Producer(KafkaProducer(
-                bootstrap_servers=self._servers, client_id=client_id, acks="all", enable_idempotence=True, linger_ms=linger_ms,
+                **self._connection, client_id=client_id, acks="all", enable_idempotence=True, linger_ms=linger_ms,
                 # Big batches: kafka-python wakes its sender thread for every new batch,
                 # at 16 KiB (about 80 payments) that wake-up was 13 % of the detector's time.
                 batch_size=256 * 1024,
@@ -384,7 +442,7 @@ class Backend:
         } if group_id else {}
         try:
             consumer = KafkaConsumer(
-                bootstrap_servers=self._servers, client_id=client_id, group_id=group_id, enable_auto_commit=False,
+                **self._connection, client_id=client_id, group_id=group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_records, **group,
             )
         except kerr.KafkaError as exc:
@@ -393,6 +451,6 @@ class Backend:
 
     def admin(self, client_id: str) -> Admin:
         try:
-            return Admin(KafkaAdminClient(bootstrap_servers=self._servers, client_id=client_id, request_timeout_ms=10000))
+            return Admin(KafkaAdminClient(**self._connection, client_id=client_id, request_timeout_ms=10000))
         except kerr.KafkaError as exc:
             raise self._connect_error(exc) from None

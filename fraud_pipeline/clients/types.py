@@ -74,6 +74,22 @@ class PartitionInfo:
     """Broker ids in sync with the leader."""
 
 
+@dataclass(frozen=True)
+class Acl:
+    """One ALLOW access control entry: ``principal`` may do ``operation`` on a resource (from any host)."""
+
+    principal: str
+    """``User:<name>``."""
+    operation: str
+    """Kafka's operation name: READ, WRITE, DESCRIBE, IDEMPOTENT_WRITE, ..."""
+    resource_type: str
+    """TOPIC, GROUP, TRANSACTIONAL_ID or CLUSTER."""
+    resource_name: str
+    """The resource's name (``kafka-cluster`` for the cluster)."""
+    prefixed: bool = False
+    """The name is a prefix: every resource whose name starts with it."""
+
+
 class ClientError(Exception):
     """A Kafka failure, classified once at the backend's edge (as librdkafka and quix-streams classify theirs)."""
 
@@ -92,3 +108,27 @@ class FatalError(ClientError):
 
 class UnknownTopicError(FatalError):
     """The topic does not exist."""
+
+
+class NotAuthorizedError(FatalError):
+    """The cluster's ACLs refuse this user an operation on a resource (a topic, a group, a transactional id)."""
+
+    def __init__(self, text: str, resource: str = "") -> None:
+        super().__init__(text)
+        self.resource = resource
+        """The topic (or group) refused, when the client says which."""
+
+
+class RefusedError(FatalError):
+    """The cluster refused the connection itself: authentication failed, or TLS did not agree. Never retried."""
+
+
+def authentication_failed(user: str | None, servers: str, detail: str) -> RefusedError:
+    return RefusedError(f"authentication failed for user {user} at {servers}: {detail}")
+
+
+def tls_failed(servers: str, detail: str) -> RefusedError:
+    hint = ""
+    if "wrong version number" in detail.lower() or "unexpected eof" in detail.lower():
+        hint = " (is it a PLAINTEXT listener? check security.protocol and the port)"
+    return RefusedError(f"TLS handshake failed at {servers}: {detail}{hint}")

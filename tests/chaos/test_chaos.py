@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from confluent_kafka import TopicPartition as ConfluentTP
 from confluent_kafka.admin import AdminClient
 
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Admin, backend
-from tests.integration.conftest import ROOT, Pipeline, read_topic, summary_count
+from tests.integration.conftest import ROOT, Pipeline, confluent_connection, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
 pytestmark = [
@@ -54,14 +55,25 @@ def start_producer(pipeline: Pipeline, seed: int, rate: str = RATE) -> subproces
     return pipeline.start("payment_producer", "--count", str(COUNT), "--rate", rate, "--seed", str(seed), "--quiet")
 
 
+def stacks(pid: int) -> str:
+    """Every thread's stack of a live process, Python and native frames (py-spy), to show where it hangs."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        done = subprocess.run([str(spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc})"
+    return done.stdout + done.stderr
+
+
 def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
-    """Wait for a script to exit 0; on a timeout kill it and show what it logged."""
+    """Wait for a script to exit 0; on a timeout show where it hangs, kill it and show what it logged."""
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        where = stacks(proc.pid)
         proc.kill()
         _, stderr = proc.communicate()
-        pytest.fail(f"{what} still running after {timeout:.0f}s; its log ends:\n{stderr[-4000:]}")
+        pytest.fail(f"{what} still running after {timeout:.0f}s; its stacks:\n{where}\nits log ends:\n{stderr[-4000:]}")
     assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{stderr[-3000:]}"
     return stderr
 
@@ -278,7 +290,7 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
 
 def committed_total(pipeline: Pipeline, group: str) -> int:
     """The group's committed offsets on the payments topic, summed; asked again while the group's coordinator moves."""
-    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": pipeline.group(group), "enable.auto.commit": False,
+    consumer = Consumer({**confluent_connection(pipeline.bootstrap), "group.id": pipeline.group(group), "enable.auto.commit": False,
                          "log_level": 0})
     partitions = [ConfluentTP(pipeline.topics.payments, p) for p in range(pipeline.topics.payments_partitions)]
     try:

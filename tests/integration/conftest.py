@@ -14,20 +14,39 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
+from fraud_pipeline.clients import confluent, kafka_python
 from fraud_pipeline.config import CLIENTS, DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
 from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
+from fraud_pipeline.security import Security
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
+TEST_CLIENT_SECURITY: dict[str, Security] = {}
+"""How the tests' own clients (readers, admins) reach a cluster, by its bootstrap servers; PLAINTEXT unless listed.
+
+The secured cluster's fixture (tests/security) lists its ``admin`` here.
+"""
+
+
+def kafka_python_connection(bootstrap: str) -> dict[str, Any]:
+    """kafka-python keyword arguments of the tests' own clients for a cluster."""
+    return {"bootstrap_servers": bootstrap.split(","),
+            **kafka_python.security_config(TEST_CLIENT_SECURITY.get(bootstrap, Security()))}
+
+
+def confluent_connection(bootstrap: str) -> dict[str, Any]:
+    """librdkafka settings of the tests' own clients for a cluster."""
+    return {"bootstrap.servers": bootstrap, **confluent.security_config(TEST_CLIENT_SECURITY.get(bootstrap, Security()))}
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +75,8 @@ class Pipeline:
     """The client library the scripts run on, unless a call names another."""
     started: list[subprocess.Popen[str]] = field(default_factory=list)
     """Scripts started in the background; those still running when the test ends are killed."""
+    client_configs: Mapping[str, str] = field(default_factory=dict)
+    """Secured cluster: each script's client config file (``--client-config``), by script name."""
 
     def group(self, name: str) -> str:
         return f"{name}-{self.suffix}"
@@ -70,7 +91,8 @@ class Pipeline:
         return args + (["--group-id", self.group(group)] if group else [])
 
     def command(self, script: str, *extra: str, group: str | None = None, client: str | None = None) -> list[str]:
-        return [sys.executable, str(ROOT / f"{script}.py"), "--client", client or self.client, *self.args(group), *extra]
+        config = ["--client-config", self.client_configs[script]] if script in self.client_configs else []
+        return [sys.executable, str(ROOT / f"{script}.py"), "--client", client or self.client, *config, *self.args(group), *extra]
 
     def run(
         self, script: str, *extra: str, group: str | None = None, timeout: float = 180, client: str | None = None,
@@ -119,7 +141,7 @@ def pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
         yield pipeline
     finally:
         pipeline.kill_leftovers()
-    admin = KafkaAdminClient(bootstrap_servers=cluster.split(","))
+    admin = KafkaAdminClient(**kafka_python_connection(cluster))
     try:
         admin.delete_topics([spec.name for spec in pipeline_topics(topics)])
     finally:
@@ -142,7 +164,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30, committed_only
     of aborted transactions are left out.
     """
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+        **kafka_python_connection(bootstrap), enable_auto_commit=False,
         isolation_level="read_committed" if committed_only else "read_uncommitted",
     )
     try:
@@ -164,7 +186,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30, committed_only
 
 def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 60) -> None:
     """Wait until a consumer group is Stable with ``members`` members."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    admin = KafkaAdminClient(**kafka_python_connection(bootstrap))
     try:
         deadline = time.monotonic() + timeout_s
         while True:

@@ -35,6 +35,11 @@ def ids(records: list) -> list[str]:  # type: ignore[type-arg]
 
 
 def test_seeded_payments_flow_through_detector_and_processors(pipeline: Pipeline) -> None:
+    check_seeded_flow(pipeline)
+
+
+def check_seeded_flow(pipeline: Pipeline) -> None:
+    """2000 seeded payments through the four scripts: exact counts, printed lines, nothing twice (also run over SASL_SSL)."""
     expected = expected_payments(SEED, COUNT, ACCOUNTS)
     fraud_ids = {p.payment_id for p in expected if p.payment_type == "BITCOIN"}
     legit_ids = {p.payment_id for p in expected if p.payment_type != "BITCOIN"}

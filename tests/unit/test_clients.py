@@ -18,6 +18,7 @@ from fraud_pipeline.clients import (
     ClientError,
     FatalError,
     FencedError,
+    NotAuthorizedError,
     Producer,
     Record,
     RetriableError,
@@ -40,9 +41,10 @@ KTP = KafkaTP("payments", 0)
     [
         (kerr.ProducerFencedError("newer instance"), FencedError),
         (kerr.InvalidProducerEpochError("old epoch"), FencedError),
-        (kerr.TopicAuthorizationFailedError("no ACL"), FatalError),
-        (kerr.TransactionalIdAuthorizationFailedError("no ACL"), FatalError),
-        (kerr.GroupAuthorizationFailedError("no ACL"), FatalError),
+        (kerr.TopicAuthorizationFailedError("no ACL"), NotAuthorizedError),
+        (kerr.TransactionalIdAuthorizationFailedError("no ACL"), NotAuthorizedError),
+        (kerr.GroupAuthorizationFailedError("no ACL"), NotAuthorizedError),
+        (kerr.SaslAuthenticationFailedError("bad password"), FatalError),
         (kerr.KafkaConnectionError("broker gone"), RetriableError),
         (kerr.KafkaTimeoutError("no answer"), RetriableError),
         (kerr.CommitFailedError("generation changed"), RetriableError),
@@ -52,7 +54,8 @@ KTP = KafkaTP("payments", 0)
 def test_kafka_python_errors_are_classified(error: Exception, kind: type[ClientError]) -> None:
     classified = kafka_python.classify(error, "commit")
     assert type(classified) is kind
-    assert str(classified).startswith(f"commit: {type(error).__name__}: ")  # what failed, and how
+    assert str(classified).removeprefix("not authorized: ").startswith(f"commit: {type(error).__name__}: ")  # what failed, and how
+    assert isinstance(classified, FatalError) == (kind in (FatalError, NotAuthorizedError))
 
 
 def test_kafka_python_classify_keeps_an_error_already_classified() -> None:
@@ -66,8 +69,8 @@ def test_kafka_python_classify_keeps_an_error_already_classified() -> None:
         (KafkaError(KafkaError.PRODUCER_FENCED, "newer instance"), FencedError),
         (KafkaError(KafkaError._FENCED, "fenced"), FencedError),
         (KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, "old epoch"), FencedError),
-        (KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no ACL"), FatalError),
-        (KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "no ACL"), FatalError),
+        (KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no ACL"), NotAuthorizedError),
+        (KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "no ACL"), NotAuthorizedError),
         (KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED, "bad password", fatal=True), FatalError),  # fatal, and no retry mends it
         (KafkaError(KafkaError._TRANSPORT, "broker gone"), RetriableError),
         (KafkaError(KafkaError._TIMED_OUT, "no answer", retriable=True), RetriableError),
@@ -80,7 +83,7 @@ def test_kafka_python_classify_keeps_an_error_already_classified() -> None:
 def test_confluent_errors_are_classified(error: KafkaError, kind: type[ClientError]) -> None:
     classified = confluent.classify(error, "commit")
     assert type(classified) is kind
-    assert str(classified).startswith("commit: ")
+    assert str(classified).removeprefix("not authorized: ").startswith("commit: ")
     # librdkafka's exceptions carry the same error: classified the same way
     assert type(confluent.classify(KafkaException(error))) is kind
 

@@ -1,0 +1,143 @@
+"""The secured cluster (SASL_SSL, SCRAM-SHA-512, least-privilege ACLs) on both clients: who gets in, who is refused, and how it reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fraud_pipeline import cluster_security
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
+from tests.chaos.test_chaos import kill_detector_repeatedly
+from tests.integration.conftest import ROOT, Pipeline, read_topic
+from tests.integration.test_pipeline import check_seeded_flow
+from tests.security.conftest import SecuredCluster
+
+pytestmark = pytest.mark.security
+
+REFUSAL_DEADLINE_S = 30.0
+"""A script that cannot get in says so and exits within this long: never a retry loop."""
+
+
+def refused(pipeline: Pipeline, script: str, *extra: str, env: dict[str, str] | None = None,
+            config: str | None = None, bootstrap: str | None = None) -> tuple[str, float]:
+    """Run a script that must be refused: it exits non-zero within the deadline; its stderr and how long it took."""
+    if config is not None:
+        pipeline = dataclasses.replace(pipeline, client_configs={script: config})
+    command = pipeline.command(script, *extra)
+    if bootstrap is not None:
+        command[command.index("--bootstrap-servers") + 1] = bootstrap
+    began = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=REFUSAL_DEADLINE_S + 30, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})))
+    took = time.monotonic() - began
+    assert done.returncode != 0, f"{script} was let in:\n{done.stderr[-2000:]}"
+    assert took < REFUSAL_DEADLINE_S, f"{script} took {took:.1f}s to give up:\n{done.stderr[-2000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr, took
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert lines, f"no error line in:\n{stderr[-2000:]}"
+    return lines[-1]
+
+
+def test_the_pipeline_runs_over_sasl_ssl(secured_pipeline: Pipeline) -> None:
+    check_seeded_flow(secured_pipeline)
+
+
+def test_detector_kill9_exactly_once_over_sasl_ssl(secured_pipeline: Pipeline) -> None:
+    figures: dict[str, Any] = {}
+    kill_detector_repeatedly(secured_pipeline, "exactly-once", seed=303, figures=figures)
+    print(f"\nsecured chaos: {figures}")
+
+
+def test_a_wrong_password_is_refused_with_the_user_and_servers(secured_pipeline: Pipeline) -> None:
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "1", env={"KAFKA_SASL_PASSWORD": "not-the-password"})
+    line = error_line(stderr)
+    assert "authentication failed" in line.lower() and cluster_security.PRODUCER in line, line
+    assert secured_pipeline.bootstrap in line, line
+    assert "not-the-password" not in stderr
+    print(f"\n{secured_pipeline.client} wrong password ({took:.1f}s): {line}")
+
+
+def test_a_role_reading_what_it_may_not_is_refused(secured_pipeline: Pipeline) -> None:
+    """The producer's user may write payments only: as a fraud processor it may not read the fraud topic."""
+    producer_file = secured_pipeline.client_configs["payment_producer"]
+    stderr, took = refused(secured_pipeline, "fraud_processor", "--idle-timeout", "5", config=producer_file)
+    line = error_line(stderr)
+    assert re.search(rf"not authorized to (read|describe) .*{re.escape(secured_pipeline.topics.fraud)}", line), line
+    print(f"\n{secured_pipeline.client} producer reads fraud ({took:.1f}s): {line}")
+
+
+def test_a_role_writing_what_it_may_not_is_refused_and_writes_nothing(secured_pipeline: Pipeline) -> None:
+    """A processor's user may write dead letters only: as a producer it may not write payments."""
+    processor_file = secured_pipeline.client_configs["fraud_processor"]
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "20", "--rate", "0", config=processor_file)
+    line = error_line(stderr)
+    assert re.search(rf"not authorized to write .*{re.escape(secured_pipeline.topics.payments)}", line), line
+    assert read_topic(secured_pipeline.bootstrap, secured_pipeline.topics.payments, committed_only=False) == []
+    print(f"\n{secured_pipeline.client} processor writes payments ({took:.1f}s): {line}")
+
+
+@pytest.fixture(scope="module")
+def stranger_ca() -> Iterator[str]:
+    """A CA that signed nothing of this cluster."""
+    folder = tempfile.mkdtemp(prefix="stranger-ca-")
+    try:
+        cluster_security.make_ca(Path(folder) / "ca.key", Path(folder) / "ca.pem", "a stranger's CA")
+        yield str(Path(folder) / "ca.pem")
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_wrong_ca_is_a_tls_error(secured_pipeline: Pipeline, stranger_ca: str) -> None:
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "1", env={"KAFKA_SSL_CA_LOCATION": stranger_ca})
+    line = error_line(stderr)
+    assert "TLS" in line and "certificate verify failed" in line.lower(), line
+    print(f"\n{secured_pipeline.client} wrong CA ({took:.1f}s): {line}")
+
+
+def _other_name_of_this_host() -> str:
+    """A name that reaches the brokers' loopback listener but is not in their certificate (localhost, 127.0.0.1)."""
+    name = socket.gethostname()
+    assert socket.gethostbyname(name) == "127.0.0.1", (
+        f"this test dials the brokers by the host's name, {name}, which must resolve to 127.0.0.1 (as in /etc/hosts here)"
+    )
+    return name
+
+
+def test_a_certificate_for_another_name_is_a_tls_error(secured_pipeline: Pipeline, secured_cluster: SecuredCluster) -> None:
+    name = _other_name_of_this_host()
+    bootstrap = secured_cluster.bootstrap.replace("localhost", name)
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "1", bootstrap=bootstrap)
+    line = error_line(stderr)
+    assert "TLS" in line and re.search("hostname|name mismatch|certificate verify failed", line, re.I), line
+    print(f"\n{secured_pipeline.client} certificate for another name ({took:.1f}s): {line}")
+
+
+def test_sasl_settings_against_a_plaintext_listener_are_a_clear_error(secured_pipeline: Pipeline) -> None:
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "1", bootstrap=DEFAULT_BOOTSTRAP_SERVERS)
+    line = error_line(stderr)
+    assert "security.protocol" in line, line
+    print(f"\n{secured_pipeline.client} SASL_SSL client, PLAINTEXT listener ({took:.1f}s): {line}")
+
+
+def test_plaintext_against_the_sasl_ssl_listener_is_a_clear_error(secured_pipeline: Pipeline, tmp_path: Path) -> None:
+    plain = tmp_path / "plaintext.properties"
+    plain.write_text(f"bootstrap.servers={secured_pipeline.bootstrap}\nsecurity.protocol=PLAINTEXT\n")
+    stderr, took = refused(secured_pipeline, "payment_producer", "--count", "1", config=str(plain))
+    line = error_line(stderr)
+    assert "security.protocol" in line, line
+    print(f"\n{secured_pipeline.client} PLAINTEXT client, SASL_SSL listener ({took:.1f}s): {line}")
