@@ -45,6 +45,7 @@ from .types import (
     TopicSpec,
     UnknownTopicError,
     authentication_failed,
+    cannot_reach,
     tls_failed,
 )
 
@@ -113,10 +114,12 @@ class _ErrorLog:
 
     def __call__(self, err: KafkaError) -> None:
         code, text = err.code(), err.str()
-        self.last = text
-        if code in _REFUSED_CODES and self.refused is None:
-            self.refused = (tls_failed(self._servers, text) if code == KafkaError._SSL
-                            else authentication_failed(self._user, self._servers, text))
+        if code != KafkaError._ALL_BROKERS_DOWN:  # the count says less than the error before it
+            self.last = text
+        if (code in _REFUSED_CODES or "SSL handshake failed" in text) and self.refused is None:
+            self.refused = (authentication_failed(self._user, self._servers, text)
+                            if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+                            else tls_failed(self._servers, text))
             if self.on_fatal is not None:
                 self.on_fatal(self.refused)
         elif err.fatal() and self.on_fatal is not None:
@@ -396,14 +399,16 @@ class Producer:
 class Admin:
     """confluent-kafka's AdminClient behind the seam."""
 
-    def __init__(self, admin: AdminClient, servers: str, errors: _ErrorLog) -> None:
+    def __init__(self, admin: AdminClient, servers: str, errors: _ErrorLog, protocol: str) -> None:
         self._admin = admin
         self._servers = servers
         self._errors = errors
+        self._protocol = protocol
 
     def _metadata(self, topic: str | None = None) -> Any:
         deadline = time.monotonic() + METADATA_TIMEOUT_S
         while True:  # in steps, so that a refusal (a wrong password, a certificate) ends the wait at once
+            self._admin.poll(0)  # serves error_cb
             self._errors.check()
             try:
                 return self._admin.list_topics(topic, timeout=1)
@@ -412,10 +417,9 @@ class Admin:
                 if not isinstance(error, RetriableError):
                     raise error from exc
                 if time.monotonic() >= deadline:
+                    self._admin.poll(0)
                     self._errors.check()
-                    why = self._errors.last or str(exc)
-                    raise FatalError(f"cannot reach Kafka at {self._servers} within {METADATA_TIMEOUT_S:.0f}s: {why} "
-                                     "(is the cluster up? `make cluster-up`)") from exc
+                    raise cannot_reach(self._servers, METADATA_TIMEOUT_S, self._errors.last or exc, self._protocol) from exc
 
     def list_topics(self) -> set[str]:
         return set(self._metadata().topics)
@@ -542,4 +546,4 @@ class Backend:
 
     def admin(self, client_id: str) -> Admin:
         config, errors = self._common(client_id)
-        return Admin(AdminClient(config), self._servers, errors)
+        return Admin(AdminClient(config), self._servers, errors, self._security.protocol)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -36,12 +37,15 @@ from .types import (
     TopicSpec,
     UnknownTopicError,
     authentication_failed,
+    cannot_reach,
     tls_failed,
 )
 
 log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_MS = 10000
+BOOTSTRAP_TIMEOUT_MS = 20000
+"""A client's first contact gives up after this long (kafka-python's default: 30 s), with the last attempt's error."""
 TRANSACTION_TIMEOUT_MS = 60000
 
 _FENCED = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError)
@@ -72,10 +76,34 @@ def refusal(exc: BaseException, servers: str, user: str | None) -> RefusedError 
     while seen is not None:
         if isinstance(seen, kerr.SaslAuthenticationFailedError):
             return authentication_failed(user, servers, str(seen))
-        if isinstance(seen, ssl.SSLError):
+        # kafka-python words a failed TLS handshake as a KafkaConnectionError("Handshake failed: [SSL: ...] ...")
+        if isinstance(seen, ssl.SSLError) or "[SSL:" in str(seen):
             return tls_failed(servers, str(seen))
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+class _BootstrapFailures(logging.Handler):
+    """PRIVATE: kafka-python retries its bootstrap until ``bootstrap_timeout_ms`` whatever went wrong, then raises
+    a bare KafkaTimeoutError; each attempt's error is only logged ("Bootstrap connection to %s failed: %s" in
+    kafka.net.manager, the exception among the record's arguments). This keeps them, to say why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors += [arg for arg in args if isinstance(arg, BaseException) and not isinstance(arg, kerr.KafkaTimeoutError)]
+
+    def why(self, servers: str, user: str | None) -> RefusedError | BaseException | None:
+        """A refusal among the attempts' errors (a wrong password shows in some attempts only, a hang-up in the
+        others), else the last error; None if no attempt failed."""
+        for error in self.errors:
+            refused = refusal(error, servers, user)
+            if refused is not None:
+                return refused
+        return self.errors[-1] if self.errors else None
 
 
 def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTP]:
@@ -408,14 +436,37 @@ class Backend:
     def __init__(self, bootstrap_servers: tuple[str, ...], security: Security) -> None:
         self._servers = list(bootstrap_servers)
         self._security = security
-        self._connection = {"bootstrap_servers": self._servers, **security_config(security)}
+        self._connection = {"bootstrap_servers": self._servers, "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+                            **security_config(security)}
 
-    def _connect_error(self, exc: Exception) -> ClientError:
+    @staticmethod
+    @contextmanager
+    def _bootstrapping() -> Iterator[_BootstrapFailures]:
+        """Collects the bootstrap's failed attempts, and keeps their dozens of log lines from the user: the
+        error a failed bootstrap raises says what they said (a bootstrap that succeeds needed none of them)."""
+        failures = _BootstrapFailures()
+        manager_log = logging.getLogger("kafka.net.manager")
+        quiet = [logging.getLogger(name) for name in ("kafka.net.connection", "kafka.net.transport")]
+        levels = [logger.level for logger in quiet]
+        manager_log.addHandler(failures)
+        manager_log.propagate = False
+        for logger in quiet:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield failures
+        finally:
+            manager_log.removeHandler(failures)
+            manager_log.propagate = True
+            for logger, level in zip(quiet, levels, strict=True):
+                logger.setLevel(level)
+
+    def _connect_error(self, exc: Exception, failures: _BootstrapFailures) -> ClientError:
         servers = ",".join(self._servers)
-        refused = refusal(exc, servers, self._security.sasl_username)
-        if refused is not None:
-            return refused
-        return FatalError(f"cannot reach Kafka at {servers}: {exc} (is the cluster up? `make cluster-up`)")
+        why = failures.why(servers, self._security.sasl_username) or exc
+        if isinstance(why, ClientError):
+            return why
+        return refusal(why, servers, self._security.sasl_username) or cannot_reach(
+            servers, BOOTSTRAP_TIMEOUT_MS / 1000, why, self._security.protocol)
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         extra: dict[str, Any] = (
@@ -423,16 +474,17 @@ class Backend:
             {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS, "max_block_ms": 30000}
             if transactional_id else {}
         )
-        try:
-            return Producer(KafkaProducer(
-                **self._connection, client_id=client_id, acks="all", enable_idempotence=True, linger_ms=linger_ms,
-                # Big batches: kafka-python wakes its sender thread for every new batch,
-                # at 16 KiB (about 80 payments) that wake-up was 13 % of the detector's time.
-                batch_size=256 * 1024,
-                **extra,
-            ))
-        except kerr.KafkaError as exc:
-            raise self._connect_error(exc) from None
+        with self._bootstrapping() as failures:
+            try:
+                return Producer(KafkaProducer(
+                    **self._connection, client_id=client_id, acks="all", enable_idempotence=True, linger_ms=linger_ms,
+                    # Big batches: kafka-python wakes its sender thread for every new batch,
+                    # at 16 KiB (about 80 payments) that wake-up was 13 % of the detector's time.
+                    batch_size=256 * 1024,
+                    **extra,
+                ))
+            except kerr.KafkaError as exc:
+                raise self._connect_error(exc, failures) from None
 
     def consumer(self, client_id: str, group_id: str | None, *, max_records: int) -> Consumer:
         group: dict[str, Any] = {
@@ -440,17 +492,19 @@ class Backend:
             # session expires: 10 s, not the client's default 45 s.
             "session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": 3000,
         } if group_id else {}
-        try:
-            consumer = KafkaConsumer(
-                **self._connection, client_id=client_id, group_id=group_id, enable_auto_commit=False,
-                auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_records, **group,
-            )
-        except kerr.KafkaError as exc:
-            raise self._connect_error(exc) from None
+        with self._bootstrapping() as failures:
+            try:
+                consumer = KafkaConsumer(
+                    **self._connection, client_id=client_id, group_id=group_id, enable_auto_commit=False,
+                    auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_records, **group,
+                )
+            except kerr.KafkaError as exc:
+                raise self._connect_error(exc, failures) from None
         return Consumer(consumer, max_records)
 
     def admin(self, client_id: str) -> Admin:
-        try:
-            return Admin(KafkaAdminClient(**self._connection, client_id=client_id, request_timeout_ms=10000))
-        except kerr.KafkaError as exc:
-            raise self._connect_error(exc) from None
+        with self._bootstrapping() as failures:
+            try:
+                return Admin(KafkaAdminClient(**self._connection, client_id=client_id, request_timeout_ms=10000))
+            except kerr.KafkaError as exc:
+                raise self._connect_error(exc, failures) from None

@@ -7,6 +7,7 @@ stages, rules and tools never see a client's classes (as aiokafka's
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -129,6 +130,24 @@ def authentication_failed(user: str | None, servers: str, detail: str) -> Refuse
 
 def tls_failed(servers: str, detail: str) -> RefusedError:
     hint = ""
-    if "wrong version number" in detail.lower() or "unexpected eof" in detail.lower():
+    if any(sign in detail.lower() for sign in ("wrong version number", "unexpected_eof", "unexpected eof", "plaintext", "closed by peer")):
         hint = " (is it a PLAINTEXT listener? check security.protocol and the port)"
     return RefusedError(f"TLS handshake failed at {servers}: {detail}{hint}")
+
+
+def cannot_reach(servers: str, within_s: float, why: object, protocol: str) -> FatalError:
+    """No broker answered: says whether anything listens there at all, which tells a cluster down from a protocol mismatch."""
+    listening = []
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                listening.append(server)
+        except (OSError, ValueError):
+            pass
+    if listening:
+        hint = (f"{', '.join(listening)} accept(s) connections but do not answer as {protocol} expects: "
+                "does security.protocol match the listener?")
+    else:
+        hint = "nothing listens there: is the cluster up? `make cluster-up`"
+    return FatalError(f"cannot reach Kafka at {servers} within {within_s:.0f}s: {why} ({hint})")
