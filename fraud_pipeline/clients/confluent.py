@@ -149,9 +149,11 @@ def _raise_partition_errors(results: list[RdTP] | None, doing: str) -> None:
 class Consumer:
     """confluent-kafka's Consumer behind the seam."""
 
-    def __init__(self, consumer: RdConsumer, errors: _ErrorLog) -> None:
+    def __init__(self, consumer: RdConsumer, errors: _ErrorLog, group_id: str | None) -> None:
         self._consumer = consumer
         self._errors = errors
+        self._group_id = group_id
+        """None: partitions assigned by hand, outside any group (librdkafka still has a placeholder group.id)."""
         self._tps: dict[tuple[str, int], TopicPartition] = {}
         self._next: dict[TopicPartition, int] = {}
         """Next offset per partition as this consumer has read it, past aborted records and markers (EOF events)."""
@@ -222,10 +224,14 @@ class Consumer:
             tp = self._tp(message.topic(), message.partition())
             self._next[tp] = max(self._next.get(tp, 0), message.offset())
             return
+        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED and self._group_id is None:
+            # librdkafka looks up a coordinator for the placeholder group.id it insists on, though this
+            # consumer never joins nor commits: a secured cluster refuses that group, which changes nothing here.
+            return
         if err.code() in _NOT_AUTHORIZED:
             what = _NOT_AUTHORIZED[err.code()]
-            name = message.topic() if what == "topic" else ""
-            raise NotAuthorizedError(f"not authorized to read {what} {name}: {err.str()}".replace("  ", " "), name)
+            name = (message.topic() if what == "topic" else self._group_id) or ""
+            raise NotAuthorizedError(f"not authorized to read {what} {name}: {err.str()}", name)
         error = classify(err, "consume")
         if not isinstance(error, RetriableError):
             raise error
@@ -542,7 +548,7 @@ class Backend:
             # The binding insists on a group id; a consumer that only assigns never joins it nor commits to it.
             # EOF events tell a reader where a partition ends, aborted records and markers included.
             config.update({"group.id": f"{client_id}-unused", "enable.partition.eof": True})
-        return Consumer(RdConsumer(config), errors)
+        return Consumer(RdConsumer(config), errors, group_id)
 
     def admin(self, client_id: str) -> Admin:
         config, errors = self._common(client_id)
