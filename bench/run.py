@@ -47,6 +47,7 @@ writes results/bench-latest.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -64,10 +65,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
-from fraud_pipeline.config import DEFAULT_COMMIT_INTERVAL_MS
+from fraud_pipeline.clients.confluent import security_config as confluent_security
+from fraud_pipeline.clients.kafka_python import security_config as kafka_python_security
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_COMMIT_INTERVAL_MS
 from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
 from fraud_pipeline.runtime import Progress as Bar
+from fraud_pipeline.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
@@ -139,9 +144,49 @@ def _servers(bootstrap: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in bootstrap.split(",") if s.strip())
 
 
+@functools.cache
+def _security() -> Security:
+    """TLS and SASL settings of every client of the bench and of its children: KAFKA_CLIENT_CONFIG and the
+    KAFKA_SASL_* / KAFKA_SSL_* variables, as the scripts read them (``--client-config`` sets the first)."""
+    try:
+        return security_settings.resolve(argparse.Namespace(), os.environ)[1]
+    except security_settings.SecurityConfigError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+
+
+def _kafka_python(bootstrap: str) -> dict[str, Any]:
+    """kafka-python's connection arguments, for the raw baselines."""
+    return {"bootstrap_servers": bootstrap.split(","), **kafka_python_security(_security())}
+
+
+def _librdkafka(bootstrap: str) -> dict[str, Any]:
+    """librdkafka's connection settings, for the raw baselines."""
+    return {"bootstrap.servers": bootstrap, **confluent_security(_security())}
+
+
+def _java_config(bootstrap: str, folder: str) -> str:
+    """A client properties file for Kafka's Java tools, in Java's names (a PEM truststore, a JAAS line)."""
+    sec = _security()
+    lines = [f"bootstrap.servers={bootstrap}", f"security.protocol={sec.protocol}"]
+    if sec.uses_sasl and sec.sasl_password is not None:
+        module = "plain.PlainLoginModule" if sec.sasl_mechanism == "PLAIN" else "scram.ScramLoginModule"
+        lines += [f"sasl.mechanism={sec.sasl_mechanism}",
+                  f'sasl.jaas.config=org.apache.kafka.common.security.{module} required '
+                  f'username="{sec.sasl_username}" password="{sec.sasl_password.reveal()}";']
+    if sec.uses_tls and sec.ssl_ca_location:
+        lines += ["ssl.truststore.type=PEM", f"ssl.truststore.location={sec.ssl_ca_location}"]
+    if sec.uses_tls and not sec.ssl_check_hostname:
+        lines.append("ssl.endpoint.identification.algorithm=")
+    path = Path(folder) / "java-client.properties"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return str(path)
+
+
 def _tools(bootstrap: str) -> Backend:
     """The bench's own admin, preload and load-generator clients: the seam on librdkafka, never the bottleneck."""
-    return backend(CONFLUENT, _servers(bootstrap))
+    return backend(CONFLUENT, _servers(bootstrap), _security())
 
 
 @dataclass
@@ -199,10 +244,9 @@ class Histogram:
 def child_passthrough(args: argparse.Namespace) -> Progress:
     from kafka import KafkaConsumer, KafkaProducer
 
-    servers = args.bootstrap.split(",")
-    consumer = KafkaConsumer(args.topic, bootstrap_servers=servers, group_id=args.group, enable_auto_commit=False,
+    consumer = KafkaConsumer(args.topic, **_kafka_python(args.bootstrap), group_id=args.group, enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=MAX_POLL_RECORDS)
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5, batch_size=256 * 1024)  # as the detector's
+    producer = KafkaProducer(**_kafka_python(args.bootstrap), acks="all", linger_ms=5, batch_size=256 * 1024)  # as the detector's
     progress = Progress()
     try:
         while progress.records < args.count:
@@ -229,10 +273,10 @@ def child_confluent_passthrough(args: argparse.Namespace) -> Progress:
     """The raw confluent-kafka loop: consume up to 2000, produce the bytes, flush, commit."""
     from confluent_kafka import Consumer, Producer
 
-    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False,
+    consumer = Consumer({**_librdkafka(args.bootstrap), "group.id": args.group, "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
     # As the kafka-python passthrough and the seam's producer: acks=all, idempotent, linger 5 ms.
-    producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({**_librdkafka(args.bootstrap), "acks": "all", "enable.idempotence": True, "linger.ms": 5})
     consumer.subscribe([args.topic])
     progress = Progress()
     try:
@@ -262,10 +306,9 @@ def child_seed_loop(args: argparse.Namespace) -> Progress:
     """The original tutorial's fraud_detector.py loop, reading from the start with a group."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    servers = args.bootstrap.split(",")
-    consumer = KafkaConsumer(args.topic, bootstrap_servers=servers, group_id=args.group, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(args.topic, **_kafka_python(args.bootstrap), group_id=args.group, auto_offset_reset="earliest",
                              consumer_timeout_ms=int(IDLE_S * 1000))
-    producer = KafkaProducer(bootstrap_servers=servers)
+    producer = KafkaProducer(**_kafka_python(args.bootstrap))
 
     def is_suspicious(transactions: dict[str, Any]) -> bool:
         return transactions["PAYMENT_TYPE"] == "BITCOIN"
@@ -297,7 +340,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
 
     setup_logging("bench")
     settings = Settings(
-        bootstrap_servers=_servers(args.bootstrap),
+        bootstrap_servers=_servers(args.bootstrap), security=_security(),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
         client=args.client, group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee,
@@ -531,18 +574,21 @@ def _classpath() -> str:
 def java_perf(bootstrap: str, topic: str, count: int, record_size: int) -> tuple[float, float]:
     """(producer records/s, consumer records/s) from Kafka's own perf tools."""
     classpath = _classpath()
-    produced = subprocess.run(
-        ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
-         "--num-records", str(count), "--record-size", str(record_size), "--throughput", "-1",
-         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    with tempfile.TemporaryDirectory(prefix="bench-java-") as folder:
+        config = _java_config(bootstrap, folder)
+        produced = subprocess.run(
+            ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+             "--num-records", str(count), "--record-size", str(record_size), "--throughput", "-1",
+             "--producer.config", config, "--producer-props", "acks=all", "linger.ms=5"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        consumed = subprocess.run(
+            ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance", "--topic", topic,
+             "--bootstrap-server", bootstrap, "--command-config", config, "--num-records", str(count),
+             "--group", f"bench-java-{uuid.uuid4().hex[:8]}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()
     producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
-    consumed = subprocess.run(
-        ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance", "--topic", topic,
-         "--bootstrap-server", bootstrap, "--num-records", str(count), "--group", f"bench-java-{uuid.uuid4().hex[:8]}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
     header = [h.strip() for h in consumed[0].split(",")]
     values = [v.strip() for v in consumed[-1].split(",")]
     return producer_rate, float(values[header.index("nMsg.sec")])
@@ -555,12 +601,13 @@ def java_latency(bootstrap: str, rate: float, seconds: float, record_size: int) 
     """
     topic = f"bench-java-lat-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, {topic: 6})
-    produced = subprocess.run(
-        ["java", "-Xmx512m", "-cp", _classpath(), "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
-         "--num-records", str(int(rate * seconds)), "--record-size", str(record_size), "--throughput", str(int(rate)),
-         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=1"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
+    with tempfile.TemporaryDirectory(prefix="bench-java-") as folder:
+        produced = subprocess.run(
+            ["java", "-Xmx512m", "-cp", _classpath(), "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+             "--num-records", str(int(rate * seconds)), "--record-size", str(record_size), "--throughput", str(int(rate)),
+             "--producer.config", _java_config(bootstrap, folder), "--producer-props", "acks=all", "linger.ms=1"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
     found = {key: float(value) for value, key in re.findall(r"(\d+) ms (50th|99th|99\.9th)", produced)}
     sustained = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
     return {"p50_ms": found["50th"], "p99_ms": found["99th"], "p999_ms": found["99.9th"], "rate": sustained}
@@ -712,8 +759,11 @@ def latency_table(rate: float, latency: dict[str, Histogram], paced: dict[str, d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
-                                                               "localhost:9091,localhost:9092,localhost:9093"))
+    parser.add_argument("--bootstrap", default=None, metavar="SERVERS",
+                        help="[env KAFKA_BOOTSTRAP_SERVERS] (default: the client config file's, else localhost:9091-9093)")
+    parser.add_argument("--client-config", metavar="FILE",
+                        help="client properties file (TLS, SASL) for every client of the bench, as the scripts take it "
+                        "[env KAFKA_CLIENT_CONFIG]; KAFKA_SASL_PASSWORD and the other KAFKA_* variables apply too")
     parser.add_argument("--count", type=int, default=200_000, help="payments preloaded and read per run (default 200000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating; the median counts (default 3)")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios to run, for a quick look: {', '.join(SCENARIOS)} "
@@ -732,6 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=IDLE_S, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.client_config:
+        os.environ["KAFKA_CLIENT_CONFIG"] = args.client_config  # read by _security(), here and in every child
+    if args.bootstrap is None:
+        config = os.environ.get("KAFKA_CLIENT_CONFIG")
+        from_file = security_settings.from_file(config)[0] if config else None
+        args.bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or from_file or DEFAULT_BOOTSTRAP_SERVERS
 
     if args.child:
         Path(args.result).write_text(json.dumps(CHILDREN[args.child](args).result()))
