@@ -111,18 +111,24 @@ class _ErrorLog:
         """The cluster refused the connection (authentication, TLS): every later call raises it."""
         self.last = ""
         """The latest error, to say why a cluster could not be reached."""
+        self.handshake: RefusedError | None = None
+        """A failed TLS handshake, which an admin's first look at the cluster takes as a refusal."""
 
     def __call__(self, err: KafkaError) -> None:
         code, text = err.code(), err.str()
         if code != KafkaError._ALL_BROKERS_DOWN:  # the count says less than the error before it
             self.last = text
-        if (code in _REFUSED_CODES or "SSL handshake failed" in text) and self.refused is None:
+        if code in _REFUSED_CODES and self.refused is None:
             self.refused = (authentication_failed(self._user, self._servers, text)
                             if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
                             else tls_failed(self._servers, text))
             if self.on_fatal is not None:
                 self.on_fatal(self.refused)
-        elif err.fatal() and self.on_fatal is not None:
+        elif "SSL handshake failed" in text and self.handshake is None:
+            # Not a refusal for a running client (a broker killed mid-handshake says much the same), but at
+            # start-up it is the answer a TLS client gets from a PLAINTEXT listener.
+            self.handshake = tls_failed(self._servers, text)
+        if err.fatal() and self.on_fatal is not None and code not in _REFUSED_CODES:
             self.on_fatal(classify(err))
         now = time.monotonic()
         if now - self._logged.get(text, -ERROR_LOG_INTERVAL_S) >= ERROR_LOG_INTERVAL_S:
@@ -130,10 +136,12 @@ class _ErrorLog:
             # A lost broker is reported here and retried by librdkafka itself: a warning, not a failure.
             log.warning("%s: %s%s", self._client_id, text, " (fatal)" if err.fatal() else "")
 
-    def check(self) -> None:
-        """Raise the refusal, if the cluster refused this client."""
+    def check(self, starting: bool = False) -> None:
+        """Raise the refusal, if the cluster refused this client (``starting``: a failed TLS handshake too)."""
         if self.refused is not None:
             raise self.refused
+        if starting and self.handshake is not None:
+            raise self.handshake
 
 
 def _rd_tps(offsets: Mapping[TopicPartition, int]) -> list[RdTP]:
@@ -415,7 +423,7 @@ class Admin:
         deadline = time.monotonic() + METADATA_TIMEOUT_S
         while True:  # in steps, so that a refusal (a wrong password, a certificate) ends the wait at once
             self._admin.poll(0)  # serves error_cb
-            self._errors.check()
+            self._errors.check(starting=True)
             try:
                 return self._admin.list_topics(topic, timeout=1)
             except KafkaException as exc:
@@ -424,7 +432,7 @@ class Admin:
                     raise error from exc
                 if time.monotonic() >= deadline:
                     self._admin.poll(0)
-                    self._errors.check()
+                    self._errors.check(starting=True)
                     raise cannot_reach(self._servers, METADATA_TIMEOUT_S, self._errors.last or exc, self._protocol) from exc
 
     def list_topics(self) -> set[str]:

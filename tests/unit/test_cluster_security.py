@@ -92,3 +92,18 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_librdkafka_refusals_stop_a_client_but_a_broken_handshake_only_its_start() -> None:
+    from confluent_kafka import KafkaError
+
+    from fraud_pipeline.clients.confluent import _ErrorLog
+
+    errors = _ErrorLog("c", "h:1", "alice")
+    errors(KafkaError(KafkaError._TRANSPORT, "sasl_ssl://h:1/1: SSL handshake failed: Disconnected"))
+    errors.check()  # a running client goes on: a broker killed mid-handshake looks the same
+    with pytest.raises(RefusedError, match="TLS handshake failed at h:1"):
+        errors.check(starting=True)
+    errors(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: invalid credentials"))
+    with pytest.raises(RefusedError, match="authentication failed for user alice at h:1"):
+        errors.check()
