@@ -470,8 +470,13 @@ class Backend:
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         extra: dict[str, Any] = (
-            # init_transactions waits max_block_ms for a coordinator: 30 s, then the stage tries a new producer
-            {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS, "max_block_ms": 30000}
+            # init_transactions waits max_block_ms for a coordinator: 30 s, then the stage tries a new producer.
+            # A record gives up within the transaction's timeout (as librdkafka insists), not after the default 120 s:
+            # when the transaction coordinator dies, the brokers may answer a produce with "Unable to verify the
+            # partition has been added to the transaction" (NotEnoughReplicas) until the batch expires, and
+            # only then can the stage abort and go on.
+            {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS, "max_block_ms": 30000,
+             "delivery_timeout_ms": TRANSACTION_TIMEOUT_MS}
             if transactional_id else {}
         )
         with self._bootstrapping() as failures:
