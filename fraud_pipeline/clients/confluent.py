@@ -10,6 +10,7 @@ from a call (``KafkaException``), an error event in ``consume``, and the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -59,6 +60,8 @@ METADATA_TIMEOUT_S = 10.0
 """An admin's first look at the cluster waits this long for a broker to answer."""
 ERROR_LOG_INTERVAL_S = 10.0
 """The same client error (a broker down, say) is logged at most this often."""
+TXN_WATCHDOG_MARGIN_S = 10.0
+"""How long past its own timeout a transactional call may block before its producer is set aside."""
 POLL_EVERY = 64
 """Sends between two ``poll(0)`` calls that serve delivery reports."""
 
@@ -329,6 +332,8 @@ class Producer:
                                      "delivery.report.only.error": True})
         self._sends = 0
         self._counts: dict[str, int] = {}
+        self._stuck: FencedError | None = None
+        """Set when a transactional call did not return: every later one raises it."""
 
     def on_error(self, handler: OnError) -> None:
         self._on_error = handler
@@ -382,25 +387,58 @@ class Producer:
             raise RetriableError(f"{left} send(s) not acknowledged within {timeout_s}s")
 
     def _call(self, doing: str, method: Any, *args: object) -> None:
+        if self._stuck is not None:
+            raise self._stuck
         try:
             method(*args)
         except KafkaException as exc:
             raise classify(exc, doing) from exc
 
+    def _call_within(self, doing: str, timeout_s: float, method: Any, *args: object) -> None:
+        """A transactional call that takes ``timeout_s``, watched: librdkafka 2.16 can block in one for ever.
+
+        ``send_offsets_to_transaction`` ignores its timeout while the group's coordinator is unknown
+        (librdkafka issues 5456 and 5511, seen here after broker kills). The call runs on a helper thread;
+        if it has not returned TXN_WATCHDOG_MARGIN_S after its own timeout, this producer is set aside
+        as fenced: the stage starts a new one with the same transactional id, which aborts what this one
+        left open. The blocked thread is abandoned (a daemon: it never holds up the process's exit).
+        """
+        if self._stuck is not None:
+            raise self._stuck
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                method(*args)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name=f"txn-{doing}", daemon=True)
+        helper.start()
+        helper.join(timeout_s + TXN_WATCHDOG_MARGIN_S)
+        if helper.is_alive():
+            self._stuck = FencedError(f"{doing} did not return within {timeout_s + TXN_WATCHDOG_MARGIN_S:.0f}s, past its "
+                                      f"{timeout_s:.0f}s timeout (librdkafka issue 5456): setting this producer aside")
+            raise self._stuck
+        if outcome:
+            error = outcome[0]
+            raise (classify(error, doing) if isinstance(error, KafkaException) else error) from error
+
     def init_transactions(self, timeout_s: float) -> None:
-        self._call("init_transactions", self._producer.init_transactions, timeout_s)
+        self._call_within("init_transactions", timeout_s, self._producer.init_transactions, timeout_s)
 
     def begin_transaction(self) -> None:
         self._call("begin_transaction", self._producer.begin_transaction)
 
     def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group: object, timeout_s: float) -> None:
-        self._call("send_offsets_to_transaction", self._producer.send_offsets_to_transaction, _rd_tps(offsets), group, timeout_s)
+        self._call_within("send_offsets_to_transaction", timeout_s, self._producer.send_offsets_to_transaction,
+                          _rd_tps(offsets), group, timeout_s)
 
     def commit_transaction(self, timeout_s: float) -> None:
-        self._call("commit_transaction", self._producer.commit_transaction, timeout_s)
+        self._call_within("commit_transaction", timeout_s, self._producer.commit_transaction, timeout_s)
 
     def abort_transaction(self, timeout_s: float) -> None:
-        self._call("abort_transaction", self._producer.abort_transaction, timeout_s)
+        self._call_within("abort_transaction", timeout_s, self._producer.abort_transaction, timeout_s)
 
     def close(self, timeout_s: float | None = None) -> None:
         try:

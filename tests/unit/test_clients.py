@@ -230,3 +230,25 @@ def test_kafka_python_transaction_steps_have_a_deadline() -> None:
         producer.abort_transaction(20.0)
     producer.send_offsets_to_transaction({TP: 3}, "group-meta", 20.0)
     manager.send_offsets_to_transaction.assert_called_once_with({KTP: OffsetAndMetadata(3, "", -1)}, "group-meta")
+
+
+def test_a_confluent_transactional_call_that_never_returns_sets_its_producer_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka 2.16's send_offsets_to_transaction can block past its timeout (issue 5456): the producer is fenced."""
+    monkeypatch.setattr(confluent, "TXN_WATCHDOG_MARGIN_S", 0.2)
+    errors = confluent._ErrorLog("t", "localhost:1", None)
+    producer = confluent.Producer({"bootstrap.servers": "localhost:1", "transactional.id": "t"}, errors)
+    never = threading.Event()
+    stuck = MagicMock()
+    stuck.send_offsets_to_transaction.side_effect = lambda *args: never.wait()
+    stuck.commit_transaction.side_effect = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+    producer._producer = stuck
+    with pytest.raises(FencedError, match="did not return within 0s, past its 0s timeout"):
+        producer.send_offsets_to_transaction({TopicPartition("p", 0): 5}, object(), 0.1)
+    with pytest.raises(FencedError):  # every later call at once, without touching the blocked client
+        producer.abort_transaction(1.0)
+    stuck.abort_transaction.assert_not_called()
+    never.set()
+    healthy = confluent.Producer({"bootstrap.servers": "localhost:1", "transactional.id": "u"}, errors)
+    healthy._producer = stuck
+    with pytest.raises(RetriableError, match="commit_transaction"):  # a call that returns an error is classified as ever
+        healthy.commit_transaction(1.0)
