@@ -204,7 +204,9 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any],
     # never as passed; a failure leaves the detector's stacks and whole log in results/chaos/.
     if pipeline.client == CONFLUENT:
         # After two broker kills, a confluent detector sent SIGTERM was seen to hang without a log line
-        # (twice in five runs).
+        # (twice in five runs): py-spy found it blocked in librdkafka's send_offsets_to_transaction, past
+        # its timeout (librdkafka issue 5456). Such a producer is now set aside and replaced (the watchdog
+        # in clients/confluent.py); one run since passed. Still marked until more runs confirm it.
         request.applymarker(pytest.mark.xfail(reason="confluent detector may hang on SIGTERM after two broker kills",
                                               strict=False))
     else:
