@@ -89,9 +89,10 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
     return stderr
 
 
-def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any]) -> None:
+def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any], rate: str = "600") -> None:
+    """Kill -9 the detector three times while ``rate`` payments/s flow (600: ~33 s of flow, room for three kills)."""
     rng = random.Random(seed)
-    producer = start_producer(pipeline, seed, rate="600")  # ~33 s of flow: room for three kills
+    producer = start_producer(pipeline, seed, rate=rate)
     # Transactions of a second: each kill lands inside an open one, whose records must then be aborted.
     args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", "1000")
     detector = pipeline.start("fraud_detector", *args, group="detector")
