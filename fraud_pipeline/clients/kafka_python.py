@@ -96,14 +96,14 @@ class _BootstrapFailures(logging.Handler):
         args = record.args if isinstance(record.args, tuple) else ()
         self.errors += [arg for arg in args if isinstance(arg, BaseException) and not isinstance(arg, kerr.KafkaTimeoutError)]
 
-    def why(self, servers: str, user: str | None) -> RefusedError | BaseException | None:
-        """A refusal among the attempts' errors (a wrong password shows in some attempts only, a hang-up in the
-        others), else the last error; None if no attempt failed."""
-        for error in self.errors:
+    def why(self, servers: str, user: str | None, raised: BaseException) -> RefusedError | BaseException:
+        """A refusal among the attempts' errors and what was raised (a wrong password shows in some attempts
+        only, a hang-up in the others), else the last attempt's error, else what was raised."""
+        for error in [*self.errors, raised]:
             refused = refusal(error, servers, user)
             if refused is not None:
                 return refused
-        return self.errors[-1] if self.errors else None
+        return self.errors[-1] if self.errors else raised
 
 
 def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTP]:
@@ -462,11 +462,10 @@ class Backend:
 
     def _connect_error(self, exc: Exception, failures: _BootstrapFailures) -> ClientError:
         servers = ",".join(self._servers)
-        why = failures.why(servers, self._security.sasl_username) or exc
-        if isinstance(why, ClientError):
+        why = failures.why(servers, self._security.sasl_username, exc)
+        if isinstance(why, RefusedError):
             return why
-        return refusal(why, servers, self._security.sasl_username) or cannot_reach(
-            servers, BOOTSTRAP_TIMEOUT_MS / 1000, why, self._security.protocol)
+        return cannot_reach(servers, BOOTSTRAP_TIMEOUT_MS / 1000, why, self._security.protocol)
 
     def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
         extra: dict[str, Any] = (

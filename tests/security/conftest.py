@@ -53,11 +53,9 @@ def _cluster_tool(command: str, env: dict[str, str]) -> subprocess.CompletedProc
 def secured_cluster() -> Iterator[SecuredCluster]:
     env = dict(os.environ, KAFKA_SECURITY=SASL_SSL)
     started = _cluster_tool("ping", env).returncode != 0
-    if started:
-        up = _cluster_tool("up", env)
-        assert up.returncode == 0, f"the secured cluster did not start:\n{up.stdout}\n{up.stderr}"
-    else:  # up again anyway: it writes the role files and grants the ACLs, both idempotent
-        assert _cluster_tool("up", env).returncode == 0
+    # `up` also on a running cluster: it writes the role files and grants the ACLs, both idempotent.
+    up = _cluster_tool("up", env)
+    assert up.returncode == 0, f"the secured cluster did not start:\n{up.stdout}\n{up.stderr}"
     layout = ClusterLayout.from_env(env)
     assert layout.security is not None
     admin = layout.admin_security()
