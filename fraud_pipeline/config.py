@@ -20,11 +20,7 @@ CONFLUENT = "confluent"
 CLIENTS = (KAFKA_PYTHON, CONFLUENT)
 """The client libraries behind the seam (fraud_pipeline.clients)."""
 DEFAULT_COMMIT_INTERVAL_MS = 100
-"""confluent: as Kafka Streams' exactly-once default, a transaction's fixed cost is shared by 100 ms of records.
-
-kafka-python commits every poll (0) by default: it runs rebalance callbacks on its
-network thread, where the commit of what is pending before a hand-over cannot block,
-so nothing may be pending across a poll there."""
+"""As Kafka Streams' exactly-once default: a transaction's fixed cost is shared by 100 ms of records."""
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 
@@ -73,8 +69,8 @@ class Settings:
     """Consumer group of this process; None for the producer."""
     idle_timeout_s: float | None = None
     """Exit after this many seconds without a message; None runs forever."""
-    commit_interval_ms: int | None = None
-    """Consumers: output and offsets are committed (one transaction, exactly-once) at most this often; None: the client's default."""
+    commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS
+    """Consumers: output and offsets are committed (one transaction, exactly-once) at most this often."""
     commit_records: int = 10_000
     """Consumers: ... or as soon as this many records are pending."""
     quiet: bool = False
@@ -109,6 +105,13 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"error: environment variable {name}={raw!r} is not an integer") from None
+
+
+def _env_non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _env_int(env, name, default)
+    if value < 0:
+        raise SystemExit(f"error: environment variable {name}={value} must be 0 or more")
+    return value
 
 
 def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettings:
@@ -222,10 +225,10 @@ def build_parser(
         run.add_argument("--quiet", action="store_true", help="no per-message lines, only the closing summary")
         run.add_argument(
             "--commit-interval-ms", type=non_negative_int,
-            default=_env_int(env, "COMMIT_INTERVAL_MS", -1) if env.get("COMMIT_INTERVAL_MS") else None, metavar="MS",
+            default=_env_non_negative_int(env, "COMMIT_INTERVAL_MS", DEFAULT_COMMIT_INTERVAL_MS), metavar="MS",
             help="commit output and offsets (exactly-once: one transaction) every MS milliseconds, or at 10000 pending "
             "records; lines are printed when their records commit; 0 commits every poll [env COMMIT_INTERVAL_MS] "
-            f"(default: {DEFAULT_COMMIT_INTERVAL_MS} on confluent, 0 on kafka-python, whose rebalance callbacks cannot commit)",
+            "(default: %(default)s)",
         )
     if transactional:
         delivery = parser.add_argument_group("delivery")
@@ -267,13 +270,6 @@ def build_parser(
         )
         run.add_argument("--quiet", action="store_true", help="do not print each payment")
     return parser
-
-
-def commit_interval_ms(settings: Settings) -> int:
-    """The commit interval in force: the one set, or the client's default (see DEFAULT_COMMIT_INTERVAL_MS)."""
-    if settings.commit_interval_ms is not None:
-        return settings.commit_interval_ms
-    return 0 if settings.client == KAFKA_PYTHON else DEFAULT_COMMIT_INTERVAL_MS
 
 
 def bootstrap_servers(text: str) -> tuple[str, ...]:
@@ -320,7 +316,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         topics=topics,
         client=args.client,
         security=security,
-        commit_interval_ms=getattr(args, "commit_interval_ms", None),
+        commit_interval_ms=getattr(args, "commit_interval_ms", DEFAULT_COMMIT_INTERVAL_MS),
         group_id=getattr(args, "group_id", None),
         idle_timeout_s=getattr(args, "idle_timeout", None),
         quiet=getattr(args, "quiet", False),

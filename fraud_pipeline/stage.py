@@ -33,7 +33,7 @@ from contextlib import nullcontext
 from typing import Protocol, TextIO
 
 from .clients import Batch, ClientError, Consumer, FatalError, Producer, Record, TopicPartition
-from .config import EXACTLY_ONCE, Settings, commit_interval_ms
+from .config import EXACTLY_ONCE, Settings
 from .kafka_io import (
     MAX_POLL_RECORDS,
     TRANSACTION_STEP_TIMEOUT_S,
@@ -365,8 +365,7 @@ def run_consumer(
                 raise PipelineError(str(exc)) from exc
             try:
                 if revoke_failures or lost:
-                    # kafka-python 3.0 runs rebalance callbacks on its network thread, where a blocking
-                    # offset commit is refused (RuntimeError): then what is pending is rolled back.
+                    # A commit before the hand-over failed, or partitions were lost: what is pending is rolled back.
                     failure = revoke_failures[0] if revoke_failures else BatchError(f"partitions lost: {sorted(lost)}")
                     revoke_failures.clear()
                     lost.clear()
@@ -444,7 +443,7 @@ def run_stage(
     at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
-    interval_ms = commit_interval_ms(settings)
+    interval_ms = settings.commit_interval_ms
     exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
     needs_slot = exactly_once and settings.transactional_id is None
     with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
 from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, NewTopic, ResourcePattern, ResourceType
 from kafka.structs import OffsetAndMetadata
@@ -114,20 +114,41 @@ def _ours(tps: Iterable[KafkaTP]) -> set[TopicPartition]:
     return {TopicPartition(tp.topic, tp.partition) for tp in tps}
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
+class _Listener(AsyncConsumerRebalanceListener):
+    """Rebalance callbacks, run by kafka-python 3.0 on its network thread.
+
+    A blocking offset commit is refused there (RuntimeError: "Cannot block on
+    net.run() from the IO thread itself"), so the commit a revoke callback asks
+    for is deferred: Consumer.commit only records it, and it is awaited here,
+    on that thread, before the partitions go.
+    """
+
+    def __init__(self, consumer: Consumer, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
+        self._consumer = consumer
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._on_lost = on_lost
 
-    def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
-        if revoked:
+    async def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
+        if not revoked:
+            return
+        deferred = self._consumer.defer_commits()
+        try:
             self._on_revoked(_ours(revoked))
+        finally:
+            self._consumer.stop_deferring()
+        if deferred:
+            coordinator = self._consumer._consumer._coordinator  # PRIVATE: the awaitable commit behind commit()
+            try:
+                await coordinator._commit_offsets_sync_async(deferred)
+                log.info("committed the offsets of %d partition(s) before the hand-over", len(deferred))
+            except kerr.KafkaError as exc:  # the output is out: the new owner may deliver it again
+                log.warning("offset commit before the rebalance failed, the batch may be delivered again: %s", exc)
 
-    def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
+    async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
         self._on_assigned(_ours(assigned))
 
-    def on_partitions_lost(self, lost: set[KafkaTP]) -> None:
+    async def on_partitions_lost(self, lost: set[KafkaTP]) -> None:
         self._on_lost(_ours(lost))
 
 
@@ -138,9 +159,18 @@ class Consumer:
         self._consumer = consumer
         self._max_records = max_records
         self._tps: dict[KafkaTP, TopicPartition] = {}
+        self._deferred: dict[KafkaTP, OffsetAndMetadata] | None = None
 
     def subscribe(self, topic: str, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
-        self._consumer.subscribe([topic], listener=_Listener(on_assigned, on_revoked, on_lost))
+        self._consumer.subscribe([topic], listener=_Listener(self, on_assigned, on_revoked, on_lost))
+
+    def defer_commits(self) -> dict[KafkaTP, OffsetAndMetadata]:
+        """From now on commit() only records its offsets, in the dict returned (see _Listener)."""
+        self._deferred = {}
+        return self._deferred
+
+    def stop_deferring(self) -> None:
+        self._deferred = None
 
     def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._consumer.assign(_kafka_tps(offsets))
@@ -167,8 +197,12 @@ class Consumer:
         return batch
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        kafka_offsets = {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        if self._deferred is not None:
+            self._deferred.update(kafka_offsets)
+            return
         try:
-            self._consumer.commit({KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self._consumer.commit(kafka_offsets)
         except kerr.KafkaError as exc:
             self._restart_stalled_rebalance()
             raise classify(exc, "offset commit") from exc

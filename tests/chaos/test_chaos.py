@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, ElectionType, KafkaException
 from confluent_kafka import TopicPartition as ConfluentTP
 from confluent_kafka.admin import AdminClient
 
-from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Admin, backend
+from fraud_pipeline.clients import KAFKA_PYTHON, Admin, backend
 from tests.integration.conftest import ROOT, Pipeline, confluent_connection, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
@@ -196,27 +196,16 @@ def elect_preferred_leaders(admin: Admin, pipeline: Pipeline, timeout_s: float =
         time.sleep(0.5)
 
 
-def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any], request: pytest.FixtureRequest) -> None:
+def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any]) -> None:
     """Kill -9 each broker in turn while payments flow: the transaction coordinator's, the group
     coordinator's, then a third one during a detector's start-up. No script exits; 0 lost, 0 duplicated."""
     status = cluster_command("status", check=False)
     assert status.returncode == 0, f"this test kills brokers of the project's own cluster (make cluster-up):\n{status.stdout}"
-    # Known open bugs, reported rather than hidden. The test runs in full and shows as xfailed or xpassed,
-    # never as passed; a failure leaves the detector's stacks and whole log in results/chaos/.
-    if pipeline.client == CONFLUENT:
-        # After two broker kills, a confluent detector sent SIGTERM was seen to hang without a log line
-        # (twice in five runs): py-spy found it blocked in librdkafka's send_offsets_to_transaction, past
-        # its timeout (librdkafka issue 5456). Such a producer is now set aside and replaced (the watchdog
-        # in clients/confluent.py); one run since passed. Still marked until more runs confirm it.
-        request.applymarker(pytest.mark.xfail(reason="confluent detector may hang on SIGTERM after two broker kills",
-                                              strict=False))
-    else:
-        # Once in about six runs: with the transaction coordinator killed, the kafka-python detector made no
-        # progress for 90 s, its produce requests answered "Unable to verify the partition has been added to
-        # the transaction. Underlying error: NETWORK_EXCEPTION" (NotEnoughReplicas) over and over. Records now
-        # expire within the transaction timeout so that the stage can abort; not yet seen to mend it.
-        request.applymarker(pytest.mark.xfail(reason="kafka-python detector may stall while its transaction "
-                                              "coordinator's loss leaves partitions unverifiable", strict=False))
+    # A failure leaves the detector's stacks and whole log in results/chaos/. Fixed here, each once seen:
+    # a confluent detector hung on SIGTERM in librdkafka's send_offsets_to_transaction past its timeout
+    # (librdkafka issue 5456; now set aside by the watchdog in clients/confluent.py), and a kafka-python
+    # detector kept retrying "Unable to verify the partition has been added to the transaction" after the
+    # transaction coordinator's loss (records now expire within the transaction timeout, then it aborts).
     seed = 303
     admin = backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).admin("chaos")
     try:

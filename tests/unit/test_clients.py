@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from unittest.mock import MagicMock
@@ -178,6 +179,32 @@ def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
     raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)})
     raw._coordinator.request_rejoin.assert_called_once()
     assert handler.handled == [b"a"] and handler.emitted == 1  # the output was out: the failed commit was not fatal
+
+
+def test_kafka_python_commits_asked_for_in_a_revoke_callback_are_awaited_on_its_network_thread() -> None:
+    """kafka-python 3.0 refuses a blocking commit in a rebalance callback: the backend awaits it instead."""
+    raw = MagicMock()
+    awaited: list[dict[KafkaTP, OffsetAndMetadata]] = []
+
+    async def commit_offsets(offsets: dict[KafkaTP, OffsetAndMetadata]) -> None:
+        awaited.append(dict(offsets))
+
+    raw._coordinator._commit_offsets_sync_async = commit_offsets
+    consumer = kafka_python.Consumer(raw, max_records=100)
+    revoked: list[set[TopicPartition]] = []
+
+    def on_revoked(partitions: set[TopicPartition]) -> None:
+        revoked.append(partitions)
+        consumer.commit({TP: 9})  # what the stage's commit-before-revoke does
+
+    consumer.subscribe("payments", on_assigned=lambda _: None, on_revoked=on_revoked, on_lost=lambda _: None)
+    listener = raw.subscribe.call_args.kwargs["listener"]
+    asyncio.run(listener.on_partitions_revoked({KTP}))
+    assert revoked == [{TP}]
+    raw.commit.assert_not_called()
+    assert awaited == [{KTP: OffsetAndMetadata(9, "", -1)}]
+    consumer.commit({TP: 10})  # outside the callback: the blocking commit again
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(10, "", -1)})
 
 
 def test_a_commit_failure_outside_a_stalled_rebalance_does_not_rejoin() -> None:
