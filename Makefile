@@ -7,13 +7,14 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 BACKTEST_ARGS ?=
+CONSOLE_ARGS ?=
 # plaintext: the open cluster on localhost:9091-9093; sasl_ssl: the secured one on 9191-9193 (README, "Security")
 KAFKA_SECURITY ?= plaintext
 export KAFKA_SECURITY
 ADMIN_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/admin.properties,)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo test unit chaos bench backtest lint clean
+.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ topics: cluster-up ## create the pipeline's topics (idempotent)
 
 demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duration 30" to stop by itself)
 	@$(PY) -m fraud_pipeline.demo $(DEMO_ARGS)
+
+console: topics ## the web console on http://127.0.0.1:8080 (CONSOLE_ARGS="--port 8081 --rules FILE")
+	@$(PY) fraud_console.py $(ADMIN_CONFIG) $(CONSOLE_ARGS)
 
 unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -95,6 +95,10 @@ class Settings:
     """Producer: mix of labelled fraud scenarios to inject (see fraud_pipeline.scenarios); "none": the original stream."""
     reasons: bool = True
     """Fraud processor: print the decision's reasons after the original line."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port (fraud_pipeline.metrics); 0: off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds."""
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -168,6 +172,19 @@ def add_connection_arguments(parser: argparse.ArgumentParser, env: Mapping[str, 
     return group
 
 
+def add_metrics_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """``--metrics-port`` and ``--metrics-host`` of a long-running script (fraud_pipeline.metrics)."""
+    observe = parser.add_argument_group("metrics")
+    observe.add_argument(
+        "--metrics-port", type=non_negative_int, default=_env_non_negative_int(env, "METRICS_PORT", 0), metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 is off [env METRICS_PORT] (default: %(default)s)",
+    )
+    observe.add_argument(
+        "--metrics-host", default=env.get("METRICS_HOST") or "127.0.0.1", metavar="HOST",
+        help="address the metrics server binds; 0.0.0.0 for every interface [env METRICS_HOST] (default: %(default)s)",
+    )
+
+
 def build_parser(
     prog: str,
     description: str,
@@ -211,6 +228,8 @@ def build_parser(
         "--no-create-topics", dest="create_topics", action="store_false",
         help="do not create missing topics at start-up",
     )
+    if consumes is not None or producer:
+        add_metrics_arguments(parser, env)
     if consumes is not None:
         group_env = (default_group or "").upper().replace("-", "_") + "_GROUP_ID"
         run = parser.add_argument_group("consumer")
@@ -330,4 +349,6 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         rules_file=getattr(args, "rules_file", None),
         scenarios=getattr(args, "scenarios", "none"),
         reasons=getattr(args, "reasons", True),
+        metrics_port=getattr(args, "metrics_port", 0),
+        metrics_host=getattr(args, "metrics_host", "127.0.0.1"),
     )

@@ -38,6 +38,8 @@ from .kafka_io import (
     read_span,
 )
 from .live_rules import LiveRules, describe
+from .metrics import Metrics
+from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
 from .runtime import PipelineError, Summary, run_cli
@@ -78,6 +80,7 @@ class Detector:
 
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules, replay: Replay,
+        metrics: Metrics | None = None,
     ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
@@ -88,6 +91,10 @@ class Detector:
         self._replay = replay
         self._engine = Engine(rules.current)
         self._states: dict[int, WindowState] = {}
+        self._metrics = metrics if metrics is not None and metrics.enabled else None
+        if self._metrics is not None:
+            self._metrics.window_keys = self._states
+            self._metrics.rules = _rule_refs(self._engine)
         self._next_offsets: dict[int, int] = {}
         self._evicted: dict[int, int] = {}
         self.emit = lines.emit
@@ -110,6 +117,8 @@ class Detector:
             log.info("the new rules read more history than is held: rebuilding the windows of every partition")
             self._states.clear()
         self._engine = engine
+        if self._metrics is not None:
+            self._metrics.rules = _rule_refs(engine)
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         # Windows of partitions still owned stay (their offsets tell if they must be rebuilt);
@@ -132,7 +141,10 @@ class Detector:
         topic = self._fraud_topic if decision.fraud else self._legit_topic
         value = with_field(record.value or b"", "DECISION", decision.to_json())
         partition = self._output.partition_for(topic, record.partition)
-        self._output.send(topic, record.key, value, [decision_header(decision)], partition)
+        header = decision_header(decision)
+        self._output.send(topic, record.key, value, [header], partition)
+        if self._metrics is not None:
+            self._metrics.decided(record.timestamp, header, decision.fired)
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
         if state is not None and state.evicted_keys != self._evicted.get(record.partition, 0):
             self._note_evictions(record.partition, state)
@@ -170,6 +182,10 @@ class Detector:
             "rebuilt the windows of partition %d from %d payment(s) before offset %d in %.2fs",
             first.partition, count, first.offset, time.monotonic() - started,
         )
+
+
+def _rule_refs(engine: Engine) -> list[tuple[str, int, str]]:
+    return [(rule.id, rule.version, rule.mode) for rule in engine.ruleset.rules]
 
 
 @contextmanager
@@ -215,11 +231,13 @@ def run(settings: Settings, stop: threading.Event) -> int:
     topics = settings.topics
     prepare_topics(settings, reads=[topics.payments, topics.rules],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
+    metrics = start_metrics(NAME, settings)
+    metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
     with live_rules(settings) as (rules, replay):
         return run_stage(
             settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
-            make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines, rules, replay),
-            transactional=True,
+            make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines, rules, replay, metrics),
+            transactional=True, metrics=metrics,
         )
 
 

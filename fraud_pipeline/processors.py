@@ -28,6 +28,7 @@ from collections.abc import Callable
 from .clients import Batch, Record
 from .config import Settings, TopicSettings, build_parser
 from .kafka_io import DeadLetters, prepare_topics
+from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
 from .runtime import Summary, run_cli
@@ -109,6 +110,7 @@ def _run_processor(
     return run_stage(
         settings, name=name, source_topic=topic, stop=stop, summary=Summary(name, "payments"),
         make_handler=lambda output, dead_letters, lines: Processor(line, dead_letters, lines),
+        metrics=start_metrics(name, settings),
     )
 
 

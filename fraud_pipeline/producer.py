@@ -23,6 +23,7 @@ from typing import TextIO
 from .clients import Producer
 from .config import Settings, build_parser
 from .kafka_io import BatchError, Output, make_producer, prepare_topics
+from .metrics import start as start_metrics
 from .payment import Payment, encode, payment_stream
 from .runtime import PipelineError, Summary, run_cli
 from .scenarios import LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
@@ -84,6 +85,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
         raise PipelineError(f"--scenarios: {exc}") from None
     prepare_topics(settings, writes=[settings.topics.payments])
     summary = Summary(NAME, "payments sent")
+    start_metrics(NAME, settings).outcomes = summary.counts
     producer = make_producer(settings, NAME)
     try:
         reason = produce(producer, settings, stop, summary)

@@ -41,6 +41,8 @@ def setup_logging(name: str) -> logging.Logger:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("librdkafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)  # "Task ran for 0.15s": its own loop's timing
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the console's every request
     return logging.getLogger(name)
 
 

@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Protocol, TextIO
@@ -43,6 +44,7 @@ from .kafka_io import (
     make_consumer,
     make_producer,
 )
+from .metrics import Metrics
 from .payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
 from .runtime import PipelineError, Summary, instance_slot
 
@@ -191,9 +193,11 @@ class ExactlyOnce:
 
     name = "exactly-once"
 
-    def __init__(self, output: Output, new_producer: Callable[[], Producer]) -> None:
+    def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None) -> None:
         self._output = output
         self._new_producer = new_producer
+        self._tally: Counter[str] = Counter() if tally is None else tally
+        """Transactions by result: committed, aborted, retried (a new producer)."""
         self._init_transactions()
 
     def begin(self) -> None:
@@ -207,6 +211,7 @@ class ExactlyOnce:
         producer = self._output.producer
         producer.send_offsets_to_transaction(offsets, consumer.group_metadata(), TRANSACTION_STEP_TIMEOUT_S)
         producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        self._tally["committed"] += 1
         emit()
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
@@ -217,6 +222,7 @@ class ExactlyOnce:
         records are read again from what the group committed, not from the
         first offsets: what did commit is not committed twice.
         """
+        self._tally["aborted"] += 1
         if self._output.stalled:
             # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
             # after the transaction coordinator's broker died): start afresh instead of aborting.
@@ -239,6 +245,7 @@ class ExactlyOnce:
     def _replace_producer(self, why: str) -> None:
         """A new producer with the same transactional id: it aborts whatever the old one left open and fences it."""
         log.warning("%s: starting a new producer with the same transactional id", why)
+        self._tally["retried"] += 1
         self._swap_producer()
         self._init_transactions()
 
@@ -265,6 +272,7 @@ class ExactlyOnce:
                 if attempt == attempts:
                     raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
                 log.warning("init_transactions failed (%s); trying again with a new producer", exc)
+                self._tally["retried"] += 1
                 self._swap_producer()
 
 
@@ -310,6 +318,7 @@ def run_consumer(
     assignment: Assignment | None = None,
     commit_interval_s: float = 0.1,
     commit_records: int = 10_000,
+    metrics: Metrics | None = None,
 ) -> str:
     """Poll and handle records until ``stop`` is set or the input is idle; return why it ended.
 
@@ -363,6 +372,9 @@ def run_consumer(
                 batch = consumer.poll(wait_s, MAX_POLL_RECORDS)
             except FatalError as exc:
                 raise PipelineError(str(exc)) from exc
+            last_polled_at = time.monotonic()
+            if metrics is not None and metrics.lag_due():
+                _note_lag(consumer, metrics)
             try:
                 if revoke_failures or lost:
                     # A commit before the hand-over failed, or partitions were lost: what is pending is rolled back.
@@ -383,7 +395,10 @@ def run_consumer(
                     for records in batch.values():
                         for record in records:
                             handler.handle(record)
-                    last_record_at = time.monotonic()
+                    handled_at = time.monotonic()
+                    if metrics is not None:
+                        metrics.batch_seconds.observe(handled_at - last_polled_at)
+                    last_record_at = handled_at
                 if pending.open and (
                     pending.records >= commit_records or time.monotonic() - pending.opened_at >= commit_interval_s
                 ):
@@ -422,6 +437,16 @@ def run_consumer(
             assignment.before_revoke = lambda: None
 
 
+def _note_lag(consumer: Consumer, metrics: Metrics) -> None:
+    """Each assigned partition's end offset minus this consumer's position (one watermark request)."""
+    assigned = consumer.assignment()
+    try:
+        ends = consumer.watermarks(assigned, timeout_s=1.0)
+        metrics.lag = {(tp.topic, tp.partition): max(0, ends[tp][1] - consumer.position(tp)) for tp in assigned if tp in ends}
+    except ClientError as exc:  # a broker moving: the next look will do
+        log.debug("lag not looked up: %s", exc)
+
+
 HandlerFactory = Callable[[Output, DeadLetters, LineBuffer], RecordHandler]
 
 
@@ -434,6 +459,7 @@ def run_stage(
     summary: Summary,
     make_handler: HandlerFactory,
     transactional: bool = False,
+    metrics: Metrics | None = None,
 ) -> int:
     """Run one consuming stage (detector or processor) until stopped or idle; return the exit status.
 
@@ -443,6 +469,8 @@ def run_stage(
     at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
+    if metrics is not None:
+        metrics.outcomes = summary.counts
     interval_ms = settings.commit_interval_ms
     exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
     needs_slot = exactly_once and settings.transactional_id is None
@@ -461,7 +489,8 @@ def run_stage(
             try:
                 try:
                     delivery: Delivery = (
-                        ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id))
+                        ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id),
+                                    metrics.transactions if metrics is not None else None)
                         if exactly_once else AtLeastOnce(output)
                     )
                 except FatalError as exc:
@@ -476,6 +505,7 @@ def run_stage(
                 reason = run_consumer(
                     consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s, assignment=assignment,
                     commit_interval_s=interval_ms / 1000, commit_records=settings.commit_records,
+                    metrics=metrics if metrics is not None and metrics.enabled else None,
                 )
             except PipelineError as exc:
                 stage_log.error("%s; stopping without committing the current batch", exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from .types import Acl, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
+from .types import Acl, ClusterInfo, GroupInfo, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
 
 Batch = Mapping[TopicPartition, list[Record]]
 """One poll's records, by partition, each list in offset order."""
@@ -128,6 +128,18 @@ class Admin(Protocol):
 
     def create_acls(self, acls: Iterable[Acl]) -> None:
         """Add ALLOW entries (those that exist already stay as they are); the cluster needs an authorizer."""
+
+    def describe_cluster(self) -> ClusterInfo:
+        """The cluster's id, controller and brokers."""
+
+    def list_groups(self) -> list[str]:
+        """Ids of the consumer groups this client may describe."""
+
+    def describe_groups(self, groups: Iterable[str]) -> list[GroupInfo]:
+        """State and members of each group, in the order asked."""
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """The group's committed next offsets, by partition."""
 
     def close(self) -> None:
         """Close; never raises."""

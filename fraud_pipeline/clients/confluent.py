@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer as RdConsumer
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message
 from confluent_kafka import Producer as RdProducer
 from confluent_kafka import TopicPartition as RdTP
 from confluent_kafka.admin import (
@@ -33,9 +33,13 @@ from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .types import (
     Acl,
+    Broker,
     ClientError,
+    ClusterInfo,
     FatalError,
     FencedError,
+    GroupInfo,
+    GroupMember,
     Headers,
     NotAuthorizedError,
     PartitionInfo,
@@ -538,8 +542,57 @@ class Admin:
             except KafkaException as exc:
                 raise classify(exc, f"create ACL {binding}") from exc
 
+    def describe_cluster(self) -> ClusterInfo:
+        try:
+            found = self._admin.describe_cluster(request_timeout=10).result()
+        except KafkaException as exc:
+            raise classify(exc, "describe cluster") from exc
+        brokers = tuple(sorted(Broker(n.id, n.host, n.port) for n in found.nodes))
+        controller = found.controller.id if found.controller is not None else None
+        return ClusterInfo(found.cluster_id, controller, brokers)
+
+    def list_groups(self) -> list[str]:
+        try:
+            found = self._admin.list_consumer_groups(request_timeout=10).result()
+        except KafkaException as exc:
+            raise classify(exc, "list groups") from exc
+        return sorted(g.group_id for g in found.valid)
+
+    def describe_groups(self, groups: Iterable[str]) -> list[GroupInfo]:
+        wanted = list(groups)
+        if not wanted:
+            return []
+        described = []
+        for group, future in self._admin.describe_consumer_groups(wanted, request_timeout=10).items():
+            try:
+                info = future.result()
+            except KafkaException as exc:
+                raise classify(exc, f"describe group {group}") from exc
+            members = tuple(
+                GroupMember(m.member_id, m.client_id or "", m.host or "", tuple(sorted(
+                    TopicPartition(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else ())
+                )))
+                for m in info.members
+            )
+            state = getattr(info.state, "name", str(info.state))
+            described.append(GroupInfo(group, _GROUP_STATES.get(state, state.title()), members))
+        order = {group: i for i, group in enumerate(wanted)}
+        return sorted(described, key=lambda info: order[info.group])
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        request = [ConsumerGroupTopicPartitions(group)]
+        try:
+            found = self._admin.list_consumer_group_offsets(request, request_timeout=10)[group].result()
+        except KafkaException as exc:
+            raise classify(exc, f"offsets of group {group}") from exc
+        return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in found.topic_partitions or () if tp.offset >= 0}
+
     def close(self) -> None:
         pass  # AdminClient has nothing to close; it is released with the object
+
+
+_GROUP_STATES = {"PREPARING_REBALANCING": "PreparingRebalance", "COMPLETING_REBALANCING": "CompletingRebalance"}
+"""librdkafka's group state names that do not read as Kafka's own once title-cased (Stable, Empty, Dead)."""
 
 
 def security_config(security: Security) -> dict[str, Any]:

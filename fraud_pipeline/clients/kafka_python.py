@@ -24,9 +24,13 @@ from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .types import (
     Acl,
+    Broker,
     ClientError,
+    ClusterInfo,
     FatalError,
     FencedError,
+    GroupInfo,
+    GroupMember,
     Headers,
     NotAuthorizedError,
     PartitionInfo,
@@ -104,6 +108,19 @@ class _BootstrapFailures(logging.Handler):
             if refused is not None:
                 return refused
         return self.errors[-1] if self.errors else raised
+
+
+def _assigned(member: Mapping[str, Any]) -> tuple[TopicPartition, ...]:
+    """A described member's partitions, from its decoded consumer-protocol assignment."""
+    assignment = member.get("member_assignment")
+    pairs = getattr(assignment, "assigned_partitions", None)
+    if pairs is None and isinstance(assignment, Mapping):
+        pairs = assignment.get("assigned_partitions")
+    found: list[TopicPartition] = []
+    for entry in pairs or ():
+        topic, partitions = (entry["topic"], entry["partitions"]) if isinstance(entry, Mapping) else entry
+        found.extend(TopicPartition(topic, p) for p in partitions)
+    return tuple(sorted(found))
 
 
 def _kafka_tps(tps: Iterable[TopicPartition]) -> list[KafkaTP]:
@@ -443,6 +460,47 @@ class Admin:
             raise classify(exc, "create ACLs") from exc
         for entry, error in result["failed"]:
             raise classify(error, f"create ACL {entry}")
+
+    def describe_cluster(self) -> ClusterInfo:
+        try:
+            found = self._admin.describe_cluster()
+        except kerr.KafkaError as exc:
+            raise classify(exc, "describe cluster") from exc
+        brokers = tuple(sorted(Broker(b["broker_id"], b["host"], b["port"]) for b in found["brokers"]))
+        controller = found.get("controller_id")
+        return ClusterInfo(found.get("cluster_id"), controller if controller is not None and controller >= 0 else None, brokers)
+
+    def list_groups(self) -> list[str]:
+        try:
+            return sorted(g["group_id"] for g in self._admin.list_groups() if g.get("protocol_type") in ("consumer", ""))
+        except kerr.KafkaError as exc:
+            raise classify(exc, "list groups") from exc
+
+    def describe_groups(self, groups: Iterable[str]) -> list[GroupInfo]:
+        wanted = list(groups)
+        if not wanted:
+            return []
+        try:
+            found = self._admin.describe_groups(wanted)
+        except kerr.KafkaError as exc:
+            raise classify(exc, "describe groups") from exc
+        described = []
+        for group in wanted:
+            info = found.get(group) or {}
+            members = tuple(
+                GroupMember(m.get("member_id", ""), m.get("client_id", ""), m.get("client_host", ""), _assigned(m))
+                for m in info.get("members") or ()
+            )
+            described.append(GroupInfo(group, info.get("group_state") or "Unknown", members))
+        return described
+
+    def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        try:
+            found = self._admin.list_group_offsets({group: None})
+        except kerr.KafkaError as exc:
+            raise classify(exc, f"offsets of group {group}") from exc
+        return {TopicPartition(tp.topic, tp.partition): meta.offset
+                for tp, meta in (found.get(group) or {}).items() if meta.offset >= 0}
 
     def close(self) -> None:
         _close_quietly(self._admin)

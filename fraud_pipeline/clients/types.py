@@ -75,6 +75,44 @@ class PartitionInfo:
     """Broker ids in sync with the leader."""
 
 
+@dataclass(frozen=True, order=True)
+class Broker:
+    """One broker of the cluster metadata."""
+
+    id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The cluster's id, controller and brokers."""
+
+    cluster_id: str | None
+    controller: int | None
+    """Broker id of the active controller, as the brokers report it; None when unknown."""
+    brokers: tuple[Broker, ...]
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One member of a consumer group and the partitions assigned to it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    partitions: tuple[TopicPartition, ...]
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A consumer group: its state (Stable, Empty, PreparingRebalance, ...) and members."""
+
+    group: str
+    state: str
+    members: tuple[GroupMember, ...]
+
+
 @dataclass(frozen=True)
 class Acl:
     """One ALLOW access control entry: ``principal`` may do ``operation`` on a resource (from any host)."""

@@ -1,0 +1,76 @@
+"""The fraud console: a live web page of the pipeline and Kafdrop's view of the cluster (``fraud_console.py``).
+
+``monitor`` reads the pipeline's topics, ``cluster_view`` looks up brokers,
+topics, groups and messages, ``app`` serves the page (``static/``) and its API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from aiohttp import web
+
+from ..config import Settings, build_parser, non_negative_int
+from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
+from ..runtime import PipelineError, run_cli
+from .app import make_app
+from .cluster_view import ClusterView
+from .monitor import Monitor
+
+NAME = "fraud_console"
+
+
+def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_file: str | None) -> int:
+    try:
+        baseline: RuleSet = ORIGINAL if rules_file is None else load_ruleset(rules_file)
+    except RuleError as exc:
+        raise PipelineError(f"rules file refused: {exc}") from None
+    monitor = Monitor(settings, baseline)
+    view = ClusterView(settings)
+    reader = threading.Thread(target=monitor.run, args=(stop,), name="console-monitor", daemon=True)
+    reader.start()
+    try:
+        asyncio.run(_serve(make_app(monitor, view, stop), host, port, stop))
+    finally:
+        stop.set()
+        reader.join(10)
+        view.close()
+    return 0
+
+
+async def _serve(app: web.Application, host: str, port: int, stop: threading.Event) -> None:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise PipelineError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
+        print(f"{NAME}: http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(
+        NAME,
+        "A live web page of the fraud pipeline (payments/s, fraud rate, alerts with their reasons, rules and "
+        "their hits, dead letters, consumer lag) and Kafdrop's read-only view of the cluster (brokers, topics, "
+        "consumer groups, a message browser). Reads Kafka directly with the scripts' client settings; writes nothing.",
+        consumes=None,
+    )
+    web_group = parser.add_argument_group("web")
+    web_group.add_argument("--host", default="127.0.0.1",
+                           help="address to serve on; 0.0.0.0 for every interface (default: %(default)s)")
+    web_group.add_argument("--port", type=non_negative_int, default=8080, help="port to serve on (default: %(default)s)")
+    web_group.add_argument(
+        "--rules", dest="rules_file", default=None, metavar="FILE",
+        help="the detector's rule set file, shown as the baseline under the rules topic's changes "
+        "(default: the original rule, BITCOIN is fraud)",
+    )
+    args = parser.parse_args(argv)
+    return run_cli(NAME, parser, argv,
+                   lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file))
