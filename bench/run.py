@@ -13,6 +13,7 @@ the whole topic with a new consumer group. kafka-python (the default client):
   detector_eos              our detector, exactly-once, --quiet
   detector_x2               two at-least-once detector processes in one group
   detector_rules            at-least-once with the recommended rules (rules/sets/recommended.yaml)
+  detector_metrics          detector_alo with Prometheus metrics on, scraped every second
 
 and the same on confluent-kafka (librdkafka), the detector with --client confluent:
 
@@ -22,6 +23,7 @@ and the same on confluent-kafka (librdkafka), the detector with --client conflue
   confluent_detector_eos    ... exactly-once
   confluent_detector_x2     two at-least-once confluent detector processes in one group
   confluent_detector_rules  at-least-once with the recommended rules
+  confluent_detector_metrics  at-least-once, metrics on and scraped every second
 
 then Kafka's Java ProducerPerformance / ConsumerPerformance on the same cluster.
 
@@ -53,12 +55,14 @@ import os
 import random
 import re
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,7 +80,7 @@ from fraud_pipeline.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
-KINDS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules")
+KINDS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules", "detector_metrics")
 """The kafka-python scenarios; each but seed_loop also runs on confluent-kafka as ``confluent_<kind>``."""
 PREFIX = "confluent_"
 SCENARIOS = (*KINDS, *(PREFIX + kind for kind in KINDS if kind != "seed_loop"))
@@ -87,6 +91,7 @@ DETECTOR_ARGS = {
     "detector_eos": ["--guarantee", "exactly-once"],
     "detector_x2": ["--guarantee", "at-least-once"],  # as (c): the ratio is the second process's gain
     "detector_rules": ["--guarantee", "at-least-once", "--rules-file", str(RECOMMENDED)],
+    "detector_metrics": ["--guarantee", "at-least-once", "--metrics"],
 }
 PROCESSES = {"detector_x2": 2}
 
@@ -117,6 +122,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "confluent_alo/confluent_passthrough": ("≥", 0.6),
     "confluent_eos/confluent_alo": ("≥", 0.7),
     "confluent_rules/confluent_alo": ("≥", 0.5),
+    "metrics/alo": ("≥", 0.95),
+    "confluent_metrics/confluent_alo": ("≥", 0.95),
     "p99/passthrough_p99": ("≤", 1.5),
     "alo_p99/passthrough_p99": ("≤", 1.5),
     "confluent_alo_p99/java_p99": ("≤", 3),
@@ -132,6 +139,8 @@ THROUGHPUT_RATIOS = {
     "confluent_alo/confluent_passthrough": ("confluent_detector_alo", "confluent_passthrough"),
     "confluent_eos/confluent_alo": ("confluent_detector_eos", "confluent_detector_alo"),
     "confluent_rules/confluent_alo": ("confluent_detector_rules", "confluent_detector_alo"),
+    "metrics/alo": ("detector_metrics", "detector_alo"),
+    "confluent_metrics/confluent_alo": ("confluent_detector_metrics", "confluent_detector_alo"),
 }
 
 
@@ -335,19 +344,25 @@ def child_detector(args: argparse.Namespace) -> Progress:
     from fraud_pipeline.config import Settings, TopicSettings
     from fraud_pipeline.detector import Detector, live_rules
     from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
+    from fraud_pipeline.metrics import start as start_metrics
     from fraud_pipeline.runtime import Summary, setup_logging
     from fraud_pipeline.stage import run_stage
 
     setup_logging("bench")
+    metrics_port = _free_port() if args.metrics else 0
     settings = Settings(
         bootstrap_servers=_servers(args.bootstrap), security=_security(),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
         client=args.client, group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee,
-        idle_timeout_s=args.idle_seconds, rules_file=args.rules_file,
+        idle_timeout_s=args.idle_seconds, rules_file=args.rules_file, metrics_port=metrics_port,
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
     stop = threading.Event()
+    metrics = start_metrics("fraud_detector", settings)
+    metrics.outcome_names = {args.fraud: "fraud", args.legit: "legit"}
+    if metrics.enabled:
+        threading.Thread(target=_scrape_every_second, args=(metrics_port, stop), daemon=True).start()
     progress = Progress()
 
     class Counted:
@@ -376,11 +391,25 @@ def child_detector(args: argparse.Namespace) -> Progress:
         status = run_stage(
             settings, name="fraud_detector", source_topic=args.topic, stop=stop, summary=Summary("bench-detector", "payments"),
             transactional=True,
-            make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, replay)),
+            make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, replay, metrics)),
+            metrics=metrics,
         )
     if status:
         raise SystemExit(f"bench: the detector ({args.client}, {args.guarantee}) failed")
     return progress
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape_every_second(port: int, stop: threading.Event) -> None:
+    """What Prometheus does to the detector, ten times more often than its default."""
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            response.read()
 
 
 @dataclass
@@ -781,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--idle-seconds", type=float, default=IDLE_S, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client_config:
         os.environ["KAFKA_CLIENT_CONFIG"] = args.client_config  # read by _security(), here and in every child

@@ -143,6 +143,7 @@ function setStatus(live, ms) {
   const s = $('status');
   s.textContent = live ? `live · updated ${hms(ms ?? Date.now())}` : 'disconnected, retrying…';
   s.classList.toggle('error', !live);
+  s.classList.toggle('live', live);
 }
 
 function armWatchdog() {

@@ -1,0 +1,223 @@
+"""The console in a real browser (Debian's headless Chromium through Selenium) against the real cluster.
+
+Seeded payments with fraud scenarios go through the detector with the
+recommended rules, plus records it must dead-letter; then the page is checked
+as a person would check it: the alert list is the fraud topic with its
+reasons, the counts match the topics, the detector's lag is 0, the message
+browser shows a chosen record's headers, a bad offset shows an error. A
+screenshot of each view is saved under results/console/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from fraud_pipeline.console.monitor import parse_decision_header
+from fraud_pipeline.rules import RULESETS_DIR
+from tests.integration.conftest import ROOT, Pipeline, read_topic
+
+RECOMMENDED = RULESETS_DIR / "recommended.yaml"
+SCREENSHOTS = ROOT / "results" / "console"
+COUNT = 1200
+BAD_RECORDS = [b"not json at all", b'{"AMOUNT": "lots"}', b"\xff\xfe"]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium from the system's packages (.ci/run installs chromium and chromium-driver)."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert Path(path).exists(), f"{path} is missing: apt-get install chromium chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def start_console(pipeline: Pipeline, port: int) -> subprocess.Popen[str]:
+    command = [sys.executable, str(ROOT / "fraud_console.py"), "--client", pipeline.client, *pipeline.args(),
+               "--port", str(port), "--rules", str(RECOMMENDED)]
+    console = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pipeline.started.append(console)
+    deadline = time.monotonic() + 60
+    while True:
+        assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return console
+        except OSError:
+            assert time.monotonic() < deadline, "the console did not answer within 60 s"
+            time.sleep(0.3)
+
+
+def wait_for(driver: WebDriver, what: str, check: object, timeout_s: float = 60) -> None:
+    try:
+        WebDriverWait(driver, timeout_s, poll_frequency=0.3).until(lambda d: check())  # type: ignore[operator]
+    except TimeoutException:
+        raise AssertionError(f"the page never showed {what}") from None
+
+
+def number(element: WebElement) -> int:
+    return int(element.text.replace(",", "").strip() or -1)
+
+
+def show(driver: WebDriver, view: str) -> WebElement:
+    driver.find_element(By.CSS_SELECTOR, f'nav button[data-view="{view}"]').click()
+    section = driver.find_element(By.ID, f"view-{view}")
+    wait_for(driver, f"the {view} view", section.is_displayed, 10)
+    return section
+
+
+def screenshot(driver: WebDriver, client: str, view: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOTS / f"{client}-{view}.png"))
+
+
+def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline, browser: WebDriver) -> None:
+    pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", "23", "--accounts", "5000",
+                 "--scenarios", "default", "--quiet")
+    raw = KafkaProducer(bootstrap_servers=pipeline.bootstrap.split(","), acks="all")
+    for value in BAD_RECORDS:
+        raw.send(pipeline.topics.payments, value, key=b"bad")
+    raw.flush()
+    raw.close()
+    group = "fraud-detector"
+    pipeline.run("fraud_detector", "--quiet", "--idle-timeout", "5", "--rules", str(RECOMMENDED), group=group)
+    fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
+    legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    dead = read_topic(pipeline.bootstrap, pipeline.topics.dead_letter)
+    assert 0 < len(fraud) < 100 and len(dead) == len(BAD_RECORDS)  # every alert fits the page's list
+
+    port = free_port()
+    start_console(pipeline, port)
+    driver = browser
+    driver.get(f"http://127.0.0.1:{port}/")
+    client = pipeline.client
+
+    # Pipeline: counts over the last 15 minutes equal the topics; the detector's group has caught up.
+    wait_for(driver, f"{COUNT + len(BAD_RECORDS)} payments",
+             lambda: number(driver.find_element(By.ID, "total-payments")) == COUNT + len(BAD_RECORDS))
+    assert number(driver.find_element(By.ID, "total-fraud")) == len(fraud)
+    assert number(driver.find_element(By.ID, "total-legit")) == len(legit)
+    assert number(driver.find_element(By.ID, "total-dead-letters")) == len(dead)
+    expected_rate = f"{100 * len(fraud) / (len(fraud) + len(legit)):.1f}"
+    assert expected_rate in driver.find_element(By.ID, "fraud-rate").text
+    total_lag = f'#lag-table tr.group-total[data-group="{pipeline.group(group)}"] .lag'
+    wait_for(driver, "the detector's lag at 0", lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, total_lag)] == ["0"])
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#lag-table tr[data-group="{pipeline.group(group)}"][data-partition] .lag')
+    assert len(rows) == 6 and {row.text for row in rows} == {"0"}
+    assert "live" in driver.find_element(By.ID, "status").text
+    screenshot(driver, client, "pipeline")
+
+    # Alerts: exactly the fraud topic's records, each with its reasons; a click shows the whole record.
+    show(driver, "alerts")
+    alerts = driver.find_elements(By.CSS_SELECTOR, "#alerts-table tr.alert")
+    shown = {(int(a.get_attribute("data-partition") or -1), int(a.get_attribute("data-offset") or -1)) for a in alerts}
+    assert shown == {(r.partition, r.offset) for r in fraud}
+    for alert in alerts:
+        assert "@" in alert.text, f"an alert without its rules' reasons: {alert.text}"
+    chosen = fraud[0]
+    reasons = [rule for rule, _, mode in parse_decision_header(dict(chosen.headers)["decision"]) if mode == "enabled"]
+    selector = f'#alerts-table tr.alert[data-partition="{chosen.partition}"][data-offset="{chosen.offset}"]'
+    row = driver.find_element(By.CSS_SELECTOR, selector)
+    assert all(rule in row.text for rule in reasons)
+    row.click()
+    detail = driver.find_element(By.ID, "record-detail")
+    wait_for(driver, "the chosen alert's record", lambda: str(chosen.offset) in detail.text and "decision" in detail.text, 10)
+    assert json.loads(chosen.value)["PAYMENT_ID"] in detail.text
+    screenshot(driver, client, "alerts")
+
+    # Rules: the recommended set, each rule's hits as the routed records' decision headers count them.
+    show(driver, "rules")
+    hits: Counter[str] = Counter()
+    for record in fraud + legit:
+        hits.update(rule for rule, _, _ in parse_decision_header(dict(record.headers)["decision"]))
+    rule_rows = driver.find_elements(By.CSS_SELECTOR, "#rules-table tr[data-rule]")
+    table = {r.get_attribute("data-rule"): number(r.find_element(By.CSS_SELECTOR, ".hits")) for r in rule_rows}
+    assert table == {rule: hits.get(rule, 0) for rule in table} and "bitcoin" in table and hits["bitcoin"] > 0
+    assert "shadow" in driver.find_element(By.CSS_SELECTOR, '#rules-table tr[data-rule="bitcoin"]').text
+    screenshot(driver, client, "rules")
+
+    # Dead letters: each rejected record with its error.
+    show(driver, "dead-letters")
+    letters = driver.find_elements(By.CSS_SELECTOR, "#dead-letters-table tr.dead-letter")
+    assert len(letters) == len(BAD_RECORDS)
+    errors = {dict(r.headers)["error"].decode() for r in dead}
+    assert all(any(error[:40] in letter.text for error in errors) for letter in letters)
+    screenshot(driver, client, "dead-letters")
+
+    # Kafdrop's view: brokers, topics, groups.
+    show(driver, "brokers")
+    wait_for(driver, "3 brokers", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#brokers-table tbody tr")) == 3, 20)
+    screenshot(driver, client, "brokers")
+    show(driver, "topics")
+    topic_row = f'#topics-table tr[data-topic="{pipeline.topics.fraud}"]'
+    wait_for(driver, "the fraud topic", lambda: bool(driver.find_elements(By.CSS_SELECTOR, topic_row)), 20)
+    driver.find_element(By.CSS_SELECTOR, topic_row).click()
+    wait_for(driver, "its partitions", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#partitions-table tbody tr")) == 6, 20)
+    screenshot(driver, client, "topics")
+    show(driver, "groups")
+    group_row = f'#groups-table tr[data-group="{pipeline.group(group)}"]'
+    wait_for(driver, "the detector's group", lambda: bool(driver.find_elements(By.CSS_SELECTOR, group_row)), 20)
+    driver.find_element(By.CSS_SELECTOR, group_row).click()
+    wait_for(driver, "its offsets", lambda: pipeline.topics.payments in driver.find_element(By.ID, "group-detail").text, 20)
+    screenshot(driver, client, "groups")
+
+    # Message browser: the chosen record with its headers; then an offset out of range.
+    show(driver, "messages")
+    wait_for(driver, "the topic list", lambda: pipeline.topics.fraud in driver.find_element(By.ID, "browse-topic").text, 20)
+    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.fraud)
+    browse(driver, chosen.partition, chosen.offset, 5)
+    message = f'#browse-results .message[data-offset="{chosen.offset}"]'
+    wait_for(driver, "the chosen message", lambda: bool(driver.find_elements(By.CSS_SELECTOR, message)), 20)
+    shown_message = driver.find_element(By.CSS_SELECTOR, message)
+    headers = shown_message.find_element(By.CSS_SELECTOR, ".headers").text
+    assert "decision" in headers and dict(chosen.headers)["decision"].decode() in headers
+    assert json.loads(chosen.value)["PAYMENT_ID"] in shown_message.find_element(By.CSS_SELECTOR, ".value").text
+    assert not driver.find_element(By.ID, "browse-error").is_displayed()
+    screenshot(driver, client, "messages")
+    browse(driver, chosen.partition, 10_000_000, 5)
+    error = driver.find_element(By.ID, "browse-error")
+    wait_for(driver, "the out-of-range error", lambda: error.is_displayed() and "out of range" in error.text, 20)
+    assert "Traceback" not in driver.page_source
+    screenshot(driver, client, "messages-error")
+
+
+def browse(driver: WebDriver, partition: int, offset: int, count: int) -> None:
+    Select(driver.find_element(By.ID, "browse-from")).select_by_value("offset")
+    for field, value in (("browse-partition", partition), ("browse-offset", offset), ("browse-count", count)):
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(str(value))
+    driver.find_element(By.ID, "browse-go").click()
