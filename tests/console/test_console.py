@@ -38,6 +38,7 @@ from tests.integration.conftest import ROOT, Pipeline, read_topic
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 SCREENSHOTS = ROOT / "results" / "console"
 COUNT = 1200
+MIX = "burst=0.005,small-then-large=0.01,large-to-stranger=0.01,takeover=0.01,big-spender=0.01"
 BAD_RECORDS = [b"not json at all", b'{"AMOUNT": "lots"}', b"\xff\xfe"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -106,7 +107,7 @@ def screenshot(driver: WebDriver, client: str, view: str) -> None:
 
 def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline, browser: WebDriver) -> None:
     pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", "23", "--accounts", "5000",
-                 "--scenarios", "default", "--quiet")
+                 "--scenarios", MIX, "--quiet")
     raw = KafkaProducer(bootstrap_servers=pipeline.bootstrap.split(","), acks="all")
     for value in BAD_RECORDS:
         raw.send(pipeline.topics.payments, value, key=b"bad")
@@ -126,17 +127,19 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     client = pipeline.client
 
     # Pipeline: counts over the last 15 minutes equal the topics; the detector's group has caught up.
-    wait_for(driver, f"{COUNT + len(BAD_RECORDS)} payments",
-             lambda: number(driver.find_element(By.ID, "total-payments")) == COUNT + len(BAD_RECORDS))
-    assert number(driver.find_element(By.ID, "total-fraud")) == len(fraud)
-    assert number(driver.find_element(By.ID, "total-legit")) == len(legit)
-    assert number(driver.find_element(By.ID, "total-dead-letters")) == len(dead)
+    expected = {"total-payments": COUNT + len(BAD_RECORDS), "total-fraud": len(fraud), "total-legit": len(legit),
+                "total-dead-letters": len(dead)}
+
+    def totals() -> dict[str, int]:
+        return {tile: number(driver.find_element(By.ID, tile)) for tile in expected}
+
+    wait_for(driver, f"the topics' counts {expected}", lambda: totals() == expected)
     expected_rate = f"{100 * len(fraud) / (len(fraud) + len(legit)):.1f}"
     assert expected_rate in driver.find_element(By.ID, "fraud-rate").text
     total_lag = f'#lag-table tr.group-total[data-group="{pipeline.group(group)}"] .lag'
     wait_for(driver, "the detector's lag at 0", lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, total_lag)] == ["0"])
     rows = driver.find_elements(By.CSS_SELECTOR, f'#lag-table tr[data-group="{pipeline.group(group)}"][data-partition] .lag')
-    assert len(rows) == 6 and {row.text for row in rows} == {"0"}
+    assert len(rows) == pipeline.topics.payments_partitions and {row.text for row in rows} == {"0"}
     assert "live" in driver.find_element(By.ID, "status").text
     screenshot(driver, client, "pipeline")
 
@@ -185,7 +188,8 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     topic_row = f'#topics-table tr[data-topic="{pipeline.topics.fraud}"]'
     wait_for(driver, "the fraud topic", lambda: bool(driver.find_elements(By.CSS_SELECTOR, topic_row)), 20)
     driver.find_element(By.CSS_SELECTOR, topic_row).click()
-    wait_for(driver, "its partitions", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#partitions-table tbody tr")) == 6, 20)
+    wait_for(driver, "its partitions", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#partitions-table tbody tr"))
+             == pipeline.topics.routed_partitions, 20)
     screenshot(driver, client, "topics")
     show(driver, "groups")
     group_row = f'#groups-table tr[data-group="{pipeline.group(group)}"]'
