@@ -40,7 +40,8 @@ DETECTOR = "fraud-detector"
 FRAUD_PROCESSOR = "fraud-processor"
 LEGIT_PROCESSOR = "legit-processor"
 RULES_ADMIN = "rules-admin"
-ROLES = (ADMIN, PRODUCER, DETECTOR, FRAUD_PROCESSOR, LEGIT_PROCESSOR, RULES_ADMIN)
+CONSOLE = "console"
+ROLES = (ADMIN, PRODUCER, DETECTOR, FRAUD_PROCESSOR, LEGIT_PROCESSOR, RULES_ADMIN, CONSOLE)
 """One SCRAM user per role; ``admin`` is a super user, for the tool itself."""
 CERT_DAYS = 3650
 
@@ -98,6 +99,14 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
         ],
         # `fraud_rules.py list` and `mode` read the rules they change.
         RULES_ADMIN: [topic(RULES_ADMIN, "WRITE", topics.rules), topic(RULES_ADMIN, "READ", topics.rules), idempotent(RULES_ADMIN)],
+        # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster).
+        CONSOLE: [
+            *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,
+                                                        topics.rules)),
+            *(Acl(f"User:{CONSOLE}", "DESCRIBE", "GROUP", name)
+              for name in (groups.detector, groups.fraud_processor, groups.legit_processor)),
+            Acl(f"User:{CONSOLE}", "DESCRIBE", "CLUSTER", "kafka-cluster"),
+        ],
     }
 
 

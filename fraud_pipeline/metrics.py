@@ -13,7 +13,7 @@ ending in ``_total``, durations in seconds.
 - ``fraud_decision_seconds``: record timestamp to routed (the detector's share of latency);
 - ``fraud_batch_seconds``: handling one poll's batch;
 - ``fraud_transactions_total{result}``: committed, aborted, retried (exactly-once);
-- ``fraud_consumer_lag{topic, partition}``: end offset minus position, every 5 s;
+- ``fraud_consumer_lag{topic, partition}``: end offset (of the last fetch) minus position, every 5 s;
 - ``fraud_window_keys{partition}``: keys held by the detector's windows;
 - ``fraud_rules_info{rule, version, mode}``: 1 for each rule in force.
 """
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_INTERVAL_S = 5.0
-"""How often a consumer's lag is looked up (one watermark request per look)."""
+"""How often a consumer's lag is taken from its client (the high watermarks of its last fetches)."""
 
 K = TypeVar("K")
 V = TypeVar("V")

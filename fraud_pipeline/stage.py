@@ -438,13 +438,8 @@ def run_consumer(
 
 
 def _note_lag(consumer: Consumer, metrics: Metrics) -> None:
-    """Each assigned partition's end offset minus this consumer's position (one watermark request)."""
-    assigned = consumer.assignment()
-    try:
-        ends = consumer.watermarks(assigned, timeout_s=1.0)
-        metrics.lag = {(tp.topic, tp.partition): max(0, ends[tp][1] - consumer.position(tp)) for tp in assigned if tp in ends}
-    except ClientError as exc:  # a broker moving: the next look will do
-        log.debug("lag not looked up: %s", exc)
+    """Each assigned partition's end offset minus this consumer's position, as the client last learnt it."""
+    metrics.lag = {(tp.topic, tp.partition): lag for tp, lag in consumer.lag(consumer.assignment()).items()}
 
 
 HandlerFactory = Callable[[Output, DeadLetters, LineBuffer], RecordHandler]

@@ -65,6 +65,9 @@ class Consumer(Protocol):
     def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
         """``(first offset, end offset)`` of each partition; the end is the last stable offset for read_committed."""
 
+    def lag(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """End offset minus position, from what the client learnt with its last fetches (no request); unknown ones left out."""
+
     def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
         """The first offset stamped at or after each time (epoch ms); None when there is none."""
 

@@ -300,6 +300,17 @@ class Consumer:
             raise classify(exc, "watermark offsets") from exc
         return found
 
+    def lag(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        found = {}
+        for tp in partitions:
+            try:  # cached: the high offset each fetch response brings
+                _, high = self._consumer.get_watermark_offsets(RdTP(tp.topic, tp.partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp in self._next:
+                found[tp] = max(0, high - self._next[tp])
+        return found
+
     def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
         try:
             found = self._consumer.offsets_for_times([RdTP(tp.topic, tp.partition, max(ms, 0)) for tp, ms in times.items()],

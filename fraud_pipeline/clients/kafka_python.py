@@ -280,6 +280,15 @@ class Consumer:
             raise classify(exc, "offsets") from exc
         return {TopicPartition(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
 
+    def lag(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        found = {}
+        for tp in partitions:
+            ktp = KafkaTP(tp.topic, tp.partition)
+            high = self._consumer.highwater(ktp)  # from the last fetch response: no request
+            if high is not None:
+                found[tp] = max(0, high - self._consumer.position(ktp))
+        return found
+
     def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
         try:
             found = self._consumer.offsets_for_times({KafkaTP(tp.topic, tp.partition): max(ms, 0) for tp, ms in times.items()})

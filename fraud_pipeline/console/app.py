@@ -5,7 +5,8 @@
 - ``GET /api/brokers``, ``/api/topics``, ``/api/groups``: Kafdrop's view (ClusterView);
 - ``GET /api/messages?topic=&partition=&count=&offset=|time=``: the message browser.
 
-Failures reach the page as ``{"error": "..."}`` with a 4xx/5xx status, never a stack trace.
+Failures reach the page as ``{"error": "..."}`` with a 4xx/5xx status (403: the console's
+user may not see it; 502: Kafka failed), never a stack trace.
 Read-only: nothing here writes to Kafka.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..clients import ClientError
+from ..clients import ClientError, NotAuthorizedError
 from .cluster_view import BadRequest, ClusterView
 from .monitor import Monitor
 
@@ -70,6 +71,8 @@ def _view_call(call: Callable[[ClusterView], Any]) -> Callable[[web.Request], Aw
             return json_response(await asyncio.to_thread(call, view))
         except BadRequest as exc:
             return error_response(str(exc), 400)
+        except NotAuthorizedError as exc:
+            return error_response(f"{exc}: this console's user may not read it", 403)
         except ClientError as exc:
             log.warning("%s: %s", request.path, exc)
             return error_response(f"Kafka: {exc}", 502)

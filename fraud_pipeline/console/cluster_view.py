@@ -109,10 +109,11 @@ class ClusterView:
         if not 1 <= count <= MAX_MESSAGES:
             raise BadRequest(f"count must be between 1 and {MAX_MESSAGES}")
         with self._lock:
-            _, consumer = self._clients()
+            admin, consumer = self._clients()
             try:
                 partitions = consumer.partitions_for(topic, TIMEOUT_S)
             except UnknownTopicError:
+                admin.describe_topics([topic])  # NotAuthorizedError when it exists but is hidden from this user
                 raise BadRequest(f"topic {topic!r} does not exist") from None
             if partition not in partitions:
                 raise BadRequest(f"partition {partition} does not exist: {topic} has partitions 0-{max(partitions)}")

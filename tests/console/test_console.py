@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +28,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from fraud_pipeline.console.monitor import parse_decision_header
 from fraud_pipeline.rules import RULESETS_DIR
-from tests.integration.conftest import ROOT, Pipeline, read_topic
+from tests.integration.conftest import ROOT, Pipeline, free_port, read_topic, start_console
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 SCREENSHOTS = ROOT / "results" / "console"
@@ -42,12 +37,6 @@ MIX = "burst=0.005,small-then-large=0.01,large-to-stranger=0.01,takeover=0.01,bi
 BAD_RECORDS = [b"not json at all", b'{"AMOUNT": "lots"}', b"\xff\xfe"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +53,6 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
-
-
-def start_console(pipeline: Pipeline, port: int) -> subprocess.Popen[str]:
-    command = [sys.executable, str(ROOT / "fraud_console.py"), "--client", pipeline.client, *pipeline.args(),
-               "--port", str(port), "--rules", str(RECOMMENDED)]
-    console = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pipeline.started.append(console)
-    deadline = time.monotonic() + 60
-    while True:
-        assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return console
-        except OSError:
-            assert time.monotonic() < deadline, "the console did not answer within 60 s"
-            time.sleep(0.3)
 
 
 def wait_for(driver: WebDriver, what: str, check: object, timeout_s: float = 60) -> None:
@@ -121,7 +94,7 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     assert 0 < len(fraud) < 100 and len(dead) == len(BAD_RECORDS)  # every alert fits the page's list
 
     port = free_port()
-    start_console(pipeline, port)
+    start_console(pipeline, port, "--rules", str(RECOMMENDED))
     driver = browser
     driver.get(f"http://127.0.0.1:{port}/")
     client = pipeline.client

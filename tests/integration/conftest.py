@@ -8,11 +8,15 @@ Without a reachable 3-broker cluster the tests fail: they are never skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -197,6 +201,44 @@ def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 
             time.sleep(0.2)
     finally:
         admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_console(pipeline: Pipeline, port: int, *extra: str) -> subprocess.Popen[str]:
+    """fraud_console.py on the pipeline's topics, once it answers on ``port``."""
+    console = pipeline.start("fraud_console", "--port", str(port), *extra)
+    deadline = time.monotonic() + 60
+    while True:
+        assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return console
+        except OSError:
+            assert time.monotonic() < deadline, "the console did not answer within 60 s"
+            time.sleep(0.3)
+
+
+def console_json(port: int, path: str) -> tuple[int, Any]:
+    """GET one of the console's JSON endpoints: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def console_state(port: int) -> dict[str, Any]:
+    """The first state event of the console's stream."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/events", timeout=30) as response:
+        for line in response:
+            if line.startswith(b"data: "):
+                return dict(json.loads(line[6:]))
+    raise AssertionError("the event stream ended without a state")
 
 
 def summary_count(stderr: str, name: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,16 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraud_pipeline.console.monitor import parse_decision_header
 from fraud_pipeline.payment import PAYMENT_TYPES
 from fraud_pipeline.rules import RULESETS_DIR, load_ruleset
-from tests.integration.conftest import Pipeline, read_topic, summary_count
+from tests.integration.conftest import Pipeline, free_port, read_topic, summary_count
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 COUNT = 1500
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> Samples:
@@ -66,7 +59,8 @@ def test_detector_metrics_match_the_topics(pipeline: Pipeline) -> None:
 
     def caught_up(samples: Samples) -> bool:
         lag = by_label(samples, "fraud_consumer_lag", "partition")
-        return sum(by_label(samples, "fraud_records_total", "outcome").values()) >= COUNT and bool(lag) and not any(lag.values())
+        caught = len(lag) == 6 and not any(lag.values())
+        return sum(by_label(samples, "fraud_records_total", "outcome").values()) >= COUNT and caught
 
     samples = scrape_until(port, caught_up, detector)
     detector.terminate()

@@ -19,8 +19,8 @@ import pytest
 from fraud_pipeline import cluster_security
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
 from tests.chaos.test_chaos import kill_detector_repeatedly
-from tests.integration.conftest import ROOT, Pipeline, read_topic
-from tests.integration.test_pipeline import check_seeded_flow
+from tests.integration.conftest import ROOT, Pipeline, console_json, console_state, free_port, read_topic, start_console
+from tests.integration.test_pipeline import ACCOUNTS, COUNT, SEED, check_seeded_flow, expected_payments
 from tests.security.conftest import SecuredCluster
 
 pytestmark = [
@@ -59,8 +59,34 @@ def error_line(stderr: str) -> str:
     return lines[-1]
 
 
-def test_the_pipeline_runs_over_sasl_ssl(secured_pipeline: Pipeline) -> None:
+def test_the_pipeline_runs_over_sasl_ssl_and_the_console_reads_it_with_its_read_only_role(secured_pipeline: Pipeline) -> None:
     check_seeded_flow(secured_pipeline)
+    expected_fraud = sum(p.payment_type == "BITCOIN" for p in expected_payments(SEED, COUNT, ACCOUNTS))
+    pipeline = secured_pipeline
+    port = free_port()
+    start_console(pipeline, port)  # as the console user: read and describe only
+    detector_group = pipeline.group("detector")  # as check_seeded_flow names it
+    deadline = time.monotonic() + 60
+    while True:
+        state = console_state(port)
+        groups = {g["group"]: g for g in state["groups"]}
+        totals = state["totals"]
+        if (totals == {"payments": COUNT, "fraud": expected_fraud, "legit": COUNT - expected_fraud, "dead_letters": 0}
+                and detector_group in groups and groups[detector_group]["lag"] == 0):
+            break
+        assert time.monotonic() < deadline, f"the console never showed the pipeline: {totals}, {state['errors']}, {groups}"
+        time.sleep(1)
+    assert len(state["alerts"]) == min(expected_fraud, 100) and state["errors"] == []
+    status, brokers = console_json(port, "/api/brokers")
+    assert status == 200 and [b["port"] for b in brokers["brokers"]] == [9191, 9192, 9193]
+    status, topics = console_json(port, "/api/topics")
+    assert status == 200 and pipeline.topics.payments in {t["name"] for t in topics["topics"]}
+    fraud_partition = f"/api/messages?topic={pipeline.topics.fraud}&partition=0&offset=0&count=3"
+    status, messages = console_json(port, fraud_partition)
+    assert status == 200 and len(messages["messages"]) == 3
+    # The role reads nothing it has no business with: the rejected-rules topic is refused, with the reason.
+    status, refused = console_json(port, f"/api/messages?topic={pipeline.topics.rules_rejected}&partition=0&count=3")
+    assert status == 403 and "not authorized" in refused["error"], refused
 
 
 def test_detector_kill9_exactly_once_over_sasl_ssl(secured_pipeline: Pipeline) -> None:
