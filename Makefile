@@ -12,6 +12,7 @@ CONSOLE_ARGS ?=
 KAFKA_SECURITY ?= plaintext
 export KAFKA_SECURITY
 ADMIN_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/admin.properties,)
+CONSOLE_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/console.properties,)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean
@@ -46,7 +47,7 @@ demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duratio
 	@$(PY) -m fraud_pipeline.demo $(DEMO_ARGS)
 
 console: topics ## the web console on http://127.0.0.1:8080 (CONSOLE_ARGS="--port 8081 --rules FILE")
-	@$(PY) fraud_console.py $(ADMIN_CONFIG) $(CONSOLE_ARGS)
+	@$(PY) fraud_console.py $(CONSOLE_CONFIG) $(CONSOLE_ARGS)
 
 unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
