@@ -154,14 +154,34 @@ def decode(raw: bytes | None, *, known_types_only: bool = True, max_bytes: int =
     if len(raw) > max_bytes:
         raise InvalidPayment(f"record too large: {len(raw)} bytes > {max_bytes}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidPayment(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        data = orjson.loads(text)  # about 4 times as fast as json.loads; refuses what it does
+        data = orjson.loads(raw)  # about 4 times as fast as json.loads; refuses what it does, invalid UTF-8 too
     except ValueError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise InvalidPayment(f"not UTF-8: {bad.reason} at byte {bad.start}") from None
         raise InvalidPayment(f"not JSON: {exc}") from None
     escaped = b"\\" in raw
+    if type(data) is dict and not escaped:
+        # The common case in one pass; anything it does not accept is decided (and explained) below.
+        get = data.get
+        date, time, payment_type, amount, to = get("DATE"), get("TIME"), get("PAYMENT_TYPE"), get("AMOUNT"), get("TO")
+        payment_id, account, timestamp_ms = get("PAYMENT_ID"), get("ACCOUNT"), get("TIMESTAMP_MS")
+        if (
+            type(date) is str and type(time) is str and type(payment_type) is str and type(amount) is int
+            and type(to) is str and _DATE.match(date) and _TIME.match(time)
+            and (payment_type in PAYMENT_TYPES or not known_types_only) and 0 <= amount <= MAX_AMOUNT
+            and (payment_id is None or type(payment_id) is str) and (account is None or type(account) is str)
+            and (timestamp_ms is None or (type(timestamp_ms) is int and 0 <= timestamp_ms <= MAX_TIMESTAMP_MS))
+        ):
+            decision = get("DECISION")
+            return Payment(date, time, payment_type, amount, to, payment_id, account, timestamp_ms,
+                           decision if type(decision) is dict else None)
+    return _checked(data, escaped, known_types_only)
+
+
+def _checked(data: Any, escaped: bool, known_types_only: bool) -> Payment:
+    """decode's field by field path: the payment, or InvalidPayment naming the first fault."""
     if not isinstance(data, dict):
         raise InvalidPayment(f"not a JSON object: {type(data).__name__}")
     date = _require(data, "DATE", str, escaped)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraud_pipeline.payment import MAX_RECORD_BYTES, PAYMENT_TYPES, InvalidPayment, Payment, decode
+from fraud_pipeline.payment import MAX_RECORD_BYTES, PAYMENT_TYPES, InvalidPayment, Payment, _checked, decode
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -78,3 +79,24 @@ def test_a_valid_payment_is_accepted() -> None:
     # guards the properties above against a decoder that refuses everything
     good = {"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "VISA", "AMOUNT": 1, "TO": "me"}
     assert isinstance(verdict(json.dumps(good).encode()), Payment)
+
+
+@settings(max_examples=800)
+@given(PAYMENT_LIKE, st.booleans())
+def test_the_one_pass_path_agrees_with_the_field_by_field_path(data: dict[str, Any], known_types_only: bool) -> None:
+    """decode's fast path accepts exactly what the field-by-field checks accept, with the same result."""
+    raw = json.dumps(data, allow_nan=True).encode()
+    try:
+        fast: Payment | str = decode(raw, known_types_only=known_types_only)
+    except InvalidPayment as exc:
+        fast = str(exc)
+    try:
+        parsed = orjson.loads(raw)
+    except ValueError:  # NaN or Infinity, which json.dumps writes: refused before either path
+        assert isinstance(fast, str) and fast.startswith("not JSON")
+        return
+    try:
+        slow: Payment | str = _checked(parsed, b"\\" in raw, known_types_only)
+    except InvalidPayment as exc:
+        slow = str(exc)
+    assert fast == slow
