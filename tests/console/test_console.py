@@ -28,7 +28,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from fraud_pipeline.console.monitor import parse_decision_header
 from fraud_pipeline.rules import RULESETS_DIR
-from tests.integration.conftest import ROOT, Pipeline, free_port, read_topic, start_console
+from tests.integration.conftest import ROOT, Pipeline, console_json, free_port, read_topic, start_console
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 SCREENSHOTS = ROOT / "results" / "console"
@@ -184,11 +184,29 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     assert json.loads(chosen.value)["PAYMENT_ID"] in shown_message.find_element(By.CSS_SELECTOR, ".value").text
     assert not driver.find_element(By.ID, "browse-error").is_displayed()
     screenshot(driver, client, "messages")
+    # A record that is not JSON is shown as its text.
+    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.dead_letter)
+    browse(driver, 0, 0, 5)
+    wait_for(driver, "the dead letters' raw values",
+             lambda: "not json at all" in driver.find_element(By.ID, "browse-results").text, 20)
+    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.fraud)
     browse(driver, chosen.partition, 10_000_000, 5)
     error = driver.find_element(By.ID, "browse-error")
     wait_for(driver, "the out-of-range error", lambda: error.is_displayed() and "out of range" in error.text, 20)
     assert "Traceback" not in driver.page_source
     screenshot(driver, client, "messages-error")
+
+    # The same browser API refuses other bad input with a line for the page, never a stack trace.
+    fraud_topic = pipeline.topics.fraud
+    for query, status, text in (
+        ("topic=no-such-topic&partition=0", 400, "does not exist"),
+        (f"topic={fraud_topic}&partition=7", 400, f"partition 7 does not exist: {fraud_topic} has partitions 0-1"),
+        (f"topic={fraud_topic}&partition=0&count=lots", 400, "count must be a whole number"),
+        (f"topic={fraud_topic}&partition=0&count=100000", 400, "count must be between 1 and 500"),
+        (f"topic={fraud_topic}", 400, "partition is required"),
+    ):
+        got_status, body = console_json(port, f"/api/messages?{query}")
+        assert (got_status, text in body.get("error", "")) == (status, True), (query, got_status, body)
 
 
 def browse(driver: WebDriver, partition: int, offset: int, count: int) -> None:
