@@ -7,6 +7,7 @@ topics, groups and messages, ``app`` serves the page (``static/``) and its API.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 from aiohttp import web
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="address to serve on; 0.0.0.0 for every interface (default: %(default)s)")
     web_group.add_argument("--port", type=non_negative_int, default=8080, help="port to serve on (default: %(default)s)")
     web_group.add_argument(
-        "--rules", dest="rules_file", default=None, metavar="FILE",
+        "--rules", dest="rules_file", default=os.environ.get("DETECTOR_RULES") or None, metavar="FILE",
         help="the detector's rule set file, shown as the baseline under the rules topic's changes "
-        "(default: the original rule, BITCOIN is fraud)",
+        "[env DETECTOR_RULES, as the detector's] (default: the original rule, BITCOIN is fraud)",
     )
     args = parser.parse_args(argv)
     return run_cli(NAME, parser, argv,
