@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -57,7 +57,9 @@ def browser() -> Iterator[WebDriver]:
 
 def wait_for(driver: WebDriver, what: str, check: object, timeout_s: float = 60) -> None:
     try:
-        WebDriverWait(driver, timeout_s, poll_frequency=0.3).until(lambda d: check())  # type: ignore[operator]
+        # A table the page rebuilds between two looks leaves stale elements: look again.
+        WebDriverWait(driver, timeout_s, poll_frequency=0.3, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: check())  # type: ignore[operator]
     except TimeoutException:
         raise AssertionError(f"the page never showed {what}") from None
 
@@ -110,9 +112,10 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     expected_rate = f"{100 * len(fraud) / (len(fraud) + len(legit)):.1f}"
     assert expected_rate in driver.find_element(By.ID, "fraud-rate").text
     total_lag = f'#lag-table tr.group-total[data-group="{pipeline.group(group)}"] .lag'
+    partition_lag = f'#lag-table tr[data-group="{pipeline.group(group)}"][data-partition] .lag'
     wait_for(driver, "the detector's lag at 0", lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, total_lag)] == ["0"])
-    rows = driver.find_elements(By.CSS_SELECTOR, f'#lag-table tr[data-group="{pipeline.group(group)}"][data-partition] .lag')
-    assert len(rows) == pipeline.topics.payments_partitions and {row.text for row in rows} == {"0"}
+    wait_for(driver, "the detector's lag at 0 on every partition",
+             lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, partition_lag)] == ["0"] * pipeline.topics.payments_partitions)
     assert "live" in driver.find_element(By.ID, "status").text
     screenshot(driver, client, "pipeline")
 
