@@ -8,15 +8,18 @@ BadRequest with a message meant for the page.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import orjson
 
-from ..clients import Admin, Consumer, Record, TopicPartition, UnknownTopicError
+from ..clients import Admin, ClientError, Consumer, Record, TopicPartition, UnknownTopicError
 from ..config import Settings
 from ..kafka_io import connect
 from .monitor import record_json
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 500
 TIMEOUT_S = 10.0
@@ -62,23 +65,23 @@ class ClusterView:
             admin, consumer = self._clients()
             names = sorted(admin.list_topics())
             described = admin.describe_topics(names)
-            tps = [TopicPartition(name, p.partition) for name, parts in described.items() for p in parts]
-            marks = consumer.watermarks(tps, TIMEOUT_S)
+            marks = watermarks(consumer, [TopicPartition(name, p.partition) for name, parts in described.items() for p in parts])
         topics = []
         for name in names:
             parts = described.get(name, [])
             details: list[dict[str, Any]] = []
             for p in parts:
-                first, last = marks.get(TopicPartition(name, p.partition), (0, 0))
+                first, last = marks.get(TopicPartition(name, p.partition), (None, None))
                 details.append({"partition": p.partition, "leader": p.leader, "replicas": list(p.replicas),
                                 "isr": list(p.isr), "under_replicated": len(p.isr) < len(p.replicas),
                                 "first": first, "last": last})
+            known = [d for d in details if d["first"] is not None]
             topics.append({
                 "name": name, "internal": name.startswith("__"), "partitions": len(parts),
                 "replication": max((len(p.replicas) for p in parts), default=0),
                 "under_replicated": sum(d["under_replicated"] for d in details),
-                "first": sum(d["first"] for d in details), "last": sum(d["last"] for d in details),
-                "size": sum(d["last"] - d["first"] for d in details), "partition_details": details,
+                "first": sum(d["first"] for d in known), "last": sum(d["last"] for d in known),
+                "size": sum(d["last"] - d["first"] for d in known), "partition_details": details,
             })
         return {"topics": topics}
 
@@ -87,7 +90,7 @@ class ClusterView:
             admin, consumer = self._clients()
             described = admin.describe_groups(admin.list_groups())
             offsets = {info.group: admin.group_offsets(info.group) for info in described}
-            marks = consumer.watermarks({tp for committed in offsets.values() for tp in committed}, TIMEOUT_S)
+            marks = watermarks(consumer, [tp for committed in offsets.values() for tp in committed])
         groups = []
         for info in described:
             rows: list[dict[str, Any]] = [{"topic": tp.topic, "partition": tp.partition, "committed": offset,
@@ -143,6 +146,20 @@ class ClusterView:
                     deadline_polls -= 0 if got else 1
         return {"topic": topic, "partition": partition, "first": first, "end": end,
                 "messages": [message_json(r) for r in records[:count]]}
+
+
+def watermarks(consumer: Consumer, partitions: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+    """First and end offsets, topic by topic: a topic deleted while it is looked at (or without a leader) is left out."""
+    by_topic: dict[str, list[TopicPartition]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp)
+    marks: dict[TopicPartition, tuple[int, int]] = {}
+    for topic, tps in by_topic.items():
+        try:
+            marks.update(consumer.watermarks(tps, TIMEOUT_S))
+        except ClientError as exc:
+            log.info("offsets of %s not read: %s", topic, exc)
+    return marks
 
 
 def message_json(record: Record) -> dict[str, Any]:

@@ -176,25 +176,30 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
 
     # Message browser: the chosen record with its headers; then an offset out of range.
     show(driver, "messages")
-    wait_for(driver, "the topic list", lambda: pipeline.topics.fraud in driver.find_element(By.ID, "browse-topic").text, 20)
-    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.fraud)
+    choose_topic(driver, pipeline.topics.fraud)
     browse(driver, chosen.partition, chosen.offset, 5)
     message = f'#browse-results .message[data-offset="{chosen.offset}"]'
-    wait_for(driver, "the chosen message", lambda: bool(driver.find_elements(By.CSS_SELECTOR, message)), 20)
-    shown_message = driver.find_element(By.CSS_SELECTOR, message)
-    headers = shown_message.find_element(By.CSS_SELECTOR, ".headers").text
-    assert "decision" in headers and dict(chosen.headers)["decision"].decode() in headers
-    assert json.loads(chosen.value)["PAYMENT_ID"] in shown_message.find_element(By.CSS_SELECTOR, ".value").text
-    assert not driver.find_element(By.ID, "browse-error").is_displayed()
+    decision = dict(chosen.headers)["decision"].decode()
+    payment_id = json.loads(chosen.value)["PAYMENT_ID"]
+
+    def chosen_shown() -> bool:
+        found = driver.find_elements(By.CSS_SELECTOR, message)
+        if not found:
+            return False
+        headers = found[0].find_element(By.CSS_SELECTOR, ".headers").text
+        return "decision" in headers and decision in headers and payment_id in found[0].find_element(By.CSS_SELECTOR, ".value").text
+
+    wait_for(driver, "the chosen message with its headers and value", chosen_shown, 20)
+    error = driver.find_element(By.ID, "browse-error")
+    assert not error.is_displayed(), f"the message browser shows an error: {error.text}"
     screenshot(driver, client, "messages")
     # A record that is not JSON is shown as its text.
-    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.dead_letter)
+    choose_topic(driver, pipeline.topics.dead_letter)
     browse(driver, 0, 0, 5)
     wait_for(driver, "the dead letters' raw values",
              lambda: "not json at all" in driver.find_element(By.ID, "browse-results").text, 20)
-    Select(driver.find_element(By.ID, "browse-topic")).select_by_value(pipeline.topics.fraud)
+    choose_topic(driver, pipeline.topics.fraud)
     browse(driver, chosen.partition, 10_000_000, 5)
-    error = driver.find_element(By.ID, "browse-error")
     wait_for(driver, "the out-of-range error", lambda: error.is_displayed() and "out of range" in error.text, 20)
     assert "Traceback" not in driver.page_source
     screenshot(driver, client, "messages-error")
@@ -210,6 +215,19 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     ):
         got_status, body = console_json(port, f"/api/messages?{query}")
         assert (got_status, text in body.get("error", "")) == (status, True), (query, got_status, body)
+
+
+def choose_topic(driver: WebDriver, topic: str) -> None:
+    """Pick the browser's topic, again if the page refilled its list meanwhile (it reloads it with the view)."""
+
+    def chosen() -> bool:
+        select = driver.find_element(By.ID, "browse-topic")
+        if topic not in select.text:
+            return False
+        Select(select).select_by_value(topic)
+        return driver.find_element(By.ID, "browse-topic").get_attribute("value") == topic
+
+    wait_for(driver, f"topic {topic} in the message browser", chosen, 20)
 
 
 def browse(driver: WebDriver, partition: int, offset: int, count: int) -> None:
