@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -136,14 +137,14 @@ class ClusterView:
             records: list[Record] = []
             if start < end:
                 consumer.assign({tp: start})
-                deadline_polls = 20
-                while len(records) < count and deadline_polls > 0:
-                    batch = consumer.poll(0.5, count - len(records))
-                    got = batch.get(tp, [])
-                    records.extend(got)
+                last_record_at = time.monotonic()
+                while len(records) < count and time.monotonic() - last_record_at < TIMEOUT_S:  # give up when it goes quiet
+                    got = consumer.poll(0.5, count - len(records)).get(tp, [])
+                    if got:
+                        records.extend(got)
+                        last_record_at = time.monotonic()
                     if consumer.position(tp) >= end:
                         break
-                    deadline_polls -= 0 if got else 1
         return {"topic": topic, "partition": partition, "first": first, "end": end,
                 "messages": [message_json(r) for r in records[:count]]}
 
