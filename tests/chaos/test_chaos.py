@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, ElectionType, KafkaException
+from confluent_kafka import Consumer, ElectionType, IsolationLevel, KafkaException
 from confluent_kafka import TopicPartition as ConfluentTP
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from fraud_pipeline.clients import KAFKA_PYTHON, Admin, backend
 from tests.integration.conftest import ROOT, Pipeline, confluent_connection, read_topic, summary_count
@@ -37,6 +37,8 @@ pytestmark = [
 
 COUNT = 20_000
 RATE = "2500"
+KILL_COMMIT_INTERVAL_S = 1.0
+"""The detector's commit interval in the kill -9 tests: transactions long enough for a kill to land inside."""
 
 
 def verdict(pipeline: Pipeline, seed: int, count: int = COUNT) -> tuple[int, int, int, Counter[str]]:
@@ -89,18 +91,26 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
     return stderr
 
 
-def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any], rate: str = "600") -> None:
-    """Kill -9 the detector three times while ``rate`` payments/s flow (600: ~33 s of flow, room for three kills)."""
+def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any], rate: str = "450") -> None:
+    """Kill -9 the detector three times while ``rate`` payments/s flow.
+
+    450/s gives ~44 s of flow: each restart waits up to the session timeout (10 s) for the killed
+    member to leave the group, so three kills take 30 s and more.
+    """
     rng = random.Random(seed)
     producer = start_producer(pipeline, seed, rate=rate)
     # Transactions of a second: each kill lands inside an open one, whose records must then be aborted.
-    args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", "1000")
+    interval_ms = str(int(KILL_COMMIT_INTERVAL_S * 1000))
+    args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", interval_ms)
     detector = pipeline.start("fraud_detector", *args, group="detector")
-    kills, committed, killed_at = 0, 0, []
+    kills, committed, killed_at, open_at_kill = 0, 0, [], []
     for _ in range(3):
-        # kill only once this detector is committing, at a random moment after that
+        # kill only once this detector is committing, at a random moment after that,
+        # and (exactly-once) while a transaction of it holds records
         committed = wait_for_progress(pipeline, "detector", committed, detector)
         time.sleep(rng.uniform(0.05, 1.5))
+        if guarantee == "exactly-once":
+            open_at_kill.append(wait_for_open_transaction(pipeline, detector))
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
         detector.communicate(timeout=10)
@@ -119,6 +129,8 @@ def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figu
     figures.update(test=f"detector kill -9 ({guarantee}, {pipeline.client})", sent=COUNT, kills=kills,
                    killed_after_committed=killed_at, lost=lost,
                    duplicated=duplicated, dead_lettered=dead, aborted_records=aborted)
+    if open_at_kill:
+        figures.update(open_records_at_kill=open_at_kill)
     assert lost == 0
     assert dead == 0
     if guarantee == "exactly-once":
@@ -300,6 +312,43 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
                         f"the log ends:\n{log[-4000:]}")
         time.sleep(0.2)
     return committed
+
+
+def wait_for_open_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], timeout_s: float = 30) -> int:
+    """Wait until a transaction of the detector is young and taking records; return how many it holds.
+
+    Young: the stable offsets of fraud + legit moved (a commit ended) less than half a commit interval
+    ago. Taking records: since the last look the stable offsets stayed put and the high watermarks
+    grew. Records past the stable offset alone may belong to a transaction whose commit is under way,
+    which a kill would no longer abort.
+    """
+    admin = AdminClient(confluent_connection(pipeline.bootstrap))
+    partitions = [ConfluentTP(topic, p) for topic in (pipeline.topics.fraud, pipeline.topics.legit)
+                  for p in range(pipeline.topics.routed_partitions)]
+
+    def ends(isolation: IsolationLevel) -> dict[tuple[str, int], int]:
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, isolation_level=isolation,
+                                     request_timeout=10)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    deadline = time.monotonic() + timeout_s
+    before: tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] | None = None
+    committed_at = 0.0
+    while True:
+        assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
+        try:
+            stable, high = ends(IsolationLevel.READ_COMMITTED), ends(IsolationLevel.READ_UNCOMMITTED)
+        except KafkaException:  # a leader moving
+            before = None
+        else:
+            if before is not None:
+                if stable != before[0]:
+                    committed_at = time.monotonic()
+                elif time.monotonic() - committed_at < KILL_COMMIT_INTERVAL_S / 2 and sum(high.values()) > sum(before[1].values()):
+                    return sum(high[tp] - stable[tp] for tp in high)
+            before = (stable, high)
+        assert time.monotonic() < deadline, f"no young transaction taking records in {timeout_s:.0f}s"
+        time.sleep(0.01)
 
 
 def committed_total(pipeline: Pipeline, group: str) -> int:
