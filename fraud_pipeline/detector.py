@@ -252,4 +252,4 @@ def main(argv: list[str] | None = None) -> int:
         default_group=DEFAULT_GROUP,
         transactional=True,
     )
-    return run_cli(NAME, parser, argv, run)
+    return run_cli(NAME, parser.parse_args(argv), run)

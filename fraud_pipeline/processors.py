@@ -125,7 +125,7 @@ def _processor_main(
             "--no-reasons", dest="reasons", action="store_false",
             help="print only the original line, not the detector's reasons after it",
         )
-    return run_cli(name, parser, argv, lambda s, stop: _run_processor(name, topic_of(s.topics), line_of(s), s, stop))
+    return run_cli(name, parser.parse_args(argv), lambda s, stop: _run_processor(name, topic_of(s.topics), line_of(s), s, stop))
 
 
 def fraud_main(argv: list[str] | None = None) -> int:

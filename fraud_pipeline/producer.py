@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
         consumes=None,
         producer=True,
     )
-    return run_cli(NAME, parser, argv, run)
+    return run_cli(NAME, parser.parse_args(argv), run)

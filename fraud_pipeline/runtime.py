@@ -157,14 +157,9 @@ class Summary:
         print(self.line(reason), file=sys.stderr, flush=True)
 
 
-def run_cli(
-    name: str,
-    parser: argparse.ArgumentParser,
-    argv: list[str] | None,
-    run: Callable[[Settings, threading.Event], int],
-) -> int:
-    """Parse flags, set up logging and signals, run; a PipelineError is one log line and exit 1."""
-    settings = settings_from_args(parser.parse_args(argv))
+def run_cli(name: str, args: argparse.Namespace, run: Callable[[Settings, threading.Event], int]) -> int:
+    """Settings from the parsed flags, logging and signals set up, run; a PipelineError is one log line and exit 1."""
+    settings = settings_from_args(args)
     log = setup_logging(name)
     try:
         return run(settings, install_stop_handlers())

@@ -73,5 +73,4 @@ def main(argv: list[str] | None = None) -> int:
         "[env DETECTOR_RULES, as the detector's] (default: the original rule, BITCOIN is fraud)",
     )
     args = parser.parse_args(argv)
-    return run_cli(NAME, parser, argv,
-                   lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file))
+    return run_cli(NAME, args, lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file))

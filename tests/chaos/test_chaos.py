@@ -285,7 +285,10 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any])
                            "committing_again_s": round(resumed_s, 1), "back_in_isr_s": wait_back_in_isr(admin, pipeline, node)})
         producer.send_signal(signal.SIGTERM)
         sent = summary_count(finish(producer, "payment_producer"), "payment_producer")
-        logs.append(finish(detector, "fraud_detector", timeout=150))
+        # Stopped once it has committed every payment, rather than after a minute of idleness.
+        wait_for_progress(pipeline, group_name, sent - 1, detector, timeout_s=120)
+        detector.send_signal(signal.SIGTERM)
+        logs.append(finish(detector, "fraud_detector"))
     finally:
         admin.close()
         cluster_command("up", check=False)  # a failed round must not leave a broker down for the tests after it
