@@ -310,10 +310,21 @@ def _cluster_id(layout: ClusterLayout) -> str:
     id_file = layout.home / "cluster.id"
     if id_file.exists():
         return id_file.read_text().strip()
-    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = new_cluster_id()
     id_file.write_text(cluster_id + "\n")
     return cluster_id
+
+
+def new_cluster_id() -> str:
+    """Kafka's Uuid text form (16 random bytes, URL-safe base64 without padding), never starting with a dash.
+
+    Kafka's own ``Uuid.randomUuid`` draws again on a leading dash too: the id
+    is passed on command lines, where it would read as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
@@ -324,7 +335,7 @@ def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: st
         cluster_security.ensure_passwords(layout.security))
     result = subprocess.run(
         [java, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
-         "-t", cluster_id, "-c", str(node.properties_file), "--ignore-formatted", *users],
+         f"--cluster-id={cluster_id}", "-c", str(node.properties_file), "--ignore-formatted", *users],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
