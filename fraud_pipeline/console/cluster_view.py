@@ -8,22 +8,19 @@ BadRequest with a message meant for the page.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
 
 import orjson
 
-from ..clients import Admin, ClientError, Consumer, Record, TopicPartition, UnknownTopicError
+from ..clients import Admin, Consumer, Record, TopicPartition, UnknownTopicError
 from ..config import Settings
 from ..kafka_io import connect
+from .groups import TIMEOUT_S, lag, read_groups, watermarks
 from .monitor import record_json
 
-log = logging.getLogger(__name__)
-
 MAX_MESSAGES = 500
-TIMEOUT_S = 10.0
 
 
 class BadRequest(Exception):
@@ -66,7 +63,7 @@ class ClusterView:
             admin, consumer = self._clients()
             names = sorted(admin.list_topics())
             described = admin.describe_topics(names)
-            marks = watermarks(consumer, [TopicPartition(name, p.partition) for name, parts in described.items() for p in parts])
+            marks = watermarks(consumer, (TopicPartition(name, p.partition) for name, parts in described.items() for p in parts))
         topics = []
         for name in names:
             parts = described.get(name, [])
@@ -89,15 +86,12 @@ class ClusterView:
     def groups(self) -> dict[str, Any]:
         with self._lock:
             admin, consumer = self._clients()
-            described = admin.describe_groups(admin.list_groups())
-            offsets = {info.group: admin.group_offsets(info.group) for info in described}
-            marks = watermarks(consumer, [tp for committed in offsets.values() for tp in committed])
+            found = read_groups(admin, consumer)
         groups = []
-        for info in described:
+        for info, offsets, marks in found:
             rows: list[dict[str, Any]] = [{"topic": tp.topic, "partition": tp.partition, "committed": offset,
-                     "end": marks[tp][1] if tp in marks else None,
-                     "lag": max(0, marks[tp][1] - offset) if tp in marks else None}
-                    for tp, offset in sorted(offsets[info.group].items())]
+                     "end": marks[tp][1] if tp in marks else None, "lag": lag(marks, tp, offset)}
+                    for tp, offset in sorted(offsets.items())]
             groups.append({
                 "group": info.group, "state": info.state, "lag": sum(r["lag"] or 0 for r in rows),
                 "members": [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
@@ -147,20 +141,6 @@ class ClusterView:
                         break
         return {"topic": topic, "partition": partition, "first": first, "end": end,
                 "messages": [message_json(r) for r in records[:count]]}
-
-
-def watermarks(consumer: Consumer, partitions: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-    """First and end offsets, topic by topic: a topic deleted while it is looked at (or without a leader) is left out."""
-    by_topic: dict[str, list[TopicPartition]] = {}
-    for tp in partitions:
-        by_topic.setdefault(tp.topic, []).append(tp)
-    marks: dict[TopicPartition, tuple[int, int]] = {}
-    for topic, tps in by_topic.items():
-        try:
-            marks.update(consumer.watermarks(tps, TIMEOUT_S))
-        except ClientError as exc:
-            log.info("offsets of %s not read: %s", topic, exc)
-    return marks
 
 
 def message_json(record: Record) -> dict[str, Any]:

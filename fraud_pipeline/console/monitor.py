@@ -31,6 +31,7 @@ from ..config import Settings
 from ..kafka_io import connect, record_source
 from ..live_rules import LiveRules
 from ..rules import RuleSet
+from .groups import lag, read_groups
 
 log = logging.getLogger(__name__)
 
@@ -219,23 +220,20 @@ class Monitor:
     def _look_at_groups(self, admin: Admin, consumer: Consumer) -> None:
         """Each consumer group's lag on the pipeline's topics (groups reading other topics are left out)."""
         now = time.monotonic()
-        described = admin.describe_groups(admin.list_groups())
         groups = []
-        for info in described:
-            committed = {tp: o for tp, o in admin.group_offsets(info.group).items() if tp.topic in self._kinds}
+        for info, committed, ends in read_groups(admin, consumer, lambda topic: topic in self._kinds):
             if not committed:
                 continue
-            ends = consumer.watermarks(committed, 10)
             partitions: list[dict[str, Any]] = []
             for tp in sorted(committed):
-                lag = max(0, ends[tp][1] - committed[tp]) if tp in ends else 0
+                behind = lag(ends, tp, committed[tp]) or 0
                 history = self._lag_history.setdefault((info.group, tp.topic, tp.partition), deque())
-                history.append((now, lag))
+                history.append((now, behind))
                 while len(history) > 1 and history[1][0] <= now - TREND_S:
                     history.popleft()
                 partitions.append({"topic": tp.topic, "partition": tp.partition, "committed": committed[tp],
-                                   "end": ends[tp][1] if tp in ends else None, "lag": lag,
-                                   "trend": trend(history[0][1], lag)})
+                                   "end": ends[tp][1] if tp in ends else None, "lag": behind,
+                                   "trend": trend(history[0][1], behind)})
             total = sum(int(p["lag"]) for p in partitions)
             before = sum(self._lag_history[(info.group, tp.topic, tp.partition)][0][1] for tp in committed)
             groups.append({"group": info.group, "state": info.state, "lag": total, "trend": trend(before, total),
