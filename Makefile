@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-CLUSTER := $(PY) -m fraud_pipeline.local_cluster
+CLUSTER := $(PY) -m devcluster
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
@@ -44,7 +44,7 @@ topics: cluster-up ## create the pipeline's topics (idempotent)
 	@$(PY) -m fraud_pipeline.topics $(ADMIN_CONFIG)
 
 demo: topics ## run the four scripts together until Ctrl-C (DEMO_ARGS="--duration 30" to stop by itself)
-	@$(PY) -m fraud_pipeline.demo $(DEMO_ARGS)
+	@$(PY) -m devcluster.demo $(DEMO_ARGS)
 
 console: topics ## the web console on http://127.0.0.1:8080 (CONSOLE_ARGS="--port 8081 --rules FILE")
 	@$(PY) fraud_console.py $(CONSOLE_CONFIG) $(CONSOLE_ARGS)

@@ -596,7 +596,7 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
 
 
 def _classpath() -> str:
-    return subprocess.run([sys.executable, "-m", "fraud_pipeline.local_cluster", "classpath"], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "devcluster", "classpath"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout.strip()
 
 

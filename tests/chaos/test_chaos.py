@@ -148,9 +148,9 @@ def test_detector_kill9_at_least_once(pipeline: Pipeline, figures: dict[str, Any
 
 
 def cluster_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "fraud_pipeline.local_cluster", *args],
+    done = subprocess.run([sys.executable, "-m", "devcluster", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=180)
-    assert not check or done.returncode == 0, f"local_cluster {' '.join(args)}: {done.stdout}{done.stderr}"
+    assert not check or done.returncode == 0, f"devcluster {' '.join(args)}: {done.stdout}{done.stderr}"
     return done
 
 

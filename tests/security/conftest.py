@@ -3,7 +3,7 @@
 The session starts the secured cluster when it is not up (and stops it at the
 end only then). Each test gets its own topics and groups, created by the
 ``admin`` user, with each role's ACLs granted on them exactly as
-``local_cluster up`` grants them on the pipeline's own names.
+``python -m devcluster up`` grants them on the pipeline's own names.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from fraud_pipeline import cluster_security
+from devcluster import security as cluster_security
+from devcluster.cluster import SASL_SSL, ClusterLayout
+from devcluster.security import Groups, SecurityFiles
 from fraud_pipeline.clients import KAFKA_PYTHON, backend
-from fraud_pipeline.cluster_security import Groups, SecurityFiles
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
-from fraud_pipeline.local_cluster import SASL_SSL, ClusterLayout
 from fraud_pipeline.security import Security
 from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, client  # noqa: F401  (fixture)
 
@@ -46,7 +46,7 @@ class SecuredCluster:
 
 
 def _cluster_tool(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fraud_pipeline.local_cluster", command], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "devcluster", command], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fraud_pipeline import cluster_security
+from devcluster import security as cluster_security
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
 from tests.chaos.test_chaos import kill_detector_repeatedly
 from tests.integration.conftest import ROOT, Pipeline, console_json, console_state, free_port, read_topic, start_console

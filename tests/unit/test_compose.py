@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster.cluster import KAFKA_VERSION
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, TopicSettings, topic_settings_from_env
-from fraud_pipeline.local_cluster import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from fraud_pipeline import local_cluster
+from devcluster import cluster as local_cluster
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

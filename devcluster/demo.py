@@ -5,7 +5,7 @@ producer). Ctrl-C (or --duration) stops them in the reverse order, each with
 SIGTERM so it drains, flushes, commits and prints its summary; a second
 Ctrl-C kills them all at once.
 
-    python -m fraud_pipeline.demo [--duration S] [-- producer flags...]
+    python -m devcluster.demo [--duration S] [-- producer flags...]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from . import cluster_security
-from .local_cluster import ClusterError, ClusterLayout
+from . import security as cluster_security
+from .cluster import ClusterError, ClusterLayout
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("legit_processor", "fraud_processor", "fraud_detector", "payment_producer")
@@ -56,7 +56,7 @@ def _stop(name: str, proc: subprocess.Popen[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fraud_pipeline.demo",
+        prog="python -m devcluster.demo",
         description="Run legit_processor, fraud_processor, fraud_detector and payment_producer together "
         "against the cluster, output prefixed by script name, until Ctrl-C. With KAFKA_SECURITY=sasl_ssl, against "
         "the secured local cluster, each script with its own role's client file (.cluster/security/<role>.properties).",

@@ -1,6 +1,6 @@
 """The secured local cluster's trust and access: a CA, the brokers' certificate, one SCRAM user per role, least-privilege ACLs.
 
-``local_cluster up`` with ``KAFKA_SECURITY=sasl_ssl`` uses this module:
+``python -m devcluster up`` with ``KAFKA_SECURITY=sasl_ssl`` uses this module:
 
 - ``.cluster/security/ca.pem``: a CA generated once with ``openssl``; it signs
   the brokers' certificate (SAN ``localhost`` and ``127.0.0.1``), which the
@@ -29,8 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .clients.types import Acl
-from .config import TopicSettings
+from fraud_pipeline.clients.types import Acl
+from fraud_pipeline.config import TopicSettings
 
 MECHANISM = "SCRAM-SHA-512"
 BROKER_PRINCIPAL = "broker"
@@ -200,7 +200,7 @@ def scram_format_arguments(passwords: dict[str, str]) -> list[str]:
 def client_properties(bootstrap: str, role: str, password: str, ca: Path) -> str:
     """The client config file of one role (librdkafka's names, as a provider hands them out)."""
     return (
-        f"# {role} on the local secured cluster; written by fraud_pipeline.local_cluster, never commit it.\n"
+        f"# {role} on the local secured cluster; written by devcluster.cluster, never commit it.\n"
         f"bootstrap.servers={bootstrap}\n"
         "security.protocol=SASL_SSL\n"
         f"sasl.mechanism={MECHANISM}\n"

@@ -1,13 +1,13 @@
 """A local three-node Apache Kafka cluster on the JVM, without Docker.
 
-The jars come from Maven Central (``cluster/pom.xml``) into a git-ignored
+The jars come from Maven Central (``devcluster/pom.xml``) into a git-ignored
 folder; each node is a KRaft process that is both broker and controller, with
 its client listener on localhost:9091-9093 and its controller listener on
 localhost:19091-19093. Everything a node writes (data, logs, pid) lives under
 ``.cluster/`` beside this package, or under ``$KAFKA_CLUSTER_DIR``.
 
 With ``KAFKA_SECURITY=sasl_ssl`` the same commands run a second, secured
-cluster beside the open one (fraud_pipeline.cluster_security): clients on
+cluster beside the open one (devcluster.security): clients on
 SASL_SSL at localhost:9191-9193 (SCRAM-SHA-512, a CA of its own), the nodes
 among themselves on mutual TLS (localhost:19191-19193 controllers,
 29191-29193 brokers), least-privilege ACLs, under ``.cluster/sasl_ssl/`` and
@@ -16,7 +16,7 @@ among themselves on mutual TLS (localhost:19191-19193 controllers,
 ``up`` is idempotent and self-healing: running nodes are left alone, stopped
 ones are started, and it returns once the cluster metadata lists all brokers.
 
-    python -m fraud_pipeline.local_cluster up | down | status | ping | kill NODE | jars
+    python -m devcluster up | down | status | ping | kill NODE | jars
 
 Linux only (it reads /proc to recognise its own JVMs).
 """
@@ -41,17 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cluster_security
-from . import security as security_settings
-from .cluster_security import SecurityFiles
-from .security import Security
+from fraud_pipeline import security as security_settings
+from fraud_pipeline.security import Security
+
+from . import security as cluster_security
+from .security import SecurityFiles
 
 if TYPE_CHECKING:
-    from .clients import Admin
+    from fraud_pipeline.clients import Admin
 
 KAFKA_VERSION = "4.3.1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POM = PROJECT_ROOT / "cluster" / "pom.xml"
+POM = Path(__file__).resolve().parent / "pom.xml"
 NODE_COUNT = 3
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -258,7 +259,7 @@ def _server_properties(layout: ClusterLayout, node: Node) -> str:
     voters = ",".join(f"{n.node_id}@localhost:{n.controller_port}" for n in layout.nodes)
     replicas = len(layout.nodes)
     return f"""\
-# Written by fraud_pipeline.local_cluster; rewritten on every start.
+# Written by devcluster.cluster; rewritten on every start.
 process.roles=broker,controller
 node.id={node.node_id}
 controller.quorum.voters={voters}
@@ -371,7 +372,7 @@ def _log_tail(node: Node, lines: int = 5) -> str:
 
 
 def _admin(layout: ClusterLayout) -> Admin:
-    from .clients import KAFKA_PYTHON, backend  # imported here: `jars` and `down` work without a client library
+    from fraud_pipeline.clients import KAFKA_PYTHON, backend  # imported here: `jars` and `down` work without a client library
 
     return backend(KAFKA_PYTHON, tuple(layout.bootstrap_servers.split(",")), layout.admin_security()).admin("local-cluster")
 
@@ -564,7 +565,7 @@ def cluster_status(layout: ClusterLayout, quiet: bool = False) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fraud_pipeline.local_cluster",
+        prog="python -m devcluster",
         description=f"Run a local 3-node Apache Kafka {KAFKA_VERSION} cluster (KRaft) on the JVM, without Docker. "
         "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384), KAFKA_SECURITY "
         "(plaintext, the default: the open cluster on localhost:9091-9093; sasl_ssl: the secured cluster beside it "
