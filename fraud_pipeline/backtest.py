@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import pytz
 
-from .clients.types import ClientError
+from .clients import ClientError
 from .config import Settings, TopicSettings, add_connection_arguments, connection_from_args, positive_float, positive_int
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset

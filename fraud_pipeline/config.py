@@ -12,13 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import security as security_settings
+from .clients import CLIENTS, KAFKA_PYTHON
 from .security import Security
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
-KAFKA_PYTHON = "kafka-python"
-CONFLUENT = "confluent"
-CLIENTS = (KAFKA_PYTHON, CONFLUENT)
-"""The client libraries behind the seam (fraud_pipeline.clients)."""
 DEFAULT_COMMIT_INTERVAL_MS = 100
 """As Kafka Streams' exactly-once default: a transaction's fixed cost is shared by 100 ms of records."""
 EXACTLY_ONCE = "exactly-once"

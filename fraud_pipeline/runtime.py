@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from .clients.types import ClientError
+from .clients import ClientError
 from .config import Settings, settings_from_args
 
 

@@ -8,27 +8,15 @@ Nothing outside this package imports a client library.
 
 from __future__ import annotations
 
-from ..config import CLIENTS, CONFLUENT, KAFKA_PYTHON
 from ..security import Security
 from .base import Admin, Backend, Batch, Consumer, Producer
-from .types import (
-    Acl,
-    Broker,
-    ClientError,
-    ClusterInfo,
-    FatalError,
-    FencedError,
-    GroupInfo,
-    GroupMember,
-    Headers,
-    NotAuthorizedError,
-    PartitionInfo,
-    Record,
-    RetriableError,
-    TopicPartition,
-    TopicSpec,
-    UnknownTopicError,
-)
+from .errors import ClientError, FatalError, FencedError, NotAuthorizedError, RefusedError, RetriableError, UnknownTopicError
+from .types import Acl, Broker, ClusterInfo, GroupInfo, GroupMember, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
+
+KAFKA_PYTHON = "kafka-python"
+CONFLUENT = "confluent"
+CLIENTS = (KAFKA_PYTHON, CONFLUENT)
+"""The client libraries behind the seam, by the name ``--client`` and ``KAFKA_CLIENT`` take."""
 
 
 def backend(client: str, bootstrap_servers: tuple[str, ...], security: Security | None = None) -> Backend:
@@ -69,6 +57,7 @@ __all__ = [
     "PartitionInfo",
     "Producer",
     "Record",
+    "RefusedError",
     "RetriableError",
     "TopicPartition",
     "TopicSpec",

@@ -31,27 +31,29 @@ from confluent_kafka.admin import (
 
 from ..security import Security
 from .base import Batch, OnError, OnPartitions
-from .types import (
-    Acl,
-    Broker,
+from .errors import (
     ClientError,
-    ClusterInfo,
     FatalError,
     FencedError,
-    GroupInfo,
-    GroupMember,
-    Headers,
     NotAuthorizedError,
-    PartitionInfo,
-    Record,
     RefusedError,
     RetriableError,
-    TopicPartition,
-    TopicSpec,
     UnknownTopicError,
     authentication_failed,
     cannot_reach,
     tls_failed,
+)
+from .types import (
+    Acl,
+    Broker,
+    ClusterInfo,
+    GroupInfo,
+    GroupMember,
+    Headers,
+    PartitionInfo,
+    Record,
+    TopicPartition,
+    TopicSpec,
 )
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from fraud_pipeline.clients import confluent, kafka_python
-from fraud_pipeline.config import CLIENTS, DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
+from fraud_pipeline.clients import CLIENTS, confluent, kafka_python
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
 from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 from fraud_pipeline.security import Security
 

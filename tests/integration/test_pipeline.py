@@ -11,7 +11,7 @@ import pytest
 import pytz
 from kafka import KafkaProducer
 
-from fraud_pipeline.config import CONFLUENT, KAFKA_PYTHON
+from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON
 from fraud_pipeline.payment import Payment, generate
 from fraud_pipeline.processors import fraud_line, legit_line
 from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group

@@ -11,7 +11,7 @@ from kafka import errors as kerr
 from devcluster import security as cluster_security
 from devcluster.cluster import ClusterLayout, _server_properties
 from fraud_pipeline.clients import kafka_python
-from fraud_pipeline.clients.types import RefusedError, cannot_reach, tls_failed
+from fraud_pipeline.clients.errors import RefusedError, cannot_reach, tls_failed
 from fraud_pipeline.config import TopicSettings
 from fraud_pipeline.security import from_file
 
