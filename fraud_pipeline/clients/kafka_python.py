@@ -89,10 +89,34 @@ def refusal(exc: BaseException, servers: str, user: str | None) -> RefusedError 
     return None
 
 
+class _Refused(kerr.KafkaError):
+    """Ends a bootstrap that no retry can mend (raised from inside it by _BootstrapFailures)."""
+
+
+def _final(error: BaseException) -> bool:
+    """A refusal that the next attempt would meet again: the password, or a certificate the client does not trust."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (kerr.SaslAuthenticationFailedError, ssl.SSLCertVerificationError)) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_BOOTSTRAP_FAILED = "Bootstrap connection to"
+"""How kafka-python 3.0 begins the line it logs from its bootstrap coroutine for a failed attempt. Only that
+call may be interrupted: raised from its I/O thread's "Connection failed" line, the client hung (seen)."""
+
+
 class _BootstrapFailures(logging.Handler):
     """PRIVATE: kafka-python retries its bootstrap until ``bootstrap_timeout_ms`` whatever went wrong, then raises
     a bare KafkaTimeoutError; each attempt's error is only logged ("Bootstrap connection to %s failed: %s" in
-    kafka.net.manager, the exception among the record's arguments). This keeps them, to say why."""
+    kafka.net.manager, the exception among the record's arguments). This keeps them, to say why.
+
+    A wrong password or an untrusted certificate would fail every attempt alike: the handler raises then,
+    inside the bootstrap's logging call (kafka-python 3.0 logs it from the bootstrap coroutine, which the
+    exception ends), so the client gives up at once instead of after the timeout, as librdkafka does.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -100,7 +124,10 @@ class _BootstrapFailures(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args if isinstance(record.args, tuple) else ()
-        self.errors += [arg for arg in args if isinstance(arg, BaseException) and not isinstance(arg, kerr.KafkaTimeoutError)]
+        errors = [arg for arg in args if isinstance(arg, BaseException) and not isinstance(arg, (kerr.KafkaTimeoutError, _Refused))]
+        self.errors += errors
+        if str(record.msg).startswith(_BOOTSTRAP_FAILED) and any(_final(error) for error in errors):
+            raise _Refused("the cluster refused the connection")
 
     def why(self, servers: str, user: str | None, raised: BaseException) -> RefusedError | BaseException:
         """A refusal among the attempts' errors and what was raised (a wrong password shows in some attempts

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from confluent_kafka import TopicPartition as ConfluentTP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from fraud_pipeline.clients import KAFKA_PYTHON, Admin, backend
-from tests.integration.conftest import ROOT, Pipeline, confluent_connection, read_topic, summary_count
+from tests.integration.conftest import ROOT, Pipeline, confluent_connection, for_each_client, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
 pytestmark = [
@@ -37,6 +38,8 @@ pytestmark = [
 
 COUNT = 20_000
 RATE = "2500"
+STOP_COUNT = 40_000
+"""Payments of the stop-signal test: enough that both stops land mid-stream on the faster client too."""
 KILL_COMMIT_INTERVAL_S = 1.0
 """The detector's commit interval in the kill -9 tests: transactions long enough for a kill to land inside."""
 
@@ -91,8 +94,8 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
     return stderr
 
 
-def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figures: dict[str, Any], rate: str = "450") -> None:
-    """Kill -9 the detector three times while ``rate`` payments/s flow.
+def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, rate: str = "450") -> dict[str, Any]:
+    """Kill -9 the detector three times while ``rate`` payments/s flow; the run's figures.
 
     450/s gives ~44 s of flow: each restart waits up to the session timeout (10 s) for the killed
     member to leave the group, so three kills take 30 s and more.
@@ -126,25 +129,28 @@ def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, figu
         + len(read_topic(pipeline.bootstrap, pipeline.topics.legit, committed_only=False))
         - COUNT - duplicated
     )
-    figures.update(test=f"detector kill -9 ({guarantee}, {pipeline.client})", sent=COUNT, kills=kills,
-                   killed_after_committed=killed_at, lost=lost,
-                   duplicated=duplicated, dead_lettered=dead, aborted_records=aborted)
+    figures: dict[str, Any] = dict(
+        test=f"detector kill -9 ({guarantee}, {pipeline.client})", sent=COUNT, kills=kills, killed_after_committed=killed_at,
+        lost=lost, duplicated=duplicated, dead_lettered=dead, aborted_records=aborted,
+    )
     if open_at_kill:
         figures.update(open_records_at_kill=open_at_kill)
-    assert lost == 0
-    assert dead == 0
+    assert lost == 0, figures
+    assert dead == 0, figures
     if guarantee == "exactly-once":
-        assert duplicated == 0
+        assert duplicated == 0, figures
         # It hurt: a kill landed inside an open transaction, whose records a read_uncommitted reader still sees.
-        assert aborted > 0, "no kill landed inside an open transaction"
+        assert aborted > 0, f"no kill landed inside an open transaction: {figures}"
+    return figures
 
 
-def test_detector_kill9_exactly_once(pipeline: Pipeline, figures: dict[str, Any]) -> None:
-    kill_detector_repeatedly(pipeline, "exactly-once", seed=101, figures=figures)
+def test_detector_kill9_exactly_once(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
+    """Both clients at once, each its own pipeline: three kills each, every kill inside an open transaction."""
+    figures += for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "exactly-once", seed=101)).values()
 
 
-def test_detector_kill9_at_least_once(pipeline: Pipeline, figures: dict[str, Any]) -> None:
-    kill_detector_repeatedly(pipeline, "at-least-once", seed=202, figures=figures)
+def test_detector_kill9_at_least_once(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
+    figures += for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "at-least-once", seed=202)).values()
 
 
 def cluster_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -208,9 +214,45 @@ def elect_preferred_leaders(admin: Admin, pipeline: Pipeline, timeout_s: float =
         time.sleep(0.5)
 
 
-def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any]) -> None:
-    """Kill -9 each broker in turn while payments flow: the transaction coordinator's, the group
-    coordinator's, then a third one during a detector's start-up. No script exits; 0 lost, 0 duplicated."""
+@dataclass
+class Lane:
+    """One client's pipeline through the broker kills: its group, transactional id, scripts and what they logged."""
+
+    pipeline: Pipeline
+    group_name: str
+    """The detector's group, as ``Pipeline.group`` takes it (the test's suffix is added)."""
+    txn: str
+    producer: subprocess.Popen[str]
+    detector: subprocess.Popen[str]
+    committed: int = 0
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        return self.pipeline.group(self.group_name)
+
+    def restart_detector(self, txn: str | None = None, *, stop: bool = True) -> None:
+        """SIGTERM the detector (unless ``stop`` is False: it was stopped already) and start it again, on ``txn`` if given."""
+        if stop:
+            self.stop_detector()
+        self.txn = txn or self.txn
+        self.detector = self.pipeline.start("fraud_detector", *BROKER_KILL_ARGS, "--transactional-id", self.txn, group=self.group_name)
+
+    def stop_detector(self) -> None:
+        self.detector.send_signal(signal.SIGTERM)
+        self.logs.append(finish(self.detector, f"fraud_detector ({self.pipeline.client})"))
+
+    def progress(self, timeout_s: float = 60) -> None:
+        self.committed = wait_for_progress(self.pipeline, self.group_name, self.committed, self.detector, timeout_s=timeout_s)
+
+
+BROKER_KILL_ARGS = ("--quiet", "--idle-timeout", "60")  # a broker loss can hold the records for a while: not idleness
+
+
+def test_each_broker_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
+    """Kill -9 each broker in turn while payments flow through both clients' pipelines at once: the brokers
+    coordinating the detectors' transactions, then their groups, then a third one during the detectors' start-up.
+    No script exits; 0 lost, 0 duplicated on each."""
     status = cluster_command("status", check=False)
     assert status.returncode == 0, f"this test kills brokers of the project's own cluster (make cluster-up):\n{status.stdout}"
     # A failure leaves the detector's stacks and whole log in results/chaos/. Fixed here, each once seen:
@@ -219,86 +261,109 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: dict[str, Any])
     # detector kept retrying "Unable to verify the partition has been added to the transaction" after the
     # transaction coordinator's loss (records now expire within the transaction timeout, then it aborts).
     seed = 303
-    admin = backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).admin("chaos")
+    any_pipeline = next(iter(pipelines.values()))
+    admin = backend(KAFKA_PYTHON, tuple(any_pipeline.bootstrap.split(","))).admin("chaos")
+    lanes: list[Lane] = []
+    rounds: list[dict[str, Any]] = []
     try:
         # A fresh cluster creates its coordinators' topics on first use: a group's, a transactional id's.
-        committed_total(pipeline, "warm-up")
-        backend(KAFKA_PYTHON, tuple(pipeline.bootstrap.split(","))).producer("chaos", f"chaos-{pipeline.suffix}").init_transactions(60)
+        committed_total(any_pipeline, "warm-up")
+        warm_up = backend(KAFKA_PYTHON, tuple(any_pipeline.bootstrap.split(","))).producer("chaos", f"chaos-{any_pipeline.suffix}")
+        warm_up.init_transactions(60)
+        warm_up.close()
         deadline = time.monotonic() + 60
         while not {"__consumer_offsets", "__transaction_state"} <= admin.list_topics():
             assert time.monotonic() < deadline, "the coordinators' topics were not created"
             time.sleep(0.5)
-        elect_preferred_leaders(admin, pipeline)
-        # The first round wants the transactions and the group on two different brokers, among those leading now.
+        elect_preferred_leaders(admin, any_pipeline)
+        # The first round wants the transactions and the groups on two different brokers, among those leading now:
+        # every lane's transactional id on one, every lane's group on the other.
         leaders = {name: sorted({p.leader for p in parts}) for name, parts in
                    admin.describe_topics(["__transaction_state", "__consumer_offsets"]).items()}
         txn_node = random.Random(seed).choice(leaders["__transaction_state"])
         group_node = next((n for n in leaders["__consumer_offsets"] if n != txn_node), txn_node)
-        group_name = key_coordinated_by(admin, "__consumer_offsets", group_node, lambda i: f"detector{i}")
-        group = pipeline.group(group_name)
-        txn = key_coordinated_by(admin, "__transaction_state", txn_node, lambda i: f"{group}-a{i}")
-        producer = pipeline.start("payment_producer", "--rate", "400", "--seed", str(seed), "--quiet")
-        args = ("--quiet", "--idle-timeout", "60")  # a broker loss can hold the records for a while: not idleness
-        detector = pipeline.start("fraud_detector", *args, "--transactional-id", txn, group=group_name)
-        committed = wait_for_progress(pipeline, group_name, 0, detector)
-        logs: list[str] = []
-        rounds: list[dict[str, Any]] = []
+        for pipeline in pipelines.values():
+            group_name = key_coordinated_by(admin, "__consumer_offsets", group_node, f"detector{{}}-{pipeline.suffix}".format)
+            group_name = group_name.removesuffix(f"-{pipeline.suffix}")
+            txn = key_coordinated_by(admin, "__transaction_state", txn_node, f"{pipeline.group(group_name)}-a{{}}".format)
+            producer = pipeline.start("payment_producer", "--rate", "400", "--seed", str(seed), "--quiet")
+            detector = pipeline.start("fraud_detector", *BROKER_KILL_ARGS, "--transactional-id", txn, group=group_name)
+            lanes.append(Lane(pipeline, group_name, txn, producer, detector))
+        for lane in lanes:
+            lane.progress()
         for role in ("transaction coordinator", "group coordinator", "detector start-up"):
             # Each round's broker is chosen now, from where leadership stands after the last round.
             killed = [r["node"] for r in rounds]
             restart = role == "detector start-up"
             if role == "transaction coordinator":
-                node = coordinator(admin, "__transaction_state", txn)
+                node = coordinator(admin, "__transaction_state", lanes[0].txn)
             elif role == "group coordinator":
-                node = coordinator(admin, "__consumer_offsets", group)
-            if role == "detector start-up" or node in killed:
-                # The third broker, or the group's coordinator was also the transactions': the detector
-                # gets a transactional id this broker coordinates.
-                node = next(n for n in (1, 2, 3) if n not in killed)
-                txn = key_coordinated_by(admin, "__transaction_state", node, f"{group}-{len(rounds)}-{{}}".format)
-                if not restart:
-                    detector.send_signal(signal.SIGTERM)
-                    logs.append(finish(detector, "fraud_detector"))
-                    detector = pipeline.start("fraud_detector", *args, "--transactional-id", txn, group=group_name)
-                    committed = wait_for_progress(pipeline, group_name, committed, detector)
-            led = sorted(p for p, leader in payments_leaders(admin, pipeline).items() if leader == node)
-            assert led, f"node {node} leads no payments partition: the kill would not hurt"
-            coordinates = [name for name, topic, key in (("transactions", "__transaction_state", txn),
-                                                         ("group", "__consumer_offsets", group))
-                           if coordinator(admin, topic, key) == node]
-            assert coordinates, f"node {node} coordinates neither the detector's transactions nor its group"
+                node = coordinator(admin, "__consumer_offsets", lanes[0].group)
+            if restart or node in killed:
+                node = next(n for n in (1, 2, 3) if n not in killed)  # the third broker
+            for lane in lanes:
+                if restart or node not in (coordinator(admin, "__transaction_state", lane.txn),
+                                           coordinator(admin, "__consumer_offsets", lane.group)):
+                    # This broker coordinates nothing of the lane's detector (or it is the start-up round):
+                    # the detector gets a transactional id this broker coordinates.
+                    txn = key_coordinated_by(admin, "__transaction_state", node, f"{lane.group}-{len(rounds)}-{{}}".format)
+                    if restart:
+                        lane.txn = txn
+                    else:
+                        lane.restart_detector(txn)
+                        lane.progress()
+            led: dict[str, list[int]] = {}
+            coordinates: dict[str, list[str]] = {}
+            for lane in lanes:
+                client = lane.pipeline.client
+                led[client] = sorted(p for p, leader in payments_leaders(admin, lane.pipeline).items() if leader == node)
+                assert led[client], f"node {node} leads no payments partition of {client}'s pipeline: the kill would not hurt"
+                coordinates[client] = [name for name, topic, key in (("transactions", "__transaction_state", lane.txn),
+                                                                     ("group", "__consumer_offsets", lane.group))
+                                       if coordinator(admin, topic, key) == node]
+                assert coordinates[client], f"node {node} coordinates neither the transactions nor the group of {client}'s detector"
             if restart:
-                detector.send_signal(signal.SIGTERM)
-                logs.append(finish(detector, "fraud_detector"))
+                for lane in lanes:
+                    lane.stop_detector()
             cluster_command("kill", str(node))
             killed_at = time.monotonic()
             if restart:  # the whole start-up (topics, rules, init_transactions) with the broker down
-                detector = pipeline.start("fraud_detector", *args, "--transactional-id", txn, group=group_name)
-            # The pipeline goes on with the node down: committed offsets keep growing.
-            committed = wait_for_progress(pipeline, group_name, committed, detector, timeout_s=90)
-            resumed_s = time.monotonic() - killed_at
+                for lane in lanes:
+                    lane.restart_detector(stop=False)
+            # The pipelines go on with the node down: committed offsets keep growing.
+            resumed_s = {}
+            for lane in lanes:
+                lane.progress(timeout_s=90)
+                resumed_s[lane.pipeline.client] = round(time.monotonic() - killed_at, 1)
             time.sleep(2)
-            assert producer.poll() is None, f"payment_producer exited while node {node} was down:\n{producer.communicate()[1][-3000:]}"
-            assert detector.poll() is None, f"fraud_detector exited while node {node} was down:\n{detector.communicate()[1][-3000:]}"
+            for lane in lanes:
+                for name, proc in (("payment_producer", lane.producer), ("fraud_detector", lane.detector)):
+                    assert proc.poll() is None, (f"{name} ({lane.pipeline.client}) exited while node {node} was down:\n"
+                                                 f"{proc.communicate()[1][-3000:]}")
             cluster_command("up")
+            back_in_isr_s = max(wait_back_in_isr(admin, lane.pipeline, node) for lane in lanes)
             rounds.append({"node": node, "role": role, "led_payments": led, "coordinated": coordinates,
-                           "committing_again_s": round(resumed_s, 1), "back_in_isr_s": wait_back_in_isr(admin, pipeline, node)})
-        producer.send_signal(signal.SIGTERM)
-        sent = summary_count(finish(producer, "payment_producer"), "payment_producer")
-        # Stopped once it has committed every payment, rather than after a minute of idleness.
-        wait_for_progress(pipeline, group_name, sent - 1, detector, timeout_s=120)
-        detector.send_signal(signal.SIGTERM)
-        logs.append(finish(detector, "fraud_detector"))
+                           "committing_again_s": resumed_s, "back_in_isr_s": back_in_isr_s})
+        sent = {}
+        for lane in lanes:
+            lane.producer.send_signal(signal.SIGTERM)
+            sent[lane.pipeline.client] = summary_count(finish(lane.producer, "payment_producer"), "payment_producer")
+        for lane in lanes:
+            # Stopped once it has committed every payment, rather than after a minute of idleness.
+            wait_for_progress(lane.pipeline, lane.group_name, sent[lane.pipeline.client] - 1, lane.detector, timeout_s=120)
+            lane.stop_detector()
     finally:
         admin.close()
         cluster_command("up", check=False)  # a failed round must not leave a broker down for the tests after it
-    lost, duplicated, dead, _ = verdict(pipeline, seed, sent)
-    handled = sum(summary_count(log, "fraud_detector") for log in logs)
-    figures.update(test=f"brokers killed in turn ({pipeline.client})", sent=sent, lost=lost, duplicated=duplicated,
-                   dead_lettered=dead, rounds=rounds, detector_runs=len(logs),
-                   detector_rollbacks=sum(log.count("rolling back") for log in logs))
-    assert (lost, duplicated, dead) == (0, 0, 0)
-    assert handled == sent
+    for lane in lanes:
+        client = lane.pipeline.client
+        lost, duplicated, dead, _ = verdict(lane.pipeline, seed, sent[client])
+        handled = sum(summary_count(log, "fraud_detector") for log in lane.logs)
+        figures.append(dict(test=f"brokers killed in turn ({client})", sent=sent[client], lost=lost, duplicated=duplicated,
+                            dead_lettered=dead, rounds=rounds, detector_runs=len(lane.logs),
+                            detector_rollbacks=sum(log.count("rolling back") for log in lane.logs)))
+        assert (lost, duplicated, dead) == (0, 0, 0), figures[-1]
+        assert handled == sent[client], figures[-1]
 
 
 def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:
@@ -370,24 +435,38 @@ def committed_total(pipeline: Pipeline, group: str) -> int:
         consumer.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_drains_and_commits(pipeline: Pipeline, figures: dict[str, Any], sig: signal.Signals) -> None:
+def test_stop_signals_drain_and_commit(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
+    """SIGTERM, then SIGINT (the same handler), each mid-stream on a running detector; both clients at once."""
+    figures += for_each_client(pipelines, stop_twice_mid_stream).values()
+
+
+def stop_twice_mid_stream(pipeline: Pipeline) -> dict[str, Any]:
+    """Stop the detector with SIGTERM, start it again and stop it with SIGINT, then let a third run finish the stream.
+
+    Each stop must end the process within 5 s with exactly what it handled committed; together the
+    runs route each payment exactly once.
+    """
     seed = 404
-    pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", str(seed), "--quiet")
-    detector = pipeline.start("fraud_detector", "--quiet", group="detector")
-    wait_for_progress(pipeline, "detector", 0, detector)  # stop it mid-stream, once it is committing
-    sent_at = time.monotonic()
-    detector.send_signal(sig)
-    stderr = finish(detector, "fraud_detector", timeout=30)
-    stop_s = time.monotonic() - sent_at
-    handled = summary_count(stderr, "fraud_detector")
-    committed = committed_total(pipeline, "detector")
-    assert 0 < handled < COUNT, "stop the detector mid-stream"
-    assert committed == handled, "every payment handled before the stop is committed, no more"
-    # a second run finishes the stream: together, each payment exactly once
+    pipeline.run("payment_producer", "--count", str(STOP_COUNT), "--rate", "0", "--seed", str(seed), "--quiet")
+    figures: dict[str, Any] = {"test": f"SIGTERM, then SIGINT mid-stream ({pipeline.client})", "sent": STOP_COUNT}
+    handled_before = 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        detector = pipeline.start("fraud_detector", "--quiet", group="detector")
+        wait_for_progress(pipeline, "detector", handled_before, detector)  # stop it mid-stream, once it is committing
+        sent_at = time.monotonic()
+        detector.send_signal(sig)
+        stderr = finish(detector, "fraud_detector", timeout=30)
+        stop_s = time.monotonic() - sent_at
+        handled = summary_count(stderr, "fraud_detector")
+        committed = committed_total(pipeline, "detector")
+        figures[f"{sig.name}_stop_seconds"], figures[f"{sig.name}_handled"] = round(stop_s, 2), handled
+        assert handled > 0 and handled_before + handled < STOP_COUNT, f"stop the detector mid-stream: {figures}"
+        assert committed == handled_before + handled, "every payment handled before the stop is committed, no more"
+        assert stop_s < 5, figures
+        handled_before = committed
+    # a last run finishes the stream: together, each payment exactly once
     rest = pipeline.run("fraud_detector", "--quiet", "--idle-timeout", "5", group="detector")
-    lost, duplicated, dead, _ = verdict(pipeline, seed)
-    figures.update(test=f"{sig.name} mid-stream ({pipeline.client})", sent=COUNT, stop_seconds=round(stop_s, 2), before_stop=handled,
-                   after_restart=summary_count(rest.stderr, "fraud_detector"), lost=lost, duplicated=duplicated)
-    assert stop_s < 5
-    assert (lost, duplicated, dead) == (0, 0, 0)
+    lost, duplicated, dead, _ = verdict(pipeline, seed, STOP_COUNT)
+    figures.update(after_restart=summary_count(rest.stderr, "fraud_detector"), lost=lost, duplicated=duplicated)
+    assert (lost, duplicated, dead) == (0, 0, 0), figures
+    return figures

@@ -8,6 +8,7 @@ Without a reachable 3-broker cluster the tests fail: they are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,10 +19,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -34,6 +36,7 @@ from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 from fraud_pipeline.security import Security
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
 TEST_CLIENT_SECURITY: dict[str, Security] = {}
 """How the tests' own clients (readers, admins) reach a cluster, by its bootstrap servers; PLAINTEXT unless listed.
@@ -129,14 +132,51 @@ def client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
-    """Fresh topics for one test (deleted afterwards), the scripts on ``client``."""
+def fresh_topics() -> tuple[str, TopicSettings]:
+    """A new suffix and the pipeline's topic names ending with it."""
     suffix = uuid.uuid4().hex[:10]
-    topics = TopicSettings(
+    return suffix, TopicSettings(
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
         rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}",
     )
+
+
+@pytest.fixture
+def pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
+    """Fresh topics for one test (deleted afterwards), the scripts on ``client``."""
+    with fresh_pipeline(cluster, client) as made:
+        yield made
+
+
+@pytest.fixture
+def pipelines(cluster: str) -> Iterator[dict[str, Pipeline]]:
+    """One fresh pipeline per client library, for tests that hurt both at once (see ``for_each_client``)."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(fresh_pipeline(cluster, name)) for name in CLIENTS}
+
+
+def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline], T]) -> dict[str, T]:
+    """``run`` on every client's pipeline at the same time, each in a thread; the first failure is raised, naming its client.
+
+    The failure tests run both clients at once: the same faults, half the wall-clock time.
+    """
+
+    def on(client: str, pipeline: Pipeline) -> T:
+        try:
+            return run(pipeline)
+        except BaseException as exc:
+            exc.add_note(f"(on {client})")
+            raise
+
+    with ThreadPoolExecutor(len(pipelines)) as pool:
+        futures = {client: pool.submit(on, client, pipeline) for client, pipeline in pipelines.items()}
+        return {client: future.result() for client, future in futures.items()}
+
+
+@contextlib.contextmanager
+def fresh_pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
+    """Fresh topics on ``cluster`` (deleted afterwards), the scripts on ``client``; what a test left running is killed."""
+    suffix, topics = fresh_topics()
     settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
     created = ensure_topics(settings, pipeline_topics(topics))
     assert set(created.values()) == {"created"}

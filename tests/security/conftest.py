@@ -8,10 +8,10 @@ end only then). Each test gets its own topics and groups, created by the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,11 +20,11 @@ import pytest
 from devcluster import security as cluster_security
 from devcluster.cluster import SASL_SSL, ClusterLayout
 from devcluster.security import Groups, SecurityFiles
-from fraud_pipeline.clients import KAFKA_PYTHON, backend
-from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.clients import CLIENTS, KAFKA_PYTHON, backend
+from fraud_pipeline.config import Settings
 from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 from fraud_pipeline.security import Security
-from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, client  # noqa: F401  (fixture)
+from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, client, fresh_topics  # noqa: F401  (fixture)
 
 SCRIPT_ROLES = {
     "payment_producer": cluster_security.PRODUCER, "fraud_detector": cluster_security.DETECTOR,
@@ -73,11 +73,21 @@ def secured_cluster() -> Iterator[SecuredCluster]:
 @pytest.fixture
 def secured_pipeline(secured_cluster: SecuredCluster, client: str) -> Iterator[Pipeline]:  # noqa: F811
     """Fresh topics and groups on the secured cluster, each script with its own role's client file."""
-    suffix = uuid.uuid4().hex[:10]
-    topics = TopicSettings(
-        payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
-        rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}",
-    )
+    with fresh_secured_pipeline(secured_cluster, client) as made:
+        yield made
+
+
+@pytest.fixture
+def secured_pipelines(secured_cluster: SecuredCluster) -> Iterator[dict[str, Pipeline]]:
+    """One fresh secured pipeline per client library, for tests that hurt both at once."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(fresh_secured_pipeline(secured_cluster, name)) for name in CLIENTS}
+
+
+@contextlib.contextmanager
+def fresh_secured_pipeline(secured_cluster: SecuredCluster, client: str) -> Iterator[Pipeline]:  # noqa: F811
+    """Fresh topics, groups and their ACLs on the secured cluster, each script with its own role's client file."""
+    suffix, topics = fresh_topics()
     pipeline = Pipeline(
         topics, suffix, secured_cluster.bootstrap, client,
         client_configs={script: secured_cluster.role_file(role) for script, role in SCRIPT_ROLES.items()},

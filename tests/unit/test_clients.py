@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from unittest.mock import MagicMock
 
@@ -22,6 +23,7 @@ from fraud_pipeline.clients import (
     NotAuthorizedError,
     Producer,
     Record,
+    RefusedError,
     RetriableError,
     TopicPartition,
     UnknownTopicError,
@@ -279,3 +281,31 @@ def test_a_confluent_transactional_call_that_never_returns_sets_its_producer_asi
     healthy._producer = stuck
     with pytest.raises(RetriableError, match="commit_transaction"):  # a call that returns an error is classified as ever
         healthy.commit_transaction(1.0)
+
+
+def _bootstrap_log(message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("kafka.net.manager", logging.WARNING, __file__, 1, message, args, None)
+
+
+@pytest.mark.parametrize("error", [
+    kerr.SaslAuthenticationFailedError("invalid credentials"),
+    kerr.KafkaConnectionError("Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+])
+def test_kafka_python_gives_up_its_bootstrap_at_the_first_refusal_no_retry_mends(error: Exception) -> None:
+    failures = kafka_python._BootstrapFailures()
+    with pytest.raises(kafka_python._Refused):
+        failures.emit(_bootstrap_log("Bootstrap connection to %s failed: %s (backoff %.2f secs)", "bootstrap-0", error, 0.1))
+    refused = failures.why("localhost:9191", "payment-producer", kerr.KafkaTimeoutError())
+    assert isinstance(refused, RefusedError)
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ("Bootstrap connection to %s failed: %s (backoff %.2f secs)", kerr.KafkaConnectionError("111 ECONNREFUSED")),
+    ("Bootstrap connection to %s failed: %s (backoff %.2f secs)", kerr.KafkaConnectionError("Handshake failed: UNEXPECTED_EOF")),
+    ("Connection failed: %s", kerr.SaslAuthenticationFailedError("invalid credentials")),
+])
+def test_kafka_python_keeps_trying_its_bootstrap_otherwise(message: str, error: Exception) -> None:
+    """A broker down or a hang-up may mend within the timeout; and only the bootstrap's own line may be interrupted."""
+    failures = kafka_python._BootstrapFailures()
+    failures.emit(_bootstrap_log(message, *(["bootstrap-0", error, 0.1] if "Bootstrap" in message else [error])))
+    assert failures.errors == [error]
