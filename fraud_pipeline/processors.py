@@ -27,12 +27,12 @@ from collections.abc import Callable
 
 from .clients import Batch, Record
 from .config import Settings, TopicSettings, build_parser
-from .kafka_io import DeadLetters, prepare_topics
 from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
 from .runtime import Summary, run_cli
-from .stage import LineBuffer, decode_or_reject, run_stage
+from .stage import DeadLetters, LineBuffer, decode_or_reject, run_stage
+from .topics import prepare_topics
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 ROUTED_MAX_BYTES = 2 * MAX_RECORD_BYTES

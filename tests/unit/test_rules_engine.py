@@ -15,7 +15,6 @@ import pytest
 from fraud_pipeline.clients import Producer, TopicPartition
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector, decision_header
-from fraud_pipeline.kafka_io import DeadLetters, Output
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.payment import MAX_CLOCK_SKEW_MS, Payment, encode, event_time, generate, with_field
 from fraud_pipeline.processors import reasons_line
@@ -33,7 +32,7 @@ from fraud_pipeline.rules import (
     parse_ruleset,
 )
 from fraud_pipeline.runtime import Summary
-from fraud_pipeline.stage import LineBuffer
+from fraud_pipeline.stage import DeadLetters, LineBuffer, Output
 from tests.unit.records import record, sends, sent
 
 S = 1000  # ms
