@@ -25,6 +25,7 @@ The package, one module per concern:
     output      Output (the producer a stage writes through), DeadLetters, BatchError
     handler     RecordHandler (what a stage does with each record), LineBuffer, decode_or_reject
     delivery    Delivery: AtLeastOnce, ExactlyOnce
+    checkpoint  Checkpoint: what is pending since the last commit, when a commit is due, commit or roll back
     loop        run_consumer (poll, handle, commit) and Assignment (the rebalance callbacks)
     runner      run_stage: one stage process, from its clients to its exit status
 """

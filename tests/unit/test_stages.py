@@ -37,6 +37,7 @@ from fraud_pipeline.stage import (
     ExactlyOnce,
     LineBuffer,
     Output,
+    checkpoint,
     loop,
     run_consumer,
     run_stage,
@@ -426,7 +427,7 @@ def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "MAX_BATCH_RETRIES", 2)
+    monkeypatch.setattr(checkpoint, "MAX_BATCH_RETRIES", 2)
     consumer = _consumer_with()
     consumer.poll.side_effect = None
     consumer.poll.return_value = {TP: [record(b"a")]}
@@ -490,6 +491,7 @@ def _clocked_consumer(monkeypatch: pytest.MonkeyPatch, *polls: Any) -> tuple[Mag
     """A consumer whose polls return ``polls`` in turn (a callable is called first), 10 ms apart, then wait empty."""
     clock = Clock()
     monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(checkpoint, "time", clock)
     pending = list(polls)
 
     def poll(timeout_s: float, max_records: int) -> dict:  # type: ignore[type-arg]
