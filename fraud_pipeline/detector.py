@@ -28,13 +28,14 @@ from functools import lru_cache
 
 from .clients import Batch, Record
 from .config import Settings, build_parser
+from .errors import PipelineError
 from .kafka_io import make_producer, make_topic_reader, read_span
 from .live_rules import LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
-from .runtime import PipelineError, Summary, run_cli
+from .runtime import Summary, cli_main, run_cli
 from .stage import BatchError, DeadLetters, LineBuffer, Output, decode_or_reject, run_stage
 from .topics import prepare_topics
 
@@ -234,6 +235,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
         )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,

@@ -28,7 +28,7 @@ from .clients import (
 )
 from .clients.base import OnPartitions
 from .config import Settings
-from .runtime import PipelineError
+from .errors import PipelineError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 
 from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicSpec
 from .config import Settings, TopicSettings, build_parser, settings_from_args
+from .errors import PipelineError
 from .kafka_io import connect, retrying
-from .runtime import PipelineError, setup_logging
+from .runtime import cli_main, setup_logging
 
 # The logger these functions always logged under ("created topic ..."): log lines stay as they were.
 log = logging.getLogger("fraud_pipeline.kafka_io")
@@ -160,6 +161,7 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
     return {name: (len(parts), len(parts[0].replicas) if parts else 0) for name, parts in found.items()}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         "python -m fraud_pipeline.topics",

@@ -6,7 +6,7 @@
 - ``engine``: decides a payment with a rule set and explains the decision.
 """
 
-from .conditions import RuleError
+from ..errors import RuleError
 from .definitions import MODES, ORIGINAL, RULESETS_DIR, Rule, RuleSet, load_ruleset, parse_rule, parse_ruleset
 from .engine import Decision, Engine, FiredRule
 from .original import is_suspicious, route

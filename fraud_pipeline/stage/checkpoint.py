@@ -13,7 +13,7 @@ import threading
 import time
 
 from ..clients import Batch, ClientError, Consumer, FatalError, TopicPartition
-from ..runtime import PipelineError
+from ..errors import PipelineError
 from .delivery import Delivery
 from .handler import RecordHandler
 from .output import BatchError

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
+from ..errors import PipelineError
 from ..kafka_io import TRANSACTION_STEP_TIMEOUT_S
-from ..runtime import PipelineError
 from .output import Output
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 
 from ..clients import ClientError, Consumer, FatalError, TopicPartition
+from ..errors import PipelineError
 from ..kafka_io import MAX_POLL_RECORDS
 from ..metrics import Metrics
-from ..runtime import PipelineError
 from .checkpoint import Checkpoint
 from .delivery import Delivery
 from .handler import RecordHandler

@@ -10,9 +10,10 @@ from contextlib import nullcontext
 
 from ..clients import FatalError
 from ..config import EXACTLY_ONCE, Settings
+from ..errors import PipelineError
 from ..kafka_io import make_consumer, make_producer
 from ..metrics import Metrics
-from ..runtime import PipelineError, Summary, instance_slot
+from ..runtime import Summary, instance_slot
 from .delivery import AtLeastOnce, Delivery, ExactlyOnce
 from .handler import HandlerFactory, LineBuffer
 from .loop import Assignment, run_consumer

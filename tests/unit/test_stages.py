@@ -23,12 +23,13 @@ from fraud_pipeline.clients import (
 )
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
+from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.kafka_io import METADATA_TIMEOUT_S, TRANSACTION_STEP_TIMEOUT_S
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import Processor, fraud_line, legit_line
 from fraud_pipeline.producer import produce
 from fraud_pipeline.rules import ORIGINAL
-from fraud_pipeline.runtime import PipelineError, Summary
+from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import (
     Assignment,
     AtLeastOnce,
