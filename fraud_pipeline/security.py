@@ -122,7 +122,6 @@ _ALIASES = {"sasl.mechanisms": "sasl.mechanism"}
 BOOTSTRAP_KEY = "bootstrap.servers"
 JAAS_KEY = "sasl.jaas.config"
 SUPPORTED_KEYS = (BOOTSTRAP_KEY, *_KEYS, JAAS_KEY, *_ALIASES)
-_SECRET_FIELDS = {"sasl_password", "ssl_key_password"}
 _PATH_FIELDS = {"ssl_ca_location", "ssl_certificate_location", "ssl_key_location"}
 
 
