@@ -343,10 +343,10 @@ def child_detector(args: argparse.Namespace) -> Progress:
     """The real detector through fraud_pipeline, on the client of ``--client``."""
     from fraud_pipeline.config import Settings, TopicSettings
     from fraud_pipeline.detector import Detector, live_rules
-    from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
     from fraud_pipeline.metrics import start as start_metrics
     from fraud_pipeline.runtime import Summary, setup_logging
     from fraud_pipeline.stage import run_stage
+    from fraud_pipeline.topics import ensure_topics, pipeline_topics
 
     setup_logging("bench")
     metrics_port = _free_port() if args.metrics else 0

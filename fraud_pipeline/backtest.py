@@ -41,10 +41,11 @@ import pytz
 
 from .clients import ClientError
 from .config import Settings, TopicSettings, add_connection_arguments, connection_from_args, positive_float, positive_int
+from .errors import ConfigError, PipelineError
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
-from .runtime import PipelineError, Progress
-from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, Labelled, labelled_stream, parse_mix, simulated_clock
+from .runtime import Progress, config_error
+from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, labelled_stream, parse_mix, simulated_clock
 
 START = datetime.datetime(2024, 1, 1, tzinfo=pytz.utc)
 """Generated data sets start at this instant, so a seed gives the same data set on every run."""
@@ -176,15 +177,6 @@ def saving(examples: Iterable[Example], out: TextIO) -> Iterator[Example]:
     for example in examples:
         out.write(jsonl_line(example.label, example.scenario, example.payment))
         yield example
-
-
-def write_jsonl(items: Iterable[Labelled], out: TextIO) -> int:
-    """Write labelled payments as ``--input`` reads them; returns how many."""
-    count = 0
-    for item in items:
-        out.write(jsonl_line(item.label, item.scenario, item.payment))
-        count += 1
-    return count
 
 
 # ---------------------------------------------------------------------------
@@ -487,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"backtest: error: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:  # the connection settings of --topic: said as every script says them
+        return config_error(exc)
     except (PipelineError, ClientError) as exc:
         print(f"backtest: error: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import security as security_settings
 from .clients import CLIENTS, KAFKA_PYTHON
+from .errors import ConfigError
 from .security import Security
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9091,localhost:9092,localhost:9093"
@@ -105,18 +106,18 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"error: environment variable {name}={raw!r} is not an integer") from None
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def _env_non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = _env_int(env, name, default)
     if value < 0:
-        raise SystemExit(f"error: environment variable {name}={value} must be 0 or more")
+        raise ConfigError(f"environment variable {name}={value} must be 0 or more")
     return value
 
 
 def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettings:
-    """Topic names and layout from the environment, with the original's defaults."""
+    """Topic names and layout from the environment, with the original's defaults; ConfigError for a count that is not a number."""
     env = os.environ if env is None else env
     base = TopicSettings()
     return TopicSettings(
@@ -289,23 +290,20 @@ def build_parser(
 
 
 def bootstrap_servers(text: str) -> tuple[str, ...]:
-    """The ``host:port`` entries of a comma-separated list; SystemExit if there are none."""
+    """The ``host:port`` entries of a comma-separated list; ConfigError if there are none."""
     servers = tuple(s.strip() for s in text.split(",") if s.strip())
     if not servers:
-        raise SystemExit("error: --bootstrap-servers is empty")
+        raise ConfigError("--bootstrap-servers is empty")
     return servers
 
 
 def connection_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[tuple[str, ...], Security]:
     """Bootstrap servers and security settings: a flag, else the environment, else the client config file, else the defaults.
 
-    SystemExit with one line for settings that cannot work (the CLI edge of fraud_pipeline.security).
+    ConfigError (SecurityConfigError) for settings that cannot work; a script's edge says it in one line (runtime.cli_main).
     """
     env = os.environ if env is None else env
-    try:
-        file_servers, security = security_settings.resolve(args, env)
-    except security_settings.SecurityConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    file_servers, security = security_settings.resolve(args, env)
     text = args.bootstrap_servers or env.get("KAFKA_BOOTSTRAP_SERVERS") or file_servers or DEFAULT_BOOTSTRAP_SERVERS
     return bootstrap_servers(text), security
 

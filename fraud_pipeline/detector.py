@@ -28,22 +28,16 @@ from functools import lru_cache
 
 from .clients import Batch, Record
 from .config import Settings, build_parser
-from .kafka_io import (
-    BatchError,
-    DeadLetters,
-    Output,
-    make_producer,
-    make_topic_reader,
-    prepare_topics,
-    read_span,
-)
+from .errors import PipelineError
+from .kafka_io import make_producer, make_topic_reader, read_span
 from .live_rules import LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
-from .runtime import PipelineError, Summary, run_cli
-from .stage import LineBuffer, decode_or_reject, run_stage
+from .runtime import Summary, cli_main, run_cli
+from .stage import BatchError, DeadLetters, LineBuffer, Output, decode_or_reject, run_stage
+from .topics import prepare_topics
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
@@ -241,6 +235,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
         )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 
 from .clients import Batch, ClientError, Consumer, Record
+from .errors import PipelineError
 from .kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, record_source, retrying
 from .rules import RuleError, RuleSet, parse_rule
-from .runtime import PipelineError
 
 log = logging.getLogger(__name__)
 

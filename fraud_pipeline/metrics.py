@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 
 from .config import Settings
-from .runtime import PipelineError
+from .errors import PipelineError
 
 log = logging.getLogger(__name__)
 

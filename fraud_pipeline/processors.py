@@ -27,12 +27,12 @@ from collections.abc import Callable
 
 from .clients import Batch, Record
 from .config import Settings, TopicSettings, build_parser
-from .kafka_io import DeadLetters, prepare_topics
 from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
-from .runtime import Summary, run_cli
-from .stage import LineBuffer, decode_or_reject, run_stage
+from .runtime import Summary, cli_main, run_cli
+from .stage import DeadLetters, LineBuffer, decode_or_reject, run_stage
+from .topics import prepare_topics
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 ROUTED_MAX_BYTES = 2 * MAX_RECORD_BYTES
@@ -128,6 +128,7 @@ def _processor_main(
     return run_cli(name, parser.parse_args(argv), lambda s, stop: _run_processor(name, topic_of(s.topics), line_of(s), s, stop))
 
 
+@cli_main
 def fraud_main(argv: list[str] | None = None) -> int:
     return _processor_main(
         "fraud_processor", lambda topics: topics.fraud, lambda s: explained_fraud_line if s.reasons else fraud_line,
@@ -138,6 +139,7 @@ def fraud_main(argv: list[str] | None = None) -> int:
     )
 
 
+@cli_main
 def legit_main(argv: list[str] | None = None) -> int:
     return _processor_main(
         "legit_processor", lambda topics: topics.legit, lambda s: legit_line,

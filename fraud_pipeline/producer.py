@@ -22,11 +22,14 @@ from typing import TextIO
 
 from .clients import Producer
 from .config import Settings, build_parser
-from .kafka_io import BatchError, Output, make_producer, prepare_topics
+from .errors import PipelineError
+from .kafka_io import make_producer
 from .metrics import start as start_metrics
 from .payment import Payment, encode, payment_stream
-from .runtime import PipelineError, Summary, run_cli
+from .runtime import Summary, cli_main, run_cli
 from .scenarios import LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
+from .stage import BatchError, Output
+from .topics import prepare_topics
 
 NAME = "payment_producer"
 
@@ -98,6 +101,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,

@@ -26,11 +26,14 @@ from typing import Any
 
 from .clients import ClientError, Record
 from .config import Settings, build_parser, settings_from_args
-from .kafka_io import Output, make_producer, make_topic_reader, prepare_topics
+from .errors import PipelineError
+from .kafka_io import make_producer, make_topic_reader
 from .live_rules import LiveRules
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import read_document
-from .runtime import PipelineError, setup_logging
+from .runtime import cli_main, setup_logging
+from .stage import Output
+from .topics import prepare_topics
 
 NAME = "fraud_rules"
 
@@ -163,6 +166,7 @@ def build(prog: str = NAME) -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build().parse_args(argv)
     settings = settings_from_args(args)

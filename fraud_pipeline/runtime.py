@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import logging
 import re
 import signal
@@ -22,14 +23,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import ParamSpec, TextIO
 
 from .clients import ClientError
 from .config import Settings, settings_from_args
+from .errors import ConfigError, PipelineError
 
-
-class PipelineError(Exception):
-    """A failure that stops the process with a non-zero exit (never a silent loss)."""
+P = ParamSpec("P")
 
 
 def setup_logging(name: str) -> logging.Logger:
@@ -169,3 +169,27 @@ def run_cli(name: str, args: argparse.Namespace, run: Callable[[Settings, thread
     except ClientError as exc:
         log.error("stopping on a Kafka error: %s", exc)
         return 1
+
+
+def cli_main(main: Callable[P, int]) -> Callable[P, int]:
+    """A script's main, with the edge every script shares for settings that cannot work.
+
+    A ConfigError (an environment value, a flag, the client config file: read
+    before logging is set up) ends the script as argparse's own errors would,
+    but with exit status 1: ``error: MESSAGE`` on stderr.
+    """
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as exc:
+            return config_error(exc)
+
+    return run
+
+
+def config_error(exc: ConfigError) -> int:
+    """Say ``error: MESSAGE`` on stderr; the exit status of settings that cannot work, 1."""
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return 1

@@ -1,4 +1,7 @@
-"""Create the pipeline's topics (idempotent) and report what exists.
+"""The pipeline's topics: their specs, creating the missing ones (idempotent), checking and describing them.
+
+Every script prepares the topics it reads and writes at start-up
+(``prepare_topics``); the command creates them all and reports what exists:
 
     python -m fraud_pipeline.topics [--bootstrap-servers ...]
 
@@ -16,13 +19,149 @@ Layout (override with the environment variables in brackets):
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterable, Mapping
 
-from .config import build_parser, settings_from_args
-from .kafka_io import describe_topics, ensure_topics, pipeline_topics
-from .runtime import PipelineError, setup_logging
+from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicSpec
+from .config import Settings, TopicSettings, build_parser, settings_from_args
+from .errors import PipelineError
+from .kafka_io import connect, retrying
+from .runtime import cli_main, setup_logging
+
+# The logger these functions always logged under ("created topic ..."): log lines stay as they were.
+log = logging.getLogger("fraud_pipeline.kafka_io")
 
 
+def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -> list[TopicSpec]:
+    """Specs of the pipeline's topics (or only those named)."""
+    partitions = {
+        topics.payments: topics.payments_partitions,
+        topics.fraud: topics.routed_partitions,
+        topics.legit: topics.routed_partitions,
+        topics.dead_letter: topics.dead_letter_partitions,
+        topics.rules: 1,  # one partition: rule changes apply in the order they were published
+        topics.rules_rejected: 1,
+    }
+    wanted = list(partitions) if names is None else list(names)
+    return [
+        TopicSpec(
+            name, partitions[name], topics.replication_factor,
+            min(topics.min_insync_replicas, topics.replication_factor), compacted=name == topics.rules,
+        )
+        for name in wanted
+    ]
+
+
+def _admin(settings: Settings) -> Admin:
+    try:
+        return connect(settings).admin("fraud-pipeline-admin")
+    except ClientError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Create the topics that do not exist; return ``{name: "created" | "exists"}``.
+
+    ``uses`` says what the script does with each topic ("read", "write"), for
+    the error when the cluster's ACLs hide one from it.
+
+    Admin requests are tried again after a transient failure: a script starts
+    while a broker is down.
+    """
+    try:
+        return retrying(lambda: _ensure_topics(settings, specs, uses or {}))
+    except ClientError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def _who(settings: Settings) -> str:
+    return f"user {settings.security.sasl_username}" if settings.security.uses_sasl else "this client"
+
+
+def not_authorized(settings: Settings, exc: NotAuthorizedError, operation: str) -> PipelineError:
+    """The one line a script stops with when the cluster's ACLs refuse it a topic."""
+    return PipelineError(f"not authorized to {operation} topic {exc.resource} ({_who(settings)} at "
+                         f"{','.join(settings.bootstrap_servers)}): ask the cluster's admin for the ACL")
+
+
+def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str, str]) -> dict[str, str]:
+    admin = _admin(settings)
+    try:
+        existing = admin.list_topics()
+        outcome = {spec.name: "exists" for spec in specs if spec.name in existing}
+        missing = [spec for spec in specs if spec.name not in existing]
+        if missing:
+            try:  # a topic this user may not see is not listed: asked by name, the cluster says so
+                admin.describe_topics([spec.name for spec in missing])
+            except NotAuthorizedError as exc:
+                raise not_authorized(settings, exc, uses.get(exc.resource, "describe")) from None
+            brokers = admin.broker_count()
+            for spec in missing:
+                if spec.replication_factor > brokers:
+                    raise PipelineError(
+                        f"cannot create topic {spec.name} with replication factor {spec.replication_factor}:"
+                        f" the cluster has {brokers} broker(s); set TOPIC_REPLICATION_FACTOR"
+                    )
+        for spec in missing:
+            configs = {"min.insync.replicas": str(spec.min_insync_replicas)}
+            if spec.compacted:
+                configs["cleanup.policy"] = "compact"
+                # Tombstones (removed rules) are kept 10 years, not the default day:
+                # a detector started later must still see that the rule was removed.
+                configs["delete.retention.ms"] = str(10 * 365 * 24 * 3600 * 1000)
+            try:
+                # False: created meanwhile by another process
+                outcome[spec.name] = "created" if admin.create_topic(spec, configs) else "exists"
+            except NotAuthorizedError:
+                raise PipelineError(f"topic {spec.name} does not exist, and {_who(settings)} is not authorized to create it: "
+                                    "ask the cluster's admin (`make topics` with the admin's client file)") from None
+        return outcome
+    except RetriableError:
+        raise
+    except ClientError as exc:
+        raise PipelineError(str(exc)) from None
+    finally:
+        admin.close()
+
+
+def prepare_topics(settings: Settings, reads: Iterable[str] = (), writes: Iterable[str] = ()) -> dict[str, str]:
+    """Create the missing topics a script reads and writes (logging each), or with ``--no-create-topics`` check they exist."""
+    uses = {name: "read" for name in reads}
+    for name in writes:
+        uses[name] = "read and write" if name in uses else "write"
+    specs = pipeline_topics(settings.topics, uses)
+    if settings.create_topics:
+        outcome = ensure_topics(settings, specs, uses)
+        for topic, state in outcome.items():
+            if state == "created":
+                log.info("created topic %s", topic)
+        return outcome
+    try:
+        present = set(describe_topics(settings, [spec.name for spec in specs]))
+    except NotAuthorizedError as exc:
+        raise not_authorized(settings, exc, uses.get(exc.resource, "describe")) from None
+    missing = [spec.name for spec in specs if spec.name not in present]
+    if missing:
+        raise PipelineError(f"topic(s) {', '.join(missing)} do not exist: run `make topics`, or drop --no-create-topics")
+    return {spec.name: "exists" for spec in specs}
+
+
+def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int, int]]:
+    """``{name: (partitions, replication factor)}`` of the named topics that exist."""
+    admin = _admin(settings)
+    try:
+        found = retrying(lambda: admin.describe_topics(names))
+    except NotAuthorizedError:
+        raise
+    except ClientError as exc:
+        raise PipelineError(str(exc)) from None
+    finally:
+        admin.close()
+    return {name: (len(parts), len(parts[0].replicas) if parts else 0) for name, parts in found.items()}
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         "python -m fraud_pipeline.topics",

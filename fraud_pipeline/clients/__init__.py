@@ -8,9 +8,9 @@ Nothing outside this package imports a client library.
 
 from __future__ import annotations
 
-from ..security import Security
 from .base import Admin, Backend, Batch, Consumer, Producer
 from .errors import ClientError, FatalError, FencedError, NotAuthorizedError, RefusedError, RetriableError, UnknownTopicError
+from .security import Secret, Security
 from .types import Acl, Broker, ClusterInfo, GroupInfo, GroupMember, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
 
 KAFKA_PYTHON = "kafka-python"
@@ -59,6 +59,8 @@ __all__ = [
     "Record",
     "RefusedError",
     "RetriableError",
+    "Secret",
+    "Security",
     "TopicPartition",
     "TopicSpec",
     "UnknownTopicError",

@@ -29,7 +29,6 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .errors import (
     ClientError,
@@ -43,6 +42,7 @@ from .errors import (
     cannot_reach,
     tls_failed,
 )
+from .security import Security
 from .types import (
     Acl,
     Broker,

@@ -20,7 +20,6 @@ from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePattern
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
-from ..security import Security
 from .base import Batch, OnError, OnPartitions
 from .errors import (
     ClientError,
@@ -34,6 +33,7 @@ from .errors import (
     cannot_reach,
     tls_failed,
 )
+from .security import Security
 from .types import (
     Acl,
     Broker,

@@ -13,8 +13,9 @@ import threading
 from aiohttp import web
 
 from ..config import Settings, build_parser, non_negative_int
+from ..errors import PipelineError
 from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
-from ..runtime import PipelineError, run_cli
+from ..runtime import cli_main, run_cli
 from .app import make_app
 from .cluster_view import ClusterView
 from .monitor import Monitor
@@ -55,6 +56,7 @@ async def _serve(app: web.Application, host: str, port: int, stop: threading.Eve
         await runner.cleanup()
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,

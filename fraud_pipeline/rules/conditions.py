@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import RuleError
 from ..payment import Payment
 
 TEXT_FIELDS = ("DATE", "TIME", "PAYMENT_TYPE", "TO", "PAYMENT_ID", "ACCOUNT")
@@ -32,21 +33,6 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
 }
 OPERATORS = (*_COMPARISONS, "in")
 ORDERING = ("<", "<=", ">", ">=")
-
-
-class RuleError(ValueError):
-    """A rule or rule set that cannot be used; the message names the rule and the field at fault."""
-
-    def __init__(self, path: str, message: str, rule_id: str | None = None) -> None:
-        self.path = path
-        self.message = message
-        self.rule_id = rule_id
-        where = f"rule {rule_id!r}: " if rule_id else ""
-        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
-
-    def in_rule(self, rule_id: str) -> RuleError:
-        """The same error, naming the rule it was found in."""
-        return RuleError(self.path, self.message, rule_id)
 
 
 def field_value(payment: Payment, field: str) -> Any:

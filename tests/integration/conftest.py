@@ -32,8 +32,8 @@ from kafka.structs import TopicPartition
 
 from fraud_pipeline.clients import CLIENTS, confluent, kafka_python
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
-from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 from fraud_pipeline.security import Security
+from fraud_pipeline.topics import ensure_topics, pipeline_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -22,8 +22,8 @@ from devcluster.cluster import SASL_SSL, ClusterLayout
 from devcluster.security import Groups, SecurityFiles
 from fraud_pipeline.clients import CLIENTS, KAFKA_PYTHON, backend
 from fraud_pipeline.config import Settings
-from fraud_pipeline.kafka_io import ensure_topics, pipeline_topics
 from fraud_pipeline.security import Security
+from fraud_pipeline.topics import ensure_topics, pipeline_topics
 from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, client, fresh_topics  # noqa: F401  (fixture)
 
 SCRIPT_ROLES = {

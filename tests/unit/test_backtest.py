@@ -26,7 +26,7 @@ from fraud_pipeline.backtest import (
     main,
     parse_time,
     ratio,
-    write_jsonl,
+    saving,
 )
 from fraud_pipeline.clients import Record
 from fraud_pipeline.config import Settings, TopicSettings
@@ -273,10 +273,11 @@ def test_original_rule_is_far_below_on_the_default_data_set(default_data_set: li
     assert report.scenarios["burst"].true_alerts == 0
 
 
-def test_write_jsonl_is_what_from_lines_reads() -> None:
+def test_what_save_writes_is_what_from_lines_reads() -> None:
     items = list(islice(labelled_stream(9, 100, DEFAULT_MIX, simulated_clock(START, 20.0)), 2000))
     out = io.StringIO()
-    assert write_jsonl(items, out) == 2000
+    examples = [Example(i.payment, i.label, i.scenario, i.payment.timestamp_ms or 0) for i in items]
+    assert list(saving(iter(examples), out)) == examples  # --save passes every example on
     skipped = Skipped()
     back = list(from_lines(out.getvalue().splitlines(), skipped))
     assert skipped.total == 0

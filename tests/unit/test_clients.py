@@ -30,8 +30,7 @@ from fraud_pipeline.clients import (
     confluent,
     kafka_python,
 )
-from fraud_pipeline.kafka_io import Output
-from fraud_pipeline.stage import AtLeastOnce, run_consumer
+from fraud_pipeline.stage import AtLeastOnce, Output, run_consumer
 
 TP = TopicPartition("payments", 0)
 KTP = KafkaTP("payments", 0)

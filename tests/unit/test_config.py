@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from fraud_pipeline import topics
 from fraud_pipeline.config import build_parser, settings_from_args
+from fraud_pipeline.errors import ConfigError
 
 
 def parse(argv: list[str], env: dict[str, str], **kw: object) -> object:
@@ -39,5 +41,20 @@ def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse(["--idle-timeout", "0"], {})
     assert "must be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="TOPIC_REPLICATION_FACTOR"):
+    with pytest.raises(ConfigError, match="TOPIC_REPLICATION_FACTOR"):
         parse([], {"TOPIC_REPLICATION_FACTOR": "three"})
+
+
+@pytest.mark.parametrize(("env", "argv", "message"), [
+    ({"TOPIC_REPLICATION_FACTOR": "three"}, [], "environment variable TOPIC_REPLICATION_FACTOR='three' is not an integer"),
+    ({}, ["--bootstrap-servers", " , "], "--bootstrap-servers is empty"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, [], "KAFKA_SECURITY_PROTOCOL: security.protocol 'TLS' is not one of"),
+])
+def test_a_script_says_settings_that_cannot_work_in_one_line_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], argv: list[str], message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert topics.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1

@@ -28,12 +28,11 @@ from fraud_pipeline import payment as payment_mod
 from fraud_pipeline.clients import Producer
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
-from fraud_pipeline.kafka_io import Output
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.rules import ORIGINAL as ORIGINAL_RULES
 from fraud_pipeline.runtime import Summary
-from fraud_pipeline.stage import LineBuffer
+from fraud_pipeline.stage import LineBuffer, Output
 from tests.unit.records import record, sends
 
 ORIGINAL = Path(__file__).resolve().parent.parent / "original_tutorial"

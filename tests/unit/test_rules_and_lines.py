@@ -4,7 +4,7 @@ import pytest
 
 from fraud_pipeline.payment import Payment
 from fraud_pipeline.processors import fraud_line, legit_line
-from fraud_pipeline.rules import is_suspicious, route
+from fraud_pipeline.rules import ORIGINAL, Engine
 
 
 def pay(payment_type: str = "VISA", to: str = "me", amount: int = 42) -> Payment:
@@ -13,9 +13,10 @@ def pay(payment_type: str = "VISA", to: str = "me", amount: int = 42) -> Payment
 
 @pytest.mark.parametrize(("payment_type", "suspicious"), [("BITCOIN", True), ("VISA", False), ("MASTERCARD", False)])
 def test_only_bitcoin_is_suspicious(payment_type: str, suspicious: bool) -> None:
-    assert is_suspicious(pay(payment_type)) is suspicious
-    expected = "fraud_payments" if suspicious else "legit_payments"
-    assert route(pay(payment_type), "fraud_payments", "legit_payments") == expected
+    # the original tutorial's rule, as the detector runs it by default
+    decision = Engine(ORIGINAL).decide(pay(payment_type), 0)
+    assert decision.fraud is suspicious
+    assert [fired.id for fired in decision.fired] == (["bitcoin"] if suspicious else [])
 
 
 def test_fraud_lines() -> None:

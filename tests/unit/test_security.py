@@ -8,7 +8,7 @@ import pytest
 
 from fraud_pipeline.clients import confluent, kafka_python
 from fraud_pipeline.config import Settings, build_parser, settings_from_args
-from fraud_pipeline.security import Secret, Security
+from fraud_pipeline.security import Secret, Security, SecurityConfigError
 
 CONFLUENT_CLOUD = """\
 # Required connection configs for Kafka producer, consumer, and admin
@@ -81,13 +81,13 @@ def test_no_file_means_plaintext_to_the_tutorials_brokers() -> None:
     ("=value without a key\n", "expected key=value"),
 ])
 def test_a_bad_file_is_refused_naming_the_fault(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SecurityConfigError) as exc:
         settings(["--client-config", write(tmp_path, text)], {})
     assert message in str(exc.value)
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"cannot read the client config file .*nope\.properties"):
+    with pytest.raises(SecurityConfigError, match=r"cannot read the client config file .*nope\.properties"):
         settings(["--client-config", str(tmp_path / "nope.properties")], {})
 
 

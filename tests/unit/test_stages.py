@@ -12,7 +12,6 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from fraud_pipeline import stage
 from fraud_pipeline.clients import (
     Consumer,
     FatalError,
@@ -24,13 +23,27 @@ from fraud_pipeline.clients import (
 )
 from fraud_pipeline.config import Settings, TopicSettings
 from fraud_pipeline.detector import Detector
-from fraud_pipeline.kafka_io import METADATA_TIMEOUT_S, TRANSACTION_STEP_TIMEOUT_S, BatchError, DeadLetters, Output
+from fraud_pipeline.errors import PipelineError
+from fraud_pipeline.kafka_io import METADATA_TIMEOUT_S, TRANSACTION_STEP_TIMEOUT_S
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import Processor, fraud_line, legit_line
 from fraud_pipeline.producer import produce
 from fraud_pipeline.rules import ORIGINAL
-from fraud_pipeline.runtime import PipelineError, Summary
-from fraud_pipeline.stage import Assignment, AtLeastOnce, ExactlyOnce, LineBuffer, run_consumer, run_stage
+from fraud_pipeline.runtime import Summary
+from fraud_pipeline.stage import (
+    Assignment,
+    AtLeastOnce,
+    BatchError,
+    DeadLetters,
+    ExactlyOnce,
+    LineBuffer,
+    Output,
+    checkpoint,
+    loop,
+    run_consumer,
+    run_stage,
+    runner,
+)
 from tests.unit.records import record, sends, sent
 
 SETTINGS = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
@@ -400,9 +413,9 @@ def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPa
     producer = MagicMock(spec_set=Producer)
     producer.init_transactions.side_effect = FatalError("transactional id authorization failed: no ACL")
     consumer = _consumer_with()
-    monkeypatch.setattr(stage, "make_producer", lambda settings, client_id, transactional_id=None: producer)
-    monkeypatch.setattr(stage, "make_consumer", lambda *args: consumer)
-    monkeypatch.setattr(stage.gc, "freeze", lambda: None)  # keep this test process's garbage collectable
+    monkeypatch.setattr(runner, "make_producer", lambda settings, client_id, transactional_id=None: producer)
+    monkeypatch.setattr(runner, "make_consumer", lambda *args: consumer)
+    monkeypatch.setattr(runner.gc, "freeze", lambda: None)  # keep this test process's garbage collectable
     settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), group_id="g", transactional_id="g-0")
     summary = Summary("fraud_detector", "payments")
     rc = run_stage(settings, name="fraud_detector", source_topic="payments", stop=threading.Event(), summary=summary,
@@ -415,7 +428,7 @@ def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fraud_pipeline.stage.MAX_BATCH_RETRIES", 2)
+    monkeypatch.setattr(checkpoint, "MAX_BATCH_RETRIES", 2)
     consumer = _consumer_with()
     consumer.poll.side_effect = None
     consumer.poll.return_value = {TP: [record(b"a")]}
@@ -478,7 +491,8 @@ class Clock:
 def _clocked_consumer(monkeypatch: pytest.MonkeyPatch, *polls: Any) -> tuple[MagicMock, Clock]:
     """A consumer whose polls return ``polls`` in turn (a callable is called first), 10 ms apart, then wait empty."""
     clock = Clock()
-    monkeypatch.setattr(stage, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(checkpoint, "time", clock)
     pending = list(polls)
 
     def poll(timeout_s: float, max_records: int) -> dict:  # type: ignore[type-arg]
@@ -699,10 +713,10 @@ def test_records_pending_when_the_loop_ends_are_not_committed_by_the_close() -> 
 
 
 def test_a_close_that_blocks_holds_up_the_exit_only_so_long(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(stage, "CLOSE_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(runner, "CLOSE_TIMEOUT_S", 0.1)
     release = threading.Event()
     started = time.monotonic()
-    stage._close_within(lambda: release.wait(10) and None, "consumer")
+    runner._close_within(lambda: release.wait(10) and None, "consumer")
     assert time.monotonic() - started < 2
     assert "the consumer did not close within" in caplog.text
     release.set()

@@ -1,0 +1,42 @@
+"""The consume-process-commit loop of the detector and processors, and its guarantees.
+
+The stage polls batches and handles every record (sending routed records and
+dead letters through an Output, buffering its printed lines). About every
+commit interval (``--commit-interval-ms``, 100 ms by default, or at
+``commit_records`` pending records) the Delivery makes what was handled
+durable and commits the input offsets: one commit, or one transaction, is
+shared by every poll of the interval. If that fails everything since the last
+commit is rolled back, the consumer is rewound, and the records are read again.
+
+- AtLeastOnce: flush the producer, print, commit offsets. A crash between the
+  flush and the commit repeats what was not committed; nothing is ever skipped.
+- ExactlyOnce: one Kafka transaction per commit interval holds the routed
+  records and the input offsets (``send_offsets_to_transaction``); a
+  read_committed reader sees every input record's output exactly once across
+  crashes of the detector and of a broker (tests/chaos). Printed lines are
+  outside the transaction: records re-read after a failure may print again, or
+  not at all.
+
+A rebalance commits what is pending before it hands partitions over (see
+Assignment), so their new owner starts where this member stopped.
+
+The package, one module per concern:
+
+    output      Output (the producer a stage writes through), DeadLetters, BatchError
+    handler     RecordHandler (what a stage does with each record), LineBuffer, decode_or_reject
+    delivery    Delivery: AtLeastOnce, ExactlyOnce
+    checkpoint  Checkpoint: what is pending since the last commit, when a commit is due, commit or roll back
+    loop        run_consumer (poll, handle, commit) and Assignment (the rebalance callbacks)
+    runner      run_stage: one stage process, from its clients to its exit status
+"""
+
+from .delivery import AtLeastOnce, Delivery, ExactlyOnce
+from .handler import HandlerFactory, LineBuffer, RecordHandler, decode_or_reject
+from .loop import Assignment, run_consumer
+from .output import BatchError, DeadLetters, Output
+from .runner import run_stage
+
+__all__ = [
+    "Assignment", "AtLeastOnce", "BatchError", "DeadLetters", "Delivery", "ExactlyOnce", "HandlerFactory", "LineBuffer", "Output",
+    "RecordHandler", "decode_or_reject", "run_consumer", "run_stage",
+]

@@ -1,0 +1,154 @@
+"""How a stage makes what it handled durable and commits its input offsets: at least once, or exactly once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
+from ..errors import PipelineError
+from ..kafka_io import TRANSACTION_STEP_TIMEOUT_S
+from .output import Output
+
+# The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
+log = logging.getLogger(__package__)
+
+
+class Delivery(Protocol):
+    """How handled records are made durable and their input offsets committed."""
+
+    name: str
+
+    def begin(self) -> None:
+        """Before the first record after a commit or a rollback."""
+
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+        """Make the output durable, call ``emit`` and commit the next ``offsets``; raise BatchError or ClientError to roll back."""
+
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        """Undo what can be undone since the last commit and rewind the consumer to read it again."""
+
+
+class AtLeastOnce:
+    """Flush, print, then commit: a crash may repeat what was not committed, never skip it."""
+
+    name = "at-least-once"
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def begin(self) -> None:
+        pass
+
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+        self._output.flush()
+        emit()
+        try:
+            consumer.commit(offsets)
+        except FatalError:
+            raise
+        except ClientError as exc:
+            # The output is out: reading these records again would only repeat it, so carry on.
+            log.warning("offset commit failed, the batch may be delivered again: %s", exc)
+
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        self._output.forget_failures()
+        _seek(consumer, first_offsets)
+
+
+class ExactlyOnce:
+    """One Kafka transaction per commit interval: routed records and input offsets commit together."""
+
+    name = "exactly-once"
+
+    def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None) -> None:
+        self._output = output
+        self._new_producer = new_producer
+        self._tally: Counter[str] = Counter() if tally is None else tally
+        """Transactions by result: committed, aborted, retried (a new producer)."""
+        self._init_transactions()
+
+    def begin(self) -> None:
+        self._output.producer.begin_transaction()
+
+    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+        # Every record must be acknowledged before the commit: kafka-python 3.0
+        # can commit a transaction whose sends are still pending, and a send
+        # that then fails would be lost.
+        self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
+        producer = self._output.producer
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata(), TRANSACTION_STEP_TIMEOUT_S)
+        producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        self._tally["committed"] += 1
+        emit()
+
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        """Abort (or replace the producer), then rewind to the group's committed offsets.
+
+        A commit that timed out on our side may still have completed at the
+        coordinator (a new producer's init_transactions waits for it), so the
+        records are read again from what the group committed, not from the
+        first offsets: what did commit is not committed twice.
+        """
+        self._tally["aborted"] += 1
+        if self._output.stalled:
+            # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
+            # after the transaction coordinator's broker died): start afresh instead of aborting.
+            self._replace_producer("sends were not acknowledged")
+        else:
+            try:
+                self._output.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT_S)
+            except FatalError:
+                raise
+            except ClientError as exc:  # includes a fenced producer
+                self._replace_producer(f"abort failed ({exc})")
+        self._output.forget_failures()
+        committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
+        resume = {}
+        for tp, first in first_offsets.items():
+            offset = committed.get(tp)
+            resume[tp] = first if offset is None else offset
+        _seek(consumer, resume)
+
+    def _replace_producer(self, why: str) -> None:
+        """A new producer with the same transactional id: it aborts whatever the old one left open and fences it."""
+        log.warning("%s: starting a new producer with the same transactional id", why)
+        self._tally["retried"] += 1
+        self._swap_producer()
+        self._init_transactions()
+
+    def _swap_producer(self) -> None:
+        """Write through a new producer; the old one (fenced, or stuck) is closed aside."""
+        old = self._output.producer
+        threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
+        self._output.producer = self._new_producer()
+
+    def _init_transactions(self, attempts: int = 4) -> None:
+        """Register the transactional id, trying again while its coordinator moves (a broker lost at start-up).
+
+        Each new attempt is a new producer: kafka-python keeps waiting for a coordinator
+        that died, where a fresh producer looks the coordinator up again.
+        FatalError (not authorized) at once; PipelineError when every attempt failed.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._output.producer.init_transactions(TRANSACTION_STEP_TIMEOUT_S)
+                return
+            except FatalError:
+                raise
+            except ClientError as exc:
+                if attempt == attempts:
+                    raise PipelineError(f"cannot start the transactional producer: {exc}") from exc
+                log.warning("init_transactions failed (%s); trying again with a new producer", exc)
+                self._tally["retried"] += 1
+                self._swap_producer()
+
+
+def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
+    assigned = consumer.assignment()
+    for tp, offset in offsets.items():
+        if tp in assigned:  # a partition lost to a rebalance is read again by its new owner
+            consumer.seek(tp, offset)

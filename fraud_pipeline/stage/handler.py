@@ -1,0 +1,71 @@
+"""What a stage does with each record (RecordHandler), and the printed lines it holds until they are durable."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Protocol, TextIO
+
+from ..clients import Batch, Record
+from ..payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
+from ..runtime import Summary
+from .output import DeadLetters, Output
+
+
+class RecordHandler(Protocol):
+    """What a stage does with each record."""
+
+    def begin_batch(self, batch: Batch) -> None:
+        """A batch was polled and is about to be handled."""
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        """The consumer now owns exactly these partitions of the source topic (after a rebalance)."""
+
+    def handle(self, record: Record) -> None:
+        """Send and/or buffer the outcome of one record."""
+
+    def emit(self) -> None:
+        """What was handled is durable: print its buffered lines and count its outcomes."""
+
+    def discard(self) -> None:
+        """What was handled was rolled back: forget its buffered lines."""
+
+
+class LineBuffer:
+    """Outcomes and printed lines of the current batch, released only once it is durable."""
+
+    def __init__(self, summary: Summary, quiet: bool, out: TextIO = sys.stdout) -> None:
+        self.summary = summary
+        self._quiet = quiet
+        self._out = out
+        self._pending: list[tuple[str, str | None]] = []
+
+    def add(self, outcome: str, line: str | None) -> None:
+        self._pending.append((outcome, line))
+
+    def emit(self) -> None:
+        for outcome, line in self._pending:
+            self.summary.add(outcome)
+            if line is not None and not self._quiet:
+                self._out.write(line + "\n")
+        self._pending.clear()
+        self._out.flush()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+
+def decode_or_reject(
+    record: Record, dead_letters: DeadLetters, lines: LineBuffer, *, known_types_only: bool = True,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> Payment | None:
+    """The record's payment, or None after sending the record to the dead-letter topic."""
+    try:
+        return decode(record.value, known_types_only=known_types_only, max_bytes=max_bytes)
+    except InvalidPayment as exc:
+        dead_letters.send(record, str(exc))
+        lines.add("dead-lettered", None)
+        return None
+
+
+HandlerFactory = Callable[[Output, DeadLetters, LineBuffer], RecordHandler]
