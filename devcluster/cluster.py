@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the nodes that are not running; wait until all brokers are in the metadata")
     sub.add_parser("down", help="stop all nodes")
-    status = sub.add_parser("status", help="show each node: up/down, ports, pid (exit 1 unless all are up)")
+    status = sub.add_parser("status", help="show each node: up/down, ports, pid, and the java running them (exit 1 unless all are up)")
     status.add_argument("--quiet", action="store_true", help="print nothing, only set the exit status")
     kill = sub.add_parser("kill", help="SIGKILL one node (failure testing)")
     kill.add_argument("node", type=int, help="node id, 1..3")
