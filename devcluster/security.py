@@ -2,9 +2,11 @@
 
 ``python -m devcluster up`` with ``KAFKA_SECURITY=sasl_ssl`` uses this module:
 
-- ``.cluster/security/ca.pem``: a CA generated once with ``openssl``; it signs
-  the brokers' certificate (SAN ``localhost`` and ``127.0.0.1``), which the
-  clients check, hostname included.
+- ``.cluster/security/ca.pem``: a CA generated once (with the ``cryptography``
+  package, no ``openssl`` binary); it signs the brokers' certificate, whose
+  only name is ``DNS:localhost``, which the clients check, hostname
+  included: a broker dialled by any other name or address (127.0.0.1 too) is
+  refused.
 - one SCRAM-SHA-512 user per role, with a random password generated per
   cluster, and ``.cluster/security/<role>.properties``: the client config file
   each script takes with ``--client-config`` (the folder is git-ignored and
@@ -20,14 +22,19 @@ their certificate).
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fraud_pipeline.clients.types import Acl
 from fraud_pipeline.config import TopicSettings
@@ -44,6 +51,8 @@ CONSOLE = "console"
 ROLES = (ADMIN, PRODUCER, DETECTOR, FRAUD_PROCESSOR, LEGIT_PROCESSOR, RULES_ADMIN, CONSOLE)
 """One SCRAM user per role; ``admin`` is a super user, for the tool itself."""
 CERT_DAYS = 3650
+BROKER_NAMES = ("localhost",)
+"""The only name in the brokers' certificate: every listener and client file says localhost."""
 
 
 class SecuritySetupError(Exception):
@@ -137,44 +146,118 @@ class SecurityFiles:
         return self.folder / f"{role}.properties"
 
 
-def _openssl(*args: str) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise SecuritySetupError("openssl not found: install it (e.g. apt-get install openssl) to make the cluster's certificates")
-    result = subprocess.run([openssl, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SecuritySetupError(f"openssl {args[0]} failed: {result.stderr.strip()[:300]}")
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """Unencrypted PKCS#8, which Kafka's PEM keystore reads."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A file only its owner reads, never readable by others even for a moment."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
 
 
 def make_ca(key: Path, cert: Path, name: str) -> None:
-    """A self-signed CA certificate and its key."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", str(CERT_DAYS),
-             "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert))
+    """A self-signed CA certificate (``cert``, PEM) and its private key (``key``, PEM, owner-only)."""
+    ca_key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    public = ca_key.public_key()
+    certificate = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(subject).issuer_name(subject).public_key(public).serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(key, _key_pem(ca_key))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def make_certificate(ca_key: Path, ca_cert: Path, out: Path, common_name: str, names: tuple[str, ...]) -> None:
-    """``out``: a private key and a certificate signed by the CA, for ``names`` (DNS names or IPs), in one PEM file."""
-    alt = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in names)
-    with tempfile.TemporaryDirectory() as tmp:
-        key, csr, crt, ext = (Path(tmp) / name for name in ("key.pem", "req.csr", "cert.pem", "ext.cnf"))
-        ext.write_text(f"subjectAltName={alt}\nextendedKeyUsage=serverAuth,clientAuth\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={common_name}", "-keyout", str(key), "-out", str(csr))
-        _openssl("x509", "-req", "-sha256", "-days", str(CERT_DAYS), "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-                 "-CAcreateserial", "-CAserial", str(Path(tmp) / "ca.srl"), "-extfile", str(ext), "-out", str(crt))
-        out.write_text(key.read_text() + crt.read_text())
-    out.chmod(0o600)
+    """``out``: a private key and a certificate signed by the CA, for ``names`` (DNS names or IPs), in one PEM file.
+
+    The certificate serves and authenticates (serverAuth and clientAuth): the
+    brokers present it to clients and to each other (mutual TLS, principal
+    ``common_name``).
+    """
+    try:
+        issuer_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+        issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise SecuritySetupError(f"cannot read the CA ({ca_cert}, {ca_key}): {exc}") from None
+    if not isinstance(issuer_key, rsa.RSAPrivateKey):
+        raise SecuritySetupError(f"the CA key {ca_key} is not an RSA key")
+    key = _new_key()
+    public = key.public_key()
+    certificate = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.subject).public_key(public).serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    _write_private(out, _key_pem(key) + certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def certificate_names(pem: Path) -> list[str]:
+    """The subject alternative names of the (first) certificate in a PEM file: ``DNS:x`` or ``IP:x``."""
+    certificate = x509.load_pem_x509_certificate(pem.read_bytes())
+    try:
+        alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [f"DNS:{n.value}" if isinstance(n, x509.DNSName) else f"IP:{n.value}" for n in alt
+            if isinstance(n, x509.DNSName | x509.IPAddress)]
+
+
+def _broker_certificate_current(files: SecurityFiles) -> bool:
+    """The brokers' certificate exists, names exactly BROKER_NAMES and is signed by this CA (an older one named 127.0.0.1 too)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(files.broker_keystore.read_bytes())
+        ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+        certificate.verify_directly_issued_by(ca)
+        return certificate_names(files.broker_keystore) == [f"DNS:{n}" for n in BROKER_NAMES]
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
 
 
 def ensure_certificates(files: SecurityFiles) -> None:
-    """The CA and the brokers' certificate, made once."""
+    """The CA and the brokers' certificate, made once (the certificate again when it does not match the CA or the names)."""
     files.folder.mkdir(parents=True, exist_ok=True)
     files.folder.chmod(0o700)
     if not files.ca.exists() or not files.ca_key.exists():
         make_ca(files.ca_key, files.ca, "fraud-pipeline local CA")
-        files.ca_key.chmod(0o600)
         files.broker_keystore.unlink(missing_ok=True)
-    if not files.broker_keystore.exists():
-        make_certificate(files.ca_key, files.ca, files.broker_keystore, BROKER_PRINCIPAL, ("localhost", "127.0.0.1"))
+    if not _broker_certificate_current(files):
+        make_certificate(files.ca_key, files.ca, files.broker_keystore, BROKER_PRINCIPAL, BROKER_NAMES)
 
 
 def ensure_passwords(files: SecurityFiles) -> dict[str, str]:

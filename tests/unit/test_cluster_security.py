@@ -1,8 +1,13 @@
-"""The secured local cluster's settings: least-privilege ACLs per role, the brokers' listeners, the client files."""
+"""The secured local cluster's settings: least-privilege ACLs per role, the brokers' listeners, the client files, the certificates."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
+import stat
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -107,3 +112,105 @@ def test_librdkafka_refusals_stop_a_client_but_a_broken_handshake_only_its_start
     errors(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: invalid credentials"))
     with pytest.raises(RefusedError, match="authentication failed for user alice at h:1"):
         errors.check()
+
+
+# ---------------------------------------------------------------------------
+# The CA and the brokers' certificate (the cryptography package; no openssl binary)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> cluster_security.SecurityFiles:
+    files = cluster_security.SecurityFiles(tmp_path / "security")
+    cluster_security.ensure_certificates(files)
+    return files
+
+
+def test_the_brokers_certificate_names_localhost_only_and_serves_both_ends_of_mutual_tls(
+        certificates: cluster_security.SecurityFiles) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(certificates.ca.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    pem = certificates.broker_keystore.read_text()
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----")  # unencrypted PKCS#8, as Kafka's PEM keystore reads it
+    broker = x509.load_pem_x509_certificate(pem.encode())
+    broker.verify_directly_issued_by(ca)
+    assert broker.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cluster_security.BROKER_PRINCIPAL
+    assert cluster_security.certificate_names(certificates.broker_keystore) == ["DNS:localhost"]
+    usages = broker.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert not broker.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    if sys.platform != "win32":
+        assert stat.S_IMODE(certificates.ca_key.stat().st_mode) == 0o600
+        assert stat.S_IMODE(certificates.broker_keystore.stat().st_mode) == 0o600
+
+
+def tls_handshake(files: cluster_security.SecurityFiles, name: str) -> str:
+    """Dial a TLS server presenting the brokers' certificate at 127.0.0.1 by ``name``, checking it against the CA: '' or the error."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(files.broker_keystore)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with contextlib.suppress(OSError), server_context.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        client_context = ssl.create_default_context(cafile=str(files.ca))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    client_context.wrap_socket(raw, server_hostname=name):
+                return ""
+        except ssl.SSLCertVerificationError as exc:
+            return str(exc.verify_message)
+        finally:
+            server.join(10)
+
+
+def test_clients_trust_the_brokers_as_localhost_and_by_no_other_name(certificates: cluster_security.SecurityFiles) -> None:
+    assert tls_handshake(certificates, "localhost") == ""
+    assert "mismatch" in tls_handshake(certificates, "127.0.0.1")
+    assert "mismatch" in tls_handshake(certificates, "broker.example")
+
+
+def test_an_older_certificate_that_named_an_ip_is_made_again_and_a_current_one_kept(
+        certificates: cluster_security.SecurityFiles) -> None:
+    files = certificates
+    current = files.broker_keystore.read_bytes()
+    cluster_security.ensure_certificates(files)
+    assert files.broker_keystore.read_bytes() == current
+    cluster_security.make_certificate(files.ca_key, files.ca, files.broker_keystore, "broker", ("localhost", "127.0.0.1"))
+    assert cluster_security.certificate_names(files.broker_keystore) == ["DNS:localhost", "IP:127.0.0.1"]
+    cluster_security.ensure_certificates(files)
+    assert cluster_security.certificate_names(files.broker_keystore) == ["DNS:localhost"]
+    # One signed by another CA (a CA made again) is replaced too.
+    cluster_security.make_ca(files.folder / "other.key", files.folder / "other.pem", "another CA")
+    cluster_security.make_certificate(files.folder / "other.key", files.folder / "other.pem", files.broker_keystore, "broker",
+                                      ("localhost",))
+    cluster_security.ensure_certificates(files)
+    assert tls_handshake(files, "localhost") == ""
+
+
+def test_the_cluster_and_its_clients_dial_localhost_never_an_address(tmp_path: Path) -> None:
+    for env in ({"KAFKA_CLUSTER_DIR": str(tmp_path)}, {"KAFKA_CLUSTER_DIR": str(tmp_path), "KAFKA_SECURITY": "sasl_ssl"}):
+        layout = ClusterLayout.from_env(env)
+        for node in layout.nodes:
+            properties = _server_properties(layout, node)
+            assert "127.0.0.1" not in properties and "localhost:" in properties
+        assert all(server.startswith("localhost:") for server in layout.bootstrap_servers.split(","))
+    assert "127.0.0.1" not in cluster_security.client_properties("localhost:9191", "admin", "pw", tmp_path / "ca.pem")
+
+
+def test_a_ca_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "ca.key").write_text("not a key")
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    with pytest.raises(cluster_security.SecuritySetupError, match="cannot read the CA") as error:
+        cluster_security.make_certificate(tmp_path / "ca.key", tmp_path / "ca.pem", tmp_path / "out.pem", "broker", ("localhost",))
+    assert "\n" not in str(error.value)
