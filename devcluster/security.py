@@ -39,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fraud_pipeline.clients.types import Acl
 from fraud_pipeline.config import TopicSettings
 
+from .errors import SecuritySetupError
+
 MECHANISM = "SCRAM-SHA-512"
 BROKER_PRINCIPAL = "broker"
 ADMIN = "admin"
@@ -53,10 +55,6 @@ ROLES = (ADMIN, PRODUCER, DETECTOR, FRAUD_PROCESSOR, LEGIT_PROCESSOR, RULES_ADMI
 CERT_DAYS = 3650
 BROKER_NAMES = ("localhost",)
 """The only name in the brokers' certificate: every listener and client file says localhost."""
-
-
-class SecuritySetupError(Exception):
-    """The certificates or users could not be made; one line for the user."""
 
 
 @dataclass(frozen=True)
