@@ -74,6 +74,7 @@ from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableEr
 from fraud_pipeline.clients.confluent import security_config as confluent_security
 from fraud_pipeline.clients.kafka_python import security_config as kafka_python_security
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_COMMIT_INTERVAL_MS
+from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
 from fraud_pipeline.runtime import Progress as Bar
 from fraud_pipeline.security import Security
@@ -94,6 +95,10 @@ DETECTOR_ARGS = {
     "detector_metrics": ["--guarantee", "at-least-once", "--metrics"],
 }
 PROCESSES = {"detector_x2": 2}
+
+
+class BenchError(PipelineError):
+    """A step of the benchmark failed; its message says which (``bench: ...``)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def _security() -> Security:
     try:
         return security_settings.resolve(argparse.Namespace(), os.environ)[1]
     except security_settings.SecurityConfigError as exc:
-        raise SystemExit(f"bench: {exc}") from None
+        raise BenchError(f"bench: {exc}") from None
 
 
 def _kafka_python(bootstrap: str) -> dict[str, Any]:
@@ -395,7 +400,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
             metrics=metrics,
         )
     if status:
-        raise SystemExit(f"bench: the detector ({args.client}, {args.guarantee}) failed")
+        raise BenchError(f"bench: the detector ({args.client}, {args.guarantee}) failed")
     return progress
 
 
@@ -469,7 +474,7 @@ def child_paced(args: argparse.Namespace) -> Progress:
     finally:
         producer.close(30)
     if failures:
-        raise SystemExit(f"bench: {len(failures)} paced send(s) failed, the first: {failures[0]}")
+        raise BenchError(f"bench: {len(failures)} paced send(s) failed, the first: {failures[0]}")
     return progress
 
 
@@ -501,7 +506,7 @@ def create_topics(bootstrap: str, names: dict[str, int]) -> None:
                     break
                 except RetriableError as exc:
                     if time.monotonic() > deadline:
-                        raise SystemExit(f"bench: cannot create topic {name}: {exc}") from exc
+                        raise BenchError(f"bench: cannot create topic {name}: {exc}") from exc
                     print(f"bench: creating topic {name}: {exc}; trying again", file=sys.stderr)
                     time.sleep(2)
     finally:
@@ -535,7 +540,7 @@ def preload(bootstrap: str, topic: str, count: int) -> int:
     finally:
         producer.close(30)
     if failures:
-        raise SystemExit(f"bench: preload: {len(failures)} send(s) failed, the first: {failures[0]}")
+        raise BenchError(f"bench: preload: {len(failures)} send(s) failed, the first: {failures[0]}")
     return size // max(count, 1)
 
 
@@ -550,7 +555,7 @@ def run_child(child: str, common: list[str], group: str, count: int) -> dict[str
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=1800)
     try:
         if done.returncode != 0:
-            raise SystemExit(f"bench: {child} {' '.join(common[-6:])} failed:\n{done.stderr[-3000:]}")
+            raise BenchError(f"bench: {child} {' '.join(common[-6:])} failed:\n{done.stderr[-3000:]}")
         return dict(json.loads(Path(result_path).read_text()))
     finally:
         os.unlink(result_path)
@@ -575,7 +580,7 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
     def one(i: int) -> None:
         try:
             results[i] = run_child(child, child_args, group, count)
-        except SystemExit as exc:
+        except BenchError as exc:
             results[i] = {"error": str(exc)}
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(results))]
@@ -585,11 +590,11 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
         thread.join()
     for result in results:
         if "error" in result:
-            raise SystemExit(result["error"])
+            raise BenchError(result["error"])
     busy = [r for r in results if r["records"]]  # a process that got no partition has no span
     records = sum(r["records"] for r in busy)
     if records < count or not busy:
-        raise SystemExit(f"bench: {scenario} read {records} of {count} records")
+        raise BenchError(f"bench: {scenario} read {records} of {count} records")
     span = max(r["last_at"] for r in busy) - min(r["first_at"] for r in busy)
     cpu = sum(r["cpu_s"] for r in results)
     return {"msgs_per_s": records / span, "cpu_us_per_msg": cpu * 1e6 / records}
@@ -708,10 +713,10 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
                 break
         bar.close()
         if producer.wait(30) != 0:
-            raise SystemExit(f"bench: the paced producer failed:\n{paced_log.read_text(errors='replace')[-3000:]}")
+            raise BenchError(f"bench: the paced producer failed:\n{paced_log.read_text(errors='replace')[-3000:]}")
         sent = json.loads(paced_result.read_text())
         if not histogram.total:
-            raise SystemExit(f"bench: no latency measured for {kind}:\n{stage_log.read_text(errors='replace')[-3000:]}")
+            raise BenchError(f"bench: no latency measured for {kind}:\n{stage_log.read_text(errors='replace')[-3000:]}")
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()
@@ -930,5 +935,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main``, with a failed step said in one line (exit 1) instead of a traceback."""
+    try:
+        return main(argv)
+    except BenchError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
