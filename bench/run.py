@@ -73,7 +73,7 @@ from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
 from fraud_pipeline.clients.confluent import security_config as confluent_security
 from fraud_pipeline.clients.kafka_python import security_config as kafka_python_security
-from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_COMMIT_INTERVAL_MS
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, ConsumerSettings
 from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
 from fraud_pipeline.runtime import Progress as Bar
@@ -163,7 +163,7 @@ def _security() -> Security:
     """TLS and SASL settings of every client of the bench and of its children: KAFKA_CLIENT_CONFIG and the
     KAFKA_SASL_* / KAFKA_SSL_* variables, as the scripts read them (``--client-config`` sets the first)."""
     try:
-        return security_settings.resolve(argparse.Namespace(), os.environ)[1]
+        return security_settings.resolve(None, os.environ)[1]
     except security_settings.SecurityConfigError as exc:
         raise BenchError(f"bench: {exc}") from None
 
@@ -346,7 +346,15 @@ def child_seed_loop(args: argparse.Namespace) -> Progress:
 
 def child_detector(args: argparse.Namespace) -> Progress:
     """The real detector through fraud_pipeline, on the client of ``--client``."""
-    from fraud_pipeline.config import Settings, TopicSettings
+    from fraud_pipeline.config import (
+        ConnectionSettings,
+        ConsumerSettings,
+        DeliverySettings,
+        DetectorSettings,
+        MetricsSettings,
+        Settings,
+        TopicSettings,
+    )
     from fraud_pipeline.detector import Detector, live_rules
     from fraud_pipeline.metrics import start as start_metrics
     from fraud_pipeline.runtime import Summary, setup_logging
@@ -356,15 +364,18 @@ def child_detector(args: argparse.Namespace) -> Progress:
     setup_logging("bench")
     metrics_port = _free_port() if args.metrics else 0
     settings = Settings(
-        bootstrap_servers=_servers(args.bootstrap), security=_security(),
+        connection=ConnectionSettings(bootstrap_servers=_servers(args.bootstrap), client=args.client, security=_security()),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
-        client=args.client, group_id=args.group, quiet=True, create_topics=False, guarantee=args.guarantee,
-        idle_timeout_s=args.idle_seconds, rules_file=args.rules_file, metrics_port=metrics_port,
+        create_topics=False,
+        consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
+        delivery=DeliverySettings(guarantee=args.guarantee),
+        detector=DetectorSettings(rules_file=args.rules_file),
+        metrics=MetricsSettings(port=metrics_port),
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
     stop = threading.Event()
-    metrics = start_metrics("fraud_detector", settings)
+    metrics = start_metrics("fraud_detector", settings.metrics)
     metrics.outcome_names = {args.fraud: "fraud", args.legit: "legit"}
     if metrics.enabled:
         threading.Thread(target=_scrape_every_second, args=(metrics_port, stop), daemon=True).start()
@@ -395,7 +406,6 @@ def child_detector(args: argparse.Namespace) -> Progress:
     with live_rules(settings) as (rules, replay):
         status = run_stage(
             settings, name="fraud_detector", source_topic=args.topic, stop=stop, summary=Summary("bench-detector", "payments"),
-            transactional=True,
             make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, replay, metrics)),
             metrics=metrics,
         )
@@ -747,7 +757,8 @@ def compute_ratios(rate: dict[str, float], latency: dict[str, Histogram], floor:
         if "confluent_alo" in p99:
             ratios["confluent_alo_p99/java_p99"] = p99["confluent_alo"] / java_p99
         if "confluent" in p99:
-            ratios["confluent_eos_p99/(3*java_p99+commit_interval)"] = p99["confluent"] / (3 * java_p99 + DEFAULT_COMMIT_INTERVAL_MS)
+            commit_interval_ms = ConsumerSettings.commit_interval_ms
+            ratios["confluent_eos_p99/(3*java_p99+commit_interval)"] = p99["confluent"] / (3 * java_p99 + commit_interval_ms)
     return ratios
 
 
@@ -918,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             "java_one_hop_p99_ms": floor["p99_ms"],
             "kafka_producer_perf_latency_p50_ms": floor["p50_ms"],
             "kafka_producer_perf_latency_p99_ms": floor["p99_ms"],
-            "commit_interval_ms": DEFAULT_COMMIT_INTERVAL_MS,
+            "commit_interval_ms": ConsumerSettings.commit_interval_ms,
         }
     report |= {
         "cpu_us_per_msg": {name: stats["cpu_us_per_msg"] for name, stats in medians.items()},

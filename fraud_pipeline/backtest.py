@@ -40,7 +40,7 @@ from typing import Any, TextIO
 import pytz
 
 from .clients import ClientError
-from .config import Settings, TopicSettings, add_connection_arguments, connection_from_args, positive_float, positive_int
+from .config import Settings, add_connection_arguments, connection_settings, positive_float, positive_int
 from .errors import ConfigError, PipelineError
 from .payment import InvalidPayment, Payment, decode, event_time
 from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
@@ -435,8 +435,7 @@ def _source(args: argparse.Namespace, skipped: Skipped) -> tuple[Iterator[Exampl
     if args.input is not None:
         return from_file(args.input, skipped), None, f"file {args.input}"
     if args.topic is not None:
-        servers, security = connection_from_args(args)
-        settings = Settings(bootstrap_servers=servers, topics=TopicSettings(), client=args.client, security=security)
+        settings = Settings(connection_settings(args))
         return from_topic(settings, args.topic, args.since, args.until, skipped), None, f"topic {args.topic}"
     description = f"generated count={args.count} seed={args.seed} mix={args.mix} rate={args.rate:g}/s accounts={args.accounts}"
     return generated(args.count, args.seed, args.mix, args.rate, args.accounts), args.count, description

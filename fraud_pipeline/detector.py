@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from .clients import Batch, Record
-from .config import Settings, build_parser
+from .config import Settings, build_parser, require
 from .errors import PipelineError
 from .kafka_io import make_producer, make_topic_reader, read_span
 from .live_rules import LiveRules, describe
@@ -185,11 +185,12 @@ def _rule_refs(engine: Engine) -> list[tuple[str, int, str]]:
 @contextmanager
 def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
     """The detector's rules, caught up with the rules topic, and how to replay a payments partition."""
-    if settings.rules_file is None:
+    rules_file = require(settings.detector, "detector").rules_file
+    if rules_file is None:
         baseline = ORIGINAL
     else:
         try:
-            baseline = load_ruleset(settings.rules_file)
+            baseline = load_ruleset(rules_file)
         except RuleError as exc:
             raise PipelineError(f"rules file refused: {exc}") from None
     rejects = Output(make_producer(settings, f"{NAME}-rules"))
@@ -213,7 +214,7 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
         try:
             rules = LiveRules(baseline, reader, reject)
             rules.catch_up()
-            log.info("rules (%s, then topic %s): %s", settings.rules_file or "original", settings.topics.rules, describe(rules.current))
+            log.info("rules (%s, then topic %s): %s", rules_file or "original", settings.topics.rules, describe(rules.current))
             yield rules, replay
         finally:
             reader.close()
@@ -225,13 +226,13 @@ def run(settings: Settings, stop: threading.Event) -> int:
     topics = settings.topics
     prepare_topics(settings, reads=[topics.payments, topics.rules],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
-    metrics = start_metrics(NAME, settings)
+    metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
     with live_rules(settings) as (rules, replay):
         return run_stage(
             settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
             make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines, rules, replay, metrics),
-            transactional=True, metrics=metrics,
+            metrics=metrics,
         )
 
 

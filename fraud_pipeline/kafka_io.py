@@ -27,7 +27,7 @@ from .clients import (
     backend,
 )
 from .clients.base import OnPartitions
-from .config import Settings
+from .config import Settings, require
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ METADATA_TIMEOUT_S = 30.0
 
 
 def connect(settings: Settings) -> Backend:
-    """The client library chosen in ``settings.client``, for the configured cluster."""
-    return backend(settings.client, settings.bootstrap_servers, settings.security)
+    """The client library chosen in ``settings.connection.client``, for the configured cluster."""
+    connection = settings.connection
+    return backend(connection.client, connection.bootstrap_servers, connection.security)
 
 
 def make_producer(settings: Settings, client_id: str, transactional_id: str | None = None) -> Producer:
@@ -81,19 +82,20 @@ def _existing_partitions(consumer: Consumer, topic: str, settings: Settings) -> 
         raise PipelineError(f"topic {topic} does not exist (create it with `make topics`)") from None
     except ClientError as exc:
         consumer.close()
-        raise PipelineError(f"cannot read the metadata of {topic} from {','.join(settings.bootstrap_servers)}: {exc}") from None
+        raise PipelineError(f"cannot read the metadata of {topic} from {','.join(settings.connection.bootstrap_servers)}: {exc}") from None
 
 
 def make_consumer(
     settings: Settings, topic: str, client_id: str, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions,
 ) -> Consumer:
-    """A consumer in ``settings.group_id`` that commits by hand after the output is produced.
+    """A consumer in the group of ``settings.consumer`` that commits by hand after the output is produced.
 
     It reads committed records only (``read_committed``), so records of an
     aborted transaction are never seen. A new group starts from the earliest
     offset, so payments sent before the first start of a stage are not skipped.
     """
-    consumer = _client(lambda b: b.consumer(client_id, settings.group_id, max_records=MAX_POLL_RECORDS), settings)
+    group_id = require(settings.consumer, "consumer").group_id
+    consumer = _client(lambda b: b.consumer(client_id, group_id, max_records=MAX_POLL_RECORDS), settings)
     # Load the topic's metadata before joining: a member that joins without it
     # is assigned nothing and may sit idle until the next metadata refresh.
     _existing_partitions(consumer, topic, settings)

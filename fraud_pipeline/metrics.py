@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .config import Settings
+from .config import MetricsSettings
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,12 @@ class Metrics:
         return self.outcome_names.get(outcome) or outcome.lower().replace("-", "_").replace(" ", "_")
 
 
-def start(stage: str, settings: Settings) -> Metrics:
-    """Serve ``stage``'s metrics on http://host:port/metrics (with the process's CPU and memory); port 0: disabled."""
-    host, port = settings.metrics_host, settings.metrics_port
-    metrics = Metrics(stage, enabled=port > 0)
-    if not metrics.enabled:
-        return metrics
+def start(stage: str, settings: MetricsSettings | None) -> Metrics:
+    """Serve ``stage``'s metrics on http://host:port/metrics (with the process's CPU and memory); port 0 or no settings: disabled."""
+    if settings is None or settings.port <= 0:
+        return Metrics(stage, enabled=False)
+    host, port = settings.host, settings.port
+    metrics = Metrics(stage, enabled=True)
     registry = CollectorRegistry()
     registry.register(metrics)  # a collector: anything with collect()
     ProcessCollector(registry=registry)

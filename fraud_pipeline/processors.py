@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 
 from .clients import Batch, Record
-from .config import Settings, TopicSettings, build_parser
+from .config import Settings, TopicSettings, add_processor_arguments, build_parser, require
 from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
@@ -110,7 +110,7 @@ def _run_processor(
     return run_stage(
         settings, name=name, source_topic=topic, stop=stop, summary=Summary(name, "payments"),
         make_handler=lambda output, dead_letters, lines: Processor(line, dead_letters, lines),
-        metrics=start_metrics(name, settings),
+        metrics=start_metrics(name, settings.metrics),
     )
 
 
@@ -121,17 +121,19 @@ def _processor_main(
     kind = name.split("_")[0]  # "fraud" or "legit"
     parser = build_parser(name, description, consumes=f"the {kind} topic", default_group=name.replace("_", "-"))
     if reasons_flag:
-        parser.add_argument(
-            "--no-reasons", dest="reasons", action="store_false",
-            help="print only the original line, not the detector's reasons after it",
-        )
+        add_processor_arguments(parser)
     return run_cli(name, parser.parse_args(argv), lambda s, stop: _run_processor(name, topic_of(s.topics), line_of(s), s, stop))
+
+
+def _fraud_line_of(settings: Settings) -> Callable[[Payment], str]:
+    """The fraud processor's line: with the reasons unless ``--no-reasons``."""
+    return explained_fraud_line if require(settings.processor, "processor").reasons else fraud_line
 
 
 @cli_main
 def fraud_main(argv: list[str] | None = None) -> int:
     return _processor_main(
-        "fraud_processor", lambda topics: topics.fraud, lambda s: explained_fraud_line if s.reasons else fraud_line,
+        "fraud_processor", lambda topics: topics.fraud, _fraud_line_of,
         "Read the fraud topic and print each payment: '[ALERT] fraud detected payment to: stranger - N' "
         "for payments to a stranger, '[PROCESSING BITCOIN] payment to: TO - N' otherwise, then the "
         "detector's score and the rules that fired on an indented line.",

@@ -21,7 +21,7 @@ from itertools import islice
 from typing import TextIO
 
 from .clients import Producer
-from .config import Settings, build_parser
+from .config import ProducerSettings, Settings, build_parser, require
 from .errors import PipelineError
 from .kafka_io import make_producer
 from .metrics import start as start_metrics
@@ -41,16 +41,17 @@ def produce(
     summary: Summary,
     out: TextIO = sys.stdout,
 ) -> str:
-    """Send payments until ``settings.count`` is reached or ``stop`` is set; return why it ended.
+    """Send payments until ``settings.producer.count`` is reached or ``stop`` is set; return why it ended.
 
-    Paced at ``settings.rate`` per second on a fixed schedule (0: no pacing).
+    Paced at ``settings.producer.rate`` per second on a fixed schedule (0: no pacing).
     Raises BatchError as soon as a send fails: never a silent drop.
     """
+    options = require(settings.producer, "producer")
     output = Output(producer)
-    interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
+    interval = 1.0 / options.rate if options.rate > 0 else 0.0
     next_send = time.monotonic()
     reason = "count reached"
-    for payment, headers in islice(_stream(settings), settings.count):
+    for payment, headers in islice(_stream(options), options.count):
         if interval:
             delay = next_send - time.monotonic()
             if delay > 0 and stop.wait(delay):
@@ -62,7 +63,7 @@ def produce(
         output.send(settings.topics.payments, key, encode(payment), headers)
         output.check()
         summary.add(payment.payment_type)
-        if not settings.quiet:
+        if not options.quiet:
             print(payment.original_fields(), file=out)
     if stop.is_set():
         reason = "stopped"
@@ -71,24 +72,24 @@ def produce(
     return reason
 
 
-def _stream(settings: Settings) -> Iterator[tuple[Payment, list[tuple[str, bytes]] | None]]:
+def _stream(options: ProducerSettings) -> Iterator[tuple[Payment, list[tuple[str, bytes]] | None]]:
     """The payments to send, each with its record headers (the labels, with scenarios)."""
-    mix = parse_mix(settings.scenarios)
+    mix = parse_mix(options.scenarios)
     if not mix:  # the original random stream, as before
-        yield from ((payment, None) for payment in payment_stream(settings.seed, settings.accounts))
+        yield from ((payment, None) for payment in payment_stream(options.seed, options.accounts))
         return
-    for item in labelled_stream(settings.seed, settings.accounts, mix, lambda: datetime.datetime.now(datetime.UTC)):
+    for item in labelled_stream(options.seed, options.accounts, mix, lambda: datetime.datetime.now(datetime.UTC)):
         yield item.payment, [(LABEL_HEADER, item.label.encode()), (SCENARIO_HEADER, item.scenario.encode())]
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
     try:
-        parse_mix(settings.scenarios)
+        parse_mix(require(settings.producer, "producer").scenarios)
     except ValueError as exc:
         raise PipelineError(f"--scenarios: {exc}") from None
     prepare_topics(settings, writes=[settings.topics.payments])
     summary = Summary(NAME, "payments sent")
-    start_metrics(NAME, settings).outcomes = summary.counts
+    start_metrics(NAME, settings.metrics).outcomes = summary.counts
     producer = make_producer(settings, NAME)
     try:
         reason = produce(producer, settings, stop, summary)

@@ -150,20 +150,22 @@ def add_arguments(group: argparse._ArgumentGroup, env: Mapping[str, str]) -> Non
                        "[env KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM] (default: https)")
 
 
-def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[str | None, Security]:
+def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = None) -> tuple[str | None, Security]:
     """Bootstrap servers the file gives (None if it gives none) and the Security in force: flags over environment over file.
 
+    ``args`` holds the flags of :func:`add_arguments`; None: no flags, the environment and the file only.
     Raises SecurityConfigError for a file that cannot be read, an unknown key, a
     value out of range, a missing credential or a certificate file that is not there.
     """
     env = os.environ if env is None else env
-    path = getattr(args, "client_config", None) or env.get("KAFKA_CLIENT_CONFIG") or None
+    flags: dict[str, str | None] | None = None if args is None else vars(args)
+    path = (flags["client_config"] if flags is not None else None) or env.get("KAFKA_CLIENT_CONFIG") or None
     servers, values = _from_file(path) if path else (None, {})
     origin = {name: f"{path} ({key})" for key, spec in _KEYS.items() for name in [spec.field] if name in values}
     for key, spec in _KEYS.items():
         if env.get(spec.env):
             values[spec.field], origin[spec.field] = env[spec.env], spec.env
-        flag_value = getattr(args, spec.flag.lstrip("-").replace("-", "_"), None) if spec.flag else None
+        flag_value = flags[spec.flag.lstrip("-").replace("-", "_")] if spec.flag and flags is not None else None
         if flag_value is not None:
             values[spec.field], origin[spec.field] = flag_value, spec.flag or key
     return servers, _build(values, origin)

@@ -76,13 +76,14 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str,
 
 
 def _who(settings: Settings) -> str:
-    return f"user {settings.security.sasl_username}" if settings.security.uses_sasl else "this client"
+    security = settings.connection.security
+    return f"user {security.sasl_username}" if security.uses_sasl else "this client"
 
 
 def not_authorized(settings: Settings, exc: NotAuthorizedError, operation: str) -> PipelineError:
     """The one line a script stops with when the cluster's ACLs refuse it a topic."""
     return PipelineError(f"not authorized to {operation} topic {exc.resource} ({_who(settings)} at "
-                         f"{','.join(settings.bootstrap_servers)}): ask the cluster's admin for the ACL")
+                         f"{','.join(settings.connection.bootstrap_servers)}): ask the cluster's admin for the ACL")
 
 
 def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str, str]) -> dict[str, str]:

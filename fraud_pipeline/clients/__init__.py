@@ -8,13 +8,15 @@ Nothing outside this package imports a client library.
 
 from __future__ import annotations
 
+from typing import Final
+
 from .base import Admin, Backend, Batch, Consumer, Producer
 from .errors import ClientError, FatalError, FencedError, NotAuthorizedError, RefusedError, RetriableError, UnknownTopicError
 from .security import Secret, Security
 from .types import Acl, Broker, ClusterInfo, GroupInfo, GroupMember, Headers, PartitionInfo, Record, TopicPartition, TopicSpec
 
-KAFKA_PYTHON = "kafka-python"
-CONFLUENT = "confluent"
+KAFKA_PYTHON: Final = "kafka-python"
+CONFLUENT: Final = "confluent"
 CLIENTS = (KAFKA_PYTHON, CONFLUENT)
 """The client libraries behind the seam, by the name ``--client`` and ``KAFKA_CLIENT`` take."""
 

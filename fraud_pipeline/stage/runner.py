@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 from ..clients import FatalError
-from ..config import EXACTLY_ONCE, Settings
+from ..config import EXACTLY_ONCE, Settings, require
 from ..errors import PipelineError
 from ..kafka_io import make_consumer, make_producer
 from ..metrics import Metrics
@@ -31,27 +31,29 @@ def run_stage(
     stop: threading.Event,
     summary: Summary,
     make_handler: HandlerFactory,
-    transactional: bool = False,
     metrics: Metrics | None = None,
 ) -> int:
     """Run one consuming stage (detector or processor) until stopped or idle; return the exit status.
 
     The caller prepares the topics (topics.prepare_topics) first.
 
-    ``transactional`` stages follow ``settings.guarantee``; the others are
-    at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
+    A stage with a ``delivery`` section (the detector) follows its guarantee;
+    the others are at-least-once. 0 on a clean stop, 1 on a failure (nothing committed past it).
     """
     stage_log = logging.getLogger(name)
     if metrics is not None:
         metrics.outcomes = summary.counts
-    interval_ms = settings.commit_interval_ms
-    exactly_once = transactional and settings.guarantee == EXACTLY_ONCE
-    needs_slot = exactly_once and settings.transactional_id is None
-    with instance_slot(settings.group_id or name) if needs_slot else nullcontext("") as slot:
-        transactional_id = (settings.transactional_id or f"{settings.group_id}-{slot}") if exactly_once else None
+    consuming = require(settings.consumer, "consumer")
+    interval_ms = consuming.commit_interval_ms
+    delivery_settings = settings.delivery
+    exactly_once = delivery_settings is not None and delivery_settings.guarantee == EXACTLY_ONCE
+    given_id = delivery_settings.transactional_id if delivery_settings is not None else None
+    needs_slot = exactly_once and given_id is None
+    with instance_slot(consuming.group_id or name) if needs_slot else nullcontext("") as slot:
+        transactional_id = (given_id or f"{consuming.group_id}-{slot}") if exactly_once else None
         output = Output(make_producer(settings, name, transactional_id))
         try:
-            buffer = LineBuffer(summary, settings.quiet)
+            buffer = LineBuffer(summary, consuming.quiet)
             handler = make_handler(output, DeadLetters(output, settings.topics.dead_letter, name), buffer)
             assignment = Assignment(handler)
             consumer = make_consumer(settings, source_topic, name, assignment.assigned, assignment.revoked, assignment.lost)
@@ -70,14 +72,14 @@ def run_stage(
                     raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc
                 stage_log.info(
                     "reading %s as group %s from %s (%s) with %s; %s%s, commit every %d ms; dead letters to %s",
-                    source_topic, settings.group_id, ",".join(settings.bootstrap_servers), settings.security.describe(),
-                    settings.client, delivery.name,
+                    source_topic, consuming.group_id, ",".join(settings.connection.bootstrap_servers),
+                    settings.connection.security.describe(), settings.connection.client, delivery.name,
                     f" (transactional id {transactional_id})" if transactional_id else "", interval_ms,
                     settings.topics.dead_letter,
                 )
                 reason = run_consumer(
-                    consumer, handler, delivery, stop=stop, idle_timeout_s=settings.idle_timeout_s, assignment=assignment,
-                    commit_interval_s=interval_ms / 1000, commit_records=settings.commit_records,
+                    consumer, handler, delivery, stop=stop, idle_timeout_s=consuming.idle_timeout_s, assignment=assignment,
+                    commit_interval_s=interval_ms / 1000, commit_records=consuming.commit_records,
                     metrics=metrics if metrics is not None and metrics.enabled else None,
                 )
             except PipelineError as exc:

@@ -31,7 +31,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from fraud_pipeline.clients import CLIENTS, confluent, kafka_python
-from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, Settings, TopicSettings
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, ConnectionSettings, Settings, TopicSettings
 from fraud_pipeline.security import Security
 from fraud_pipeline.topics import ensure_topics, pipeline_topics
 
@@ -177,7 +177,7 @@ def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline],
 def fresh_pipeline(cluster: str, client: str) -> Iterator[Pipeline]:
     """Fresh topics on ``cluster`` (deleted afterwards), the scripts on ``client``; what a test left running is killed."""
     suffix, topics = fresh_topics()
-    settings = Settings(bootstrap_servers=tuple(cluster.split(",")), topics=topics)
+    settings = Settings(ConnectionSettings(tuple(cluster.split(","))), topics)
     created = ensure_topics(settings, pipeline_topics(topics))
     assert set(created.values()) == {"created"}
     pipeline = Pipeline(topics, suffix, cluster, client)

@@ -21,7 +21,7 @@ from devcluster import security as cluster_security
 from devcluster.cluster import SASL_SSL, ClusterLayout
 from devcluster.security import Groups, SecurityFiles
 from fraud_pipeline.clients import CLIENTS, KAFKA_PYTHON, backend
-from fraud_pipeline.config import Settings
+from fraud_pipeline.config import ConnectionSettings, Settings
 from fraud_pipeline.security import Security
 from fraud_pipeline.topics import ensure_topics, pipeline_topics
 from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, client, fresh_topics  # noqa: F401  (fixture)
@@ -94,10 +94,9 @@ def fresh_secured_pipeline(secured_cluster: SecuredCluster, client: str) -> Iter
     )
     groups = Groups(detector=pipeline.group("detector"), fraud_processor=pipeline.group("fraud-processor"),
                     legit_processor=pipeline.group("legit-processor"))
-    settings = Settings(bootstrap_servers=tuple(secured_cluster.bootstrap.split(",")), topics=topics,
-                        security=secured_cluster.admin)
+    settings = Settings(ConnectionSettings(tuple(secured_cluster.bootstrap.split(",")), security=secured_cluster.admin), topics)
     assert set(ensure_topics(settings, pipeline_topics(topics)).values()) == {"created"}
-    admin = backend(KAFKA_PYTHON, settings.bootstrap_servers, secured_cluster.admin).admin("tests")
+    admin = backend(KAFKA_PYTHON, settings.connection.bootstrap_servers, secured_cluster.admin).admin("tests")
     try:
         admin.create_acls([acl for acls in cluster_security.role_acls(topics, groups).values() for acl in acls])
         yield pipeline

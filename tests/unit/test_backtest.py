@@ -29,7 +29,7 @@ from fraud_pipeline.backtest import (
     saving,
 )
 from fraud_pipeline.clients import Record
-from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.config import ConnectionSettings, Settings
 from fraud_pipeline.payment import Payment, encode
 from fraud_pipeline.rules import ORIGINAL, load_ruleset, parse_ruleset
 from fraud_pipeline.runtime import Progress
@@ -186,7 +186,7 @@ def test_topic_source_labels_by_header_and_keeps_a_state_per_partition(monkeypat
     ruleset = parse_ruleset({"rules": [{"id": "burst", "aggregate": {"function": "count", "group_by": "ACCOUNT", "window_s": 60,
                                                                         "op": ">", "value": 5}}]})
     skipped = Skipped()
-    settings = Settings(bootstrap_servers=("localhost:1",), topics=TopicSettings())
+    settings = Settings(ConnectionSettings(("localhost:1",)))
     examples = list(from_topic(settings, "labelled", T0, T0 + 10_000, skipped))
     assert seen == {"topic": "labelled", "since_ms": T0, "until_ms": T0 + 10_000}
     assert [e.event_ms for e in examples[:6]] == [T0 + 1000 * i for i in range(6)]  # record time when no TIMESTAMP_MS

@@ -26,7 +26,7 @@ import pytz
 
 from fraud_pipeline import payment as payment_mod
 from fraud_pipeline.clients import Producer
-from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.config import ConnectionSettings, Settings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import fraud_line, legit_line
@@ -115,7 +115,7 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     producer = MagicMock(spec_set=Producer)
     producer.partition_count.return_value = 2  # the routed topics' partitions
     out = io.StringIO()
-    settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
+    settings = Settings(ConnectionSettings(("localhost:9091",)))
     rules = LiveRules(ORIGINAL_RULES, None, MagicMock())
     lines = LineBuffer(Summary("t", "payments"), False, out)
     detector = Detector(Output(producer), settings, MagicMock(), lines, rules, lambda *span: iter(()))

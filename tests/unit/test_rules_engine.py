@@ -13,7 +13,7 @@ from unittest.mock import MagicMock
 import pytest
 
 from fraud_pipeline.clients import Producer, TopicPartition
-from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.config import ConnectionSettings, Settings
 from fraud_pipeline.detector import Detector, decision_header
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.payment import MAX_CLOCK_SKEW_MS, Payment, encode, event_time, generate, with_field
@@ -315,7 +315,7 @@ def detector_with(ruleset: RuleSet, replay: ReplayLog, live: LiveRules | None = 
     producer = MagicMock(spec_set=Producer)
     producer.partition_count.return_value = 2  # the routed topics' partitions
     lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
-    settings = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
+    settings = Settings(ConnectionSettings(("localhost:9091",)))
     rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
     detector = Detector(Output(producer), settings, DeadLetters(Output(producer), "dlq", "t"), lines, rules, replay)
     return detector, producer

@@ -41,16 +41,17 @@ def write(tmp_path: Path, text: str, name: str = "client.properties") -> str:
 
 def test_a_confluent_cloud_file_gives_servers_and_credentials(tmp_path: Path) -> None:
     s = settings(["--client-config", write(tmp_path, CONFLUENT_CLOUD)], {})
-    assert s.bootstrap_servers == ("pkc-abc12.eu-west-1.aws.confluent.cloud:9092",)
-    assert (s.security.protocol, s.security.sasl_mechanism, s.security.sasl_username) == ("SASL_SSL", "PLAIN", "KEY123")
-    assert s.security.sasl_password is not None and s.security.sasl_password.reveal() == "s3cr3t/with=signs"
-    assert s.security.ssl_check_hostname
+    assert s.connection.bootstrap_servers == ("pkc-abc12.eu-west-1.aws.confluent.cloud:9092",)
+    security = s.connection.security
+    assert (security.protocol, security.sasl_mechanism, security.sasl_username) == ("SASL_SSL", "PLAIN", "KEY123")
+    assert s.connection.security.sasl_password is not None and s.connection.security.sasl_password.reveal() == "s3cr3t/with=signs"
+    assert s.connection.security.ssl_check_hostname
 
 
 def test_the_java_jaas_form_and_continuation_lines_are_read(tmp_path: Path) -> None:
     s = settings([], {"KAFKA_CLIENT_CONFIG": write(tmp_path, JAVA_FORM)})
-    assert (s.security.sasl_mechanism, s.security.sasl_username) == ("SCRAM-SHA-512", "alice")
-    assert s.security.sasl_password is not None and s.security.sasl_password.reveal() == "pa ss"
+    assert (s.connection.security.sasl_mechanism, s.connection.security.sasl_username) == ("SCRAM-SHA-512", "alice")
+    assert s.connection.security.sasl_password is not None and s.connection.security.sasl_password.reveal() == "pa ss"
 
 
 def test_environment_beats_the_file_and_a_flag_beats_both(tmp_path: Path) -> None:
@@ -58,16 +59,16 @@ def test_environment_beats_the_file_and_a_flag_beats_both(tmp_path: Path) -> Non
     env = {"KAFKA_CLIENT_CONFIG": path, "KAFKA_SASL_USERNAME": "env-user", "KAFKA_SASL_PASSWORD": "env-pass",
            "KAFKA_BOOTSTRAP_SERVERS": "env:1"}
     s = settings([], env)
-    assert s.security.sasl_username == "env-user" and s.bootstrap_servers == ("env:1",)
-    assert s.security.sasl_password is not None and s.security.sasl_password.reveal() == "env-pass"
+    assert s.connection.security.sasl_username == "env-user" and s.connection.bootstrap_servers == ("env:1",)
+    assert s.connection.security.sasl_password is not None and s.connection.security.sasl_password.reveal() == "env-pass"
     s = settings(["--sasl-username", "flag-user", "--bootstrap-servers", "flag:1"], env)
-    assert s.security.sasl_username == "flag-user" and s.bootstrap_servers == ("flag:1",)
+    assert s.connection.security.sasl_username == "flag-user" and s.connection.bootstrap_servers == ("flag:1",)
 
 
 def test_no_file_means_plaintext_to_the_tutorials_brokers() -> None:
     s = settings([], {})
-    assert s.security == Security() and s.security.protocol == "PLAINTEXT"
-    assert s.bootstrap_servers == ("localhost:9091", "localhost:9092", "localhost:9093")
+    assert s.connection.security == Security() and s.connection.security.protocol == "PLAINTEXT"
+    assert s.connection.bootstrap_servers == ("localhost:9091", "localhost:9092", "localhost:9093")
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -102,10 +103,10 @@ def test_there_is_no_password_flag() -> None:
 def test_passwords_never_print(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     s = settings(["--client-config", write(tmp_path, CONFLUENT_CLOUD)], {})
     password = "s3cr3t/with=signs"
-    logged = "%s" % s.security.sasl_password  # noqa: UP031  (as logging formats its arguments)
-    for text in (repr(s), str(s.security), f"{s.security.sasl_password}", logged, s.security.describe()):
+    logged = "%s" % s.connection.security.sasl_password  # noqa: UP031  (as logging formats its arguments)
+    for text in (repr(s), str(s.connection.security), f"{s.connection.security.sasl_password}", logged, s.connection.security.describe()):
         assert password not in text
-    assert s.security.describe() == "SASL_SSL PLAIN user KEY123"
+    assert s.connection.security.describe() == "SASL_SSL PLAIN user KEY123"
     parser = build_parser("t", "d", consumes="payments", default_group="g", env={"KAFKA_SASL_PASSWORD": password})
     assert password not in parser.format_help()
 

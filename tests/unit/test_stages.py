@@ -21,7 +21,7 @@ from fraud_pipeline.clients import (
     TopicPartition,
     UnknownTopicError,
 )
-from fraud_pipeline.config import Settings, TopicSettings
+from fraud_pipeline.config import ConnectionSettings, ConsumerSettings, DeliverySettings, ProducerSettings, Settings, TopicSettings
 from fraud_pipeline.detector import Detector
 from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.kafka_io import METADATA_TIMEOUT_S, TRANSACTION_STEP_TIMEOUT_S
@@ -46,7 +46,7 @@ from fraud_pipeline.stage import (
 )
 from tests.unit.records import record, sends, sent
 
-SETTINGS = Settings(bootstrap_servers=("localhost:9091",), topics=TopicSettings())
+SETTINGS = Settings(ConnectionSettings(("localhost:9091",)))
 TP = TopicPartition("payments", 0)
 
 
@@ -188,7 +188,7 @@ def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expe
 def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
     producer = MagicMock(spec_set=Producer)
     out = io.StringIO()
-    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(payments="pay"), count=25, rate=0, seed=9)
+    settings = Settings(ConnectionSettings(("x:1",)), TopicSettings(payments="pay"), producer=ProducerSettings(count=25, rate=0, seed=9))
     summary = Summary("payment_producer", "payments sent")
     assert produce(producer, settings, threading.Event(), summary, out) == "count reached"
     assert producer.send.call_count == 25 and summary.total == 25
@@ -203,8 +203,8 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
 
 def test_producer_labels_scenario_payments_in_headers_only() -> None:
     producer = MagicMock(spec_set=Producer)
-    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=3000, rate=0, seed=5, quiet=True,
-                        scenarios="large-to-stranger=0.05")
+    settings = Settings(ConnectionSettings(("x:1",)),
+                        producer=ProducerSettings(count=3000, rate=0, seed=5, quiet=True, scenarios="large-to-stranger=0.05"))
     produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
     payments = sends(producer)
     labels = [dict(p.headers or ()) for p in payments]
@@ -219,7 +219,7 @@ def test_producer_stops_at_the_first_failed_send() -> None:
     producer = MagicMock(spec_set=Producer)
     # the backend reports the failure to the handler the Output registered, here at once
     producer.send.side_effect = lambda *args: producer.on_error.call_args.args[0](RetriableError("no leader"))
-    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=10, rate=0, quiet=True)
+    settings = Settings(ConnectionSettings(("x:1",)), producer=ProducerSettings(count=10, rate=0, quiet=True))
     with pytest.raises(BatchError, match="no leader"):
         produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
     assert producer.send.call_count == 1
@@ -229,7 +229,7 @@ def test_producer_stops_when_asked() -> None:
     producer = MagicMock(spec_set=Producer)
     stop = threading.Event()
     stop.set()
-    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), count=None, rate=1, quiet=True)
+    settings = Settings(ConnectionSettings(("x:1",)), producer=ProducerSettings(count=None, rate=1, quiet=True))
     assert produce(producer, settings, stop, Summary("p", "payments"), io.StringIO()) == "stopped"
     producer.send.assert_not_called()
 
@@ -416,10 +416,10 @@ def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner, "make_producer", lambda settings, client_id, transactional_id=None: producer)
     monkeypatch.setattr(runner, "make_consumer", lambda *args: consumer)
     monkeypatch.setattr(runner.gc, "freeze", lambda: None)  # keep this test process's garbage collectable
-    settings = Settings(bootstrap_servers=("x:1",), topics=TopicSettings(), group_id="g", transactional_id="g-0")
+    settings = Settings(ConnectionSettings(("x:1",)), consumer=ConsumerSettings("g"), delivery=DeliverySettings(transactional_id="g-0"))
     summary = Summary("fraud_detector", "payments")
     rc = run_stage(settings, name="fraud_detector", source_topic="payments", stop=threading.Event(), summary=summary,
-                   make_handler=lambda output, dead_letters, lines: Recorder([]), transactional=True)
+                   make_handler=lambda output, dead_letters, lines: Recorder([]))
     assert rc == 1
     assert "transactions are not allowed for this detector: transactional id authorization failed: no ACL" in caplog.text
     consumer.poll.assert_not_called()
