@@ -32,6 +32,7 @@ ClientName = Literal["kafka-python", "confluent"]
 """The client libraries behind the seam (fraud_pipeline.clients.CLIENTS)."""
 Guarantee = Literal["exactly-once", "at-least-once"]
 """The detector's delivery guarantees."""
+GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
 
 S = TypeVar("S")
 
@@ -195,6 +196,14 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """An environment variable that must be one of ``choices`` (argparse checks only what a flag says, not its default)."""
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"environment variable {name}={value!r}: one of {', '.join(choices)}")
+    return value
+
+
 def _env_non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = _env_int(env, name, default)
     if value < 0:
@@ -248,7 +257,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, env: Mapping[str, 
     """--client, --bootstrap-servers and the security flags, which connection_settings reads; returns the "Kafka" group."""
     group = parser.add_argument_group("Kafka")
     group.add_argument(
-        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or ConnectionSettings.client,
+        "--client", choices=CLIENTS, default=_env_choice(env, "KAFKA_CLIENT", CLIENTS, ConnectionSettings.client),
         help="Kafka client library: kafka-python (pure Python, the tutorial's) or confluent (confluent-kafka on librdkafka, "
         "several times faster); both give the same guarantees [env KAFKA_CLIENT] (default: %(default)s)",
     )
@@ -328,7 +337,8 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
     _makes_section(parser, "delivery")
     delivery = parser.add_argument_group("delivery")
     delivery.add_argument(
-        "--guarantee", choices=(EXACTLY_ONCE, AT_LEAST_ONCE), default=env.get("DETECTOR_GUARANTEE") or DeliverySettings.guarantee,
+        "--guarantee", choices=GUARANTEES,
+        default=_env_choice(env, "DETECTOR_GUARANTEE", GUARANTEES, DeliverySettings.guarantee),
         help="exactly-once: the routed records and input offsets of each commit interval are committed in one Kafka "
         "transaction, so every payment reaches fraud or legit exactly once for read_committed readers, even "
         "across crashes. at-least-once: output is flushed, then offsets are committed; a crash may route a "

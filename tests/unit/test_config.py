@@ -4,7 +4,7 @@ import typing
 
 import pytest
 
-from fraud_pipeline import topics
+from fraud_pipeline import detector, topics
 from fraud_pipeline.clients import CLIENTS
 from fraud_pipeline.config import (
     AT_LEAST_ONCE,
@@ -111,6 +111,7 @@ def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     ({"TOPIC_REPLICATION_FACTOR": "three"}, [], "environment variable TOPIC_REPLICATION_FACTOR='three' is not an integer"),
     ({}, ["--bootstrap-servers", " , "], "--bootstrap-servers is empty"),
     ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, [], "KAFKA_SECURITY_PROTOCOL: security.protocol 'TLS' is not one of"),
+    ({"KAFKA_CLIENT": "librdkafka"}, [], "environment variable KAFKA_CLIENT='librdkafka': one of kafka-python, confluent"),
 ])
 def test_a_script_says_settings_that_cannot_work_in_one_line_and_exits_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], argv: list[str], message: str,
@@ -120,3 +121,12 @@ def test_a_script_says_settings_that_cannot_work_in_one_line_and_exits_1(
     assert topics.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_the_detector_refuses_a_guarantee_it_does_not_know_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DETECTOR_GUARANTEE", "twice")
+    assert detector.main(["--bootstrap-servers", "localhost:1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: environment variable DETECTOR_GUARANTEE='twice': one of exactly-once, at-least-once\n"
