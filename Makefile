@@ -70,7 +70,7 @@ define with_cluster
 endef
 
 test: venv ## all tests: unit, integration, console (headless Chromium), chaos and security on real 3-broker clusters, two pytest workers (the secured cluster's tests beside the rest)
-	$(call with_cluster,$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/integration tests/console tests/chaos tests/security $(PYTEST_ARGS))
+	$(call with_cluster,$(PY) -m pytest -n 2 tests/unit tests/integration tests/console tests/chaos tests/security $(PYTEST_ARGS))
 
 chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals
 	$(call with_cluster,$(PY) -m pytest tests/chaos $(PYTEST_ARGS))

@@ -18,7 +18,7 @@ import argparse
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar, cast
 
 from . import security as security_settings
 from .clients import CLIENTS, KAFKA_PYTHON
@@ -196,11 +196,11 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    """An environment variable that must be one of ``choices`` (argparse checks only what a flag says, not its default)."""
-    value = env.get(name) or default
+def _chosen(value: str, env_name: str, choices: tuple[str, ...]) -> str:
+    """A parsed flag of a few choices. argparse checks the value a flag was given, not a default taken from the
+    environment: a value outside the choices can only have come from ``env_name``."""
     if value not in choices:
-        raise ConfigError(f"environment variable {name}={value!r}: one of {', '.join(choices)}")
+        raise ConfigError(f"environment variable {env_name}={value!r}: one of {', '.join(choices)}")
     return value
 
 
@@ -257,7 +257,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, env: Mapping[str, 
     """--client, --bootstrap-servers and the security flags, which connection_settings reads; returns the "Kafka" group."""
     group = parser.add_argument_group("Kafka")
     group.add_argument(
-        "--client", choices=CLIENTS, default=_env_choice(env, "KAFKA_CLIENT", CLIENTS, ConnectionSettings.client),
+        "--client", choices=CLIENTS, default=env.get("KAFKA_CLIENT") or ConnectionSettings.client,
         help="Kafka client library: kafka-python (pure Python, the tutorial's) or confluent (confluent-kafka on librdkafka, "
         "several times faster); both give the same guarantees [env KAFKA_CLIENT] (default: %(default)s)",
     )
@@ -338,7 +338,7 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
     delivery = parser.add_argument_group("delivery")
     delivery.add_argument(
         "--guarantee", choices=GUARANTEES,
-        default=_env_choice(env, "DETECTOR_GUARANTEE", GUARANTEES, DeliverySettings.guarantee),
+        default=env.get("DETECTOR_GUARANTEE") or DeliverySettings.guarantee,
         help="exactly-once: the routed records and input offsets of each commit interval are committed in one Kafka "
         "transaction, so every payment reaches fraud or legit exactly once for read_committed readers, even "
         "across crashes. at-least-once: output is flushed, then offsets are committed; a crash may route a "
@@ -444,7 +444,8 @@ def connection_from_args(args: argparse.Namespace, env: Mapping[str, str] | None
 def connection_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ConnectionSettings:
     """The ``connection`` section from the flags of add_connection_arguments (see connection_from_args)."""
     servers, security = connection_from_args(args, env)
-    return ConnectionSettings(bootstrap_servers=servers, client=args.client, security=security)
+    client = cast(ClientName, _chosen(args.client, "KAFKA_CLIENT", CLIENTS))
+    return ConnectionSettings(bootstrap_servers=servers, client=client, security=security)
 
 
 def topic_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> TopicSettings:
@@ -481,7 +482,8 @@ def producer_settings(args: argparse.Namespace) -> ProducerSettings:
 
 def delivery_settings(args: argparse.Namespace) -> DeliverySettings:
     """The ``delivery`` section from the flags of add_delivery_arguments."""
-    return DeliverySettings(guarantee=args.guarantee, transactional_id=args.transactional_id)
+    guarantee = cast(Guarantee, _chosen(args.guarantee, "DETECTOR_GUARANTEE", GUARANTEES))
+    return DeliverySettings(guarantee=guarantee, transactional_id=args.transactional_id)
 
 
 def detector_settings(args: argparse.Namespace) -> DetectorSettings:

@@ -159,13 +159,13 @@ def resolve(args: argparse.Namespace | None, env: Mapping[str, str] | None = Non
     """
     env = os.environ if env is None else env
     flags: dict[str, str | None] | None = None if args is None else vars(args)
-    path = (flags["client_config"] if flags is not None else None) or env.get("KAFKA_CLIENT_CONFIG") or None
+    path = (flags.get("client_config") if flags is not None else None) or env.get("KAFKA_CLIENT_CONFIG") or None
     servers, values = _from_file(path) if path else (None, {})
     origin = {name: f"{path} ({key})" for key, spec in _KEYS.items() for name in [spec.field] if name in values}
     for key, spec in _KEYS.items():
         if env.get(spec.env):
             values[spec.field], origin[spec.field] = env[spec.env], spec.env
-        flag_value = flags[spec.flag.lstrip("-").replace("-", "_")] if spec.flag and flags is not None else None
+        flag_value = flags.get(spec.flag.lstrip("-").replace("-", "_")) if spec.flag and flags is not None else None
         if flag_value is not None:
             values[spec.field], origin[spec.field] = flag_value, spec.flag or key
     return servers, _build(values, origin)

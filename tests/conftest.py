@@ -1,9 +1,9 @@
 """What every test folder shares: the figures a failure test reports, and which tests may run side by side.
 
-``make test`` runs two pytest workers (pytest-xdist, ``--dist loadgroup``):
-the tests on the secured cluster in one, everything else in the other, so the
-open cluster only ever serves one test at a time (the broker-kill test kills
-its brokers) while the secured one serves the other worker.
+``make test`` runs two pytest workers (pytest-xdist) that take whole clusters
+(``ByCluster``): every test on the open cluster runs in one worker, one at a
+time (the broker-kill test kills its brokers), while the other runs the unit
+tests, then every test on the secured cluster.
 """
 
 from __future__ import annotations
@@ -12,15 +12,30 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
-SECURED = "secured-cluster"
-OPEN = "open-cluster"
+NO_CLUSTER, OPEN, SECURED = "no-cluster", "open-cluster", "secured-cluster"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = SECURED if item.path.parent.name == "security" else OPEN
-        item.add_marker(pytest.mark.xdist_group(group))
+def cluster_of(nodeid: str) -> str:
+    """Which cluster a test uses, by its folder: none (unit tests), the open one, or the secured one."""
+    if nodeid.startswith("tests/unit/"):
+        return NO_CLUSTER
+    return SECURED if nodeid.startswith("tests/security/") else OPEN
+
+
+class ByCluster(LoadScopeScheduling):
+    """xdist's scheduling by scope, the scope being the cluster: each worker runs all the tests of one cluster in turn.
+
+    (xdist's own ``--dist loadgroup`` marks do not group tests under pytest 9, which names nodes differently.)
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        return cluster_of(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByCluster:
+    return ByCluster(config, log)
 
 
 @pytest.fixture

@@ -76,16 +76,22 @@ def classify(exc: Exception, doing: str = "") -> ClientError:
     return RetriableError(text)
 
 
-def refusal(exc: BaseException, servers: str, user: str | None) -> RefusedError | None:
-    """The cluster's refusal of the connection itself (authentication, TLS) in ``exc`` or its causes; None if it is not one."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, outermost first."""
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def refusal(exc: BaseException, servers: str, user: str | None) -> RefusedError | None:
+    """The cluster's refusal of the connection itself (authentication, TLS) in ``exc`` or its causes; None if it is not one."""
+    for seen in _chain(exc):
         if isinstance(seen, kerr.SaslAuthenticationFailedError):
             return authentication_failed(user, servers, str(seen))
         # kafka-python words a failed TLS handshake as a KafkaConnectionError("Handshake failed: [SSL: ...] ...")
         if isinstance(seen, ssl.SSLError) or "[SSL:" in str(seen):
             return tls_failed(servers, str(seen))
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -95,12 +101,8 @@ class _Refused(kerr.KafkaError):
 
 def _final(error: BaseException) -> bool:
     """A refusal that the next attempt would meet again: the password, or a certificate the client does not trust."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (kerr.SaslAuthenticationFailedError, ssl.SSLCertVerificationError)) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(seen, (kerr.SaslAuthenticationFailedError, ssl.SSLCertVerificationError))
+               or "CERTIFICATE_VERIFY_FAILED" in str(seen) for seen in _chain(error))
 
 
 _BOOTSTRAP_FAILED = "Bootstrap connection to"

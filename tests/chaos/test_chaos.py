@@ -2,8 +2,8 @@
 
 Each test streams seeded payments (so every PAYMENT_ID is known in advance),
 hurts the pipeline while they flow, then reads fraud + legit + dead letters as
-the processors do (read_committed) and counts each id. CHAOS_BROKER=N makes
-the broker test kill node N instead of the one its seed picks.
+the processors do (read_committed) and counts each id. Each test runs both
+clients at once, each on its own pipeline (``for_each_client``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,10 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
     return stderr
 
 
-def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, rate: str = "450") -> dict[str, Any]:
-    """Kill -9 the detector three times while ``rate`` payments/s flow; the run's figures.
+def kill_detector_repeatedly(
+    pipeline: Pipeline, guarantee: str, seed: int, figures: list[dict[str, Any]], rate: str = "450", over: str = "",
+) -> None:
+    """Kill -9 the detector three times while ``rate`` payments/s flow; the run's figures go to ``figures`` before its checks.
 
     450/s gives ~44 s of flow: each restart waits up to the session timeout (10 s) for the killed
     member to leave the group, so three kills take 30 s and more.
@@ -129,28 +132,28 @@ def kill_detector_repeatedly(pipeline: Pipeline, guarantee: str, seed: int, rate
         + len(read_topic(pipeline.bootstrap, pipeline.topics.legit, committed_only=False))
         - COUNT - duplicated
     )
-    figures: dict[str, Any] = dict(
-        test=f"detector kill -9 ({guarantee}, {pipeline.client})", sent=COUNT, kills=kills, killed_after_committed=killed_at,
+    run: dict[str, Any] = dict(
+        test=f"detector kill -9{over} ({guarantee}, {pipeline.client})", sent=COUNT, kills=kills, killed_after_committed=killed_at,
         lost=lost, duplicated=duplicated, dead_lettered=dead, aborted_records=aborted,
     )
     if open_at_kill:
-        figures.update(open_records_at_kill=open_at_kill)
-    assert lost == 0, figures
-    assert dead == 0, figures
+        run.update(open_records_at_kill=open_at_kill)
+    figures.append(run)
+    assert lost == 0, run
+    assert dead == 0, run
     if guarantee == "exactly-once":
-        assert duplicated == 0, figures
+        assert duplicated == 0, run
         # It hurt: a kill landed inside an open transaction, whose records a read_uncommitted reader still sees.
-        assert aborted > 0, f"no kill landed inside an open transaction: {figures}"
-    return figures
+        assert aborted > 0, f"no kill landed inside an open transaction: {run}"
 
 
 def test_detector_kill9_exactly_once(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
     """Both clients at once, each its own pipeline: three kills each, every kill inside an open transaction."""
-    figures += for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "exactly-once", seed=101)).values()
+    for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "exactly-once", 101, figures))
 
 
 def test_detector_kill9_at_least_once(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
-    figures += for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "at-least-once", seed=202)).values()
+    for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "at-least-once", 202, figures))
 
 
 def cluster_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -246,6 +249,18 @@ class Lane:
         self.committed = wait_for_progress(self.pipeline, self.group_name, self.committed, self.detector, timeout_s=timeout_s)
 
 
+def progress(lanes: list[Lane], timeout_s: float = 60, since: float | None = None) -> dict[str, float]:
+    """Wait, for every lane at once, until its detector commits more; per client, the seconds since ``since`` it took."""
+    began = time.monotonic() if since is None else since
+
+    def one(lane: Lane) -> float:
+        lane.progress(timeout_s)
+        return round(time.monotonic() - began, 1)
+
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        return dict(zip([lane.pipeline.client for lane in lanes], pool.map(one, lanes), strict=True))
+
+
 BROKER_KILL_ARGS = ("--quiet", "--idle-timeout", "60")  # a broker loss can hold the records for a while: not idleness
 
 
@@ -289,8 +304,7 @@ def test_each_broker_killed_in_turn(pipelines: dict[str, Pipeline], figures: lis
             producer = pipeline.start("payment_producer", "--rate", "400", "--seed", str(seed), "--quiet")
             detector = pipeline.start("fraud_detector", *BROKER_KILL_ARGS, "--transactional-id", txn, group=group_name)
             lanes.append(Lane(pipeline, group_name, txn, producer, detector))
-        for lane in lanes:
-            lane.progress()
+        progress(lanes)
         for role in ("transaction coordinator", "group coordinator", "detector start-up"):
             # Each round's broker is chosen now, from where leadership stands after the last round.
             killed = [r["node"] for r in rounds]
@@ -331,10 +345,7 @@ def test_each_broker_killed_in_turn(pipelines: dict[str, Pipeline], figures: lis
                 for lane in lanes:
                     lane.restart_detector(stop=False)
             # The pipelines go on with the node down: committed offsets keep growing.
-            resumed_s = {}
-            for lane in lanes:
-                lane.progress(timeout_s=90)
-                resumed_s[lane.pipeline.client] = round(time.monotonic() - killed_at, 1)
+            resumed_s = progress(lanes, timeout_s=90, since=killed_at)
             time.sleep(2)
             for lane in lanes:
                 for name, proc in (("payment_producer", lane.producer), ("fraud_detector", lane.detector)):
@@ -437,10 +448,10 @@ def committed_total(pipeline: Pipeline, group: str) -> int:
 
 def test_stop_signals_drain_and_commit(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
     """SIGTERM, then SIGINT (the same handler), each mid-stream on a running detector; both clients at once."""
-    figures += for_each_client(pipelines, stop_twice_mid_stream).values()
+    for_each_client(pipelines, lambda pipeline: stop_twice_mid_stream(pipeline, figures))
 
 
-def stop_twice_mid_stream(pipeline: Pipeline) -> dict[str, Any]:
+def stop_twice_mid_stream(pipeline: Pipeline, figures: list[dict[str, Any]]) -> None:
     """Stop the detector with SIGTERM, start it again and stop it with SIGINT, then let a third run finish the stream.
 
     Each stop must end the process within 5 s with exactly what it handled committed; together the
@@ -448,7 +459,8 @@ def stop_twice_mid_stream(pipeline: Pipeline) -> dict[str, Any]:
     """
     seed = 404
     pipeline.run("payment_producer", "--count", str(STOP_COUNT), "--rate", "0", "--seed", str(seed), "--quiet")
-    figures: dict[str, Any] = {"test": f"SIGTERM, then SIGINT mid-stream ({pipeline.client})", "sent": STOP_COUNT}
+    run: dict[str, Any] = {"test": f"SIGTERM, then SIGINT mid-stream ({pipeline.client})", "sent": STOP_COUNT}
+    figures.append(run)  # filled in as it goes: a failed run still reports what it saw
     handled_before = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         detector = pipeline.start("fraud_detector", "--quiet", group="detector")
@@ -459,14 +471,13 @@ def stop_twice_mid_stream(pipeline: Pipeline) -> dict[str, Any]:
         stop_s = time.monotonic() - sent_at
         handled = summary_count(stderr, "fraud_detector")
         committed = committed_total(pipeline, "detector")
-        figures[f"{sig.name}_stop_seconds"], figures[f"{sig.name}_handled"] = round(stop_s, 2), handled
-        assert handled > 0 and handled_before + handled < STOP_COUNT, f"stop the detector mid-stream: {figures}"
+        run[f"{sig.name}_stop_seconds"], run[f"{sig.name}_handled"] = round(stop_s, 2), handled
+        assert handled > 0 and handled_before + handled < STOP_COUNT, f"stop the detector mid-stream: {run}"
         assert committed == handled_before + handled, "every payment handled before the stop is committed, no more"
-        assert stop_s < 5, figures
+        assert stop_s < 5, run
         handled_before = committed
     # a last run finishes the stream: together, each payment exactly once
     rest = pipeline.run("fraud_detector", "--quiet", "--idle-timeout", "5", group="detector")
     lost, duplicated, dead, _ = verdict(pipeline, seed, STOP_COUNT)
-    figures.update(after_restart=summary_count(rest.stderr, "fraud_detector"), lost=lost, duplicated=duplicated)
-    assert (lost, duplicated, dead) == (0, 0, 0), figures
-    return figures
+    run.update(after_restart=summary_count(rest.stderr, "fraud_detector"), lost=lost, duplicated=duplicated)
+    assert (lost, duplicated, dead) == (0, 0, 0), run

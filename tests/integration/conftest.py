@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -118,6 +118,12 @@ class Pipeline:
         self.started.append(proc)
         return proc
 
+    def kill_scripts(self) -> None:
+        """Kill the scripts still running (from any thread): whatever waits for them then sees them gone."""
+        for proc in list(self.started):
+            if proc.poll() is None:
+                proc.kill()
+
     def kill_leftovers(self) -> None:
         """Kill what a failed test left running, so it does not load the machine for the tests after it."""
         for proc in self.started:
@@ -156,9 +162,11 @@ def pipelines(cluster: str) -> Iterator[dict[str, Pipeline]]:
 
 
 def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline], T]) -> dict[str, T]:
-    """``run`` on every client's pipeline at the same time, each in a thread; the first failure is raised, naming its client.
+    """``run`` on every client's pipeline at the same time, each in a thread; what each returned, by client.
 
-    The failure tests run both clients at once: the same faults, half the wall-clock time.
+    The failure tests run both clients at once: the same faults, half the wall-clock time. The first
+    run to fail stops the others (their scripts are killed, so their waits end), and every failure is
+    raised together, each naming its client.
     """
 
     def on(client: str, pipeline: Pipeline) -> T:
@@ -169,8 +177,18 @@ def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline],
             raise
 
     with ThreadPoolExecutor(len(pipelines)) as pool:
-        futures = {client: pool.submit(on, client, pipeline) for client, pipeline in pipelines.items()}
-        return {client: future.result() for client, future in futures.items()}
+        futures = {pool.submit(on, client, pipeline): client for client, pipeline in pipelines.items()}
+        _, running = wait(futures, return_when=FIRST_EXCEPTION)
+        if running:  # one failed: the others would only wait out their timeouts
+            for future in running:
+                pipelines[futures[future]].kill_scripts()
+            wait(running)
+    failures = [exc for future in futures if (exc := future.exception()) is not None]
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise BaseExceptionGroup("the failure test failed on more than one client", failures)
+    return {client: future.result() for future, client in futures.items()}
 
 
 @contextlib.contextmanager

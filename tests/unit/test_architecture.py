@@ -106,3 +106,11 @@ def test_the_check_sees_an_import_up_or_across(tmp_path: Path) -> None:
     assert room_of(stage, rooms) == "fraud_pipeline/stage/"
     assert any(room_of(target, rooms) == "fraud_pipeline/clients/" for target in imported_files(stage))
     assert room_of(ROOT / "fraud_pipeline" / "detector.py", rooms) is None
+
+
+def test_the_runtime_imports_none_of_the_tools_beside_it() -> None:
+    """devcluster/ and bench/ stand beside the runtime: an installed fraud_pipeline has neither."""
+    reaching = [f"{path.relative_to(ROOT)} imports {target.relative_to(ROOT)}"
+                for path in sources() if path.relative_to(ROOT).parts[0] == "fraud_pipeline"
+                for target in imported_files(path) if target.relative_to(ROOT).parts[0] in ("devcluster", "bench")]
+    assert not reaching, reaching

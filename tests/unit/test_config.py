@@ -130,3 +130,10 @@ def test_the_detector_refuses_a_guarantee_it_does_not_know_from_the_environment(
     assert detector.main(["--bootstrap-servers", "localhost:1"]) == 1
     err = capsys.readouterr().err
     assert err == "error: environment variable DETECTOR_GUARANTEE='twice': one of exactly-once, at-least-once\n"
+
+
+def test_a_flag_beats_a_bad_value_in_the_environment() -> None:
+    env = {"KAFKA_CLIENT": "librdkafka", "DETECTOR_GUARANTEE": "twice"}
+    settings = parse(["--client", "confluent", "--guarantee", "at-least-once"], env, transactional=True)
+    assert settings.connection.client == "confluent"
+    assert require(settings.delivery, "delivery").guarantee == "at-least-once"
