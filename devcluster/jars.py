@@ -14,6 +14,7 @@ resolved. Nothing else needs Maven or Java.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -209,6 +210,17 @@ def fetch_jars(lib_dir: Path, jars: list[Jar] | None = None, repository: str | N
     marker = lib_dir / MARKER
     if marker.exists() and marker.read_text().strip() == digest:
         return lib_dir
+    lib_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One fetch at a time per folder: two at once would delete each other's downloads and folders.
+    with lib_dir.with_name(lib_dir.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text().strip() == digest:  # fetched meanwhile by the process we waited for
+            return lib_dir
+        return _fetch_into(lib_dir, jars, repository, digest, retry_delay_s)
+
+
+def _fetch_into(lib_dir: Path, jars: list[Jar], repository: str, digest: str, retry_delay_s: float) -> Path:
+    marker = lib_dir / MARKER
     partial = lib_dir.with_name(lib_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     for leftover in partial.glob("*.download"):

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,18 @@ def test_jars_are_fetched_checked_and_kept(tmp_path: Path, capsys: pytest.Captur
     shutil.rmtree(repository)
     assert jars.fetch_jars(lib, pinned, repository.as_uri()) == lib
     assert "fetching" not in capsys.readouterr().out
+
+
+def test_two_fetches_into_one_folder_at_once_both_end_with_every_jar(tmp_path: Path) -> None:
+    """Two processes starting clusters at once (the secured one beside the open one): the second waits for the first."""
+    repository = tmp_path / "repo"
+    pinned = [publish(repository, "org.example", name, "1.0", name.encode() * 200_000) for name in "abcdefgh"]
+    lib = tmp_path / "cluster" / "lib"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: jars.fetch_jars(lib, pinned, repository.as_uri()), range(2)))
+    assert results == [lib, lib]
+    assert sorted(p.name for p in lib.iterdir()) == [".complete", *(f"{name}-1.0.jar" for name in "abcdefgh")]
+    assert all((lib / f"{name}-1.0.jar").read_bytes() == name.encode() * 200_000 for name in "abcdefgh")
 
 
 def test_a_changed_list_fetches_only_what_is_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
