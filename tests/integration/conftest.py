@@ -261,6 +261,22 @@ def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 
         admin.close()
 
 
+def wait_for_committed(bootstrap: str, group: str, topic: str, total: int, timeout_s: float = 120) -> None:
+    """Wait until a group's committed offsets on ``topic`` add up to ``total`` (every record read and committed)."""
+    admin = KafkaAdminClient(**kafka_python_connection(bootstrap))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            offsets = admin.list_consumer_group_offsets(group)
+            committed = sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+            if committed >= total:
+                return
+            assert time.monotonic() < deadline, f"group {group} committed {committed} of {total} on {topic}"
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

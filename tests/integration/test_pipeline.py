@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import signal
 from collections import Counter
 
 import pytest
@@ -14,7 +15,7 @@ from kafka import KafkaProducer
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON
 from fraud_pipeline.payment import Payment, generate
 from fraud_pipeline.processors import fraud_line, legit_line
-from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group
+from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_committed, wait_for_group
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +134,16 @@ def test_original_messages_and_bad_records(pipeline: Pipeline, raw_producer: Kaf
 
 def test_two_detectors_in_one_group_share_the_partitions(pipeline: Pipeline) -> None:
     count = 3000
-    first = pipeline.start("fraud_detector", "--idle-timeout", "8", "--quiet", group="shared")
-    second = pipeline.start("fraud_detector", "--idle-timeout", "8", "--quiet", group="shared")
+    # No idle timeout: on a loaded machine the producer's start can outlast one, and an idle member leaving
+    # would hand its partitions to the other. Both are stopped once the group has committed every payment.
+    first = pipeline.start("fraud_detector", "--quiet", group="shared")
+    second = pipeline.start("fraud_detector", "--quiet", group="shared")
     wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
     pipeline.run("payment_producer", "--count", str(count), "--rate", "0", "--seed", "7", "--quiet")
-    outputs = [proc.communicate(timeout=180) for proc in (first, second)]
+    wait_for_committed(pipeline.bootstrap, pipeline.group("shared"), pipeline.topics.payments, count)
+    for proc in (first, second):
+        proc.send_signal(signal.SIGTERM)
+    outputs = [proc.communicate(timeout=60) for proc in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
     assert all(n > 0 for n in handled), f"one detector got no partitions: {handled}"
