@@ -263,12 +263,11 @@ def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 
 
 def wait_for_committed(bootstrap: str, group: str, topic: str, total: int, timeout_s: float = 120) -> None:
     """Wait until a group's committed offsets on ``topic`` add up to ``total`` (every record read and committed)."""
-    admin = KafkaAdminClient(**kafka_python_connection(bootstrap))
+    admin = kafka_python.Backend(tuple(bootstrap.split(",")), TEST_CLIENT_SECURITY.get(bootstrap, Security())).admin("tests")
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            offsets = admin.list_consumer_group_offsets(group)
-            committed = sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+            committed = sum(offset for tp, offset in admin.group_offsets(group).items() if tp.topic == topic and offset > 0)
             if committed >= total:
                 return
             assert time.monotonic() < deadline, f"group {group} committed {committed} of {total} on {topic}"
