@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,37 @@ def cluster() -> str:
     return BOOTSTRAP
 
 
+class Script(subprocess.Popen[str]):
+    """A script started in the background, its output read as it comes.
+
+    Left in a pipe until the test asks, a chatty log (kafka-python logs every failed connection while a broker
+    is down) fills the pipe, and the script blocks in a write holding its log handler's lock: seen as a detector
+    that stopped making progress after two broker kills. ``communicate`` returns all it wrote, as Popen's does.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        super().__init__(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self._read: tuple[list[str], list[str]] = ([], [])
+        self._readers = [threading.Thread(target=self._drain, args=(stream, into), daemon=True)
+                         for stream, into in zip((self.stdout, self.stderr), self._read, strict=True)]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(stream: Any, into: list[str]) -> None:
+        for chunk in iter(lambda: stream.read(8192), ""):
+            into.append(chunk)
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)  # TimeoutExpired, as Popen.communicate
+        for reader in self._readers:
+            reader.join()
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        return "".join(self._read[0]), "".join(self._read[1])
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Unique topic and group names of one test, and how to run the scripts on them."""
@@ -111,10 +143,7 @@ class Pipeline:
         return done
 
     def start(self, script: str, *extra: str, group: str | None = None, client: str | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            self.command(script, *extra, group=group, client=client), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=ROOT,
-        )
+        proc = Script(self.command(script, *extra, group=group, client=client))
         self.started.append(proc)
         return proc
 
