@@ -6,8 +6,10 @@ On the wire a payment is the original tutorial's JSON object::
 
 with optional fields after those five: ``PAYMENT_ID`` (unique id),
 ``ACCOUNT`` (the sender, also the record key), ``TIMESTAMP_MS`` (event
-time, epoch milliseconds) and, on routed payments only, ``DECISION`` (the
-detector's score and the rules that fired). The original scripts read only
+time, epoch milliseconds), the entities a payment can be grouped by besides
+its account (ENTITY_FIELDS: ``CARD``, masked as ``411111******1234``,
+``DEVICE``, ``IP``, ``MERCHANT``) and, on routed payments only, ``DECISION``
+(the detector's score and the rules that fired). The original scripts read only
 the five original fields, so they read our messages; we accept messages that
 have only those five.
 """
@@ -35,6 +37,8 @@ MAX_AMOUNT = 10**15
 """Larger amounts are refused: no payment is that large, and rules compare amounts as floats."""
 MAX_TIMESTAMP_MS = 10**14
 """About the year 5138: a larger TIMESTAMP_MS is not a time."""
+ENTITY_FIELDS = ("CARD", "DEVICE", "IP", "MERCHANT")
+"""Optional fields naming who or what else a payment involves: rules can group payments by them."""
 MAX_CLOCK_SKEW_MS = 60_000
 """How far ahead of its record's timestamp (and of the clock) a payment's TIMESTAMP_MS is trusted."""
 
@@ -63,6 +67,14 @@ class Payment:
     """ACCOUNT: sender account, also the record key; absent in the original's messages."""
     timestamp_ms: int | None = None
     """TIMESTAMP_MS: event time in epoch milliseconds; absent in the original's messages."""
+    card: str | None = None
+    """CARD: the card paid with, masked (first six and last four digits); optional."""
+    device: str | None = None
+    """DEVICE: id of the device the payment was made from; optional."""
+    ip: str | None = None
+    """IP: the address the payment was made from; optional."""
+    merchant: str | None = None
+    """MERCHANT: the merchant paid, for card payments; optional."""
     decision: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     """DECISION: the detector's decision, on routed payments only (see fraud_pipeline.rules.engine.Decision)."""
 
@@ -85,6 +97,9 @@ class Payment:
             data["ACCOUNT"] = self.account
         if self.timestamp_ms is not None:
             data["TIMESTAMP_MS"] = self.timestamp_ms
+        for name, value in (("CARD", self.card), ("DEVICE", self.device), ("IP", self.ip), ("MERCHANT", self.merchant)):
+            if value is not None:
+                data[name] = value
         if self.decision is not None:
             data["DECISION"] = self.decision
         return data
@@ -167,15 +182,18 @@ def decode(raw: bytes | None, *, known_types_only: bool = True, max_bytes: int =
         get = data.get
         date, time, payment_type, amount, to = get("DATE"), get("TIME"), get("PAYMENT_TYPE"), get("AMOUNT"), get("TO")
         payment_id, account, timestamp_ms = get("PAYMENT_ID"), get("ACCOUNT"), get("TIMESTAMP_MS")
+        card, device, ip, merchant = get("CARD"), get("DEVICE"), get("IP"), get("MERCHANT")
         if (
             type(date) is str and type(time) is str and type(payment_type) is str and type(amount) is int
             and type(to) is str and _DATE.match(date) and _TIME.match(time)
             and (payment_type in PAYMENT_TYPES or not known_types_only) and 0 <= amount <= MAX_AMOUNT
             and (payment_id is None or type(payment_id) is str) and (account is None or type(account) is str)
             and (timestamp_ms is None or (type(timestamp_ms) is int and 0 <= timestamp_ms <= MAX_TIMESTAMP_MS))
+            and (card is None or type(card) is str) and (device is None or type(device) is str)
+            and (ip is None or type(ip) is str) and (merchant is None or type(merchant) is str)
         ):
             decision = get("DECISION")
-            return Payment(date, time, payment_type, amount, to, payment_id, account, timestamp_ms,
+            return Payment(date, time, payment_type, amount, to, payment_id, account, timestamp_ms, card, device, ip, merchant,
                            decision if type(decision) is dict else None)
     return _checked(data, escaped, known_types_only)
 
@@ -213,6 +231,10 @@ def _checked(data: Any, escaped: bool, known_types_only: bool) -> Payment:
         payment_id=_optional(data, "PAYMENT_ID", str, escaped),
         account=_optional(data, "ACCOUNT", str, escaped),
         timestamp_ms=timestamp_ms,
+        card=_optional(data, "CARD", str, escaped),
+        device=_optional(data, "DEVICE", str, escaped),
+        ip=_optional(data, "IP", str, escaped),
+        merchant=_optional(data, "MERCHANT", str, escaped),
         decision=decision if isinstance(decision := data.get("DECISION"), dict) else None,
     )
 

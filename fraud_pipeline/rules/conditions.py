@@ -21,11 +21,12 @@ from typing import Any, Protocol
 from ..errors import RuleError
 from ..payment import Payment
 
-TEXT_FIELDS = ("DATE", "TIME", "PAYMENT_TYPE", "TO", "PAYMENT_ID", "ACCOUNT")
+TEXT_FIELDS = ("DATE", "TIME", "PAYMENT_TYPE", "TO", "PAYMENT_ID", "ACCOUNT", "CARD", "DEVICE", "IP", "MERCHANT")
 NUMBER_FIELDS = ("AMOUNT", "TIMESTAMP_MS")
 _ATTRIBUTES = {
     "DATE": "date", "TIME": "time", "PAYMENT_TYPE": "payment_type", "TO": "to",
     "PAYMENT_ID": "payment_id", "ACCOUNT": "account", "AMOUNT": "amount", "TIMESTAMP_MS": "timestamp_ms",
+    "CARD": "card", "DEVICE": "device", "IP": "ip", "MERCHANT": "merchant",
 }
 FIELDS = TEXT_FIELDS + NUMBER_FIELDS
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
