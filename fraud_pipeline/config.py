@@ -135,6 +135,8 @@ class DetectorSettings:
 
     rules_file: str | None = None
     """Rule set file (JSON or YAML) the rules topic applies on top of; None: the original BITCOIN rule."""
+    state_dir: str = "state"
+    """Where the local stores of the rules' state live, one per input partition (fraud_pipeline.state)."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,11 @@ def add_detector_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
         "of it, without a restart. fraud_pipeline/rules/sets/recommended.yaml is the recommended set "
         "[env DETECTOR_RULES] (default: the original rule, BITCOIN is fraud)",
     )
+    rules.add_argument(
+        "--state-dir", default=env.get("STATE_DIR") or DetectorSettings.state_dir, metavar="DIR",
+        help="folder of the local state stores (RocksDB, one per input partition, under DIR/GROUP/); losing it "
+        "costs a restore from the changelog topic, nothing else [env STATE_DIR] (default: %(default)s)",
+    )
 
 
 def add_producer_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -488,7 +495,7 @@ def delivery_settings(args: argparse.Namespace) -> DeliverySettings:
 
 def detector_settings(args: argparse.Namespace) -> DetectorSettings:
     """The ``detector`` section from the flag of add_detector_arguments."""
-    return DetectorSettings(rules_file=args.rules_file)
+    return DetectorSettings(rules_file=args.rules_file, state_dir=args.state_dir)
 
 
 def processor_settings(args: argparse.Namespace) -> ProcessorSettings:

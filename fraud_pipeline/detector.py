@@ -9,12 +9,16 @@ object (the original processors ignore it) and the decision in a header,
 
 Rules: the original BITCOIN rule by default, or a rules file (``--rules``),
 with the rules topic applied on top while running (fraud_pipeline.live_rules).
-Stateful rules read per-partition windows (fraud_pipeline.rules.windows).
-A partition the detector gains (at start, or from a rebalance), or reads
-again from an earlier offset (after a rolled-back batch, a failed commit or a
-rebalance), has its windows rebuilt before its next batch is handled, by
-re-reading its payments of the longest window (plus the allowed lateness and
-clock skew) before that batch. Exactly-once by default (see fraud_pipeline.stage).
+Stateful rules read bucketed aggregates per key (fraud_pipeline.rules.aggregates),
+kept per input partition in a local RocksDB store under ``--state-dir`` and
+in the compacted changelog topic ``<group>-payments-changelog``
+(fraud_pipeline.state): a partition the detector gains is restored from its
+local store and the changelog's tail before its payments are decided, its
+input paused meanwhile while the consumer keeps polling. At start the
+changelog must have the input's partition count, and no rule may read a
+window longer than the changelog keeps. Exactly-once by default (see
+fraud_pipeline.stage): the state's changes go in the same transaction as the
+routed records and the input offsets.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from functools import lru_cache
 from .clients import Batch, Record
 from .config import Settings, build_parser, require
 from .errors import PipelineError
-from .kafka_io import make_producer, make_topic_reader, read_span
+from .kafka_io import make_groupless_consumer, make_producer, make_topic_reader, read_span
 from .live_rules import LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
-from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, WindowState, load_ruleset
+from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, RuleSet, decode_entity, encode_entity, load_ruleset
 from .runtime import Summary, cli_main, run_cli
 from .stage import BatchError, DeadLetters, LineBuffer, Output, decode_or_reject, run_stage
-from .topics import prepare_topics
+from .state import PartitionStates, changelog_topic
+from .topics import prepare_changelog, prepare_topics, retention_limits
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
@@ -65,16 +70,16 @@ def decision_header(decision: Decision) -> tuple[str, bytes]:
 class Detector:
     """Decides and routes each payment record; unreadable records go to the dead-letter topic.
 
-    Window state is kept per partition with the offset it has recorded up to.
-    Before a batch is handled (outside its transaction), a partition without
-    state, or whose batch starts before that offset (read again after a
-    rollback, a failed commit or a rebalance), is rebuilt from the payments
-    before the batch's first offset.
+    The rules' state is kept per input partition in a PartitionStates (local
+    stores backed by a changelog topic, fraud_pipeline.state): restored when
+    a partition is gained, its changes committed with the routed records.
+    Only on the first start of a group whose changelog did not exist yet
+    (``replay``) is a partition's state rebuilt from the input instead.
     """
 
     def __init__(
-        self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules, replay: Replay,
-        metrics: Metrics | None = None,
+        self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
+        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None,
     ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
@@ -82,56 +87,63 @@ class Detector:
         self._dead_letters = dead_letters
         self._lines = lines
         self._rules = rules
+        self._states = states
         self._replay = replay
+        self._unreplayed: set[int] = set()
         self._engine = Engine(rules.current)
-        self._states: dict[int, WindowState] = {}
         self._metrics = metrics if metrics is not None and metrics.enabled else None
         if self._metrics is not None:
-            self._metrics.window_keys = self._states
+            self._metrics.window_keys = states.tables
             self._metrics.rules = _rule_refs(self._engine)
-        self._next_offsets: dict[int, int] = {}
-        self._evicted: dict[int, int] = {}
-        self.emit = lines.emit
-        self.discard = lines.discard
 
     def begin_batch(self, batch: Batch) -> None:
         if self._rules.refresh():
             self._use(Engine(self._rules.current))
-        if not self._engine.stateful:
-            return
-        for tp, records in batch.items():
-            if records and self._stale(tp.partition, records[0].offset):
-                self._rebuild(records[0])
+        if self._unreplayed:
+            for tp, records in batch.items():
+                if records and tp.partition in self._unreplayed:
+                    self._rebuild(records[0])
 
     def _use(self, engine: Engine) -> None:
-        ruleset = engine.ruleset
-        if not engine.stateful:
-            self._states.clear()  # nothing reads them; rebuilt if stateful rules come back
-        elif any(not state.covers(ruleset.group_fields, ruleset.retention_ms) for state in self._states.values()):
-            log.info("the new rules read more history than is held: rebuilding the windows of every partition")
-            self._states.clear()
         self._engine = engine
         if self._metrics is not None:
             self._metrics.rules = _rule_refs(engine)
 
     def partitions_assigned(self, partitions: set[int]) -> None:
-        # Windows of partitions still owned stay (their offsets tell if they must be rebuilt);
-        # those of partitions gone elsewhere are dropped.
-        for partition in set(self._states) - partitions:
-            del self._states[partition]
+        new = self._states.assigned(partitions)
+        self._unreplayed &= partitions
+        if self._replay is not None:
+            self._unreplayed |= new
+
+    # The state's side of the loop (stage.StateOwner).
+
+    def waiting(self) -> set[int]:
+        return self._states.waiting()
+
+    def restore(self, budget_s: float) -> None:
+        self._states.restore(budget_s)
+
+    def prepare_commit(self) -> None:
+        self._states.send_changes(self._send_change)
+
+    def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
+        self._output.send(topic, key, value, None, partition)
+
+    def emit(self) -> None:
+        self._states.committed()
+        self._lines.emit()
+
+    def discard(self) -> None:
+        self._states.discard()
+        self._lines.discard()
 
     def handle(self, record: Record) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
         at = event_time(payment, record.timestamp, int(time.time() * 1000))
-        state = None
-        if self._engine.stateful:
-            if self._stale(record.partition, record.offset):
-                self._rebuild(record)
-            state = self._states[record.partition]
-            self._next_offsets[record.partition] = record.offset + 1
-        decision = self._engine.decide(payment, at, state)
+        table = self._states.tables[record.partition] if self._engine.stateful else None
+        decision = self._engine.decide(payment, at, table)
         topic = self._fraud_topic if decision.fraud else self._legit_topic
         value = with_field(record.value or b"", "DECISION", decision.to_json())
         partition = self._output.partition_for(topic, record.partition)
@@ -140,27 +152,17 @@ class Detector:
         if self._metrics is not None:
             self._metrics.decided(record.timestamp, header, decision.fired)
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
-        if state is not None and state.evicted_keys != self._evicted.get(record.partition, 0):
-            self._note_evictions(record.partition, state)
-
-    def _note_evictions(self, partition: int, state: WindowState) -> None:
-        """Log the first key a partition's full windows forget, then every thousandth."""
-        before = self._evicted.get(partition, 0)
-        self._evicted[partition] = state.evicted_keys
-        if before == 0 or state.evicted_keys // 1000 > before // 1000:
-            log.warning("windows of partition %d full (%d keys): %d least recently active key(s) forgotten so far",
-                        partition, state.max_keys, state.evicted_keys)
-
-    def _stale(self, partition: int, offset: int) -> bool:
-        """Whether the windows of a partition cannot decide the record at ``offset``."""
-        return partition not in self._states or offset < self._next_offsets.get(partition, 0)
 
     def _rebuild(self, first: Record) -> None:
-        """The windows of a partition as of ``first``, from the partition's payments of the longest window before it."""
+        """The fallback when no changelog existed: a partition's state from its payments of the longest window before ``first``."""
+        assert self._replay is not None
+        self._unreplayed.discard(first.partition)
+        if not self._engine.stateful:
+            return
         started = time.monotonic()
-        state = self._engine.new_state()
+        table = self._states.tables[first.partition]
         reference = first.timestamp if first.timestamp > 0 else int(time.time() * 1000)
-        since_ms = reference - state.retention_ms - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
+        since_ms = reference - self._engine.ruleset.retention_ms - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
         count = 0
         now_ms = int(time.time() * 1000)
         for record in self._replay(first.partition, since_ms, first.offset):
@@ -168,13 +170,11 @@ class Detector:
                 payment = decode(record.value)
             except InvalidPayment:
                 continue  # dead-lettered when it was first read
-            self._engine.remember(payment, event_time(payment, record.timestamp, now_ms), state)
+            self._engine.remember(payment, event_time(payment, record.timestamp, now_ms), table)
             count += 1
-        self._states[first.partition] = state
-        self._next_offsets[first.partition] = first.offset
-        log.info(
-            "rebuilt the windows of partition %d from %d payment(s) before offset %d in %.2fs",
-            first.partition, count, first.offset, time.monotonic() - started,
+        log.warning(
+            "no changelog existed: rebuilt the state of partition %d from %d payment(s) of %s before offset %d in %.2fs",
+            first.partition, count, "the input", first.offset, time.monotonic() - started,
         )
 
 
@@ -183,14 +183,15 @@ def _rule_refs(engine: Engine) -> list[tuple[str, int, str]]:
 
 
 @contextmanager
-def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
-    """The detector's rules, caught up with the rules topic, and how to replay a payments partition."""
+def live_rules(settings: Settings, check: Callable[[RuleSet], None] = lambda ruleset: None) -> Iterator[LiveRules]:
+    """The detector's rules, caught up with the rules topic; ``check`` refuses sets this detector cannot run."""
     rules_file = require(settings.detector, "detector").rules_file
     if rules_file is None:
         baseline = ORIGINAL
     else:
         try:
             baseline = load_ruleset(rules_file)
+            check(baseline)
         except RuleError as exc:
             raise PipelineError(f"rules file refused: {exc}") from None
     rejects = Output(make_producer(settings, f"{NAME}-rules"))
@@ -203,35 +204,61 @@ def live_rules(settings: Settings) -> Iterator[tuple[LiveRules, Replay]]:
         except BatchError as exc:
             log.error("could not write the rejected rule record to %s: %s", settings.topics.rules_rejected, exc)
 
-    def replay(partition: int, since_ms: int, until_offset: int) -> Iterator[Record]:
-        return read_span(
-            settings, settings.topics.payments, partitions=[partition], since_ms=since_ms,
-            until_offsets={partition: until_offset}, client_id=f"{NAME}-replay",
-        )
-
     try:
         reader = make_topic_reader(settings, settings.topics.rules, f"{NAME}-rules")
         try:
             rules = LiveRules(baseline, reader, reject)
+            rules.check = check
             rules.catch_up()
             log.info("rules (%s, then topic %s): %s", rules_file or "original", settings.topics.rules, describe(rules.current))
-            yield rules, replay
+            yield rules
         finally:
             reader.close()
     finally:
         rejects.producer.close()
 
 
+def _replay(settings: Settings) -> Replay:
+    def replay(partition: int, since_ms: int, until_offset: int) -> Iterator[Record]:
+        return read_span(
+            settings, settings.topics.payments, partitions=[partition], since_ms=since_ms,
+            until_offsets={partition: until_offset}, client_id=f"{NAME}-replay",
+        )
+    return replay
+
+
+@contextmanager
+def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionStates]:
+    """The detector's state stores (under --state-dir), restored from ``changelog``; closed on the way out."""
+    group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
+    state_dir = require(settings.detector, "detector").state_dir
+    reader = make_groupless_consumer(settings, f"{NAME}-restore")
+    states = PartitionStates(state_dir, group_id, settings.topics.payments, changelog, reader, encode_entity, decode_entity)
+    try:
+        yield states
+    finally:
+        states.close()
+
+
 def run(settings: Settings, stop: threading.Event) -> int:
     topics = settings.topics
     prepare_topics(settings, reads=[topics.payments, topics.rules],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
+    group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
+    changelog = changelog_topic(group_id, topics.payments)
+    created = prepare_changelog(settings, topics.payments, changelog)
+    limits = retention_limits(settings, topics.payments, changelog, replaying=created)
     metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
-    with live_rules(settings) as (rules, replay):
+    with live_rules(settings, limits.check) as rules, partition_states(settings, changelog) as states:
+        if created:
+            log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the input "
+                        "this once (their state is then in the changelog)", changelog)
+        replay = _replay(settings) if created else None
         return run_stage(
             settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
-            make_handler=lambda output, dead_letters, lines: Detector(output, settings, dead_letters, lines, rules, replay, metrics),
+            make_handler=lambda output, dead_letters, lines: Detector(
+                output, settings, dead_letters, lines, rules, states, replay, metrics),
             metrics=metrics,
         )
 

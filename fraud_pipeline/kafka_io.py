@@ -110,14 +110,14 @@ def _client(build: Callable[[Backend], Consumer], settings: Settings) -> Consume
         raise PipelineError(str(exc)) from None
 
 
-def _groupless_consumer(settings: Settings, client_id: str) -> Consumer:
+def make_groupless_consumer(settings: Settings, client_id: str) -> Consumer:
     """A read_committed consumer outside any group, for partitions assigned by hand: commits nothing."""
     return _client(lambda b: b.consumer(client_id, None, max_records=MAX_POLL_RECORDS), settings)
 
 
 def make_topic_reader(settings: Settings, topic: str, client_id: str) -> Consumer:
     """A consumer of every partition of ``topic`` from its beginning, outside any group (the rules topic)."""
-    consumer = _groupless_consumer(settings, client_id)
+    consumer = make_groupless_consumer(settings, client_id)
     partitions = _existing_partitions(consumer, topic, settings)
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     try:
@@ -147,7 +147,7 @@ def read_span(
     topic had when the call began. Uses no consumer group: nothing is committed.
     PipelineError if no record comes for ``stall_timeout_s`` before the end.
     """
-    consumer = _groupless_consumer(settings, client_id)
+    consumer = make_groupless_consumer(settings, client_id)
     try:
         known = _existing_partitions(consumer, topic, settings)
         tps = [TopicPartition(topic, p) for p in sorted(known if partitions is None else set(partitions) & known)]

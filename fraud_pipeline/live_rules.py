@@ -43,6 +43,8 @@ class LiveRules:
         self._checked_at = 0.0
         self.applied = 0
         self.rejected = 0
+        self.check: Callable[[RuleSet], None] = lambda ruleset: None
+        """Raises RuleError for a set this detector cannot run (e.g. a window longer than its topics keep)."""
 
     def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
         """Apply every record the topic holds now (at start-up, before the first payment)."""
@@ -78,7 +80,9 @@ class LiveRules:
     def apply(self, record: Record) -> None:
         """Apply one record of the rules topic to the current set, or reject it."""
         try:
-            self.current = _applied(self.current, record)
+            changed = _applied(self.current, record)
+            self.check(changed)
+            self.current = changed
         except Exception as exc:  # a record on the topic, whatever it holds, must not stop the detector
             reason = str(exc) if isinstance(exc, RuleError) else f"unreadable rule record: {type(exc).__name__}: {exc}"
             self.rejected += 1

@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicSpec
 from .config import Settings, TopicSettings, build_parser, settings_from_args
 from .errors import PipelineError
 from .kafka_io import connect, retrying
+from .rules import RuleError, RuleSet
 from .runtime import cli_main, setup_logging
 
 # The logger these functions always logged under ("created topic ..."): log lines stay as they were.
@@ -160,6 +162,72 @@ def describe_topics(settings: Settings, names: list[str]) -> dict[str, tuple[int
     finally:
         admin.close()
     return {name: (len(parts), len(parts[0].replicas) if parts else 0) for name, parts in found.items()}
+
+
+def prepare_changelog(settings: Settings, source_topic: str, changelog: str) -> bool:
+    """Create the compacted changelog of a stage's state over ``source_topic`` if missing; True if it was created now.
+
+    PipelineError when it exists with another partition count than its input: each
+    changelog partition holds the state of the input partition of the same number.
+    """
+    layout = describe_topics(settings, [source_topic, changelog])
+    partitions = layout[source_topic][0]
+    if changelog in layout:
+        if layout[changelog][0] != partitions:
+            raise PipelineError(
+                f"changelog {changelog} has {layout[changelog][0]} partitions but its input {source_topic} has {partitions}: "
+                "each changelog partition holds the state of one input partition. After re-partitioning the input, "
+                f"delete {changelog} and the detectors' state folders (the state then starts afresh)"
+            )
+        return False
+    spec = TopicSpec(changelog, partitions, settings.topics.replication_factor,
+                     min(settings.topics.min_insync_replicas, settings.topics.replication_factor), compacted=True)
+    created = ensure_topics(settings, [spec], {changelog: "read and write"})[changelog] == "created"
+    if created:
+        log.info("created topic %s (compacted, %d partitions like %s)", changelog, partitions, source_topic)
+    return created
+
+
+def _retention_ms(configs: Mapping[str, str]) -> int | None:
+    """How long a topic keeps records (ms), None when it keeps them (or, compacted, each key's last) without limit."""
+    if "delete" not in configs.get("cleanup.policy", "delete"):
+        return None
+    retention = int(configs.get("retention.ms", "-1"))
+    return None if retention < 0 else retention
+
+
+@dataclass(frozen=True)
+class RetentionLimits:
+    """The longest history a rule set may read: what the changelog keeps (and the input, while the state is rebuilt from it)."""
+
+    changelog: str
+    changelog_ms: int | None
+    source: str
+    source_ms: int | None
+    replaying: bool
+
+    def check(self, ruleset: RuleSet) -> None:
+        """RuleError naming the rule whose window is longer than a topic it depends on keeps."""
+        limits = [(self.changelog, self.changelog_ms)] + ([(self.source, self.source_ms)] if self.replaying else [])
+        for rule in ruleset.active:
+            for topic, kept_ms in limits:
+                if kept_ms is not None and rule.window_ms > kept_ms:
+                    raise RuleError("", f"its window of {rule.window_ms / 1000:g}s is longer than topic {topic} keeps "
+                                        f"(retention.ms={kept_ms}): raise the topic's retention.ms, or shorten the window",
+                                    rule.id)
+
+
+def retention_limits(settings: Settings, source_topic: str, changelog: str, *, replaying: bool) -> RetentionLimits:
+    """What the changelog and the input keep, read from the cluster."""
+    admin = _admin(settings)
+    try:
+        configs = retrying(lambda: admin.topic_configs([source_topic, changelog]))
+    except ClientError as exc:
+        raise PipelineError(f"cannot read the configuration of {source_topic} and {changelog}: {exc}") from None
+    finally:
+        admin.close()
+    return RetentionLimits(changelog, _retention_ms(configs.get(changelog, {})), source_topic,
+                           _retention_ms(configs.get(source_topic, {})), replaying)
 
 
 @cli_main

@@ -56,6 +56,9 @@ class Consumer(Protocol):
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop fetching these partitions."""
 
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch these paused partitions again."""
+
     def group_metadata(self) -> object:
         """The group's metadata for ``Producer.send_offsets_to_transaction``."""
 
@@ -128,6 +131,9 @@ class Admin(Protocol):
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics (those missing are ignored)."""
+
+    def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Each named topic's effective configuration (defaults included); topics missing are left out."""
 
     def create_acls(self, acls: Iterable[Acl]) -> None:
         """Add ALLOW entries (those that exist already stay as they are); the cluster needs an authorizer."""

@@ -24,6 +24,7 @@ from confluent_kafka.admin import (
     AclOperation,
     AclPermissionType,
     AdminClient,
+    ConfigResource,
     NewTopic,
     ResourcePatternType,
     ResourceType,
@@ -286,6 +287,9 @@ class Consumer:
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._consumer.pause([RdTP(tp.topic, tp.partition) for tp in partitions])
 
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume([RdTP(tp.topic, tp.partition) for tp in partitions])
+
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
@@ -531,6 +535,20 @@ class Admin:
                    for p in sorted(topics[name].partitions.values(), key=lambda p: p.id)]
             for name in names if name in topics
         }
+
+    def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        present = self.list_topics()
+        wanted = [ConfigResource(ResourceType.TOPIC, n) for n in names if n in present]
+        if not wanted:
+            return {}
+        configs = {}
+        for resource, future in self._admin.describe_configs(wanted, request_timeout=30).items():
+            try:
+                entries = future.result()
+            except KafkaException as exc:
+                raise classify(exc, f"describe the configs of topic {resource.name}") from exc
+            configs[resource.name] = {key: str(entry.value) for key, entry in entries.items()}
+        return configs
 
     def delete_topics(self, names: Iterable[str]) -> None:
         doomed = [n for n in names if n in self.list_topics()]

@@ -16,7 +16,17 @@ from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
-from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, NewTopic, ResourcePattern, ResourceType
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ConfigResource,
+    ConfigResourceType,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
@@ -290,6 +300,9 @@ class Consumer:
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._consumer.pause(*_kafka_tps(partitions))
 
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume(*_kafka_tps(partitions))
+
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
 
@@ -477,6 +490,23 @@ class Admin:
                     key=lambda info: info.partition,
                 )
         return described
+
+    def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        present = self.list_topics()
+        wanted = [n for n in names if n in present]
+        if not wanted:
+            return {}
+        try:
+            found = self._admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted], config_filter="all",
+            )
+        except kerr.KafkaError as exc:
+            raise classify(exc, "describe topic configs") from exc
+        topics = found.get("TOPIC", found.get(ConfigResourceType.TOPIC, {}))
+        return {
+            name: {key: str(entry.get("value") if isinstance(entry, dict) else entry) for key, entry in configs.items()}
+            for name, configs in topics.items()
+        }
 
     def delete_topics(self, names: Iterable[str]) -> None:
         present = self.list_topics()

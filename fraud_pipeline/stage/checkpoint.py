@@ -15,7 +15,7 @@ import time
 from ..clients import Batch, ClientError, Consumer, FatalError, TopicPartition
 from ..errors import PipelineError
 from .delivery import Delivery
-from .handler import RecordHandler
+from .handler import RecordHandler, StateOwner
 from .output import BatchError
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
@@ -48,6 +48,7 @@ class Checkpoint:
     ) -> None:
         self._consumer = consumer
         self._handler = handler
+        self._state = handler if isinstance(handler, StateOwner) else None
         self._delivery = delivery
         self._stop = stop
         self._interval_s = interval_s
@@ -105,6 +106,8 @@ class Checkpoint:
 
     def commit(self) -> None:
         """Make what is pending durable and commit its offsets; BatchError or ClientError leaves it pending, to roll back."""
+        if self._state is not None:
+            self._state.prepare_commit()
         self._delivery.complete(self._consumer, dict(self.next), self._handler.emit)
         self._clear()
         self.failures = 0

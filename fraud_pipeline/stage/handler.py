@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
 from ..clients import Batch, Record
 from ..payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
@@ -29,6 +29,26 @@ class RecordHandler(Protocol):
 
     def discard(self) -> None:
         """What was handled was rolled back: forget its buffered lines."""
+
+
+@runtime_checkable
+class StateOwner(Protocol):
+    """A handler that keeps state per source partition, backed by a changelog (the detector).
+
+    The loop pauses the partitions ``waiting`` names (their state is being
+    restored), calls ``restore`` between polls until they are ready, and
+    ``prepare_commit`` before each commit, so that the commit carries the
+    state's changes with the records they came from.
+    """
+
+    def waiting(self) -> set[int]:
+        """Source partitions whose records cannot be handled yet."""
+
+    def restore(self, budget_s: float) -> None:
+        """Work on restoring the waiting partitions for at most ``budget_s``."""
+
+    def prepare_commit(self) -> None:
+        """Send the state's changes since the last commit (the commit makes them durable with the records)."""
 
 
 class LineBuffer:

@@ -6,17 +6,19 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..clients import ClientError, Consumer, FatalError, TopicPartition
+from ..clients import Batch, ClientError, Consumer, FatalError, TopicPartition
 from ..errors import PipelineError
 from ..kafka_io import MAX_POLL_RECORDS
 from ..metrics import Metrics
 from .checkpoint import Checkpoint
 from .delivery import Delivery
-from .handler import RecordHandler
+from .handler import RecordHandler, StateOwner
 from .output import BatchError
 
 POLL_TIMEOUT_S = 0.5
 """How long one poll may block: also the longest a stop request waits."""
+RESTORE_STEP_S = 0.2
+"""While partitions' state is restoring: how long each restore step between two polls may take."""
 
 
 class Assignment:
@@ -92,11 +94,22 @@ def _loop(
     metrics: Metrics | None,
 ) -> str:
     last_record_at = time.monotonic()
+    state = handler if isinstance(handler, StateOwner) else None
+    paused: set[TopicPartition] = set()
     while not stop.is_set():
+        waiting = state.waiting() if state is not None else set()
         try:
-            batch = consumer.poll(checkpoint.poll_timeout(POLL_TIMEOUT_S), MAX_POLL_RECORDS)
+            if waiting or paused:
+                paused = _pause_waiting(consumer, waiting, paused)
+            batch = consumer.poll(0.0 if waiting else checkpoint.poll_timeout(POLL_TIMEOUT_S), MAX_POLL_RECORDS)
+            if state is not None and batch:
+                batch = _hold_back(consumer, batch, state.waiting(), paused)
         except FatalError as exc:
             raise PipelineError(str(exc)) from exc
+        if waiting:
+            assert state is not None
+            state.restore(RESTORE_STEP_S)
+            last_record_at = time.monotonic()  # restoring is not idleness
         last_polled_at = time.monotonic()
         if metrics is not None and metrics.lag_due():
             _note_lag(consumer, metrics)
@@ -128,6 +141,33 @@ def _loop(
                 return "idle timeout"
     checkpoint.commit_last()  # a stop request: commit what was handled
     return "stopped"
+
+
+def _pause_waiting(consumer: Consumer, waiting: set[int], paused: set[TopicPartition]) -> set[TopicPartition]:
+    """Pause the assigned partitions that are waiting for their state, resume those no longer waiting; the paused set."""
+    assigned = consumer.assignment()
+    want = {tp for tp in assigned if tp.partition in waiting}
+    still = paused & assigned  # a rebalance forgets pauses: partitions gone, or assigned afresh, are not paused
+    if want - still:
+        consumer.pause(want - still)
+    if still - want:
+        consumer.resume(still - want)
+    return want
+
+
+def _hold_back(consumer: Consumer, batch: Batch, waiting: set[int], paused: set[TopicPartition]) -> Batch:
+    """The batch without records of partitions waiting for their state: those are read again once it is restored.
+
+    A rebalance inside the poll may hand over a partition and return its first records at once.
+    """
+    held = [tp for tp in batch if tp.partition in waiting]
+    if not held:
+        return batch
+    for tp in held:
+        consumer.seek(tp, batch[tp][0].offset)
+    consumer.pause(held)
+    paused.update(held)
+    return {tp: records for tp, records in batch.items() if tp.partition not in waiting}
 
 
 def _note_lag(consumer: Consumer, metrics: Metrics) -> None:

@@ -1,0 +1,103 @@
+"""The local store of one input partition's state: an embedded RocksDB (rocksdict), on disk.
+
+It holds only what Kafka has committed: the stage writes to it after each
+commit (the changelog records and the input offsets first, then the store),
+in one atomic write batch with the changelog offset the store is known to
+cover. That offset is a lower bound: replaying the changelog from it again is
+harmless, since each changelog record is a key's whole value.
+
+Why RocksDB: bench/store_choice.py measures it against LMDB on a million keys
+(docs/performance.md, "The state store").
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch
+
+from ..errors import PipelineError
+
+OFFSET_KEY = b"\xff\xffchangelog.offset"
+"""The changelog offset the store covers; ``\\xff`` keys are the store's own (entities never start with it)."""
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+"""Memtable size per partition: what one partition's store may hold in memory before it writes a file."""
+LOCK_WAIT_S = 30.0
+"""How long to wait for another process on this machine to let go of a partition's store (a hand-over)."""
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(2)
+    options.set_max_background_jobs(1)
+    return options
+
+
+class PartitionStore:
+    """Keys and values (bytes) of one partition, with the changelog offset they cover."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = _open(path)
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._db.get(key)
+        return value if value is None else bytes(value)
+
+    def changelog_offset(self) -> int:
+        """The changelog offset up to which the store is known to hold every change (0 for a new store)."""
+        raw = self._db.get(OFFSET_KEY)
+        return int(raw) if raw else 0
+
+    def write(self, changes: Mapping[bytes, bytes | None], changelog_offset: int | None = None) -> None:
+        """Apply ``changes`` (None deletes) and, if given, the new changelog offset, atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if changelog_offset is not None:
+            batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        self._db.write(batch)
+
+    def items(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Entries from ``start`` in key order (the store's own keys left out)."""
+        iterator = self._db.iter()
+        iterator.seek(start)
+        while iterator.valid():
+            key = bytes(iterator.key())
+            if key.startswith(b"\xff\xff"):
+                break
+            yield key, bytes(iterator.value())
+            iterator.next()
+
+    def approximate_keys(self) -> int:
+        """RocksDB's estimate of the keys held."""
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def wipe(self) -> None:
+        """Forget everything: the store is rebuilt from the whole changelog."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = _open(self.path)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _open(path: Path) -> Rdict:
+    path.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return Rdict(str(path), _options(), access_type=AccessType.read_write())
+        except Exception as exc:  # rocksdict raises plain Exception with RocksDB's message
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise PipelineError(f"cannot open the state store {path}: {exc}") from None
+            time.sleep(0.2)

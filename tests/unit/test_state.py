@@ -1,0 +1,239 @@
+"""The state stores and their changelog, against an in-memory changelog log with Kafka's transaction semantics.
+
+The property: whatever the crash, abort and rebalance points, the state a
+partition is restored to (from the changelog alone, or from its local store
+and the changelog's tail) equals the state of an uninterrupted run, and the
+decisions after it are identical.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraud_pipeline.clients import Record, TopicPartition
+from fraud_pipeline.payment import Payment
+from fraud_pipeline.rules import Decision, Engine, MemoryTable, decode_entity, encode_entity, parse_ruleset
+from fraud_pipeline.state import PartitionStates, PartitionStore
+from fraud_pipeline.state.changelog import Restorer
+
+TOPIC = "g-payments-changelog"
+RULES = parse_ruleset({
+    "threshold": 1,
+    "rules": [
+        {"id": "burst", "aggregate": {"function": "count", "group_by": "ACCOUNT", "window_s": 60, "op": ">", "value": 3}},
+        {"id": "day", "aggregate": {"function": "sum", "field": "AMOUNT", "group_by": "ACCOUNT", "window_s": 86400,
+                                    "op": ">", "value": 400}},
+        {"id": "payees", "aggregate": {"function": "distinct", "field": "TO", "group_by": "ACCOUNT", "window_s": 3600,
+                                       "op": ">=", "value": 3}},
+        {"id": "probe", "sequence": {"group_by": "ACCOUNT", "within_s": 120, "first": {"field": "AMOUNT", "op": "<", "value": 5},
+                                     "then": {"field": "AMOUNT", "op": ">=", "value": 90}}},
+    ],
+})
+
+
+class ChangelogLog:
+    """The changelog partitions as a read_committed reader sees them: records of committed transactions only."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.open: dict[int, list[tuple[bytes, bytes | None]]] = {}
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
+        assert topic == TOPIC and key is not None
+        self.open.setdefault(partition, []).append((key, value))
+
+    def commit(self) -> None:
+        for partition, records in self.open.items():
+            self.records.setdefault(partition, []).extend(records)
+        self.open.clear()
+
+    def abort(self) -> None:
+        self.open.clear()
+
+
+class LogReader:
+    """A groupless consumer of ChangelogLog (the seam's calls a Restorer makes)."""
+
+    def __init__(self, log: ChangelogLog) -> None:
+        self._log = log
+        self._positions: dict[TopicPartition, int] = {}
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._positions = dict(offsets)
+
+    def poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        batch = {}
+        for tp, position in self._positions.items():
+            records = self._log.records.get(tp.partition, [])[position:position + 7]  # small chunks: many steps
+            if records:
+                batch[tp] = [Record(tp.topic, tp.partition, position + i, k, v, (), 0) for i, (k, v) in enumerate(records)]
+                self._positions[tp] = position + len(records)
+        return batch
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._positions.get(tp, 0)
+
+    def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        return {tp: (0, len(self._log.records.get(tp.partition, []))) for tp in partitions}
+
+    def close(self) -> None:
+        pass
+
+
+def payments(seed: int, count: int) -> list[tuple[Payment, int]]:
+    rng = random.Random(seed)
+    at = 1_700_000_000_000
+    out = []
+    for n in range(count):
+        at += rng.choice((100, 2_000, 30_000, 600_000))
+        out.append((Payment("01/01/2024", "00:00:00", "VISA", rng.choice((1, 3, 40, 95, 200)), rng.choice(("me", "mom", "x", "y")),
+                            f"p{n}", f"ACC{rng.randrange(4)}", at), at))
+    return out
+
+
+def states(folder: Path, log: ChangelogLog) -> PartitionStates:
+    return PartitionStates(folder, "g", "payments", TOPIC, LogReader(log), encode_entity, decode_entity)  # type: ignore[arg-type]
+
+
+def restored(states_: PartitionStates) -> None:
+    while states_.waiting():
+        states_.restore(1.0)
+
+
+def snapshot(store: PartitionStore) -> dict[bytes, bytes]:
+    return dict(store.items())
+
+
+def reference(stream: list[tuple[Payment, int]]) -> tuple[list[Decision], dict[bytes, bytes]]:
+    engine = Engine(RULES)
+    table = MemoryTable(round_trip=True)
+    decisions = [engine.decide(payment, at, table) for payment, at in stream]
+    return decisions, {key: encode_entity(value) for key, value in table.items()}
+
+
+Step = tuple[str, int]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    steps=st.lists(st.tuples(st.sampled_from(["commit", "abort", "crash-in-transaction", "crash", "crash-and-lose-store", "rebalance"]),
+                             st.integers(1, 12)), min_size=1, max_size=12),
+)
+def test_restored_state_and_decisions_equal_an_uninterrupted_run(tmp_path_factory: pytest.TempPathFactory, seed: int,
+                                                                 steps: list[Step]) -> None:
+    folder = tmp_path_factory.mktemp("state")
+    stream = payments(seed, sum(n for _, n in steps) + 20)
+    expected_decisions, expected_state = reference(stream)
+    log = ChangelogLog()
+    engine = Engine(RULES)
+    current = states(folder, log)
+    current.assigned({0})
+    restored(current)
+    decided: dict[int, Decision] = {}
+    committed = 0  # the input offset committed with the changelog
+    for action, n in [*steps, ("commit", len(stream))]:
+        batch = stream[committed:committed + n]
+        for offset, (payment, at) in enumerate(batch, committed):
+            decided[offset] = engine.decide(payment, at, current.tables[0])
+        current.send_changes(log.send)
+        if action == "abort":
+            log.abort()
+            current.discard()
+            restored(current)
+            continue
+        if action == "crash-in-transaction":
+            # kill -9 with the transaction open: the next producer with the transactional id aborts it
+            log.abort()
+            current.tables[0].store.close()
+            current = states(folder, log)
+            current.assigned({0})
+            restored(current)
+            continue
+        log.commit()  # the transaction: changes and input offsets together
+        committed += len(batch)
+        if action.startswith("crash"):
+            # kill -9 after the commit, before the local store was written: a new process starts over
+            current.tables[0].store.close()
+            if action == "crash-and-lose-store":
+                shutil.rmtree(folder / "g")
+            current = states(folder, log)
+            current.assigned({0})
+            restored(current)
+            continue
+        current.committed()
+        if action == "rebalance":
+            current.assigned(set())
+            current.assigned({0})
+            restored(current)
+    assert committed == len(stream)
+    assert [decided[i] for i in range(len(stream))] == expected_decisions
+    assert snapshot(current.tables[0].store) == expected_state
+    current.close()
+
+
+def test_a_store_is_never_ahead_of_kafka_and_an_abort_undoes_only_what_it_touched(tmp_path: Path) -> None:
+    log = ChangelogLog()
+    current = states(tmp_path, log)
+    current.assigned({0, 1})
+    restored(current)
+    engine = Engine(RULES)
+    stream = payments(1, 6)
+    for payment, at in stream[:3]:
+        engine.decide(payment, at, current.tables[0])
+    current.send_changes(log.send)
+    log.commit()
+    current.committed()
+    before = snapshot(current.tables[0].store)
+    assert before and not snapshot(current.tables[1].store)
+    for payment, at in stream[3:]:
+        engine.decide(payment, at, current.tables[0])
+    current.send_changes(log.send)
+    assert snapshot(current.tables[0].store) == before  # sent, not committed: the store waits
+    log.abort()
+    current.discard()
+    restored(current)
+    assert snapshot(current.tables[0].store) == before
+    assert len(log.records[0]) == len(before)
+    current.close()
+
+
+def test_restore_reads_only_the_changelog_tail_past_the_local_store(tmp_path: Path) -> None:
+    log = ChangelogLog()
+    first = states(tmp_path, log)
+    first.assigned({2})
+    restored(first)
+    engine = Engine(RULES)
+    for payment, at in payments(2, 30):
+        engine.decide(payment, at, first.tables[2])
+        first.send_changes(log.send)
+        log.commit()
+        first.committed()
+    first.close()  # a clean stop records the changelog offset the store covers
+    again = states(tmp_path, log)
+    again.assigned({2})
+    assert not again.waiting() and again.restored[2] == (0, 0.0)
+    again.close()
+    shutil.rmtree(tmp_path / "g")
+    lost = states(tmp_path, log)
+    lost.assigned({2})
+    restored(lost)
+    assert lost.restored[2][0] == len({k for k, _ in log.records[2]})
+    lost.close()
+
+
+def test_a_store_ahead_of_its_changelog_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = PartitionStore(tmp_path / "p")
+    store.write({b"ACCOUNT=A": b"stale"}, 50)
+    restorer = Restorer(LogReader(ChangelogLog()), TOPIC)  # type: ignore[arg-type]
+    assert restorer.start(0, store)
+    assert dict(store.items()) == {} and store.changelog_offset() == 0
+    assert "ahead of changelog" in caplog.text
+    store.close()
