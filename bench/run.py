@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import state as state_bench
 from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
 from fraud_pipeline.clients.confluent import security_config as confluent_security
@@ -355,11 +356,12 @@ def child_detector(args: argparse.Namespace) -> Progress:
         Settings,
         TopicSettings,
     )
-    from fraud_pipeline.detector import Detector, live_rules
+    from fraud_pipeline.detector import Detector, live_rules, partition_states
+    from fraud_pipeline.state import changelog_topic
     from fraud_pipeline.metrics import start as start_metrics
     from fraud_pipeline.runtime import Summary, setup_logging
     from fraud_pipeline.stage import run_stage
-    from fraud_pipeline.topics import ensure_topics, pipeline_topics
+    from fraud_pipeline.topics import ensure_topics, pipeline_topics, prepare_changelog
 
     setup_logging("bench")
     metrics_port = _free_port() if args.metrics else 0
@@ -370,7 +372,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
         create_topics=False,
         consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
         delivery=DeliverySettings(guarantee=args.guarantee),
-        detector=DetectorSettings(rules_file=args.rules_file),
+        detector=DetectorSettings(rules_file=args.rules_file, state_dir=tempfile.mkdtemp(prefix="bench-state-")),
         metrics=MetricsSettings(port=metrics_port),
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
@@ -387,6 +389,9 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.batch = 0
             self.begin_batch = inner.begin_batch
             self.partitions_assigned = inner.partitions_assigned
+            self.waiting = inner.waiting
+            self.restore = inner.restore
+            self.prepare_commit = inner.prepare_commit
 
         def handle(self, record: Any) -> None:
             self.inner.handle(record)
@@ -403,10 +408,12 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.inner.discard()
             self.batch = 0
 
-    with live_rules(settings) as (rules, replay):
+    changelog = changelog_topic(args.group, args.topic)
+    prepare_changelog(settings, args.topic, changelog)
+    with live_rules(settings) as rules, partition_states(settings, changelog) as states:
         status = run_stage(
             settings, name="fraud_detector", source_topic=args.topic, stop=stop, summary=Summary("bench-detector", "payments"),
-            make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, replay, metrics)),
+            make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, states, None, metrics)),
             metrics=metrics,
         )
     if status:
@@ -824,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured seconds of each latency run, after a 10 s warm-up (default 60; 0 skips)")
     parser.add_argument("--latency-rate", type=float, default=1000.0,
                         help="payments per second of the latency runs, both clients (default 1000)")
+    parser.add_argument("--state-keys", type=int, default=1_000_000,
+                        help="accounts in the state store's restore and memory run (bench/state.py; default 1000000, 0 skips)")
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=(KAFKA_PYTHON, CONFLUENT), default=KAFKA_PYTHON, help=argparse.SUPPRESS)
@@ -891,13 +900,20 @@ def main(argv: list[str] | None = None) -> int:
         for kind in LATENCY_KINDS:
             latency[kind], paced[kind] = latency_run(args.bootstrap, kind, rate_lat, args.latency_seconds)
         floor = java_latency(args.bootstrap, rate_lat, min(args.latency_seconds, 30), record_size)
+    state = state_bench.measure(args.bootstrap, args.state_keys) if args.state_keys > 0 else {}
     ratios = compute_ratios(rate, latency, floor)
+    if "detector_alo" in rate:
+        ratios["confluent_rules_vs_alo_no_rules"] = rate["confluent_detector_rules"] / rate["confluent_detector_alo"]
+        ratios["rules_vs_alo_no_rules"] = rate["detector_rules"] / rate["detector_alo"]
     print(throughput_table(medians, {"ProducerPerformance": java["kafka_producer_perf"],
                                      "ConsumerPerformance": java["kafka_consumer_perf"]}))
     if floor is not None:
         print("\n" + latency_table(rate_lat, latency, paced, floor))
     print("\n" + ratio_table(ratios))
+    if state:
+        print("\nstate store, " + ", ".join(f"{k}={v:,.2f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in state.items()))
     report: dict[str, Any] = {f"{name}_msgs_per_s": rate[name] for name in SCENARIOS}
+    report |= state
     report |= {
         "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
         "kafka_consumer_perf_msgs_per_s": java["kafka_consumer_perf"],

@@ -76,8 +76,9 @@ class Restorer:
         marks = (retrying if retry else _once)(lambda: self._reader.watermarks(tps, METADATA_TIMEOUT_S))
         return {tp.partition: mark for tp, mark in marks.items()}
 
-    def start(self, partition: int, store: PartitionStore) -> bool:
-        """Begin restoring ``store``; True when it is already complete (nothing to read)."""
+    def start(self, partition: int, store: PartitionStore, started: float | None = None) -> bool:
+        """Begin restoring ``store`` (opened at ``started``, time.monotonic); True when it is already complete."""
+        started = time.monotonic() if started is None else started
         local = store.changelog_offset()
         try:
             first, end = self.ends([partition])[partition]
@@ -91,13 +92,13 @@ class Restorer:
             local = 0
         start = max(local, first)
         if start >= end:
-            self.restored[partition] = (0, 0.0)
             if local < end:
                 store.write({}, end)
+            self._ready(partition, 0, started)
             return True
         log.info("restoring partition %d: changelog %s offsets %d to %d (local store at %d)",
                  partition, self._topic, start, end, local)
-        self._pending[partition] = _Restoring(store, start, end, time.monotonic())
+        self._pending[partition] = _Restoring(store, start, end, started)
         self._assign()
         return False
 
@@ -131,10 +132,7 @@ class Restorer:
                     position = self._reader.position(TopicPartition(self._topic, partition))
                     if max(position, restoring.position) >= restoring.end:
                         restoring.store.write({}, restoring.end)
-                        took = time.monotonic() - restoring.started
-                        self.restored[partition] = (restoring.records, took)
-                        log.info("restored partition %d: %d change(s) from changelog %s in %.2fs",
-                                 partition, restoring.records, self._topic, took)
+                        self._ready(partition, restoring.records, restoring.started)
                         del self._pending[partition]
                         done.add(partition)
                 if done:
@@ -143,6 +141,11 @@ class Restorer:
         except ClientError as exc:
             log.warning("restoring from %s: %s (trying again)", self._topic, exc)
         return done
+
+    def _ready(self, partition: int, records: int, started: float) -> None:
+        took = time.monotonic() - started
+        self.restored[partition] = (records, took)
+        log.info("partition %d ready: %d change(s) from changelog %s in %.2fs", partition, records, self._topic, took)
 
     def _assign(self) -> None:
         self._reader.assign({TopicPartition(self._topic, p): r.position for p, r in self._pending.items()})

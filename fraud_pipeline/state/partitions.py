@@ -75,9 +75,10 @@ class PartitionStates:
             self._sent.pop(partition, None)
         new = partitions - set(self.tables)
         for partition in sorted(new):
+            started = time.monotonic()
             store = PartitionStore(self.folder / f"{_safe(self.source_topic)}-{partition}")
             self.tables[partition] = PartitionTable(partition, store, self._encode, self._decode)
-            self._restorer.start(partition, store)
+            self._restorer.start(partition, store, started)
         return new
 
     def waiting(self) -> set[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import shutil
 import threading
 import time
 import uuid
@@ -126,14 +128,19 @@ def test_velocity_state_survives_a_restart(pipeline: Pipeline, raw_producer: Kaf
     accounts = [f"ACC-R{n:02d}" for n in range(12)]
     first = [payment(a) for a in accounts for _ in range(2)]
     send(raw_producer, pipeline.topics.payments, first)
-    pipeline.run("fraud_detector", "--rules", str(rules), "--idle-timeout", "3", "--quiet", group="detector")
-    # A new process: its windows are empty until it rebuilds them from the topic.
+    state = tmp_path / "state"
+    args = ("--rules", str(rules), "--idle-timeout", "3", "--quiet", "--state-dir", str(state))
+    pipeline.run("fraud_detector", *args, group="detector")
+    # A new process on a new machine (no local store): the state comes back from the changelog, not from the input.
+    shutil.rmtree(state)
     third = [payment(a) for a in accounts]
     fourth = [payment(a) for a in accounts]
     send(raw_producer, pipeline.topics.payments, third + fourth)
-    again = pipeline.run("fraud_detector", "--rules", str(rules), "--idle-timeout", "3", "--quiet", group="detector")
+    again = pipeline.run("fraud_detector", *args, group="detector")
     assert summary_count(again.stderr, "fraud_detector") == 24
-    assert "rebuilt the windows of partition" in again.stderr
+    restored = [int(n) for n in re.findall(r"partition \d+ ready: (\d+) change\(s\) from changelog", again.stderr)]
+    assert len(restored) == pipeline.topics.payments_partitions and sum(restored) >= len(accounts), again.stderr[-3000:]
+    assert "rebuilt the state" not in again.stderr
 
     decided = routed(pipeline)
     assert not any(decided[p.payment_id or ""][0] for p in first + third)
@@ -150,7 +157,8 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
     rules.write_text(BURST_RULES)
     accounts = [f"ACC-B{n:02d}" for n in range(12)]
     args = ("--rules", str(rules), "--idle-timeout", "10", "--quiet", "--guarantee", "at-least-once")
-    first_detector = pipeline.start("fraud_detector", *args, group="shared")
+    # Two machines: each detector its own state folder, so the second restores what it takes over from the changelog.
+    first_detector = pipeline.start("fraud_detector", *args, "--state-dir", str(tmp_path / "a"), group="shared")
     second_detector = None
     try:
         wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=1)
@@ -158,7 +166,7 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
         send(raw_producer, pipeline.topics.payments, early)
         wait_routed(pipeline, len(early))
         # The second detector takes over half of the partitions, and with them accounts it never saw.
-        second_detector = pipeline.start("fraud_detector", *args, group="shared")
+        second_detector = pipeline.start("fraud_detector", *args, "--state-dir", str(tmp_path / "b"), group="shared")
         wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
         late = [payment(a) for a in accounts]
         send(raw_producer, pipeline.topics.payments, late)
@@ -167,7 +175,8 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
         outputs = [proc.communicate(timeout=90) for proc in (first_detector, second_detector) if proc is not None]
     handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
     assert len(handled) == 2 and handled[1] > 0, f"the second detector got no payments: {handled}"
-    assert "rebuilt the windows of partition" in outputs[1][1]
+    moved = [int(n) for n in re.findall(r"partition \d+ ready: (\d+) change\(s\) from changelog", outputs[1][1])]
+    assert moved and sum(moved) > 0, outputs[1][1][-3000:]
     # Each payment sent was routed once, across the rebalance: none lost, none twice.
     routed_ids = Counter(json.loads(r.value)["PAYMENT_ID"] for topic in (pipeline.topics.fraud, pipeline.topics.legit)
                          for r in read_topic(pipeline.bootstrap, topic))

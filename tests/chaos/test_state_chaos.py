@@ -1,0 +1,165 @@
+"""The rules' state survives: 24 h windows over 100,000 accounts of history, a detector killed, another taking over.
+
+Each client on its own pipeline, both at once. The input is written first
+(a day of history for every account, then the live payments), so every run
+reads the same records in the same order. A reference detector decides them
+all without interruption; then, on the same input:
+
+- one detector is killed (kill -9) inside an open transaction and started
+  again on its local store, then killed again and started without it (the
+  changelog alone): every payment's ``decision`` header and reasons equal the
+  reference's, none lost, none twice;
+- two detectors share the group, each with its own state folder (two
+  machines); one is killed: the survivor restores the moved partitions from
+  the changelog, and its decisions match the reference's too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import random
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fraud_pipeline.clients import CONFLUENT, backend
+from fraud_pipeline.clients.security import Security
+from fraud_pipeline.payment import Payment, encode, seoul_date_time
+from tests.chaos.test_chaos import committed_total, finish, wait_for_open_transaction, wait_for_progress
+from tests.integration.conftest import Pipeline, for_each_client, read_topic
+
+pytestmark = [pytest.mark.chaos, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+
+ACCOUNTS = 100_000
+LIVE = 12_000
+LIVE_ACCOUNTS = 1_500
+DAY_MS = 24 * 3600 * 1000
+RULES = Path(__file__).with_name("day_rules.yaml")
+COMMIT_INTERVAL_MS = "1000"
+
+
+def history_and_live(seed: int) -> Iterator[Payment]:
+    """One payment per account spread over the last 23 h (in time order), then LIVE payments of the first LIVE_ACCOUNTS."""
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    start = now - 23 * 3600 * 1000
+    step = (now - 120_000 - start) / ACCOUNTS
+    order = list(range(ACCOUNTS))
+    rng.shuffle(order)
+    for n, account in enumerate(order):
+        yield _payment(rng, f"h{n}", account, int(start + n * step))
+    for n in range(LIVE):
+        yield _payment(rng, f"l{n}", rng.randrange(LIVE_ACCOUNTS), now - 60_000 + n * 5)
+
+
+def _payment(rng: random.Random, pid: str, account: int, at_ms: int) -> Payment:
+    date, clock = seoul_date_time(datetime.datetime.fromtimestamp(at_ms / 1000, datetime.timezone.utc))
+    return Payment(date, clock, rng.choice(("VISA", "MASTERCARD", "BITCOIN")), rng.randint(0, 100),
+                   rng.choice(("me", "mom", "dad", "friend", "stranger")), pid, f"ACC{account:05d}", at_ms)
+
+
+def write_input(pipeline: Pipeline, seed: int) -> int:
+    producer = backend(CONFLUENT, tuple(pipeline.bootstrap.split(",")), Security()).producer("state-chaos-input", linger_ms=20)
+    count = 0
+    for payment in history_and_live(seed):
+        producer.send(pipeline.topics.payments, (payment.account or "").encode(), encode(payment))
+        count += 1
+    producer.flush(120)
+    producer.close()
+    return count
+
+
+def decisions(pipeline: Pipeline, fraud: str, legit: str) -> dict[str, tuple[str, list[str]]]:
+    """Per payment id, the ``decision`` header and the reasons; AssertionError on an id routed twice."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for record in read_topic(pipeline.bootstrap, fraud, timeout_s=120) + read_topic(pipeline.bootstrap, legit, timeout_s=120):
+        value = json.loads(record.value)
+        header = dict(record.headers)["decision"].decode()
+        assert value["PAYMENT_ID"] not in found, f"{value['PAYMENT_ID']} routed twice"
+        found[value["PAYMENT_ID"]] = (header, [r["reason"] for r in value["DECISION"]["rules"]])
+    return found
+
+
+def detector(pipeline: Pipeline, group: str, tag: str, state_dir: Path, *extra: str) -> Any:
+    return pipeline.start(
+        "fraud_detector", "--quiet", "--rules", str(RULES), "--state-dir", str(state_dir), "--idle-timeout", "15",
+        "--commit-interval-ms", COMMIT_INTERVAL_MS, "--fraud-topic", f"{pipeline.topics.fraud}-{tag}",
+        "--legit-topic", f"{pipeline.topics.legit}-{tag}", *extra, group=group,
+    )
+
+
+def compare(pipeline: Pipeline, tag: str, reference: dict[str, tuple[str, list[str]]], total: int) -> dict[str, int]:
+    got = decisions(pipeline, f"{pipeline.topics.fraud}-{tag}", f"{pipeline.topics.legit}-{tag}")
+    differ = [pid for pid in reference if pid in got and got[pid] != reference[pid]]
+    figures = dict(lost=total - len(got), differ=len(differ), fraud=sum(h.startswith("fraud") for h, _ in got.values()))
+    assert figures["lost"] == 0 and not differ, (figures, [(pid, got[pid], reference[pid]) for pid in differ[:3]])
+    return figures
+
+
+def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]]) -> None:
+    total = write_input(pipeline, 17)
+    run: dict[str, Any] = dict(test=f"state: kill -9 and hand-over, 24 h windows ({pipeline.client})", payments=total,
+                               accounts=ACCOUNTS)
+    started = time.monotonic()
+    reference_proc = detector(pipeline, "reference", "ref", tmp / "reference")
+    finish(reference_proc, "reference detector", timeout=600)
+    run["reference_s"] = round(time.monotonic() - started, 1)
+    reference = decisions(pipeline, f"{pipeline.topics.fraud}-ref", f"{pipeline.topics.legit}-ref")
+    assert len(reference) == total
+    run["reference_fraud"] = sum(h.startswith("fraud") for h, _ in reference.values())
+    assert 0 < run["reference_fraud"] < total
+
+    # One detector, killed twice inside a transaction: on its local store, then on the changelog alone.
+    state = tmp / "killed"
+    proc = detector(pipeline, "killed", "killed", state)
+    # The routed topics of this run are <fraud>-killed: the open-transaction probe reads them.
+    probe = dataclasses.replace(pipeline, topics=dataclasses.replace(
+        pipeline.topics, fraud=f"{pipeline.topics.fraud}-killed", legit=f"{pipeline.topics.legit}-killed"))
+    kills = []
+    first = wait_for_progress(pipeline, "killed", total // 3, proc, timeout_s=300)
+    wait_for_open_transaction(probe, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    kills.append(first)
+    restarted = time.monotonic()
+    proc = detector(pipeline, "killed", "killed", state)
+    second = wait_for_progress(pipeline, "killed", max(first, 2 * total // 3), proc, timeout_s=300)
+    run["first_commit_after_kill_local_s"] = round(time.monotonic() - restarted, 1)
+    wait_for_open_transaction(probe, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    kills.append(second)
+    shutil.rmtree(state)  # the machine's disk is gone: the changelog alone
+    restarted = time.monotonic()
+    proc = detector(pipeline, "killed", "killed", state)
+    wait_for_progress(pipeline, "killed", second, proc, timeout_s=300)
+    run["first_commit_after_kill_changelog_s"] = round(time.monotonic() - restarted, 1)
+    log = finish(proc, "detector after the kills", timeout=600)
+    run["restored_from_changelog"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
+    run["killed_after_committed"] = kills
+    run.update({f"killed_{k}": v for k, v in compare(pipeline, "killed", reference, total).items()})
+
+    # Two detectors, two state folders (two machines); one killed: the survivor restores its partitions.
+    a = detector(pipeline, "pair", "pair", tmp / "machine-a")
+    b = detector(pipeline, "pair", "pair", tmp / "machine-b")
+    wait_for_progress(pipeline, "pair", total // 3, a, timeout_s=300)
+    b.send_signal(signal.SIGKILL)
+    b.communicate(timeout=10)
+    log = finish(a, "surviving detector", timeout=600)
+    run["survivor_restores"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
+    assert run["survivor_restores"] > 0, log[-3000:]
+    assert committed_total(pipeline, "pair") == total
+    run.update({f"pair_{k}": v for k, v in compare(pipeline, "pair", reference, total).items()})
+    figures.append(run)
+
+
+def test_state_survives_kill9_and_hand_over(pipelines: dict[str, Pipeline], tmp_path: Path,
+                                           figures: list[dict[str, Any]]) -> None:
+    for_each_client(pipelines, lambda pipeline: state_survives(pipeline, tmp_path / pipeline.client, figures))
