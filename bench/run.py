@@ -357,10 +357,10 @@ def child_detector(args: argparse.Namespace) -> Progress:
         TopicSettings,
     )
     from fraud_pipeline.detector import Detector, live_rules, partition_states
-    from fraud_pipeline.state import changelog_topic
     from fraud_pipeline.metrics import start as start_metrics
     from fraud_pipeline.runtime import Summary, setup_logging
     from fraud_pipeline.stage import run_stage
+    from fraud_pipeline.state import changelog_topic
     from fraud_pipeline.topics import ensure_topics, pipeline_topics, prepare_changelog
 
     setup_logging("bench")

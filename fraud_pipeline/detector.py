@@ -157,7 +157,7 @@ class Detector:
         """The fallback when no changelog existed: a partition's state from its payments of the longest window before ``first``."""
         assert self._replay is not None
         self._unreplayed.discard(first.partition)
-        if not self._engine.stateful:
+        if not self._engine.stateful or first.offset == 0:
             return
         started = time.monotonic()
         table = self._states.tables[first.partition]
@@ -172,10 +172,9 @@ class Detector:
                 continue  # dead-lettered when it was first read
             self._engine.remember(payment, event_time(payment, record.timestamp, now_ms), table)
             count += 1
-        log.warning(
-            "no changelog existed: rebuilt the state of partition %d from %d payment(s) of %s before offset %d in %.2fs",
-            first.partition, count, "the input", first.offset, time.monotonic() - started,
-        )
+        if count:
+            log.warning("no changelog existed: rebuilt the state of partition %d from %d payment(s) of the input "
+                        "before offset %d in %.2fs", first.partition, count, first.offset, time.monotonic() - started)
 
 
 def _rule_refs(engine: Engine) -> list[tuple[str, int, str]]:

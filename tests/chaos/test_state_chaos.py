@@ -60,7 +60,7 @@ def history_and_live(seed: int) -> Iterator[Payment]:
 
 
 def _payment(rng: random.Random, pid: str, account: int, at_ms: int) -> Payment:
-    date, clock = seoul_date_time(datetime.datetime.fromtimestamp(at_ms / 1000, datetime.timezone.utc))
+    date, clock = seoul_date_time(datetime.datetime.fromtimestamp(at_ms / 1000, datetime.UTC))
     return Payment(date, clock, rng.choice(("VISA", "MASTERCARD", "BITCOIN")), rng.randint(0, 100),
                    rng.choice(("me", "mom", "dad", "friend", "stranger")), pid, f"ACC{account:05d}", at_ms)
 
