@@ -39,7 +39,7 @@ import psutil
 from fraud_pipeline.clients import CONFLUENT, TopicPartition, backend
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
 from fraud_pipeline.payment import Payment, encode
-from fraud_pipeline.rules import Engine, MemoryTable, encode_entity, load_ruleset
+from fraud_pipeline.rules import Engine, MemoryTable, load_ruleset
 from fraud_pipeline.runtime import Progress
 from fraud_pipeline.security import Security
 
@@ -63,7 +63,7 @@ def fill_changelog(bootstrap: str, changelog: str, keys: int, now_ms: int) -> in
     engine = Engine(load_ruleset(RULES))
     template = MemoryTable()
     engine.decide(_payment(0, now_ms - 3_600_000), now_ms - 3_600_000, template)
-    entities = {key: encode_entity(value) for key in template if (value := template.get(key)) is not None}
+    entities = {key: encoded for key in template if (encoded := template.encoded(key)) is not None}
     marker = _account(0).encode()
     producer = backend(CONFLUENT, tuple(bootstrap.split(",")), Security()).producer("bench-state-fill", linger_ms=50)
     bar = Progress("changelog", keys)

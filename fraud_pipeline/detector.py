@@ -27,22 +27,36 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 
 from .clients import Batch, Record
 from .config import Settings, build_parser, require
 from .errors import PipelineError
+from .features import (
+    FeatureStage,
+    Hop,
+    carried,
+    decision_topic,
+    plan,
+    refuse_new_groups,
+    rekeyed_groups,
+    rules_of,
+    stage_settings,
+    stop_all_on_failure,
+    with_carried,
+)
 from .kafka_io import make_groupless_consumer, make_producer, make_topic_reader, read_span
 from .live_rules import LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, RuleSet, decode_entity, encode_entity, load_ruleset
+from .rules.definitions import group_label
 from .runtime import Summary, cli_main, run_cli
 from .stage import BatchError, DeadLetters, LineBuffer, Output, decode_or_reject, run_stage
 from .state import PartitionStates, changelog_topic
-from .topics import prepare_changelog, prepare_topics, retention_limits
+from .topics import prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
 
 NAME = "fraud_detector"
 DEFAULT_GROUP = "fraud-detector"
@@ -79,7 +93,7 @@ class Detector:
 
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
-        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None,
+        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *, rekeyed: bool = False,
     ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
@@ -90,7 +104,10 @@ class Detector:
         self._states = states
         self._replay = replay
         self._unreplayed: set[int] = set()
-        self._engine = Engine(rules.current)
+        self._rekeyed = rekeyed
+        """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
+        self._ruleset = rules.current
+        self._engine = Engine(rules_of(rules.current, None) if rekeyed else rules.current)
         self._metrics = metrics if metrics is not None and metrics.enabled else None
         if self._metrics is not None:
             self._metrics.window_keys = states.tables
@@ -98,7 +115,8 @@ class Detector:
 
     def begin_batch(self, batch: Batch) -> None:
         if self._rules.refresh():
-            self._use(Engine(self._rules.current))
+            self._ruleset = self._rules.current
+            self._use(Engine(rules_of(self._ruleset, None) if self._rekeyed else self._ruleset))
         if self._unreplayed:
             for tp, records in batch.items():
                 if records and tp.partition in self._unreplayed:
@@ -141,16 +159,21 @@ class Detector:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        at = event_time(payment, record.timestamp, int(time.time() * 1000))
+        key, timestamp = record.key, record.timestamp
+        if self._rekeyed:
+            _, key, timestamp, fired, notes = carried(record)
+        at = event_time(payment, timestamp, int(time.time() * 1000))
         table = self._states.tables[record.partition] if self._engine.stateful else None
         decision = self._engine.decide(payment, at, table)
+        if self._rekeyed:
+            decision = with_carried(decision, self._ruleset, fired, notes)
         topic = self._fraud_topic if decision.fraud else self._legit_topic
         value = with_field(record.value or b"", "DECISION", decision.to_json())
         partition = self._output.partition_for(topic, record.partition)
         header = decision_header(decision)
-        self._output.send(topic, record.key, value, [header], partition)
+        self._output.send(topic, key, value, [header], partition)
         if self._metrics is not None:
-            self._metrics.decided(record.timestamp, header, decision.fired)
+            self._metrics.decided(timestamp, header, decision.fired)
         self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
 
     def _rebuild(self, first: Record) -> None:
@@ -244,22 +267,77 @@ def run(settings: Settings, stop: threading.Event) -> int:
     prepare_topics(settings, reads=[topics.payments, topics.rules],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
     group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
-    changelog = changelog_topic(group_id, topics.payments)
-    created = prepare_changelog(settings, topics.payments, changelog)
-    limits = retention_limits(settings, topics.payments, changelog, replaying=created)
     metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
-    with live_rules(settings, limits.check) as rules, partition_states(settings, changelog) as states:
-        if created:
-            log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the input "
-                        "this once (their state is then in the changelog)", changelog)
-        replay = _replay(settings) if created else None
+    with live_rules(settings) as rules:
+        groups = rekeyed_groups(rules.current)
+        hops = plan(settings, groups)
+        source = decision_topic(settings) if hops else topics.payments
+        decider = stage_settings(settings, source, f"{group_id}-by-ACCOUNT", "decide") if hops else settings
+        decider_group = require(decider.consumer, "consumer").group_id or DEFAULT_GROUP
+        if hops:
+            prepare_internal_topics(settings, [hop.target for hop in hops])
+            log.info("rules grouped by %s: re-keyed through %s", ", ".join(group_label(g) for g in groups),
+                     " -> ".join([topics.payments, *(hop.target for hop in hops)]))
+        changelog = changelog_topic(decider_group, source)
+        created = prepare_changelog(decider, source, changelog)
+        limits = retention_limits(decider, source, changelog, replaying=created)
+        refuse = refuse_new_groups(groups)
+
+        def check(ruleset: RuleSet) -> None:
+            limits.check(ruleset)
+            refuse(ruleset)
+
+        try:
+            check(rules.current)
+        except RuleError as exc:
+            raise PipelineError(f"rules refused: {exc}") from None
+        rules.check = check
+        with ExitStack() as stack:
+            threads, status = [], [0] * (len(hops) + 1)
+            for n, hop in enumerate(hops):
+                threads.append(_start_hop(stack, settings, hop, rules, stop, status, n + 1))
+            states = stack.enter_context(partition_states(decider, changelog))
+            if created and not hops:
+                log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the "
+                            "input this once (their state is then in the changelog)", changelog)
+            replay = _replay(settings) if created and not hops else None
+            status[0] = run_stage(
+                decider, name=NAME, source_topic=source, stop=stop, summary=Summary(NAME, "payments"),
+                make_handler=lambda output, dead_letters, lines: Detector(
+                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops)),
+                metrics=metrics,
+            )
+            if status[0]:
+                stop.set()
+            for thread in threads:
+                thread.join()
+        return max(status)
+
+
+def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules, stop: threading.Event, status: list[int],
+               index: int) -> threading.Thread:
+    """One stage before the decision (features.py), in a thread of its own; its stores close with ``stack``."""
+    label = "payments" if hop.fields is None else group_label(hop.fields)
+    hop_settings = stage_settings(settings, hop.source, hop.group_id, "rekey" if hop.fields is None else f"by-{label}")
+    states = None
+    if hop.fields is not None:
+        changelog = changelog_topic(hop.group_id, hop.source)
+        prepare_changelog(hop_settings, hop.source, changelog)
+        states = stack.enter_context(partition_states(hop_settings, changelog))
+    partitions = settings.topics.payments_partitions
+
+    def run_hop() -> int:
         return run_stage(
-            settings, name=NAME, source_topic=settings.topics.payments, stop=stop, summary=Summary(NAME, "payments"),
-            make_handler=lambda output, dead_letters, lines: Detector(
-                output, settings, dead_letters, lines, rules, states, replay, metrics),
-            metrics=metrics,
+            hop_settings, name=f"{NAME}[{'re-key' if hop.fields is None else label}]", source_topic=hop.source, stop=stop,
+            summary=Summary(f"{NAME}[{'re-key' if hop.fields is None else label}]", "payments"),
+            make_handler=lambda output, dead_letters, lines: FeatureStage(
+                hop, output, dead_letters, lines, lambda: rules.current, states, partitions),
         )
+
+    thread = threading.Thread(target=stop_all_on_failure, args=(stop, status, index, run_hop), name=f"stage-{label}", daemon=True)
+    thread.start()
+    return thread
 
 
 @cli_main

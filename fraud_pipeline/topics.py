@@ -188,6 +188,16 @@ def prepare_changelog(settings: Settings, source_topic: str, changelog: str) -> 
     return created
 
 
+def prepare_internal_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Create the detector's repartition topics if missing: partitioned as its input (fraud_pipeline.features)."""
+    topics = settings.topics
+    specs = [TopicSpec(name, topics.payments_partitions, topics.replication_factor,
+                       min(topics.min_insync_replicas, topics.replication_factor)) for name in names]
+    for name, state in ensure_topics(settings, specs, {spec.name: "read and write" for spec in specs}).items():
+        if state == "created":
+            log.info("created topic %s", name)
+
+
 def _retention_ms(configs: Mapping[str, str]) -> int | None:
     """How long a topic keeps records (ms), None when it keeps them (or, compacted, each key's last) without limit."""
     if "delete" not in configs.get("cleanup.policy", "delete"):

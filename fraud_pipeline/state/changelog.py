@@ -36,7 +36,12 @@ RESTORE_CHUNK_S = 0.2
 
 
 def changelog_topic(group_id: str, source_topic: str) -> str:
-    """The changelog topic of a group's state over ``source_topic``, e.g. ``fraud-detector-payments-changelog``."""
+    """The changelog of a group's state over ``source_topic``: ``fraud-detector-payments-changelog``.
+
+    A detector stage reading its own repartition topic ``<group>-repartition`` has ``<group>-changelog``.
+    """
+    if source_topic == f"{group_id}-repartition":
+        return f"{group_id}-changelog"
     return f"{group_id}-{source_topic}-changelog"
 
 
