@@ -160,14 +160,18 @@ class Counts:
         return i, j
 
     def prune(self, horizon_ms: int) -> bool:
-        """Drop the buckets no window can read once the watermark minus the lateness is ``horizon_ms``; False if empty."""
+        """Drop the buckets no window can read once the watermark minus the lateness is ``horizon_ms``; True if any."""
         idx = self.idx
         width = self.width
         oldest = (horizon_ms - BUCKETS_PER_WINDOW * width) // width
         if idx and idx[0] < oldest:
             i = bisect_left(idx, oldest)
             del idx[:i], self.cnt[:i], self.first[:i]
-        return bool(idx)
+            return True
+        return False
+
+    def empty(self) -> bool:
+        return not self.idx
 
     def data(self) -> list[Any]:
         return [self.idx, self.cnt, self.first]
@@ -229,7 +233,8 @@ class Values(Counts):
         if idx and idx[0] < oldest:
             i = bisect_left(idx, oldest)
             del idx[:i], self.cnt[:i], self.first[:i], self.sum[:i], self.sq[:i], self.lo[:i], self.hi[:i]
-        return bool(idx)
+            return True
+        return False
 
     def data(self) -> list[Any]:
         return [self.idx, self.cnt, self.first, self.sum, self.sq, self.lo, self.hi]
@@ -307,17 +312,23 @@ class Distinct:
         seen = self.seen
         if seen is not None:
             if self.oldest < oldest:
-                self.seen = seen = {v: b for v, b in seen.items() if b >= oldest}
-                self.oldest = min(seen.values()) if seen else 1 << 62
-            return bool(seen)
+                kept = {v: b for v, b in seen.items() if b >= oldest}
+                self.oldest = min(kept.values()) if kept else 1 << 62
+                if len(kept) < len(seen):
+                    self.seen = kept
+                    return True
+            return False
         assert self.sketches is not None
         if any(b < oldest for b in self.sketches):
             self.sketches = {b: s for b, s in self.sketches.items() if b >= oldest}
             if not self.sketches:
                 self.sketches = None
                 self.seen = {}
-                return False
-        return True
+            return True
+        return False
+
+    def empty(self) -> bool:
+        return not self.seen and not self.sketches
 
     def data(self) -> list[Any]:
         if self.seen is not None:
@@ -362,7 +373,11 @@ class Firsts:
         if times and times[0] <= oldest:
             i = bisect_right(times, oldest)
             del times[:i], self.texts[:i]
-        return bool(times)
+            return True
+        return False
+
+    def empty(self) -> bool:
+        return not self.times
 
     def data(self) -> list[Any]:
         return [self.times, self.texts]
@@ -397,11 +412,17 @@ class KeyState:
     def __init__(self, series: dict[str, Series] | None = None) -> None:
         self.series: dict[str, Series] = series if series is not None else {}
 
-    def prune(self, horizon_ms: int) -> None:
-        """Drop what no window can read any more (``horizon_ms``: the watermark minus the allowed lateness)."""
-        empty = [sid for sid, series in self.series.items() if not series.prune(horizon_ms)]
-        for sid in empty:
-            del self.series[sid]
+    def prune(self, horizon_ms: int) -> bool:
+        """Drop what no window can read any more (``horizon_ms``: the watermark minus the allowed lateness); True if
+        anything was dropped (the entity must then be put)."""
+        changed = False
+        for series in self.series.values():
+            if series.prune(horizon_ms):
+                changed = True
+        if changed:
+            for sid in [sid for sid, series in self.series.items() if series.empty()]:
+                del self.series[sid]
+        return changed
 
 
 class PartitionState:

@@ -392,7 +392,8 @@ class Engine:
         for group, key, entity in zip(self._groups, keys, entities, strict=True):
             if key is None:
                 continue
-            touched = False
+            # prune first: a distinct series whose sketches all expired counts exactly again
+            touched = entity is not None and entity.prune(horizon)
             for plan in group.series:
                 if not holds[plan.index]:
                     continue
@@ -420,7 +421,6 @@ class Engine:
                 touched = True
             if touched:
                 assert entity is not None
-                entity.prune(horizon)
                 table.put(key, entity)
 
     @property
