@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 
-from .clients import Batch, Record
+from .clients import Batch, Consumer, Record
 from .config import Settings, build_parser, require
 from .errors import PipelineError
 from .features import (
@@ -138,11 +138,11 @@ class Detector:
     def waiting(self) -> set[int]:
         return self._states.waiting()
 
-    def restore(self, budget_s: float) -> None:
-        self._states.restore(budget_s)
+    def restore(self, consumer: Consumer, budget_s: float) -> None:
+        self._states.restore(consumer, budget_s)
 
-    def prepare_commit(self) -> None:
-        self._states.send_changes(self._send_change)
+    def prepare_commit(self, offsets: dict[int, int]) -> None:
+        self._states.send_changes(self._send_change, offsets)
 
     def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
         self._output.send(topic, key, value, None, partition)
@@ -163,7 +163,8 @@ class Detector:
         if self._rekeyed:
             _, key, timestamp, fired, notes = carried(record)
         at = event_time(payment, timestamp, int(time.time() * 1000))
-        table = self._states.tables[record.partition] if self._engine.stateful else None
+        # A stateless engine is given the table too: it notes there that the history is no longer recorded.
+        table = self._states.tables.get(record.partition)
         decision = self._engine.decide(payment, at, table)
         if self._rekeyed:
             decision = with_carried(decision, self._ruleset, fired, notes)

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from .clients import Batch, Record
+from .clients import Batch, Consumer, Record
 from .config import Settings, require
 from .payment import InvalidPayment, decode, event_time
 from .rules import Decision, Engine, FiredRule, RuleError, RuleSet
@@ -181,13 +181,14 @@ class FeatureStage:
     def waiting(self) -> set[int]:
         return self._states.waiting() if self._states is not None else set()
 
-    def restore(self, budget_s: float) -> None:
+    def restore(self, consumer: Consumer, budget_s: float) -> None:
         if self._states is not None:
-            self._states.restore(budget_s)
+            self._states.restore(consumer, budget_s)
 
-    def prepare_commit(self) -> None:
+    def prepare_commit(self, offsets: dict[int, int]) -> None:
         if self._states is not None:
-            self._states.send_changes(lambda topic, key, value, partition: self._output.send(topic, key, value, None, partition))
+            self._states.send_changes(lambda topic, key, value, partition: self._output.send(topic, key, value, None, partition),
+                                      offsets)
 
     def emit(self) -> None:
         if self._states is not None:

@@ -107,7 +107,7 @@ class Checkpoint:
     def commit(self) -> None:
         """Make what is pending durable and commit its offsets; BatchError or ClientError leaves it pending, to roll back."""
         if self._state is not None:
-            self._state.prepare_commit()
+            self._state.prepare_commit({tp.partition: offset for tp, offset in self.next.items()})
         self._delivery.complete(self._consumer, dict(self.next), self._handler.emit)
         self._clear()
         self.failures = 0

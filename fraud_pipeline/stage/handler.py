@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol, TextIO, runtime_checkable
 
-from ..clients import Batch, Record
+from ..clients import Batch, Consumer, Record
 from ..payment import MAX_RECORD_BYTES, InvalidPayment, Payment, decode
 from ..runtime import Summary
 from .output import DeadLetters, Output
@@ -44,11 +44,11 @@ class StateOwner(Protocol):
     def waiting(self) -> set[int]:
         """Source partitions whose records cannot be handled yet."""
 
-    def restore(self, budget_s: float) -> None:
-        """Work on restoring the waiting partitions for at most ``budget_s``."""
+    def restore(self, consumer: Consumer, budget_s: float) -> None:
+        """Work on restoring the waiting partitions for at most ``budget_s``; position ``consumer`` on those ready."""
 
-    def prepare_commit(self) -> None:
-        """Send the state's changes since the last commit (the commit makes them durable with the records)."""
+    def prepare_commit(self, offsets: dict[int, int]) -> None:
+        """Send the state's changes since the last commit, and the next input ``offsets`` they go with."""
 
 
 class LineBuffer:

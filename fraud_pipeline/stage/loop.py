@@ -108,7 +108,7 @@ def _loop(
             raise PipelineError(str(exc)) from exc
         if waiting:
             assert state is not None
-            state.restore(RESTORE_STEP_S)
+            state.restore(consumer, RESTORE_STEP_S)
             last_record_at = time.monotonic()  # restoring is not idleness
         last_polled_at = time.monotonic()
         if metrics is not None and metrics.lag_due():

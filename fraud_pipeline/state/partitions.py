@@ -15,6 +15,16 @@ is then not lost, and one that did not complete leaves nothing behind.
 Every ``OFFSET_CHECKPOINT_S`` after a commit the changelog's end offsets are
 read and written to the stores: what a restart from the local store reads of
 the changelog is what was written since (a few seconds of changes).
+
+Each commit also sends, per partition, the next input offset it commits
+(``INPUT_OFFSET_KEY``, as quix-streams heads its changelog records with the
+offset they were processed at). A restored partition is read from that
+offset: the group's committed offsets and the changelog's end are written by
+the same transaction but become visible one after the other (its markers are
+written after it commits), so a member taking a partition over may see one
+without the other. When the state is ahead of the offsets the group returned,
+the consumer seeks to the state's; when it is behind, the changelog's tail is
+read again until it catches up.
 """
 
 from __future__ import annotations
@@ -22,12 +32,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..clients import ClientError, Consumer
+from ..clients import ClientError, Consumer, TopicPartition
 from ..errors import PipelineError
+from ..kafka_io import METADATA_TIMEOUT_S
 from .changelog import Restorer
 from .store import PartitionStore
 from .table import PartitionTable
@@ -36,6 +47,10 @@ log = logging.getLogger(__name__)
 
 OFFSET_CHECKPOINT_S = 5.0
 """How often the stores learn the changelog offset they cover (a broker round trip)."""
+INPUT_OFFSET_KEY = b"\xff\xffinput.offset"
+"""The next input offset of the partition's last commit, in the changelog and the store (the store's own key)."""
+CATCH_UP_ATTEMPTS = 100
+"""Restores of a partition's tail, 0.2 s apart, while its state is behind the group's committed offset."""
 
 Send = Callable[[str, bytes | None, bytes | None, int], None]
 """``send(topic, key, value, partition)``: how changes reach the changelog (the stage's output)."""
@@ -59,6 +74,8 @@ class PartitionStates:
         self._encode = encode
         self._decode = decode
         self.tables: dict[int, PartitionTable] = {}
+        self._unpositioned: dict[int, int] = {}
+        """Restored partitions whose input position is not set yet, with the restores tried."""
         self._sent: dict[int, dict[bytes, bytes]] = {}
         self._checkpointed_at = time.monotonic()
 
@@ -71,6 +88,7 @@ class PartitionStates:
         """Own exactly ``partitions`` now: close the stores of those gone, open and restore the new ones; the new ones."""
         for partition in set(self.tables) - partitions:
             self._restorer.cancel(partition)
+            self._unpositioned.pop(partition, None)
             self.tables.pop(partition).store.close()
             self._sent.pop(partition, None)
         new = partitions - set(self.tables)
@@ -79,20 +97,55 @@ class PartitionStates:
             store = PartitionStore(self.folder / f"{_safe(self.source_topic)}-{partition}")
             self.tables[partition] = PartitionTable(partition, store, self._encode, self._decode)
             self._restorer.start(partition, store, started)
+            self._unpositioned[partition] = 0
         return new
 
     def waiting(self) -> set[int]:
-        return self._restorer.pending
+        """Partitions restoring, or restored but not yet positioned (see ``restore``)."""
+        return self._restorer.pending | set(self._unpositioned)
 
-    def restore(self, budget_s: float) -> None:
+    def restore(self, consumer: Consumer, budget_s: float) -> None:
+        """A restore step; then each restored partition's input position set to its state's (see the module's doc)."""
         for partition in self._restorer.step(budget_s):
             self.tables[partition].forget_cache()
+        for partition in [p for p in self._unpositioned if p not in self._restorer.pending]:
+            self._position(consumer, partition)
 
-    def send_changes(self, send: Send) -> None:
-        """Send every table's changes since the last commit to the changelog, each to its partition."""
+    def _position(self, consumer: Consumer, partition: int) -> None:
+        table = self.tables[partition]
+        raw = table.store.get(INPUT_OFFSET_KEY)
+        if raw is None:  # nothing committed with a state yet: the group's offset it is
+            del self._unpositioned[partition]
+            return
+        state_at = int(raw)
+        tp = TopicPartition(self.source_topic, partition)
+        try:
+            committed = consumer.committed([tp], METADATA_TIMEOUT_S).get(tp)
+        except ClientError as exc:
+            log.warning("partition %d: committed offset not read (%s); trying again", partition, exc)
+            return
+        if committed is not None and state_at < committed:
+            tries = self._unpositioned[partition] = self._unpositioned[partition] + 1
+            if tries < CATCH_UP_ATTEMPTS:
+                time.sleep(0.2)  # the changelog's last transaction is committed, its markers not yet written
+                self._restorer.start(partition, table.store)
+                return
+            log.warning("partition %d: its state stayed at input offset %d, behind the group's %d; going on from %d",
+                        partition, state_at, committed, committed)
+        elif committed is None or state_at > committed:
+            log.info("partition %d: the state is at input offset %d, the group's committed offset %s is not stable yet: "
+                     "reading from %d", partition, state_at, committed, state_at)
+            consumer.seek(tp, state_at)
+        del self._unpositioned[partition]
+
+    def send_changes(self, send: Send, offsets: Mapping[int, int]) -> None:
+        """Send every table's changes since the last commit, and the next input ``offsets``, to the changelog."""
         for partition, table in self.tables.items():
-            if table.dirty:
-                changes = self._sent[partition] = table.changes()
+            changes = table.changes() if table.dirty else {}
+            if partition in offsets:
+                changes[INPUT_OFFSET_KEY] = str(offsets[partition]).encode()
+            if changes:
+                self._sent[partition] = changes
                 for key, value in changes.items():
                     send(self.changelog, key, value, partition)
 
@@ -121,6 +174,7 @@ class PartitionStates:
             if partition not in self._restorer.pending:
                 table.forget_cache()
                 self._restorer.start(partition, table.store)
+                self._unpositioned.setdefault(partition, 0)
 
     def close(self) -> None:
         """Record how far the changelog is covered (so the next start reads little of it) and close the stores."""

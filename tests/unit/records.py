@@ -1,12 +1,13 @@
-"""Build the seam's records (fraud_pipeline.clients.Record) for tests, and read back what a mocked producer sent."""
+"""Build the seam's records (fraud_pipeline.clients.Record) for tests, read back what a mocked producer sent, and a changelog in memory."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 from unittest.mock import MagicMock
 
-from fraud_pipeline.clients import Headers, Producer, Record
+from fraud_pipeline.clients import Headers, Producer, Record, TopicPartition
 
 
 def record(
@@ -41,3 +42,81 @@ def sent(call: Any) -> Sent:
 def sends(producer: MagicMock) -> list[Sent]:
     """Every ``send`` of a ``MagicMock(spec_set=Producer)``, in order."""
     return [sent(call) for call in producer.send.call_args_list]
+
+
+TOPIC = "g-payments-changelog"
+"""The changelog topic of the fakes below."""
+
+
+class ChangelogLog:
+    """The changelog partitions as a read_committed reader sees them: records of committed transactions only."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self.open: dict[int, list[tuple[bytes, bytes | None]]] = {}
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
+        assert topic == TOPIC and key is not None
+        self.open.setdefault(partition, []).append((key, value))
+
+    def commit(self) -> None:
+        for partition, records in self.open.items():
+            self.records.setdefault(partition, []).extend(records)
+        self.open.clear()
+
+    def abort(self) -> None:
+        self.open.clear()
+
+
+class LogReader:
+    """A groupless consumer of ChangelogLog (the seam's calls a Restorer makes)."""
+
+    def __init__(self, log: ChangelogLog) -> None:
+        self._log = log
+        self._positions: dict[TopicPartition, int] = {}
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._positions = dict(offsets)
+
+    def poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        batch = {}
+        for tp, position in self._positions.items():
+            records = self._log.records.get(tp.partition, [])[position:position + 7]  # small chunks: many steps
+            if records:
+                batch[tp] = [Record(tp.topic, tp.partition, position + i, k, v, (), 0) for i, (k, v) in enumerate(records)]
+                self._positions[tp] = position + len(records)
+        return batch
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._positions.get(tp, 0)
+
+    def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        return {tp: (0, len(self._log.records.get(tp.partition, []))) for tp in partitions}
+
+    def close(self) -> None:
+        pass
+
+
+class GroupConsumer:
+    """The stage consumer's calls a PartitionStates makes to position a restored partition: committed offsets, seeks."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[int, int] = {}
+        self.seeks: list[tuple[int, int]] = []
+
+    def committed(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        return {tp: self.committed_offsets.get(tp.partition) for tp in partitions}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+
+
+def memory_states(folder: str | None = None) -> Any:
+    """A PartitionStates with its stores in a temporary folder and its changelog in memory (no Kafka)."""
+    import tempfile
+
+    from fraud_pipeline.rules import decode_entity, encode_entity
+    from fraud_pipeline.state import PartitionStates
+
+    return PartitionStates(folder or tempfile.mkdtemp(prefix="states-"), "g", "payments", TOPIC, LogReader(ChangelogLog()),  # type: ignore[arg-type]
+                           encode_entity, decode_entity)

@@ -33,7 +33,7 @@ from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.rules import ORIGINAL as ORIGINAL_RULES
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import LineBuffer, Output
-from tests.unit.records import record, sends
+from tests.unit.records import memory_states, record, sends
 
 ORIGINAL = Path(__file__).resolve().parent.parent / "original_tutorial"
 
@@ -118,7 +118,7 @@ def test_our_messages_route_and_print_as_the_original_detector() -> None:
     settings = Settings(ConnectionSettings(("localhost:9091",)))
     rules = LiveRules(ORIGINAL_RULES, None, MagicMock())
     lines = LineBuffer(Summary("t", "payments"), False, out)
-    detector = Detector(Output(producer), settings, MagicMock(), lines, rules, lambda *span: iter(()))
+    detector = Detector(Output(producer), settings, MagicMock(), lines, rules, memory_states())
     for offset, value in enumerate(values):
         detector.handle(record(value, offset=offset))
     detector.emit()

@@ -17,6 +17,7 @@ import pytest
 
 from fraud_pipeline.clients import Producer, TopicPartition
 from fraud_pipeline.config import ConnectionSettings, Settings
+from fraud_pipeline.detector import Detector, decision_header
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.payment import MAX_CLOCK_SKEW_MS, Payment, encode, event_time, generate, with_field
 from fraud_pipeline.processors import reasons_line
@@ -28,18 +29,16 @@ from fraud_pipeline.rules import (
     MemoryTable,
     RuleError,
     RuleSet,
+    decode_entity,
+    encode_entity,
     load_ruleset,
     parse_rule,
     parse_ruleset,
 )
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import DeadLetters, LineBuffer, Output
-from tests.unit.records import record, sends, sent
-
-try:
-    from fraud_pipeline.detector import Detector, decision_header
-except ImportError:  # the detector is being moved to the keyed state tables; its tests need it (deselect them meanwhile)
-    Detector = decision_header = None  # type: ignore[assignment,misc]
+from fraud_pipeline.state import PartitionStates
+from tests.unit.records import TOPIC, ChangelogLog, GroupConsumer, LogReader, record, sends
 
 S = 1000  # ms
 
@@ -395,73 +394,117 @@ class ReplayLog:
         return iter(r for r in self.records if r.partition == partition and r.offset < until_offset)
 
 
-def detector_with(ruleset: RuleSet, replay: ReplayLog, live: LiveRules | None = None) -> tuple[Detector, MagicMock]:
-    producer = MagicMock(spec_set=Producer)
-    producer.partition_count.return_value = 2  # the routed topics' partitions
-    lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
-    settings = Settings(ConnectionSettings(("localhost:9091",)))
-    rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
-    detector = Detector(Output(producer), settings, DeadLetters(Output(producer), "dlq", "t"), lines, rules, replay)
-    return detector, producer
+class Rig:
+    """A Detector on a mocked producer, its state in local stores under ``folder`` and an in-memory changelog."""
+
+    def __init__(self, ruleset: RuleSet, folder: Path, live: LiveRules | None = None, replay: ReplayLog | None = None) -> None:
+        self.producer = MagicMock(spec_set=Producer)
+        self.producer.partition_count.return_value = 2  # the routed topics' partitions
+        lines = LineBuffer(Summary("t", "payments"), True, io.StringIO())
+        settings = Settings(ConnectionSettings(("localhost:9091",)))
+        self.rules = live or LiveRules(ruleset, None, lambda rec, reason: None)
+        self.log = ChangelogLog()
+        self.states = PartitionStates(folder, "g", "payments", TOPIC, LogReader(self.log), encode_entity, decode_entity)  # type: ignore[arg-type]
+        self.detector = Detector(Output(self.producer), settings, DeadLetters(Output(self.producer), "dlq", "t"), lines,
+                                 self.rules, self.states, replay)
+        self._sent = 0
+
+    def assign(self, *partitions: int) -> None:
+        self.detector.partitions_assigned(set(partitions))
+        while self.detector.waiting():
+            self.detector.restore(GroupConsumer(), 1.0)  # type: ignore[arg-type]
+
+    def batch(self, *records: Any) -> None:
+        batch: dict[TopicPartition, list[Any]] = {}
+        for r in records:
+            batch.setdefault(TopicPartition("payments", r.partition), []).append(r)
+        self.detector.begin_batch(batch)
+        for r in records:
+            self.detector.handle(r)
+
+    def commit(self) -> None:
+        """What the loop's Checkpoint and the Delivery do: send the changes, commit, then emit."""
+        self.detector.prepare_commit({})
+        for change in sends(self.producer)[self._sent:]:
+            if change.topic == TOPIC:
+                assert change.key is not None and change.partition is not None
+                self.log.send(TOPIC, change.key, change.value, change.partition)
+        self._sent = len(sends(self.producer))
+        self.log.commit()
+        self.detector.emit()
+
+    def roll_back(self) -> None:
+        self._sent = len(sends(self.producer))
+        self.log.abort()
+        self.detector.discard()
+        while self.detector.waiting():
+            self.detector.restore(GroupConsumer(), 1.0)  # type: ignore[arg-type]
+
+    def reasons(self) -> list[str]:
+        return [d.fired[0].reason if d.fired else "" for d in decisions(self.producer)]
 
 
 def payment_record(t: int, partition: int = 3, account: str = "A") -> Any:
     return record(encode(pay(account=account, ts=t * S)), partition=partition, offset=t, key=account.encode(), timestamp=t * S)
 
 
-def handle_batch(detector: Detector, *records: Any) -> None:
-    batch: dict[TopicPartition, list[Any]] = {}
-    for r in records:
-        batch.setdefault(TopicPartition("payments", r.partition), []).append(r)
-    detector.begin_batch(batch)
-    for r in records:
-        detector.handle(r)
+def test_the_detector_keeps_each_partitions_state_and_a_roll_back_counts_nothing_twice(tmp_path: Path) -> None:
+    rig = Rig(parse_ruleset({"rules": [count_rule(value=2)]}), tmp_path)
+    rig.assign(3)
+    rig.batch(payment_record(0), payment_record(1), payment_record(2))
+    rig.commit()
+    assert rig.reasons()[-1] == "count=3 in 60s > 2 (ACCOUNT=A)"
+    assert [k for k, _ in rig.log.records[3]] == [b"\x00partition", b"ACCOUNT=A"]  # committed: in the changelog
+    rig.batch(payment_record(3))
+    rig.roll_back()  # an aborted transaction: offset 3 is read again, from the committed state
+    rig.batch(payment_record(3))
+    rig.commit()
+    assert rig.reasons()[-2:] == ["count=4 in 60s > 2 (ACCOUNT=A)", "count=4 in 60s > 2 (ACCOUNT=A)"]
+    rig.assign(1)  # partition 3 moved away: its store closes
+    assert set(rig.states.tables) == {1}
+    rig.assign(1, 3)  # and back: from its local store
+    rig.batch(payment_record(4))
+    assert rig.reasons()[-1] == "count=5 in 60s > 2 (ACCOUNT=A)"
 
 
-def test_detector_rebuilds_a_partition_before_a_batch_that_it_has_not_seen_or_reads_again() -> None:
+def test_a_rule_enabled_again_says_its_window_is_filling(tmp_path: Path) -> None:
+    burst = count_rule(value=2) | {"id": "burst"}
+    live = LiveRules(parse_ruleset({"rules": [burst]}), None, lambda rec, reason: None)
+    rig = Rig(live.current, tmp_path, live)
+    rig.assign(3)
+    rig.batch(payment_record(0), payment_record(1))
+    live.current = live.current.with_rule(parse_rule(burst | {"mode": "disabled", "version": 2}))
+    rig.detector._use(Engine(live.current))
+    rig.batch(payment_record(2))  # not recorded: no active rule reads the history
+    live.current = live.current.with_rule(parse_rule(burst | {"version": 3}))
+    rig.detector._use(Engine(live.current))
+    rig.batch(payment_record(3))
+    last = decisions(rig.producer)[-1]
+    assert [f.reason for f in last.fired] == ["count=3 in 60s > 2 (ACCOUNT=A)"]  # 0, 1 and 3: not 2
+    assert last.notes == ("burst@3: its 60s window is still filling (history recorded since 1970-01-01T00:00:03Z)",)
+
+
+def test_without_a_changelog_a_partition_read_before_is_rebuilt_from_the_input(tmp_path: Path) -> None:
     replay = ReplayLog([payment_record(t) for t in range(6)])
-    detector, producer = detector_with(parse_ruleset({"rules": [count_rule(value=2)]}), replay)
+    rig = Rig(parse_ruleset({"rules": [count_rule(value=2)]}), tmp_path, replay=replay)
+    rig.assign(3)
+    rig.batch(payment_record(2))  # the group had read offsets 0 and 1 before the changelog existed
     since = -60 * S - ALLOWED_LATENESS_MS - MAX_CLOCK_SKEW_MS
-
-    handle_batch(detector, payment_record(2))  # gained: rebuilt from offsets 0 and 1
     assert replay.calls == [(3, 2 * S + since, 2)]
-    assert sent(producer.send.call_args).topic == "fraud_payments"  # 3 payments > 2
-    detector.partitions_assigned({3})  # still owned, next offset as expected: kept
-    handle_batch(detector, payment_record(3))
-    assert len(replay.calls) == 1
-    # Offsets 2-3 read again (a rollback, a failed commit, a rebalance): rebuilt, not counted twice.
-    handle_batch(detector, payment_record(2), payment_record(3))
-    assert replay.calls[-1] == (3, 2 * S + since, 2)
-    assert [d.fired[0].reason for d in decisions(producer)[-2:]] == ["count=3 in 60s > 2 (ACCOUNT=A)", "count=4 in 60s > 2 (ACCOUNT=A)"]
-    detector.partitions_assigned({1})  # partition 3 moved away: its windows go
-    handle_batch(detector, payment_record(4))
-    assert len(replay.calls) == 3
+    assert rig.reasons() == ["count=3 in 60s > 2 (ACCOUNT=A)"]
+    rig.batch(payment_record(3))
+    assert len(replay.calls) == 1  # once
 
 
 def decisions(producer: MagicMock) -> list[Decision]:
     found = []
     for routed in sends(producer):
-        decision = Decision.from_dict(json.loads(routed.value)["DECISION"])
+        if routed.topic == TOPIC:
+            continue
+        decision = Decision.from_dict(json.loads(routed.value or b"")["DECISION"])
         assert decision is not None
         found.append(decision)
     return found
-
-
-def test_windows_stay_complete_across_rule_changes() -> None:
-    """Disabling the only stateful rule then enabling it again must not leave a gap in the windows."""
-    burst = count_rule(value=2) | {"id": "burst"}
-    live = LiveRules(parse_ruleset({"rules": [burst]}), None, lambda rec, reason: None)
-    replay = ReplayLog([])
-    detector, producer = detector_with(live.current, replay, live)
-    handle_batch(detector, payment_record(0), payment_record(1))
-    live.current = live.current.with_rule(parse_rule(burst | {"mode": "disabled", "version": 2}))
-    detector._use(Engine(live.current))
-    handle_batch(detector, payment_record(2))  # stateless rules: no windows kept
-    live.current = live.current.with_rule(parse_rule(burst | {"version": 3}))
-    detector._use(Engine(live.current))
-    replay.records = [payment_record(t) for t in range(3)]
-    handle_batch(detector, payment_record(3))  # windows rebuilt: 0, 1, 2 and 3
-    assert decisions(producer)[-1].fired[0].reason == "count=4 in 60s > 2 (ACCOUNT=A)"
 
 
 def test_decision_headers_name_enabled_and_shadow_rules() -> None:
@@ -510,15 +553,3 @@ def test_a_rule_record_that_breaks_the_parser_is_rejected() -> None:
     assert live.current is ORIGINAL and len(rejected) == 1 and "not JSON" in rejected[0]
 
 
-def test_full_windows_are_logged_once_then_every_thousand_keys(caplog: pytest.LogCaptureFixture) -> None:
-    detector, _ = detector_with(parse_ruleset({"rules": [count_rule()]}), ReplayLog([]))
-    handle_batch(detector, payment_record(0, account="K0"))
-    detector._states[3].max_keys = 10
-    for i in range(1, 1200):
-        r = record(encode(pay(account=f"K{i}", ts=i)), partition=3, offset=i, key=b"K", timestamp=i)
-        handle_batch(detector, r)
-    warnings = [m for m in caplog.messages if "full" in m]
-    assert warnings == [
-        "windows of partition 3 full (10 keys): 1 least recently active key(s) forgotten so far",
-        "windows of partition 3 full (10 keys): 1000 least recently active key(s) forgotten so far",
-    ]

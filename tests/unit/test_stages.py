@@ -44,7 +44,7 @@ from fraud_pipeline.stage import (
     run_stage,
     runner,
 )
-from tests.unit.records import record, sends, sent
+from tests.unit.records import memory_states, record, sends, sent
 
 SETTINGS = Settings(ConnectionSettings(("localhost:9091",)))
 TP = TopicPartition("payments", 0)
@@ -68,7 +68,7 @@ class Rig:
         self.lines = LineBuffer(self.summary, quiet, self.out)
         dead = DeadLetters(self.output, "payments_dlq", "fraud_detector")
         rules = LiveRules(ORIGINAL, None, lambda record, reason: None)
-        self.detector = Detector(self.output, SETTINGS, dead, self.lines, rules, lambda *span: iter(()))
+        self.detector = Detector(self.output, SETTINGS, dead, self.lines, rules, memory_states())
 
 
 def test_detector_routes_forwards_bytes_with_its_decision_and_prints_the_original_line() -> None:
