@@ -120,7 +120,9 @@ class Detector:
         if self._unreplayed:
             for tp, records in batch.items():
                 if records and tp.partition in self._unreplayed:
-                    self._rebuild(records[0])
+                    self._unreplayed.discard(tp.partition)
+                    if not self._states.has_state(tp.partition):  # else it came from the changelog after all
+                        self._rebuild(records[0])
 
     def _use(self, engine: Engine) -> None:
         self._engine = engine
@@ -180,7 +182,6 @@ class Detector:
     def _rebuild(self, first: Record) -> None:
         """The fallback when no changelog existed: a partition's state from its payments of the longest window before ``first``."""
         assert self._replay is not None
-        self._unreplayed.discard(first.partition)
         if not self._engine.stateful or first.offset == 0:
             return
         started = time.monotonic()

@@ -23,8 +23,9 @@ offset: the group's committed offsets and the changelog's end are written by
 the same transaction but become visible one after the other (its markers are
 written after it commits), so a member taking a partition over may see one
 without the other. When the state is ahead of the offsets the group returned,
-the consumer seeks to the state's; when it is behind, the changelog's tail is
-read again until it catches up.
+the partition is read from the state's (the consumer's own look-up may be
+older still); when it is behind, the changelog's tail is read again until it
+catches up.
 """
 
 from __future__ import annotations
@@ -135,8 +136,13 @@ class PartitionStates:
         elif committed is None or state_at > committed:
             log.info("partition %d: the state is at input offset %d, the group's committed offset %s is not stable yet: "
                      "reading from %d", partition, state_at, committed, state_at)
-            consumer.seek(tp, state_at)
+        # Always: the consumer may have looked its offset up before the last transaction's markers were written.
+        consumer.seek(tp, max(state_at, committed or 0))
         del self._unpositioned[partition]
+
+    def has_state(self, partition: int) -> bool:
+        """Whether a commit ever wrote the partition's state (in its store, from here or from the changelog)."""
+        return self.tables[partition].store.get(INPUT_OFFSET_KEY) is not None
 
     def send_changes(self, send: Send, offsets: Mapping[int, int]) -> None:
         """Send every table's changes since the last commit, and the next input ``offsets``, to the changelog."""

@@ -27,6 +27,7 @@ from confluent_kafka import TopicPartition as ConfluentTP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from fraud_pipeline.clients import KAFKA_PYTHON, Admin, backend
+from fraud_pipeline.state import changelog_topic
 from tests.integration.conftest import ROOT, Pipeline, confluent_connection, for_each_client, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
@@ -261,7 +262,9 @@ def progress(lanes: list[Lane], timeout_s: float = 60, since: float | None = Non
         return dict(zip([lane.pipeline.client for lane in lanes], pool.map(one, lanes), strict=True))
 
 
-BROKER_KILL_ARGS = ("--quiet", "--idle-timeout", "60")  # a broker loss can hold the records for a while: not idleness
+BROKER_KILL_ARGS = ("--quiet", "--idle-timeout", "60",  # a broker loss can hold the records for a while: not idleness
+                    # rules over 24 h of each account: every commit also writes the state's changelog
+                    "--rules", str(Path(__file__).with_name("day_rules.yaml")))
 
 
 def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, Any]]) -> None:
@@ -332,10 +335,14 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
                         lane.restart_detector(txn)
                         lane.progress()
             led: dict[str, list[int]] = {}
+            led_changelog: dict[str, list[int]] = {}
             coordinates: dict[str, list[str]] = {}
             for lane in lanes:
                 client = lane.pipeline.client
                 led[client] = sorted(p for p, leader in payments_leaders(admin, lane.pipeline).items() if leader == node)
+                changelog = changelog_topic(lane.group, lane.pipeline.topics.payments)
+                led_changelog[client] = sorted(p.partition for p in admin.describe_topics([changelog]).get(changelog, [])
+                                               if p.leader == node)
                 assert led[client], f"node {node} leads no payments partition of {client}'s pipeline: the kill would not hurt"
                 coordinates[client] = [name for name, topic, key in (("transactions", "__transaction_state", lane.txn),
                                                                      ("group", "__consumer_offsets", lane.group))
@@ -358,7 +365,7 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
                                                  f"{proc.communicate()[1][-3000:]}")
             cluster_command("up")
             back_in_isr_s = max(wait_back_in_isr(admin, lane.pipeline, node) for lane in lanes)
-            rounds.append({"node": node, "role": role, "led_payments": led, "coordinated": coordinates,
+            rounds.append({"node": node, "role": role, "led_payments": led, "led_changelog": led_changelog, "coordinated": coordinates,
                            "committing_again_s": resumed_s, "back_in_isr_s": back_in_isr_s})
         sent = {}
         for lane in lanes:
@@ -380,6 +387,7 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
                             detector_rollbacks=sum(log.count("rolling back") for log in lane.logs)))
         assert (lost, duplicated, dead) == (0, 0, 0), figures[-1]
         assert handled == sent[client], figures[-1]
+        assert any(r["led_changelog"][client] for r in rounds), f"no kill took a leader of the state's changelog: {figures[-1]}"
 
 
 def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:

@@ -89,8 +89,9 @@ def decisions(pipeline: Pipeline, fraud: str, legit: str) -> dict[str, tuple[str
 
 
 def detector(pipeline: Pipeline, group: str, tag: str, state_dir: Path, *extra: str) -> Any:
+    # idle 30 s: longer than a killed member's session (10 s) and the restore of what moves to the survivor
     return pipeline.start(
-        "fraud_detector", "--quiet", "--rules", str(RULES), "--state-dir", str(state_dir), "--idle-timeout", "15",
+        "fraud_detector", "--quiet", "--rules", str(RULES), "--state-dir", str(state_dir), "--idle-timeout", "30",
         "--commit-interval-ms", COMMIT_INTERVAL_MS, "--fraud-topic", f"{pipeline.topics.fraud}-{tag}",
         "--legit-topic", f"{pipeline.topics.legit}-{tag}", *extra, group=group,
     )
@@ -172,8 +173,9 @@ def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], reference: dic
     b = detector(pipeline, "pair", "pair", tmp / "machine-b")
     wait_for_progress(pipeline, "pair", total // 3, a, timeout_s=300)
     b.send_signal(signal.SIGKILL)
-    b.communicate(timeout=10)
+    save_log(f"pair-{pipeline.client}-killed", b.communicate(timeout=10)[1])
     log = finish(a, "surviving detector", timeout=600)
+    save_log(f"pair-{pipeline.client}-survivor", log)
     run["survivor_restores"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
     assert run["survivor_restores"] > 0, log[-3000:]
     assert committed_total(pipeline, "pair") == total
