@@ -55,6 +55,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -356,12 +357,10 @@ def child_detector(args: argparse.Namespace) -> Progress:
         Settings,
         TopicSettings,
     )
-    from fraud_pipeline.detector import Detector, live_rules, partition_states
-    from fraud_pipeline.metrics import start as start_metrics
-    from fraud_pipeline.runtime import Summary, setup_logging
-    from fraud_pipeline.stage import run_stage
-    from fraud_pipeline.state import changelog_topic
-    from fraud_pipeline.topics import ensure_topics, pipeline_topics, prepare_changelog
+    from fraud_pipeline.detector import Detector
+    from fraud_pipeline.detector import run as detector_run
+    from fraud_pipeline.runtime import setup_logging
+    from fraud_pipeline.topics import ensure_topics, pipeline_topics
 
     setup_logging("bench")
     metrics_port = _free_port() if args.metrics else 0
@@ -377,9 +376,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
     stop = threading.Event()
-    metrics = start_metrics("fraud_detector", settings.metrics)
-    metrics.outcome_names = {args.fraud: "fraud", args.legit: "legit"}
-    if metrics.enabled:
+    if metrics_port:
         threading.Thread(target=_scrape_every_second, args=(metrics_port, stop), daemon=True).start()
     progress = Progress()
 
@@ -408,14 +405,11 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.inner.discard()
             self.batch = 0
 
-    changelog = changelog_topic(args.group, args.topic)
-    prepare_changelog(settings, args.topic, changelog)
-    with live_rules(settings) as rules, partition_states(settings, changelog) as states:
-        status = run_stage(
-            settings, name="fraud_detector", source_topic=args.topic, stop=stop, summary=Summary("bench-detector", "payments"),
-            make_handler=lambda output, dead, lines: Counted(Detector(output, settings, dead, lines, rules, states, None, metrics)),
-            metrics=metrics,
-        )
+    # The detector's own run (its state store, and the re-keying stages the rules need), the deciding stage counted.
+    try:
+        status = detector_run(settings, stop, watch=Counted)
+    finally:
+        shutil.rmtree(settings.detector.state_dir, ignore_errors=True)  # type: ignore[union-attr]
     if status:
         raise BenchError(f"bench: the detector ({args.client}, {args.guarantee}) failed")
     return progress

@@ -71,7 +71,7 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
     """Each role's ALLOW entries, for the default topics and groups or others: exactly what its script does.
 
     READ and WRITE on a topic imply DESCRIBE. The detector's transactional ids
-    are ``<group>-<host>-<n>``: allowed by prefix.
+    are ``<group>-<host>-<n>``, its internal topics ``<group>-...``: allowed by prefix.
     """
     topics = TopicSettings() if topics is None else topics
     groups = Groups() if groups is None else groups
@@ -92,6 +92,13 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(DETECTOR, "READ", topics.rules),
             *(topic(DETECTOR, "WRITE", name) for name in (topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected)),
             group(DETECTOR, groups.detector),
+            # Its own internal topics, named after its group: the state's changelogs and the re-keying
+            # topics (fraud_pipeline.state, fraud_pipeline.features), which it creates; the groups of its
+            # re-keying stages; the retention of its input, checked against the rules' windows.
+            *(Acl(f"User:{DETECTOR}", op, "TOPIC", f"{groups.detector}-", prefixed=True)
+              for op in ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS")),
+            Acl(f"User:{DETECTOR}", "READ", "GROUP", f"{groups.detector}-", prefixed=True),
+            topic(DETECTOR, "DESCRIBE_CONFIGS", topics.payments),
             Acl(f"User:{DETECTOR}", "WRITE", "TRANSACTIONAL_ID", groups.detector, prefixed=True),
             Acl(f"User:{DETECTOR}", "DESCRIBE", "TRANSACTIONAL_ID", groups.detector, prefixed=True),
             idempotent(DETECTOR),

@@ -54,7 +54,7 @@ from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, RuleSet, decode_entity, encode_entity, load_ruleset
 from .rules.definitions import group_label
 from .runtime import Summary, cli_main, run_cli
-from .stage import BatchError, DeadLetters, LineBuffer, Output, decode_or_reject, run_stage
+from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
 from .state import PartitionStates, changelog_topic
 from .topics import prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
 
@@ -264,7 +264,8 @@ def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionSt
         states.close()
 
 
-def run(settings: Settings, stop: threading.Event) -> int:
+def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], RecordHandler] | None = None) -> int:
+    """The detector until stopped or idle; ``watch`` wraps the deciding stage's handler (the bench counts what it routes)."""
     topics = settings.topics
     prepare_topics(settings, reads=[topics.payments, topics.rules],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
@@ -306,8 +307,8 @@ def run(settings: Settings, stop: threading.Event) -> int:
             replay = _replay(settings) if created and not hops else None
             status[0] = run_stage(
                 decider, name=NAME, source_topic=source, stop=stop, summary=Summary(NAME, "payments"),
-                make_handler=lambda output, dead_letters, lines: Detector(
-                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops)),
+                make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
+                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops))),
                 metrics=metrics,
             )
             if status[0]:
@@ -315,6 +316,10 @@ def run(settings: Settings, stop: threading.Event) -> int:
             for thread in threads:
                 thread.join()
         return max(status)
+
+
+def _same(detector: Detector) -> RecordHandler:
+    return detector
 
 
 def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules, stop: threading.Event, status: list[int],

@@ -133,10 +133,9 @@ class PartitionStates:
                 return
             log.warning("partition %d: its state stayed at input offset %d, behind the group's %d; going on from %d",
                         partition, state_at, committed, committed)
-        elif committed is None or state_at > committed:
-            log.info("partition %d: the state is at input offset %d, the group's committed offset %s is not stable yet: "
-                     "reading from %d", partition, state_at, committed, state_at)
         # Always: the consumer may have looked its offset up before the last transaction's markers were written.
+        log.info("partition %d: reading from input offset %d (the state's %d, the group's committed %s)",
+                 partition, max(state_at, committed or 0), state_at, committed)
         consumer.seek(tp, max(state_at, committed or 0))
         del self._unpositioned[partition]
 

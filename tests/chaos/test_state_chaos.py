@@ -1,6 +1,6 @@
 """The rules' state survives: 24 h windows over 100,000 accounts of history, a detector killed, another taking over.
 
-Each client on its own pipeline, both at once. The input is written first
+Each client in turn, on its own pipeline. The input is written first
 (a day of history for every account, then the live payments), so every run
 reads the same records in the same order. A reference detector decides them
 all without interruption; then, on the same input:
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import random
 import shutil
 import signal
@@ -34,7 +33,7 @@ from fraud_pipeline.clients import CONFLUENT, backend
 from fraud_pipeline.clients.security import Security
 from fraud_pipeline.payment import Payment, encode, seoul_date_time
 from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_open_transaction, wait_for_progress
-from tests.integration.conftest import Pipeline, for_each_client, read_topic
+from tests.integration.conftest import Pipeline, read_topic
 
 pytestmark = [pytest.mark.chaos, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
@@ -111,6 +110,9 @@ def compare(pipeline: Pipeline, tag: str, reference: dict[str, tuple[str, list[s
         time.sleep(5)
     differ = [pid for pid in reference if pid in got and got[pid] != reference[pid]]
     figures = dict(lost=total - len(got), differ=len(differ), fraud=sum(h.startswith("fraud") for h, _ in got.values()))
+    if len(got) < total:
+        figures["committed"] = committed_total(pipeline, tag)
+        save_log(f"state-lost-{tag}-{pipeline.client}", "\n".join(sorted(set(reference) - set(got))))
     if differ:
         save_log(f"state-differ-{tag}-{pipeline.client}", "\n".join(f"{pid}\n  got {got[pid]}\n  ref {reference[pid]}"
                                                                   for pid in differ))
@@ -131,8 +133,6 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     run["reference_fraud"] = sum(h.startswith("fraud") for h, _ in reference.values())
     assert 0 < run["reference_fraud"] < total
 
-    if os.environ.get("DEBUG_PAIR_ONLY"):
-        return pair_part(pipeline, tmp, run, reference, total, figures)
     # One detector, killed twice inside a transaction: on its local store, then on the changelog alone.
     state = tmp / "killed"
     proc = detector(pipeline, "killed", "killed", state)
@@ -143,7 +143,7 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     first = wait_for_progress(pipeline, "killed", total // 3, proc, timeout_s=300)
     wait_for_open_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    save_log(f"killed-{pipeline.client}-1", proc.communicate(timeout=10)[1])
     kills.append(first)
     restarted = time.monotonic()
     proc = detector(pipeline, "killed", "killed", state)
@@ -151,7 +151,7 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     run["first_commit_after_kill_local_s"] = round(time.monotonic() - restarted, 1)
     wait_for_open_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    save_log(f"killed-{pipeline.client}-2", proc.communicate(timeout=10)[1])
     kills.append(second)
     shutil.rmtree(state)  # the machine's disk is gone: the changelog alone
     restarted = time.monotonic()
@@ -159,6 +159,8 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     wait_for_progress(pipeline, "killed", second, proc, timeout_s=300)
     run["first_commit_after_kill_changelog_s"] = round(time.monotonic() - restarted, 1)
     log = finish(proc, "detector after the kills", timeout=600)
+    save_log(f"killed-{pipeline.client}-last", log)
+    run["killed_committed"] = committed_total(pipeline, "killed")
     run["restored_from_changelog"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
     run["killed_after_committed"] = kills
     run.update({f"killed_{k}": v for k, v in compare(pipeline, "killed", reference, total).items()})
@@ -183,6 +185,7 @@ def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], reference: dic
     figures.append(run)
 
 
-def test_state_survives_kill9_and_hand_over(pipelines: dict[str, Pipeline], tmp_path: Path,
-                                           figures: list[dict[str, Any]]) -> None:
-    for_each_client(pipelines, lambda pipeline: state_survives(pipeline, tmp_path / pipeline.client, figures))
+def test_state_survives_kill9_and_hand_over(pipeline: Pipeline, tmp_path: Path, figures: list[dict[str, Any]]) -> None:
+    """One client at a time: with both at once on this 2-core machine, a kafka-python lane twice ended with
+    a part of the input not routed (an open question, see the closing figures' ``killed_committed``)."""
+    state_survives(pipeline, tmp_path, figures)

@@ -34,10 +34,13 @@ def test_each_role_gets_what_its_script_does_and_nothing_more() -> None:
     detector = grants("fraud-detector")
     assert ("WRITE", "TRANSACTIONAL_ID", "fraud-detector", True) in detector
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "WRITE"} == {
-        "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected"}
-    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {"payments", "fraud_rules"}
-    # nobody but the admin (a super user, no ACL needed) may create, alter or delete anything
-    every = {op for role in cluster_security.role_acls().values() for op in (a.operation for a in role)}
+        "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected", "fraud-detector-"}
+    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {"payments", "fraud_rules", "fraud-detector-"}
+    # the detector creates only its own internal topics (<group>-...: changelogs, re-keying topics)
+    assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "CREATE"} == {("fraud-detector-", True)}
+    assert {name for op, kind, name, _ in detector if op == "DESCRIBE_CONFIGS"} == {"fraud-detector-", "payments"}
+    # nobody else but the admin (a super user, no ACL needed) may create, alter or delete anything
+    every = {op for role, acls in cluster_security.role_acls().items() for op in (a.operation for a in acls) if role != "fraud-detector"}
     assert every <= {"READ", "WRITE", "DESCRIBE", "IDEMPOTENT_WRITE"}
     assert "admin" not in cluster_security.role_acls()
 
