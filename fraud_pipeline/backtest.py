@@ -11,7 +11,7 @@ Payments come from one of:
 - by default, ``scenarios.labelled_stream`` from a fixed start instant (reproducible).
 
 Each payment is decided in order by one Engine at its event time (its
-TIMESTAMP_MS, else the record's time stamp), with one WindowState per
+TIMESTAMP_MS, else the record's time stamp), with one MemoryTable per
 partition, as the detector would. Records that cannot be read or have no
 label are counted and reported, never silently dropped.
 
@@ -43,7 +43,7 @@ from .clients import ClientError
 from .config import Settings, add_connection_arguments, connection_settings, positive_float, positive_int
 from .errors import ConfigError, PipelineError
 from .payment import InvalidPayment, Payment, decode, event_time
-from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, RuleError, RuleSet, WindowState, load_ruleset
+from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, MemoryTable, RuleError, RuleSet, load_ruleset
 from .runtime import Progress, config_error
 from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, labelled_stream, parse_mix, simulated_clock
 
@@ -267,15 +267,15 @@ def backtest(
     examples: Iterable[Example], ruleset: RuleSet, skipped: Skipped | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Decide each example in order with one engine and one window state per partition."""
+    """Decide each example in order with one engine and one state table per partition."""
     engine = Engine(ruleset)
     report = Report(ruleset, skipped=skipped if skipped is not None else Skipped())
-    states: dict[int, WindowState] = {}
+    states: dict[int, MemoryTable] = {}
     decide = engine.decide
     for n, example in enumerate(examples, 1):
         state = states.get(example.partition)
         if state is None:
-            state = states[example.partition] = engine.new_state()
+            state = states[example.partition] = MemoryTable()
         report.record(example, decide(example.payment, example.event_ms, state))
         if progress is not None and n % 1000 == 0:
             progress(n)

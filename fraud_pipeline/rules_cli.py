@@ -30,7 +30,7 @@ from .errors import PipelineError
 from .kafka_io import make_producer, make_topic_reader
 from .live_rules import LiveRules
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
-from .rules.definitions import read_document
+from .rules.definitions import group_label, read_document
 from .runtime import cli_main, setup_logging
 from .stage import Output
 from .topics import prepare_topics
@@ -83,9 +83,9 @@ def _baseline(args: argparse.Namespace) -> RuleSet:
 
 def _kind(rule: Rule) -> str:
     if rule.aggregate:
-        return f"{rule.aggregate.function} by {rule.aggregate.group_by} over {rule.aggregate.window_s:g}s"
+        return f"{rule.aggregate.function} by {group_label(rule.aggregate.group_by)} over {rule.aggregate.window_s:g}s"
     if rule.sequence:
-        return f"sequence by {rule.sequence.group_by} within {rule.sequence.within_s:g}s"
+        return f"sequence by {group_label(rule.sequence.group_by)} within {rule.sequence.within_s:g}s"
     return "condition"
 
 

@@ -41,6 +41,11 @@ def field_value(payment: Payment, field: str) -> Any:
     return getattr(payment, _ATTRIBUTES[field])
 
 
+def attribute_name(field: str) -> str:
+    """The Payment attribute holding a wire field (``TO`` -> ``to``)."""
+    return _ATTRIBUTES[field]
+
+
 def check_field(field: Any, path: str, *, numeric: bool = False) -> str:
     """``field`` if it names a payment field (a numeric one when ``numeric``), else RuleError."""
     allowed = NUMBER_FIELDS if numeric else FIELDS

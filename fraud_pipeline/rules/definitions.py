@@ -12,6 +12,9 @@ A rule set document (JSON or YAML)::
         when: {all: [{field: TO, op: "==", value: stranger}, {field: AMOUNT, op: ">=", value: 500}]}
       - id: burst
         aggregate: {function: count, group_by: ACCOUNT, window_s: 60, op: ">", value: 5}
+      - id: new-payee-then-large
+        when: {field: AMOUNT, op: ">=", value: 500}
+        aggregate: {function: age, group_by: [ACCOUNT, TO], window_s: 2592000, op: "<", value: 3600}
       - id: small-then-large
         sequence: {group_by: ACCOUNT, within_s: 60,
                    first: {field: AMOUNT, op: "<", value: 5}, then: {field: AMOUNT, op: ">=", value: 500}}
@@ -36,14 +39,26 @@ import yaml
 from .conditions import Condition, RuleError, check_field, is_number, parse_condition
 
 MODES = ("enabled", "shadow", "disabled")
-FUNCTIONS = ("count", "sum", "avg", "min", "max")
-GROUP_FIELDS = ("ACCOUNT", "TO", "PAYMENT_TYPE")
-MAX_WINDOW_S = 3600
-"""The longest window a rule may ask for. State is kept this long, and a
-detector that gains a partition re-reads this much of it before deciding
-(about 30,000 payments per second of CPU)."""
+FUNCTIONS = ("count", "sum", "avg", "min", "max", "distinct", "age", "zscore")
+NUMERIC_FUNCTIONS = ("sum", "avg", "min", "max", "zscore")
+"""The functions of a numeric ``field`` (required)."""
+GROUP_FIELDS = ("ACCOUNT", "TO", "PAYMENT_TYPE", "CARD", "DEVICE", "IP", "MERCHANT")
+"""The fields payments can be grouped by, in the order a compound key names them."""
+MAX_GROUP_FIELDS = 3
+MIN_WINDOW_S = 1
+MAX_WINDOW_S = 30 * 86_400
+"""The longest window a rule may ask for (30 days). State is kept in bounded
+time buckets (fraud_pipeline.rules.aggregates), so a long window costs at most
+~60 buckets per key, whatever the rate."""
+DEFAULT_MIN_COUNT = 5
+"""zscore: how many earlier payments the key needs in the window before the rule can fire."""
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _COMPARE_OPS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def group_label(fields: tuple[str, ...]) -> str:
+    """How a group is named in listings: ``ACCOUNT`` or ``ACCOUNT,TO``."""
+    return ",".join(fields)
 
 
 @dataclass(frozen=True)
@@ -52,19 +67,22 @@ class Aggregate:
 
     function: str
     field: str | None
-    group_by: str
+    group_by: tuple[str, ...]
+    """1-3 fields in GROUP_FIELDS order: a payment lacking any of them is not grouped."""
     window_s: float
     op: str
     value: float
     where: Condition | None = None
     """Only payments for which this holds are aggregated (the current one included)."""
+    min_count: int = DEFAULT_MIN_COUNT
+    """zscore only: the earlier payments needed in the window."""
 
 
 @dataclass(frozen=True)
 class Sequence:
     """A payment matching ``first``, then (the current one) matching ``then``, from one key within ``within_s``."""
 
-    group_by: str
+    group_by: tuple[str, ...]
     within_s: float
     first: Condition
     then: Condition
@@ -89,7 +107,8 @@ class Rule:
         return f"{self.id}@{self.version}"
 
     @property
-    def group_by(self) -> str | None:
+    def group_by(self) -> tuple[str, ...] | None:
+        """The fields the rule groups payments by (None for a rule of the payment alone)."""
         stateful = self.aggregate or self.sequence
         return stateful.group_by if stateful else None
 
@@ -97,9 +116,9 @@ class Rule:
     def window_ms(self) -> int:
         """How much of a key's history the rule reads (0 for a rule of the payment alone)."""
         if self.aggregate:
-            return int(self.aggregate.window_s * 1000)
+            return round(self.aggregate.window_s * 1000)
         if self.sequence:
-            return int(self.sequence.within_s * 1000)
+            return round(self.sequence.within_s * 1000)
         return 0
 
 
@@ -138,9 +157,14 @@ class RuleSet:
         return max((r.window_ms for r in self.active), default=0)
 
     @property
+    def group_keys(self) -> tuple[tuple[str, ...], ...]:
+        """The field tuples active stateful rules group payments by, sorted."""
+        return tuple(sorted({r.group_by for r in self.active if r.group_by}))
+
+    @property
     def group_fields(self) -> frozenset[str]:
-        """The fields active stateful rules group payments by."""
-        return frozenset(r.group_by for r in self.active if r.group_by)
+        """Every field active stateful rules group payments by (alone or in a compound key)."""
+        return frozenset(field for key in self.group_keys for field in key)
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "rules": [dict(r.source or {"id": r.id}) for r in self.rules]}
@@ -160,7 +184,9 @@ def _number(data: Mapping[str, Any], key: str, path: str, default: float | None 
 def _window(data: Mapping[str, Any], key: str, path: str) -> float:
     seconds = _number(data, key, path, positive=True)
     if seconds > MAX_WINDOW_S:
-        raise RuleError(f"{path}{key}", f"must be at most {MAX_WINDOW_S} s, got {seconds:g}")
+        raise RuleError(f"{path}{key}", f"must be at most {MAX_WINDOW_S} s (30 days), got {seconds:g}")
+    if seconds < MIN_WINDOW_S:
+        raise RuleError(f"{path}{key}", f"must be at least {MIN_WINDOW_S} s, got {seconds:g}")
     return seconds
 
 
@@ -170,30 +196,54 @@ def _keys(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
         raise RuleError(path.rstrip(".") or "rule", f"unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _group_by(data: Mapping[str, Any], path: str) -> str:
-    if data.get("group_by") not in GROUP_FIELDS:
-        raise RuleError(f"{path}group_by", f"must be one of {', '.join(GROUP_FIELDS)}, got {data.get('group_by')!r}")
-    return str(data["group_by"])
+def _group_by(data: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    """A field of GROUP_FIELDS or a list of 1-3 distinct ones, as a tuple in GROUP_FIELDS order."""
+    value = data.get("group_by")
+    fields = value if isinstance(value, list) else [value]
+    problem = None
+    if not 1 <= len(fields) <= MAX_GROUP_FIELDS:
+        problem = f"a list of 1-{MAX_GROUP_FIELDS} fields"
+    elif any(not isinstance(f, str) or f not in GROUP_FIELDS for f in fields):
+        problem = "fields"
+    elif len(set(fields)) != len(fields):
+        problem = "distinct fields"
+    if problem:
+        raise RuleError(
+            f"{path}group_by",
+            f"must be one of {', '.join(GROUP_FIELDS)}, or a list of 1-{MAX_GROUP_FIELDS} of them, got {value!r}",
+        )
+    return tuple(sorted(fields, key=GROUP_FIELDS.index))
 
 
 def _parse_aggregate(data: Any, path: str) -> Aggregate:
     if not isinstance(data, Mapping):
         raise RuleError(path, "must be an object")
-    _keys(data, {"function", "field", "group_by", "window_s", "op", "value", "where"}, path)
+    _keys(data, {"function", "field", "group_by", "window_s", "op", "value", "where", "min_count"}, path)
     prefix = f"{path}."
     function = data.get("function")
     if function not in FUNCTIONS:
         raise RuleError(f"{prefix}function", f"must be one of {', '.join(FUNCTIONS)}, got {function!r}")
     field = None
-    if function != "count" or "field" in data:
+    if function == "age" and "field" in data:
+        raise RuleError(f"{prefix}field", "age takes no field (it is the time since the key's first payment)")
+    if function == "distinct":
+        field = check_field(data.get("field"), f"{prefix}field")
+    elif function in NUMERIC_FUNCTIONS or (function == "count" and "field" in data):
         field = check_field(data.get("field"), f"{prefix}field", numeric=True)
+    min_count = DEFAULT_MIN_COUNT
+    if "min_count" in data:
+        min_count = data["min_count"]
+        if function != "zscore":
+            raise RuleError(f"{prefix}min_count", "is for zscore only")
+        if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+            raise RuleError(f"{prefix}min_count", f"must be a whole number >= 1, got {min_count!r}")
     op = data.get("op")
     if op not in _COMPARE_OPS:
         raise RuleError(f"{prefix}op", f"must be one of {' '.join(_COMPARE_OPS)}, got {op!r}")
     where = parse_condition(data["where"], f"{prefix}where") if "where" in data else None
     return Aggregate(
         function=function, field=field, group_by=_group_by(data, prefix), window_s=_window(data, "window_s", prefix),
-        op=op, value=_number(data, "value", prefix), where=where,
+        op=op, value=_number(data, "value", prefix), where=where, min_count=min_count,
     )
 
 

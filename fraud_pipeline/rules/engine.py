@@ -1,31 +1,52 @@
-"""The rule engine: a payment and its account's history in, an explained decision out.
+"""The rule engine: a payment and its keys' aggregates in, an explained decision out.
 
 Pure Python: no Kafka, no clock. The caller gives each payment's event time
-and the WindowState of its partition; the engine reads the windows, decides,
-then records the payment in them.
+and the EntityTable of its partition (fraud_pipeline.rules.aggregates); the
+engine reads the keys' series, decides, then records the payment in them.
 
 Score = the sum of the weights of the enabled rules that fire; the payment
 is fraud when the score reaches the rule set's threshold. Shadow rules are
 evaluated and listed in the decision, and never change the score.
+
+While a stateful rule's window reaches back before the table started
+recording its series (a new table, a new rule), the decision carries a note
+saying so: the rule sees only part of its window.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from ..payment import Payment
-from .conditions import field_value
-from .definitions import Aggregate, Rule, RuleSet, Sequence
-from .windows import WindowState
+from .aggregates import (
+    ALLOWED_LATENESS_MS,
+    META_KEY,
+    SEPARATOR,
+    Counts,
+    Distinct,
+    EntityTable,
+    Firsts,
+    KeyState,
+    PartitionState,
+    Series,
+    Values,
+    bucket_width_ms,
+    new_series,
+    series_id,
+)
+from .conditions import Condition, attribute_name
+from .definitions import Rule, RuleSet, group_label
 
-_COMPARE: dict[str, Callable[[float, float], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
 }
 
 
@@ -52,6 +73,8 @@ class Decision:
     score: float
     threshold: float
     fired: tuple[FiredRule, ...]
+    notes: tuple[str, ...] = ()
+    """What the decision could not see, e.g. a rule whose window is still filling."""
 
     @property
     def fraud(self) -> bool:
@@ -62,10 +85,13 @@ class Decision:
         return tuple(f for f in self.fired if f.mode == "enabled")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "fraud": self.fraud, "score": self.score, "threshold": self.threshold,
             "rules": [fired.to_dict() for fired in self.fired],
         }
+        if self.notes:
+            data["notes"] = list(self.notes)
+        return data
 
     def to_json(self) -> bytes:
         """The decision as compact JSON (cached: most decisions repeat)."""
@@ -79,8 +105,11 @@ class Decision:
                 FiredRule(str(r["id"]), int(r["version"]), str(r["mode"]), float(r["weight"]), str(r["reason"]))
                 for r in data["rules"]
             )
-            return cls(float(data["score"]), float(data["threshold"]), fired)
-        except (KeyError, TypeError, ValueError, OverflowError):
+            notes = data.get("notes", [])
+            if not isinstance(notes, list):
+                return None
+            return cls(float(data["score"]), float(data["threshold"]), fired, tuple(str(n) for n in notes))
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return None
 
 
@@ -93,128 +122,414 @@ def _show(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
-def _seconds(window_s: float) -> str:
+def window_text(window_s: float) -> str:
+    """A window as reasons show it: 60s, 90s, 1h, 24h, 30d."""
+    if window_s >= 3600 and window_s % 3600 == 0:
+        if window_s > 86400 and window_s % 86400 == 0:
+            return f"{int(window_s // 86400)}d"
+        return f"{int(window_s // 3600)}h"
     return f"{_show(window_s)}s"
 
 
+def _utc(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the compiled rule set ----------------------------------------------------------------------------
+
+_PLAIN, _AGGREGATE, _SEQUENCE = 0, 1, 2
+_COUNT, _SUM, _AVG, _MIN, _MAX, _DISTINCT, _AGE, _ZSCORE = range(8)
+_FUNCTION_CODES = {"count": _COUNT, "sum": _SUM, "avg": _AVG, "min": _MIN, "max": _MAX, "distinct": _DISTINCT,
+                   "age": _AGE, "zscore": _ZSCORE}
+
+
+class _SeriesPlan:
+    """One series the engine records: which payments (``where``), what of them (``attr``), in which buckets."""
+
+    __slots__ = ("attr", "index", "kind", "sid", "where")
+
+    def __init__(self, sid: str, kind: str, attr: str | None, where: Condition | None, index: int) -> None:
+        self.sid = sid
+        self.kind = kind
+        self.attr = attr
+        self.where = where
+        self.index = index
+
+
+class _Group:
+    """A group_by: how a payment's key is made, and the series kept under it."""
+
+    __slots__ = ("attrs", "fields", "prefix", "series")
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        self.attrs = tuple(attribute_name(f) for f in fields)
+        self.prefix = f"{group_label(fields)}=".encode()
+        self.series: list[_SeriesPlan] = []
+
+    def key(self, payment: Payment) -> bytes | None:
+        if len(self.attrs) == 1:
+            value = getattr(payment, self.attrs[0])
+            return None if value is None else self.prefix + value.encode()
+        values = [getattr(payment, a) for a in self.attrs]
+        if None in values:
+            return None
+        return self.prefix + SEPARATOR.join(values).encode()
+
+    def describe(self, key: bytes) -> str:
+        """``ACCOUNT=A`` or ``ACCOUNT=A, TO=stranger``."""
+        values = key[len(self.prefix):].decode().split(SEPARATOR)
+        return ", ".join(f"{f}={v}" for f, v in zip(self.fields, values, strict=True))
+
+
+class _Check:
+    """One active rule, compiled."""
+
+    __slots__ = ("attr", "compare", "fn", "group", "kind", "label", "min_count", "op", "rule", "series", "sid", "since_id",
+                 "then", "value", "when", "width", "window", "window_text")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.when = rule.when
+        self.kind = _PLAIN
+        self.group = -1
+        self.series = -1
+        self.sid = self.since_id = self.label = self.window_text = self.op = ""
+        self.fn = -1
+        self.attr: str | None = None
+        self.window = self.width = self.min_count = 0
+        self.compare: Callable[[Any, Any], bool] = operator.eq
+        self.value = 0.0
+        self.then: Condition | None = None
+
+
 class Engine:
-    """Decides payments with one rule set; swap the engine to change the rules, keep the states."""
+    """Decides payments with one rule set; swap the engine to change the rules, keep the tables."""
 
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        self._rules = ruleset.active
-        self._group_fields = tuple(sorted(ruleset.group_fields))
         self._nothing = Decision(0.0, ruleset.threshold, ())
-
-    def new_state(self) -> WindowState:
-        """Empty windows for one partition, sized for this rule set."""
-        return WindowState(self._group_fields, self.ruleset.retention_ms)
-
-    def decide(self, payment: Payment, event_ms: int, state: WindowState | None = None) -> Decision:
-        """Decide one payment at its event time, then record it in ``state``.
-
-        ``state`` may be None only for a rule set without stateful rules.
-        """
-        if state is None and self._group_fields:
-            raise ValueError("this rule set has stateful rules: decide() needs a WindowState")
-        now = state.event_time(event_ms) if state is not None else event_ms
-        fired: list[FiredRule] = []
-        score = 0.0
-        for rule in self._rules:
-            reason = self._fires(rule, payment, now, state)
-            if reason is None:
+        self._threshold = ruleset.threshold
+        groups: dict[tuple[str, ...], _Group] = {}
+        plans: dict[str, _SeriesPlan] = {}
+        checks: list[_Check] = []
+        since_ids: set[str] = set()
+        for rule in ruleset.active:
+            check = _Check(rule)
+            checks.append(check)
+            if rule.aggregate is None and rule.sequence is None:
                 continue
+            fields = rule.group_by
+            assert fields is not None
+            group = groups.get(fields)
+            if group is None:
+                group = groups[fields] = _Group(fields)
+            window = rule.window_ms
+            width = bucket_width_ms(window)
+            if rule.aggregate is not None:
+                agg = rule.aggregate
+                fn = _FUNCTION_CODES[agg.function]
+                kind = "d" if fn == _DISTINCT else "v" if agg.field and fn not in (_COUNT, _AGE) else "n"
+                attr = attribute_name(agg.field) if kind != "n" and agg.field else None
+                condition = agg.where
+                check.kind, check.fn, check.attr = _AGGREGATE, fn, attr
+                check.compare, check.op, check.value, check.min_count = _COMPARE[agg.op], agg.op, agg.value, agg.min_count
+                check.label = agg.function if kind == "n" else f"{agg.function}({agg.field})"
+                check.window_text = window_text(agg.window_s)
+                sid = series_id(kind, width, agg.field if kind != "n" else None,
+                                condition.describe() if condition else None)
+            else:
+                seq = rule.sequence
+                assert seq is not None
+                kind, attr, condition = "s", None, seq.first
+                check.kind, check.then, check.window_text = _SEQUENCE, seq.then, window_text(seq.within_s)
+                sid = series_id("s", width, None, condition.describe())
+            plan = plans.get(sid)
+            if plan is None:
+                plan = plans[sid] = _SeriesPlan(sid, kind, attr, condition, len(plans))
+            if plan not in group.series:
+                group.series.append(plan)
+            check.group = list(groups).index(fields)
+            check.series, check.sid, check.window, check.width = plan.index, sid, window, width
+            check.since_id = f"{group_label(fields)}/{sid}"
+            since_ids.add(check.since_id)
+        self._checks = tuple(checks)
+        self._groups = tuple(groups.values())
+        self._plans = tuple(plans.values())
+        self._since_ids = tuple(sorted(since_ids))
+        self._signature = " ".join(self._since_ids)
+        self.group_keys: tuple[tuple[str, ...], ...] = tuple(groups)
+        """The group_by field tuples the active stateful rules use."""
+        self.stateful: bool = bool(self._groups)
+        """Whether some active rule reads the history of a key."""
+
+    def decide(self, payment: Payment, event_ms: int, table: EntityTable | None = None) -> Decision:
+        """Decide one payment at its event time, then record it in ``table``.
+
+        ``table`` may be None only for a rule set without stateful rules. Give
+        a stateless engine the table anyway when there is one: it then notes
+        that the series are no longer recorded (see PartitionState.since).
+        """
+        if not self.stateful:
+            if table is not None:
+                self._stop_recording(table)
+            return self._decide_alone(payment)
+        if table is None:
+            raise ValueError("this rule set has stateful rules: decide() needs an EntityTable")
+        meta, now = self._clock(table, event_ms)
+        holds = [plan.where is None or plan.where.holds(payment) for plan in self._plans]
+        keys = [group.key(payment) for group in self._groups]
+        entities: list[KeyState | None] = []
+        for key in keys:
+            entity = table.get(key) if key is not None else None
+            entities.append(entity if isinstance(entity, KeyState) else None)
+        fired: list[FiredRule] | None = None
+        notes: list[str] | None = None
+        score = 0.0
+        since = meta.since
+        for check in self._checks:
+            when = check.when
+            if when is not None and not when.holds(payment):
+                continue
+            if check.kind == _PLAIN:
+                assert when is not None
+                reason = when.explain(payment)
+            else:
+                key = keys[check.group]
+                if key is None:
+                    continue
+                started = since[check.since_id]
+                if started > now - check.window:
+                    if notes is None:
+                        notes = []
+                    notes.append(f"{check.rule.ref}: its {check.window_text} window is still filling"
+                                 f" (history recorded since {_utc(started)})")
+                entity = entities[check.group]
+                series = entity.series.get(check.sid) if entity is not None else None
+                if check.kind == _AGGREGATE:
+                    found = _aggregate(check, series, payment, now, holds[check.series])
+                else:
+                    found = _sequence(check, series, payment, now)
+                if found is None:
+                    continue
+                reason = f"{found} ({self._groups[check.group].describe(key)}{_extra(check, series, payment, now)})"
+                if when is not None:
+                    reason = f"{when.explain(payment)}; {reason}"
+            rule = check.rule
+            if fired is None:
+                fired = []
             fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
             if rule.mode == "enabled":
                 score += rule.weight
-        if state is not None:
-            self._record(payment, now, state)
-        if not fired:
+        self._record(payment, now, table, meta, holds, keys, entities)
+        if fired is None and notes is None:
             return self._nothing
-        return Decision(score, self.ruleset.threshold, tuple(fired))
+        return Decision(score, self._threshold, tuple(fired or ()), tuple(notes or ()))
 
-    def remember(self, payment: Payment, event_ms: int, state: WindowState) -> None:
-        """Record a payment in the windows without deciding it (rebuilding a partition's state)."""
-        self._record(payment, state.event_time(event_ms), state)
+    def remember(self, payment: Payment, event_ms: int, table: EntityTable) -> None:
+        """Record a payment in the table without deciding it (rebuilding a partition's state)."""
+        if not self.stateful:
+            self._stop_recording(table)
+            return
+        meta, now = self._clock(table, event_ms)
+        holds = [plan.where is None or plan.where.holds(payment) for plan in self._plans]
+        keys = [group.key(payment) for group in self._groups]
+        entities: list[KeyState | None] = []
+        for key in keys:
+            entity = table.get(key) if key is not None else None
+            entities.append(entity if isinstance(entity, KeyState) else None)
+        self._record(payment, now, table, meta, holds, keys, entities)
 
-    def _record(self, payment: Payment, at_ms: int, state: WindowState) -> None:
-        # Every field the state tracks, not only this rule set's: a state kept
-        # across a rule change stays complete for the rules that read it later.
-        if state.group_fields:
-            keys = [(field, key) for field in state.group_fields if (key := field_value(payment, field)) is not None]
-            state.add(payment, keys, at_ms)
+    def _decide_alone(self, payment: Payment) -> Decision:
+        fired: list[FiredRule] | None = None
+        score = 0.0
+        for check in self._checks:
+            when = check.when
+            assert when is not None
+            if not when.holds(payment):
+                continue
+            rule = check.rule
+            if fired is None:
+                fired = []
+            fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, when.explain(payment)))
+            if rule.mode == "enabled":
+                score += rule.weight
+        if fired is None:
+            return self._nothing
+        return Decision(score, self._threshold, tuple(fired))
+
+    def _clock(self, table: EntityTable, event_ms: int) -> tuple[PartitionState, int]:
+        """The partition's state and the time the payment counts at (clamped by ALLOWED_LATENESS_MS)."""
+        meta = table.get(META_KEY)
+        if not isinstance(meta, PartitionState):
+            meta = PartitionState()
+        watermark = meta.watermark
+        changed = False
+        if watermark is None or event_ms > watermark:
+            now = meta.watermark = event_ms
+            changed = True
+        else:
+            now = max(event_ms, watermark - ALLOWED_LATENESS_MS)
+        if meta.signature != self._signature:
+            old = meta.since
+            meta.since = {since_id: old.get(since_id, now) for since_id in self._since_ids}
+            meta.signature = self._signature
+            changed = True
+        if changed:
+            table.put(META_KEY, meta)
+        return meta, now
+
+    def _stop_recording(self, table: EntityTable) -> None:
+        meta = table.get(META_KEY)
+        if isinstance(meta, PartitionState) and meta.signature:
+            meta.signature, meta.since = "", {}
+            table.put(META_KEY, meta)
+
+    def _record(self, payment: Payment, now: int, table: EntityTable, meta: PartitionState, holds: list[bool],
+                keys: list[bytes | None], entities: list[KeyState | None]) -> None:
+        assert meta.watermark is not None
+        horizon = meta.watermark - ALLOWED_LATENESS_MS
+        for group, key, entity in zip(self._groups, keys, entities, strict=True):
+            if key is None:
+                continue
+            touched = False
+            for plan in group.series:
+                if not holds[plan.index]:
+                    continue
+                kind = plan.kind
+                value: Any = None
+                if kind == "v" or kind == "d":
+                    assert plan.attr is not None
+                    value = getattr(payment, plan.attr)
+                    if value is None:
+                        continue
+                if entity is None:
+                    entity = KeyState()
+                series = entity.series.get(plan.sid)
+                if series is None:
+                    series = entity.series[plan.sid] = new_series(plan.sid)
+                if kind == "n":
+                    cast(Counts, series).add(now)
+                elif kind == "v":
+                    cast(Values, series).add_value(now, float(value))
+                elif kind == "d":
+                    cast(Distinct, series).add(now, value if value.__class__ is str else str(value))
+                else:
+                    assert plan.where is not None
+                    cast(Firsts, series).add(now, plan.where.explain(payment))
+                touched = True
+            if touched:
+                assert entity is not None
+                entity.prune(horizon)
+                table.put(key, entity)
 
     @property
-    def stateful(self) -> bool:
-        """Whether some active rule reads the history of a key."""
-        return bool(self._group_fields)
+    def series_ids(self) -> tuple[str, ...]:
+        """``GROUP/series`` for every series the engine records (as PartitionState.since names them)."""
+        return self._since_ids
 
-    def _fires(self, rule: Rule, payment: Payment, now: int, state: WindowState | None) -> str | None:
-        """The reason the rule fires for this payment, or None."""
-        if rule.when is not None and not rule.when.holds(payment):
+
+def _aggregate(check: _Check, series: Series | None, payment: Payment, now: int, current: bool) -> str | None:
+    """``label=observed in window op value`` if the aggregate holds, else None."""
+    fn = check.fn
+    width = check.width
+    start = (now - check.window) // width
+    observed: float
+    if fn == _DISTINCT:
+        raw = getattr(payment, check.attr) if current and check.attr else None
+        value = None if raw is None else raw if raw.__class__ is str else str(raw)
+        observed = series.count(start, value) if isinstance(series, Distinct) else int(value is not None)
+        if observed == 0:
             return None
-        parts = [rule.when.explain(payment)] if rule.when is not None else []
-        if rule.aggregate is not None or rule.sequence is not None:
-            assert state is not None
-            if rule.aggregate is not None:
-                found = _aggregate(rule.aggregate, payment, now, state)
+    elif fn in (_COUNT, _AGE):
+        counts = series if isinstance(series, Counts) else None
+        i = j = 0
+        if counts is not None:
+            i, j = counts.span(start, now // width)
+        if fn == _COUNT:
+            observed = (sum(counts.cnt[i:j]) if counts is not None and i < j else 0) + current
+        else:
+            first = counts.first[i] if counts is not None and i < j else None
+            if first is None:
+                if not current:
+                    return None
+                observed = 0
             else:
-                assert rule.sequence is not None
-                found = _sequence(rule.sequence, payment, now, state)
-            if found is None:
+                observed = max(0, now - (min(first, now) if current else first)) / 1000
+    else:
+        values = series if isinstance(series, Values) else None
+        i = j = 0
+        if values is not None:
+            i, j = values.span(start, now // width)
+        raw = getattr(payment, check.attr) if current and check.attr else None
+        if fn == _ZSCORE:
+            if raw is None or values is None or i == j:
                 return None
-            parts.append(found)
-        return "; ".join(parts)
+            n = sum(values.cnt[i:j])
+            if n < check.min_count:
+                return None
+            observed = _zscore(float(raw), n, sum(values.sum[i:j]), sum(values.sq[i:j]))
+        else:
+            n = (sum(values.cnt[i:j]) if values is not None and i < j else 0) + (raw is not None)
+            if n == 0:
+                return None
+            if fn in (_SUM, _AVG):
+                total = (sum(values.sum[i:j]) if values is not None and i < j else 0.0) + (raw or 0)
+                observed = total if fn == _SUM else total / n
+            else:
+                found: list[float] = [] if values is None else values.lo[i:j] if fn == _MIN else values.hi[i:j]
+                if raw is not None:
+                    found.append(raw)
+                observed = min(found) if fn == _MIN else max(found)
+    if not check.compare(observed, check.value):
+        return None
+    return f"{check.label}={_show(observed)} in {check.window_text} {check.op} {_show(check.value)}"
 
 
-def _aggregate(aggregate: Aggregate, payment: Payment, now: int, state: WindowState) -> str | None:
-    key = field_value(payment, aggregate.group_by)
-    if key is None:
-        return None
-    observed = _observe(aggregate, key, payment, now, state)
-    if observed is None:
-        return None
-    label = "count" if aggregate.function == "count" else f"{aggregate.function}({aggregate.field})"
-    if not _COMPARE[aggregate.op](observed, aggregate.value):
-        return None
-    return (
-        f"{label}={_show(observed)} in {_seconds(aggregate.window_s)} {aggregate.op} {_show(aggregate.value)}"
-        f" ({aggregate.group_by}={key})"
-    )
+def _moments(n: int, total: float, squares: float) -> tuple[float, float]:
+    """Mean and population standard deviation from the count, sum and sum of squares (0 when rounding leaves noise)."""
+    mean = total / n
+    variance = squares / n - mean * mean
+    sd = math.sqrt(variance) if variance > 0 else 0.0
+    if sd <= 1e-9 * max(1.0, abs(mean)):
+        sd = 0.0
+    return mean, sd
 
 
-def _observe(aggregate: Aggregate, key: str, payment: Payment, now: int, state: WindowState) -> float | None:
-    """The aggregate's value over the key's window, the current payment included; None if there is none."""
-    where = aggregate.where
-    window_ms = int(aggregate.window_s * 1000)
-    if aggregate.function == "count" and where is None:  # the common velocity rule: found by bisection
-        return state.count(aggregate.group_by, key, now, window_ms) + 1
-    counted = [p for _, p in state.events(aggregate.group_by, key, now, window_ms) if where is None or where.holds(p)]
-    if where is None or where.holds(payment):
-        counted.append(payment)
-    if aggregate.function == "count":
-        return len(counted)
-    assert aggregate.field is not None
-    values = [v for p in counted if (v := field_value(p, aggregate.field)) is not None]
-    if not values:
-        return None
-    if aggregate.function == "sum":
-        return sum(values)
-    if aggregate.function == "avg":
-        return sum(values) / len(values)
-    return min(values) if aggregate.function == "min" else max(values)
+def _zscore(value: float, n: int, total: float, squares: float) -> float:
+    """(value - mean) / sd of the earlier values; with a standard deviation of 0: 0 for the mean, else +-inf."""
+    mean, sd = _moments(n, total, squares)
+    if sd == 0.0:
+        if abs(value - mean) <= 1e-9 * max(1.0, abs(mean)):
+            return 0.0
+        return math.copysign(math.inf, value - mean)
+    return (value - mean) / sd
 
 
-def _sequence(sequence: Sequence, payment: Payment, now: int, state: WindowState) -> str | None:
-    key = field_value(payment, sequence.group_by)
-    if key is None or not sequence.then.holds(payment):
+def _extra(check: _Check, series: Series | None, payment: Payment, now: int) -> str:
+    """What a fired rule's reason shows after the key: zscore's statistics, a sequence's gap."""
+    if check.kind == _SEQUENCE:
+        assert isinstance(series, Firsts)
+        at = series.times[series.latest(now, check.window)]
+        return f", {_show((now - at) / 1000)}s apart"
+    if check.fn == _ZSCORE:
+        assert isinstance(series, Values) and check.attr is not None
+        width = check.width
+        i, j = series.span((now - check.window) // width, now // width)
+        n = sum(series.cnt[i:j])
+        mean, sd = _moments(n, sum(series.sum[i:j]), sum(series.sq[i:j]))
+        field = check.label[len("zscore("):-1]
+        return f"; {field}={_show(getattr(payment, check.attr))}, mean={_show(mean)}, sd={_show(sd)}, n={n}"
+    return ""
+
+
+def _sequence(check: _Check, series: Series | None, payment: Payment, now: int) -> str | None:
+    """``first then then within window`` if a payment matching first precedes this one matching then, else None."""
+    then = check.then
+    assert then is not None
+    if not isinstance(series, Firsts) or not then.holds(payment):
         return None
-    within_ms = int(sequence.within_s * 1000)
-    earlier = [(t, p) for t, p in state.events(sequence.group_by, key, now, within_ms) if sequence.first.holds(p)]
-    if not earlier:
+    i = series.latest(now, check.window)
+    if i < 0:
         return None
-    at, first = earlier[-1]
-    return (
-        f"{sequence.first.explain(first)} then {sequence.then.explain(payment)} within {_seconds(sequence.within_s)}"
-        f" ({sequence.group_by}={key}, {_show((now - at) / 1000)}s apart)"
-    )
+    return f"{series.texts[i]} then {then.explain(payment)} within {check.window_text}"
