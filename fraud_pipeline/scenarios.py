@@ -65,10 +65,12 @@ generated: accounts ``REG00000`` onwards (1 per 40 base accounts, at least
 20, are steady; 1 per 200, at least 10, are varied, as many pay bills) paid
 over the HISTORY_DAYS (28) days before the stream's first instant, and the
 stream emits that history first, stamped in the past, in time order,
-labelled legit with scenario ``history``. Steady regulars pay one stable
-amount (20-60, within 8 %) about once a day; varied ones pay AMOUNT 5-2000
-(log-uniform) about once a day; bill payers pay AMOUNT 10-100 about once a
-day and their own payee a bill of 600-2000 (within 15 %) every week. The
+labelled legit with scenario ``history``. Every regular pays every 8-24 hours:
+steady ones one stable amount (20-60, within 8 %), varied ones AMOUNT
+5-2000 (log-uniform, 200-2000 four times in ten and the first time), bill
+payers AMOUNT 10-100; bill payers also set up their own payee with a
+payment of 1-10 on the first day, then pay it a bill of 600-2000 (within
+15 %) 1.5-3 days later and every week after. The
 history comes from its own random stream: the payments after it are those
 of a stream without it. It is emitted only when the mix has one of those
 three scenarios and ``history_days`` > 0, and is the same at every rate,
@@ -551,14 +553,19 @@ def _history_plan(rng: random.Random, regular: Regular, days: float) -> Plan:
     while at < end:
         if regular.kind == "steady":
             amount = round(regular.usual * rng.uniform(0.92, 1.08))
-        elif regular.kind == "varied":
-            amount = int(math.exp(rng.uniform(math.log(5), math.log(2000))))
+        elif regular.kind == "varied":  # large ones from the first on: its amounts have always varied widely
+            large = not plan or rng.random() < 0.4
+            amount = int(math.exp(rng.uniform(math.log(200), math.log(2000)) if large else rng.uniform(math.log(5), math.log(200))))
         else:
             amount = rng.randint(10, 100)
         plan.append((at, Planned(_card(rng), amount, rng.choice(KNOWN_RECIPIENTS), regular.account, LEGIT, HISTORY)))
-        at += rng.uniform(12 * _HOUR, 36 * _HOUR)
+        at += rng.uniform(8 * _HOUR, 24 * _HOUR)
     if regular.payee is not None:
-        at = rng.uniform(0, 7 * _DAY)
+        # The payee was set up with a small confirming payment, the first bill followed days later
+        # (before the account has 10 other payments), then one a week.
+        at = rng.uniform(0, 0.5 * _DAY)
+        plan.append((at, Planned(_card(rng), rng.randint(1, 10), regular.payee, regular.account, LEGIT, HISTORY)))
+        at += rng.uniform(1.5 * _DAY, 3 * _DAY)
         while at < end:
             amount = round(regular.usual * rng.uniform(0.85, 1.15))
             plan.append((at, Planned(_card(rng), amount, regular.payee, regular.account, LEGIT, HISTORY)))
