@@ -62,7 +62,7 @@ Regulars and their history. ``above-baseline``, ``known-payee-large`` and
 of an account's payments. A backtest's stream covers minutes of simulated
 time (50,000 payments at 20 a second: 42 minutes), so the history is
 generated: accounts ``REG00000`` onwards (1 per 100 base accounts, at least
-20, are steady; 1 per 500, at least 10, are varied, as many pay bills) paid
+5, are steady; 1 per 500, at least 2, are varied, as many pay bills) paid
 over the HISTORY_DAYS (28) days before the stream's first instant, and the
 stream emits that history first, stamped in the past, in time order,
 labelled legit with scenario ``history``. Every regular pays every 8-24 hours:
@@ -320,7 +320,7 @@ class World:
     def __init__(self, seed: int | None, accounts: int) -> None:
         self.accounts = accounts
         self.entities = entity_rng(seed)
-        steady, varied = max(20, accounts // 100), max(10, accounts // 500)
+        steady, varied = max(5, accounts // 100), max(2, accounts // 500)
         kinds = ["steady"] * steady + ["varied"] * varied + ["bills"] * varied
         self.regulars = tuple(_regular(f"REG{n:05d}", kind) for n, kind in enumerate(kinds))
         self.steady = tuple(r for r in self.regulars if r.kind == "steady")
