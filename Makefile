@@ -78,8 +78,9 @@ chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signa
 bench: venv ## throughput benchmark on the local cluster (BENCH_ARGS="--count 200000 --runs 3"); writes results/bench-latest.json
 	$(call with_cluster,$(PY) -m bench.run $(BENCH_ARGS))
 
-backtest: venv ## precision/recall of the recommended rules on labelled payments, no cluster (BACKTEST_ARGS="--count 100000 --mix burst=0.004")
-	$(PY) -m fraud_pipeline.backtest --recommended $(BACKTEST_ARGS)
+BACKTEST_RATES ?= 20,200
+backtest: venv ## precision/recall of the recommended rules per scenario at 20 and 200 payments/s, no cluster (BACKTEST_RATES=20; BACKTEST_ARGS="--duration 600 --mix burst=0.004")
+	$(PY) -m fraud_pipeline.backtest --recommended --rate $(BACKTEST_RATES) $(BACKTEST_ARGS)
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

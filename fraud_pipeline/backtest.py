@@ -1,7 +1,8 @@
 """Backtest a rule set on labelled payments: precision and recall per rule, per scenario, overall.
 
     python -m fraud_pipeline.backtest [--recommended | --rules FILE]
-        [--input FILE.jsonl | --topic NAME [--since T] [--until T] | --count N --seed S --mix MIX --rate R]
+        [--input FILE.jsonl | --topic NAME [--since T] [--until T]
+         | --rate R[,R...] [--duration S | --count N] [--accounts N] --seed S --mix MIX]
         [--save FILE.jsonl] [--json FILE]
 
 Payments come from one of:
@@ -10,17 +11,40 @@ Payments come from one of:
 - a topic: its committed records in a time span, labelled by their ``fraud.label`` header;
 - by default, ``scenarios.labelled_stream`` from a fixed start instant (reproducible).
 
+Generated payments and the pace. ``--rate 20,200`` backtests at each rate in
+turn and ends with a table of each scenario's precision and recall at each
+rate. A faster stream comes from more accounts, not from each account paying
+more often: unless ``--accounts`` is given, there are ACCOUNTS_PER_RATE (500)
+accounts per payment a second (10,000 at 20/s, 100,000 at 200/s), so each
+account pays about every 500 s at any rate, as the velocity rules expect;
+and unless ``--count`` is given, each rate runs DURATION_S (2,500) simulated
+seconds (50,000 payments at 20/s, 500,000 at 200/s). When the mix has
+scenarios of regulars, the regulars' 28 days of history
+(``scenarios.history``) come first, the same at every rate, and are decided
+and reported like any payment (scenario ``history``).
+
 Each payment is decided in order by one Engine at its event time (its
-TIMESTAMP_MS, else the record's time stamp), with one MemoryTable per
-partition, as the detector would. Records that cannot be read or have no
-label are counted and reported, never silently dropped.
+TIMESTAMP_MS, else the record's time stamp). Tables: keys that include
+ACCOUNT (the record key: ``ACCOUNT``, ``ACCOUNT,TO``, ...) are held in one
+MemoryTable per partition, as the detector holds them; keys without ACCOUNT
+(``DEVICE``, ``TO``, ``CARD``, ...) are held in one table shared by all
+partitions: the streaming detector computes them across partitions by
+re-keying, so each such key sees every partition's payments, and a single
+global view is the correct model of it (``PartitionView``). The partition's
+bookkeeping (its event-time watermark) stays per partition. Records that
+cannot be read or have no label are counted and reported, never silently
+dropped.
 
 Precision of a rule is the share of its alerts that are labelled fraud;
 its recall the share of all fraud-labelled payments it fires on. Overall,
 a payment is an alert when the rule set decides it fraud (shadow rules
-never count). A ratio with nothing to divide by is reported as 0.
+never count). A scenario's precision is the share of the alerts on its
+payments that are labelled fraud, its recall the share of its fraud-labelled
+payments alerted on (``-`` for a scenario with no fraud: its false alerts
+say how it did). A ratio with nothing to divide by is reported as 0.
 
-The last line of the output is ``overall precision=P recall=R f1=F alerts=N``.
+The last line of the output is ``overall precision=P recall=R f1=F alerts=N``
+(with several rates: over all of them).
 """
 
 from __future__ import annotations
@@ -33,7 +57,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,14 +67,30 @@ from .clients import ClientError
 from .config import Settings, add_connection_arguments, connection_settings, positive_float, positive_int
 from .errors import ConfigError, PipelineError
 from .payment import InvalidPayment, Payment, decode, event_time
-from .rules import ORIGINAL, RULESETS_DIR, Decision, Engine, MemoryTable, RuleError, RuleSet, load_ruleset
+from .rules import META_KEY, ORIGINAL, RULESETS_DIR, Decision, Engine, Entity, MemoryTable, RuleError, RuleSet, load_ruleset
 from .runtime import Progress, config_error
-from .scenarios import FRAUD, LABEL_HEADER, LABELS, SCENARIO_HEADER, labelled_stream, parse_mix, simulated_clock
+from .scenarios import (
+    FRAUD,
+    LABEL_HEADER,
+    LABELS,
+    SCENARIO_HEADER,
+    Labelled,
+    World,
+    history,
+    labelled_stream,
+    parse_mix,
+    simulated_clock,
+)
 
 START = datetime.datetime(2024, 1, 1, tzinfo=pytz.utc)
 """Generated data sets start at this instant, so a seed gives the same data set on every run."""
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 UNKNOWN_SCENARIO = "unknown"
+DEFAULT_RATES = (20.0,)
+ACCOUNTS_PER_RATE = 500
+"""Generated accounts per payment a second, unless --accounts: each account pays about every 500 s at any rate."""
+DURATION_S = 2500.0
+"""Simulated seconds generated at each rate, unless --count."""
 MAX_PROBLEMS_SHOWN = 5
 
 
@@ -86,10 +126,19 @@ class Skipped:
 # Sources
 
 
-def generated(count: int, seed: int | None, mix_text: str, rate: float, accounts: int) -> Iterator[Example]:
-    """``count`` labelled payments from ``scenarios.labelled_stream``, ``rate`` a second from START."""
-    stream = labelled_stream(seed, accounts, parse_mix(mix_text), simulated_clock(START, rate))
-    for item in islice(stream, count):
+def past(seed: int | None, mix_text: str, accounts: int) -> list[Labelled]:
+    """The regulars' history before START that a generated data set starts with (none unless the mix needs it)."""
+    return history(seed, World(seed, accounts), START) if parse_mix(mix_text).needs_history else []
+
+
+def generated(
+    count: int, seed: int | None, mix_text: str, rate: float, accounts: int, before: list[Labelled] | None = None
+) -> Iterator[Example]:
+    """The regulars' history (``before``, else ``past``'s), then ``count`` payments ``rate`` a second from START."""
+    if before is None:
+        before = past(seed, mix_text, accounts)
+    stream = labelled_stream(seed, accounts, parse_mix(mix_text), simulated_clock(START, rate), history_days=0)
+    for item in chain(before, islice(stream, count)):
         assert item.payment.timestamp_ms is not None
         yield Example(item.payment, item.label, item.scenario, item.payment.timestamp_ms)
 
@@ -263,19 +312,48 @@ class Report:
         return Tally(self.overall.payments, self.overall.fraud, self.rule_alerts[rule_id], self.rule_true_alerts[rule_id])
 
 
+_RECORD_KEY_PREFIXES = (b"ACCOUNT=", b"ACCOUNT,")
+
+
+class PartitionView:
+    """One partition's tables: its own for the record key's keys (and its watermark), a shared one for the others.
+
+    A group key that includes ACCOUNT (``ACCOUNT=...``, ``ACCOUNT,TO=...``) is
+    only ever written by its account's partition; any other key (``DEVICE=...``,
+    ``TO=...``) is read and written in ``shared``, the global view the
+    re-keyed streaming detector has of it.
+    """
+
+    __slots__ = ("own", "shared")
+
+    def __init__(self, own: MemoryTable, shared: MemoryTable) -> None:
+        self.own = own
+        self.shared = shared
+
+    def _table(self, key: bytes) -> MemoryTable:
+        return self.own if key == META_KEY or key.startswith(_RECORD_KEY_PREFIXES) else self.shared
+
+    def get(self, key: bytes) -> Entity | None:
+        return self._table(key).get(key)
+
+    def put(self, key: bytes, value: Entity) -> None:
+        self._table(key).put(key, value)
+
+
 def backtest(
     examples: Iterable[Example], ruleset: RuleSet, skipped: Skipped | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Decide each example in order with one engine and one state table per partition."""
+    """Decide each example in order with one engine: a table per partition, one shared for non-ACCOUNT keys."""
     engine = Engine(ruleset)
     report = Report(ruleset, skipped=skipped if skipped is not None else Skipped())
-    states: dict[int, MemoryTable] = {}
+    shared = MemoryTable()
+    states: dict[int, PartitionView] = {}
     decide = engine.decide
     for n, example in enumerate(examples, 1):
         state = states.get(example.partition)
         if state is None:
-            state = states[example.partition] = MemoryTable()
+            state = states[example.partition] = PartitionView(MemoryTable(), shared)
         report.record(example, decide(example.payment, example.event_ms, state))
         if progress is not None and n % 1000 == 0:
             progress(n)
@@ -307,14 +385,54 @@ def rules_table(report: Report) -> str:
     return _table(["rule", "mode", "alerts", "TP", "precision", "recall", "F1"], rows)
 
 
+def _scenario_order(report: Report) -> list[tuple[str, Tally]]:
+    """Fraud scenarios first (most fraud first), then the others, by name."""
+    return sorted(report.scenarios.items(), key=lambda item: (-item[1].fraud, item[0]))
+
+
 def scenarios_table(report: Report) -> str:
-    """Per scenario: payments, fraud-labelled ones, alerts, caught fraud, recall, false alerts."""
+    """Per scenario: payments, fraud-labelled ones, alerts, caught fraud, precision, recall, false alerts."""
     rows = []
-    for name, tally in sorted(report.scenarios.items(), key=lambda item: (-item[1].fraud, item[0])):
-        recall = _f(tally.recall) if tally.fraud else "-"
+    for name, tally in _scenario_order(report):
+        precision, recall = (_f(tally.precision), _f(tally.recall)) if tally.fraud else ("-", "-")
         counts = [tally.payments, tally.fraud, tally.alerts, tally.true_alerts]
-        rows.append([name, *map(str, counts), recall, str(tally.false_alerts)])
-    return _table(["scenario", "payments", "fraud", "alerts", "caught", "recall", "false alerts"], rows)
+        rows.append([name, *map(str, counts), precision, recall, str(tally.false_alerts)])
+    return _table(["scenario", "payments", "fraud", "alerts", "caught", "precision", "recall", "false alerts"], rows)
+
+
+def rates_table(runs: list[tuple[float, Report]]) -> str:
+    """Per scenario, its precision and recall (false alerts, for legit ones) at each rate."""
+    names = list(dict.fromkeys(name for _, report in runs for name, _ in _scenario_order(report)))
+    header = ["scenario"]
+    for rate, _ in runs:
+        header += [f"P {rate:g}/s", f"R {rate:g}/s", f"FP {rate:g}/s"]
+    rows = []
+    for name in names:
+        row = [name]
+        for _, report in runs:
+            tally = report.scenarios.get(name, Tally())
+            shown = (_f(tally.precision), _f(tally.recall)) if tally.fraud else ("-", "-")
+            row += [*shown, str(tally.false_alerts)]
+        rows.append(row)
+    overall = ["overall"]
+    for _, report in runs:
+        overall += [_f(report.overall.precision), _f(report.overall.recall), str(report.overall.false_alerts)]
+    return _table(header, [*rows, overall])
+
+
+def pooled(runs: list[tuple[float, Report]]) -> Report:
+    """The runs' overall and per-scenario tallies added up (for the last line over several rates)."""
+    total = Report(runs[0][1].ruleset)
+    for _, report in runs:
+        for name, tally in (("", report.overall), *report.scenarios.items()):
+            into = total.overall if not name else total.scenarios.setdefault(name, Tally())
+            into.payments += tally.payments
+            into.fraud += tally.fraud
+            into.alerts += tally.alerts
+            into.true_alerts += tally.true_alerts
+        total.rule_alerts.update(report.rule_alerts)
+        total.rule_true_alerts.update(report.rule_true_alerts)
+    return total
 
 
 def overall_table(report: Report) -> str:
@@ -392,6 +510,22 @@ def _mix(text: str) -> str:
     return text
 
 
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``20`` or ``20,200``: payments per simulated second, each > 0, none twice."""
+    rates: list[float] = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a rate (payments per second): {part.strip()!r}") from None
+        if not rate > 0 or rate == float("inf"):
+            raise argparse.ArgumentTypeError(f"a rate must be a positive number, got {part.strip()!r}")
+        if rate in rates:
+            raise argparse.ArgumentTypeError(f"rate {part.strip()} given twice")
+        rates.append(rate)
+    return tuple(rates)
+
+
 def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     env = dict(os.environ) if env is None else env
     parser = argparse.ArgumentParser(
@@ -409,13 +543,17 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     kafka.add_argument("--since", type=parse_time, metavar="T", help="first record time: epoch ms or ISO-8601 (default: the beginning)")
     kafka.add_argument("--until", type=parse_time, metavar="T", help="last record time: epoch ms or ISO-8601 (default: the current end)")
     gen = parser.add_argument_group("generated source (the default)")
-    gen.add_argument("--count", type=positive_int, default=50000, metavar="N", help="payments (default: %(default)s)")
+    gen.add_argument("--count", type=positive_int, metavar="N",
+                     help=f"payments at each rate (default: {DURATION_S:g} simulated seconds' worth, 50000 at 20/s)")
+    gen.add_argument("--duration", type=positive_float, default=DURATION_S, metavar="S",
+                     help="simulated seconds at each rate, when --count is not given (default: %(default)g)")
     gen.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default: %(default)s)")
     gen.add_argument("--mix", type=_mix, default="default", metavar="MIX",
                      help="scenario rates: default, none, or name=rate,... per base payment (default: %(default)s)")
-    gen.add_argument("--rate", type=positive_float, default=20.0, metavar="R",
-                     help="simulated payments per second (default: %(default)s)")
-    gen.add_argument("--accounts", type=positive_int, default=10000, metavar="N", help="sender accounts (default: %(default)s)")
+    gen.add_argument("--rate", type=parse_rates, default=DEFAULT_RATES, metavar="R[,R...]",
+                     help="simulated payments per second; several (20,200) backtest at each in turn (default: 20)")
+    gen.add_argument("--accounts", type=positive_int, metavar="N",
+                     help=f"sender accounts (default: {ACCOUNTS_PER_RATE} per payment a second, 10000 at 20/s)")
     out = parser.add_argument_group("output")
     out.add_argument("--save", type=Path, metavar="FILE", help="also write the labelled payments as JSON lines (readable with --input)")
     out.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
@@ -430,21 +568,25 @@ def _load_rules(args: argparse.Namespace) -> tuple[RuleSet, str]:
     return ORIGINAL, "original (bitcoin)"
 
 
-def _source(args: argparse.Namespace, skipped: Skipped) -> tuple[Iterator[Example], int | None, str]:
+def _source(args: argparse.Namespace, rate: float, skipped: Skipped) -> tuple[Iterator[Example], int | None, str]:
     """The examples, how many are expected (None: unknown) and a description."""
     if args.input is not None:
         return from_file(args.input, skipped), None, f"file {args.input}"
     if args.topic is not None:
         settings = Settings(connection_settings(args))
         return from_topic(settings, args.topic, args.since, args.until, skipped), None, f"topic {args.topic}"
-    description = f"generated count={args.count} seed={args.seed} mix={args.mix} rate={args.rate:g}/s accounts={args.accounts}"
-    return generated(args.count, args.seed, args.mix, args.rate, args.accounts), args.count, description
+    count = args.count if args.count is not None else max(1, round(args.duration * rate))
+    accounts = args.accounts if args.accounts is not None else max(1, round(ACCOUNTS_PER_RATE * rate))
+    before = past(args.seed, args.mix, accounts)
+    description = f"generated count={count} seed={args.seed} mix={args.mix} rate={rate:g}/s accounts={accounts}"
+    if before:
+        description += f" history={len(before)}"
+    return generated(count, args.seed, args.mix, rate, accounts, before), count + len(before), description
 
 
-def run(args: argparse.Namespace) -> int:
-    ruleset, rules_name = _load_rules(args)
+def _run_one(args: argparse.Namespace, ruleset: RuleSet, rules_name: str, rate: float) -> tuple[Report, str]:
     skipped = Skipped()
-    examples, total, description = _source(args, skipped)
+    examples, total, description = _source(args, rate, skipped)
     progress = Progress("backtest", total)
     save = args.save.open("w", encoding="utf-8") if args.save is not None else None
     try:
@@ -457,10 +599,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"backtest: skipped {reason}", file=sys.stderr)
     if skipped.total:
         print(f"backtest: skipped {skipped.total} records: {dict(skipped.counts)}", file=sys.stderr)
-    title = f"rules {rules_name} on {description}"
+    return report, f"rules {rules_name} on {description}"
+
+
+def run(args: argparse.Namespace) -> int:
+    ruleset, rules_name = _load_rules(args)
+    rates = args.rate if args.input is None and args.topic is None else args.rate[:1]
+    if len(rates) == 1:
+        report, title = _run_one(args, ruleset, rules_name, rates[0])
+        if args.json is not None:
+            args.json.write_text(json.dumps(to_json(report, title), indent=2) + "\n", encoding="utf-8")
+        print(render(report, title))
+        return 0
+    runs: list[tuple[float, Report]] = []
+    titles: list[str] = []
+    for rate in rates:
+        report, title = _run_one(args, ruleset, rules_name, rate)
+        runs.append((rate, report))
+        titles.append(title)
+        print(render(report, title) + "\n")
     if args.json is not None:
-        args.json.write_text(json.dumps(to_json(report, title), indent=2) + "\n", encoding="utf-8")
-    print(render(report, title))
+        data = {"runs": [{"rate": rate, **to_json(report, title)} for (rate, report), title in zip(runs, titles, strict=True)]}
+        args.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    rates_text = ", ".join(f"{rate:g}" for rate in rates)
+    print(f"## Scenarios at {rates_text} payments/s\n\n" + rates_table(runs) + "\n")
+    for rate, report in runs:
+        print(f"rate {rate:g}/s: {summary_line(report)}")
+    print(summary_line(pooled(runs)))
     return 0
 
 
@@ -469,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.since is not None or args.until is not None) and args.topic is None:
         print("backtest: error: --since and --until need --topic", file=sys.stderr)
+        return 2
+    if len(args.rate) > 1 and args.save is not None:
+        print("backtest: error: --save takes one --rate", file=sys.stderr)
         return 2
     try:
         return run(args)

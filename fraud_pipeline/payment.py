@@ -16,7 +16,10 @@ have only those five.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
+import itertools
 import json
 import random
 import re
@@ -260,13 +263,81 @@ def seoul_date_time(now: datetime.datetime) -> tuple[str, str]:
     return local.strftime("%m/%d/%Y"), local.strftime("%H:%M:%S")
 
 
+@dataclass(frozen=True, slots=True)
+class AccountProfile:
+    """An account's stable entities: one card per network (masked), one or two devices, an IP."""
+
+    cards: dict[str, str]
+    """Per card PAYMENT_TYPE (VISA, MASTERCARD), the account's card, masked (``411111******1234``)."""
+    devices: tuple[str, ...]
+    """One or two device ids; the first is the one mostly used."""
+    ip: str
+
+    def card(self, payment_type: str) -> str | None:
+        """The card a payment of this type is made with (None for BITCOIN)."""
+        return self.cards.get(payment_type)
+
+
+CARD_BINS = {"VISA": ("411111", "424242", "453201", "476173"), "MASTERCARD": ("510510", "542418", "555555", "222300")}
+"""Issuer numbers (the first six digits) the generated cards start with, per network."""
+SECOND_DEVICE_SHARE = 0.25
+"""How often an account with two devices pays from its second one."""
+MERCHANTS = tuple(f"merchant-{n:04d}" for n in range(1, 501))
+"""The merchants card payments go to; the first are the most popular (weights 1/rank)."""
+_MERCHANT_WEIGHTS = tuple(itertools.accumulate(1 / rank for rank in range(1, len(MERCHANTS) + 1)))
+
+
+def mask_card(bin6: str, last4: str) -> str:
+    """A card number as payments carry it: the first six and the last four digits."""
+    return f"{bin6}******{last4}"
+
+
+def new_device(rng: random.Random) -> str:
+    """A fresh device id, e.g. ``dev-3f09a1c2``."""
+    return f"dev-{rng.getrandbits(32):08x}"
+
+
+def new_ip(rng: random.Random) -> str:
+    """A fresh public-looking IPv4 address."""
+    first = rng.choice((23, 31, 46, 62, 77, 81, 91, 109, 151, 176, 185, 211))
+    return f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+
+def pick_merchant(rng: random.Random) -> str:
+    """A merchant, the popular ones more often (one draw)."""
+    return rng.choices(MERCHANTS, cum_weights=_MERCHANT_WEIGHTS)[0]
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def account_profile(account: str) -> AccountProfile:
+    """The account's stable card, devices and IP: the same for an account on every run, whatever the seed.
+
+    Derived from the account id alone (a string-seeded Random, which does not
+    depend on PYTHONHASHSEED), so no stream draws are spent on it.
+    """
+    rng = random.Random(f"profile:{account}")
+    cards = {kind: mask_card(rng.choice(bins), f"{rng.randrange(10_000):04d}") for kind, bins in CARD_BINS.items()}
+    devices = tuple(new_device(rng) for _ in range(1 if rng.random() < 0.6 else 2))
+    return AccountProfile(cards, devices, new_ip(rng))
+
+
+def entity_rng(seed: int | None, purpose: str = "entities") -> random.Random:
+    """A second random stream for a seed: draws from it leave the main stream's payments unchanged."""
+    return random.Random(None if seed is None else f"{purpose}:{seed}")
+
+
 def generate(
-    rng: random.Random, now: datetime.datetime, accounts: int = 1000
+    rng: random.Random, now: datetime.datetime, accounts: int = 1000, entities: random.Random | None = None
 ) -> Payment:
     """One random payment at ``now`` (an aware datetime).
 
     The draws for type, amount and recipient come first and in the original's
-    order, so a seed gives the same payments the original's choices would.
+    order, so a seed gives the same payments the original's choices would;
+    then the account and the id. With ``entities`` (a second stream, see
+    ``entity_rng``), the payment also carries the account's CARD (card
+    payments), DEVICE and IP, and a MERCHANT (card payments): those draws come
+    from ``entities`` only, so a seed's type, amount, recipient, account and id
+    are the same with and without them.
     """
     payment_type = rng.choice(PAYMENT_TYPES)
     amount = rng.randint(0, 100)
@@ -274,7 +345,7 @@ def generate(
     account = f"ACC{rng.randrange(accounts):05d}"
     payment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     date, time = seoul_date_time(now)
-    return Payment(
+    payment = Payment(
         date=date,
         time=time,
         payment_type=payment_type,
@@ -284,10 +355,34 @@ def generate(
         account=account,
         timestamp_ms=int(now.timestamp() * 1000),
     )
+    if entities is None:
+        return payment
+    return with_entities(payment, entities)
 
 
-def payment_stream(seed: int | None, accounts: int = 1000) -> Iterator[Payment]:
-    """An endless stream of payments stamped with the current time; seeded when ``seed`` is set."""
+def with_entities(
+    payment: Payment, entities: random.Random, device: str | None = None, ip: str | None = None, merchant: str | None = None
+) -> Payment:
+    """The payment with its account's CARD, a DEVICE and IP (the account's unless given) and, for cards, a MERCHANT."""
+    assert payment.account is not None
+    profile = account_profile(payment.account)
+    card = profile.card(payment.payment_type)
+    if device is None:
+        device = profile.devices[1] if len(profile.devices) > 1 and entities.random() < SECOND_DEVICE_SHARE else profile.devices[0]
+    if card is not None and merchant is None:
+        merchant = pick_merchant(entities)
+    return dataclasses.replace(
+        payment, card=card, device=device, ip=ip or profile.ip, merchant=merchant if card is not None else None
+    )
+
+
+def payment_stream(seed: int | None, accounts: int = 1000, entities: bool = True) -> Iterator[Payment]:
+    """An endless stream of payments stamped with the current time; seeded when ``seed`` is set.
+
+    ``entities``: payments carry CARD, DEVICE, IP and MERCHANT (drawn from a
+    second stream, so the rest of each payment is the same either way).
+    """
     rng = random.Random(seed)
+    extra = entity_rng(seed) if entities else None
     while True:
-        yield generate(rng, datetime.datetime.now(pytz.utc), accounts)
+        yield generate(rng, datetime.datetime.now(pytz.utc), accounts, extra)

@@ -4,10 +4,19 @@ Prints each payment as the original tutorial did (the Python dict of its five
 fields). Records are keyed by the sender account, so one account's payments
 stay in order on one partition.
 
+Every mode sends the entity fields too (CARD, DEVICE, IP, and MERCHANT for
+card payments; fraud_pipeline.payment.generate): the original's scripts read
+only the five original fields, so they read these messages as they did, and
+the printed line (those five fields) is the same; the entities come from a
+second random stream, so a seed's five fields are those it gave before.
+
 With ``--scenarios`` the stream also carries labelled fraud scenarios
 (fraud_pipeline.scenarios); each record then has the headers ``fraud.label``
 (``fraud`` or ``legit``) and ``fraud.scenario``: the ground truth for a
-backtest, which the detector never reads.
+backtest, which the detector never reads. When the mix has scenarios of
+regulars, the regulars' history (weeks of payments stamped in the past,
+scenario ``history``) is sent first, unpaced; ``--count`` counts it too
+(about 600 payments with the default 1000 accounts).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from .kafka_io import make_producer
 from .metrics import start as start_metrics
 from .payment import Payment, encode, payment_stream
 from .runtime import Summary, cli_main, run_cli
-from .scenarios import LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
+from .scenarios import HISTORY, LABEL_HEADER, SCENARIO_HEADER, labelled_stream, parse_mix
 from .stage import BatchError, Output
 from .topics import prepare_topics
 
@@ -51,8 +60,8 @@ def produce(
     interval = 1.0 / options.rate if options.rate > 0 else 0.0
     next_send = time.monotonic()
     reason = "count reached"
-    for payment, headers in islice(_stream(options), options.count):
-        if interval:
+    for payment, headers, paced in islice(_stream(options), options.count):
+        if interval and paced:
             delay = next_send - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
@@ -72,14 +81,19 @@ def produce(
     return reason
 
 
-def _stream(options: ProducerSettings) -> Iterator[tuple[Payment, list[tuple[str, bytes]] | None]]:
-    """The payments to send, each with its record headers (the labels, with scenarios)."""
+def _stream(options: ProducerSettings) -> Iterator[tuple[Payment, list[tuple[str, bytes]] | None, bool]]:
+    """The payments to send, each with its record headers (the labels, with scenarios) and whether it is paced.
+
+    The regulars' history (scenarios of regulars only) is stamped in the past
+    and sent first, unpaced.
+    """
     mix = parse_mix(options.scenarios)
-    if not mix:  # the original random stream, as before
-        yield from ((payment, None) for payment in payment_stream(options.seed, options.accounts))
+    if not mix:  # the original random stream, as before, with CARD, DEVICE, IP and MERCHANT
+        yield from ((payment, None, True) for payment in payment_stream(options.seed, options.accounts))
         return
     for item in labelled_stream(options.seed, options.accounts, mix, lambda: datetime.datetime.now(datetime.UTC)):
-        yield item.payment, [(LABEL_HEADER, item.label.encode()), (SCENARIO_HEADER, item.scenario.encode())]
+        headers = [(LABEL_HEADER, item.label.encode()), (SCENARIO_HEADER, item.scenario.encode())]
+        yield item.payment, headers, item.scenario != HISTORY
 
 
 def run(settings: Settings, stop: threading.Event) -> int:
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         NAME,
         "Send random payments (DATE and TIME in Asia/Seoul, PAYMENT_TYPE, AMOUNT, TO, plus PAYMENT_ID, "
-        "ACCOUNT and TIMESTAMP_MS) to the payments topic, keyed by sender account, and print each one.",
+        "ACCOUNT, TIMESTAMP_MS, CARD, DEVICE, IP and MERCHANT) to the payments topic, keyed by sender account, and print each one.",
         consumes=None,
         producer=True,
     )

@@ -17,6 +17,7 @@ import time
 import types
 import warnings
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -32,6 +33,7 @@ from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.processors import fraud_line, legit_line
 from fraud_pipeline.rules import ORIGINAL as ORIGINAL_RULES
 from fraud_pipeline.runtime import Summary
+from fraud_pipeline.scenarios import DEFAULT_MIX, labelled_stream, simulated_clock
 from fraud_pipeline.stage import LineBuffer, Output
 from tests.unit.records import memory_states, record, sends
 
@@ -82,9 +84,45 @@ def run_original(
 
 
 def our_payments(n: int, seed: int = 7) -> list[payment_mod.Payment]:
-    rng = random.Random(seed)
+    """What our producer sends in the tutorial's mode: the five fields, our optional ones and the entities."""
+    rng, entities = random.Random(seed), payment_mod.entity_rng(seed)
     now = datetime.datetime(2026, 1, 22, 2, 50, 50, tzinfo=pytz.utc)
-    return [payment_mod.generate(rng, now) for _ in range(n)]
+    return [payment_mod.generate(rng, now, 1000, entities) for _ in range(n)]
+
+
+def scenario_payments(n: int, seed: int = 7) -> list[payment_mod.Payment]:
+    """What our producer sends with --scenarios default: the regulars' history, then the labelled stream."""
+    start = datetime.datetime(2026, 1, 22, 2, 50, 50, tzinfo=pytz.utc)
+    items = labelled_stream(seed, 1000, DEFAULT_MIX, simulated_clock(start, 20.0))
+    return [item.payment for item in islice(items, n)]
+
+
+def test_our_messages_carry_the_entities_after_the_original_fields() -> None:
+    for payment in our_payments(300):
+        data = json.loads(payment_mod.encode(payment))
+        assert list(data)[:5] == ["DATE", "TIME", "PAYMENT_TYPE", "AMOUNT", "TO"]
+        card = ["CARD"] if payment.payment_type != "BITCOIN" else []
+        merchant = ["MERCHANT"] if card else []
+        assert list(data)[5:] == ["PAYMENT_ID", "ACCOUNT", "TIMESTAMP_MS", *card, "DEVICE", "IP", *merchant]
+
+
+@pytest.mark.parametrize(("script", "line"), [("fraud_processor", fraud_line), ("legit_processor", legit_line)])
+def test_original_processors_read_scenario_messages_with_entities(script: str, line: Any) -> None:
+    payments = scenario_payments(3000)
+    assert {"history", "normal"} <= {"history" if p.account and p.account.startswith("REG") else "normal" for p in payments}
+    values = [payment_mod.encode(p) for p in payments]
+    printed, _ = run_original(script, values)
+    assert printed == [line(p) for p in payments]
+
+
+def test_original_detector_reads_scenario_messages_with_entities() -> None:
+    payments = scenario_payments(2000)
+    values = [payment_mod.encode(p) for p in payments]
+    printed, sent = run_original("fraud_detector", values)
+    assert printed == [f"{topic} {p.payment_type == 'BITCOIN'} {p.payment_type}"
+                       for p, (topic, _) in zip(payments, sent, strict=True)]
+    # it forwards the whole object, entities included
+    assert [json.loads(value) for _, value in sent] == [json.loads(v) for v in values]
 
 
 def test_original_producer_messages_are_read_by_our_detector(monkeypatch: pytest.MonkeyPatch) -> None:

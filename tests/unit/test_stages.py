@@ -198,7 +198,23 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
         assert payment.topic == "pay"
         assert payment.key == data["ACCOUNT"].encode()
         assert line == repr({k: data[k] for k in ("DATE", "TIME", "PAYMENT_TYPE", "AMOUNT", "TO")})
+        assert {"DEVICE", "IP"} <= set(data) and ("CARD" in data) == ("MERCHANT" in data) == (data["PAYMENT_TYPE"] != "BITCOIN")
     producer.flush.assert_called_once()
+
+
+def test_producer_sends_the_regulars_history_first_unpaced() -> None:
+    producer = MagicMock(spec_set=Producer)
+    settings = Settings(ConnectionSettings(("x:1",)),
+                        producer=ProducerSettings(count=3000, rate=1, seed=5, quiet=True, scenarios="above-baseline=0.01"))
+    stop = threading.Event()
+    # paced at 1/s, 3000 payments would take 50 minutes: the history's are not paced, and the stop ends the rest
+    threading.Timer(1.0, stop.set).start()
+    produce(producer, settings, stop, Summary("p", "payments"), io.StringIO())
+    payments = sends(producer)
+    scenarios = [dict(p.headers or ())["fraud.scenario"] for p in payments]
+    history = scenarios.count(b"history")
+    assert history > 500 and scenarios[:history] == [b"history"] * history
+    assert len(payments) - history <= 3
 
 
 def test_producer_labels_scenario_payments_in_headers_only() -> None:
