@@ -284,7 +284,7 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
                      " -> ".join([topics.payments, *(hop.target for hop in hops)]))
         changelog = changelog_topic(decider_group, source)
         created = prepare_changelog(decider, source, changelog)
-        limits = retention_limits(decider, source, changelog, replaying=created)
+        limits = retention_limits(decider, source, changelog)
         refuse = refuse_new_groups(groups)
 
         def check(ruleset: RuleSet) -> None:
@@ -302,8 +302,9 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
                 threads.append(_start_hop(stack, settings, hop, rules, stop, status, n + 1))
             states = stack.enter_context(partition_states(decider, changelog))
             if created and not hops:
+                short = limits.replay_short(rules.current)
                 log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the "
-                            "input this once (their state is then in the changelog)", changelog)
+                            "input this once (their state is then in the changelog)%s", changelog, f"; {short}" if short else "")
             replay = _replay(settings) if created and not hops else None
             status[0] = run_stage(
                 decider, name=NAME, source_topic=source, stop=stop, summary=Summary(NAME, "payments"),

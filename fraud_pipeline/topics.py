@@ -208,26 +208,31 @@ def _retention_ms(configs: Mapping[str, str]) -> int | None:
 
 @dataclass(frozen=True)
 class RetentionLimits:
-    """The longest history a rule set may read: what the changelog keeps (and the input, while the state is rebuilt from it)."""
+    """The longest history a rule set may read: what the changelog, the state's store of record, keeps."""
 
     changelog: str
     changelog_ms: int | None
     source: str
     source_ms: int | None
-    replaying: bool
 
     def check(self, ruleset: RuleSet) -> None:
-        """RuleError naming the rule whose window is longer than a topic it depends on keeps."""
-        limits = [(self.changelog, self.changelog_ms)] + ([(self.source, self.source_ms)] if self.replaying else [])
+        """RuleError naming the rule whose window is longer than the changelog keeps."""
         for rule in ruleset.active:
-            for topic, kept_ms in limits:
-                if kept_ms is not None and rule.window_ms > kept_ms:
-                    raise RuleError("", f"its window of {rule.window_ms / 1000:g}s is longer than topic {topic} keeps "
-                                        f"(retention.ms={kept_ms}): raise the topic's retention.ms, or shorten the window",
-                                    rule.id)
+            if self.changelog_ms is not None and rule.window_ms > self.changelog_ms:
+                raise RuleError("", f"its window of {rule.window_ms / 1000:g}s is longer than topic {self.changelog} keeps "
+                                    f"(retention.ms={self.changelog_ms}): set the topic's cleanup.policy to compact, or "
+                                    "shorten the window", rule.id)
+
+    def replay_short(self, ruleset: RuleSet) -> str | None:
+        """Why a rebuild from the input (no changelog yet) can only be partial: its retention is shorter than a window."""
+        longest = ruleset.retention_ms
+        if self.source_ms is not None and longest > self.source_ms:
+            return (f"topic {self.source} keeps {self.source_ms / 1000:g}s (retention.ms), less than the longest window "
+                    f"({longest / 1000:g}s): the state rebuilt from it starts with what it still holds")
+        return None
 
 
-def retention_limits(settings: Settings, source_topic: str, changelog: str, *, replaying: bool) -> RetentionLimits:
+def retention_limits(settings: Settings, source_topic: str, changelog: str) -> RetentionLimits:
     """What the changelog and the input keep, read from the cluster."""
     admin = _admin(settings)
     try:
@@ -237,7 +242,7 @@ def retention_limits(settings: Settings, source_topic: str, changelog: str, *, r
     finally:
         admin.close()
     return RetentionLimits(changelog, _retention_ms(configs.get(changelog, {})), source_topic,
-                           _retention_ms(configs.get(source_topic, {})), replaying)
+                           _retention_ms(configs.get(source_topic, {})))
 
 
 @cli_main

@@ -195,3 +195,19 @@ def test_a_store_ahead_of_its_changelog_is_rebuilt(tmp_path: Path, caplog: pytes
     assert dict(store.items()) == {} and store.changelog_offset() == 0
     assert "ahead of changelog" in caplog.text
     store.close()
+
+
+def test_a_window_longer_than_the_changelog_keeps_is_refused() -> None:
+    from fraud_pipeline.errors import RuleError
+    from fraud_pipeline.topics import RetentionLimits, _retention_ms
+
+    assert _retention_ms({"cleanup.policy": "compact", "retention.ms": "1000"}) is None  # compacted: every key's last value
+    kept = _retention_ms({"cleanup.policy": "compact,delete", "retention.ms": "86400000"})
+    limits = RetentionLimits("g-payments-changelog", kept, "payments", 7 * 86_400_000)
+    limits.check(RULES)  # 24 h windows: kept
+    month = parse_ruleset({"rules": [{"id": "month", "aggregate": {"function": "count", "group_by": "ACCOUNT",
+                                                                   "window_s": 2592000, "op": ">", "value": 3}}]})
+    with pytest.raises(RuleError, match=r"rule 'month': its window of 2.592e[+]06s is longer than topic g-payments-changelog keeps"):
+        limits.check(month)
+    assert "less than the longest window" in (limits.replay_short(month) or "")
+    assert limits.replay_short(RULES) is None
