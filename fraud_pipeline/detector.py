@@ -28,12 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from functools import lru_cache
 
 from .clients import Batch, Consumer, Record
 from .config import Settings, build_parser, require
 from .errors import PipelineError
 from .features import (
+    Chain,
     FeatureStage,
     Hop,
     carried,
@@ -111,7 +113,7 @@ class Detector:
         self._metrics = metrics if metrics is not None and metrics.enabled else None
         if self._metrics is not None:
             self._metrics.window_keys = states.tables
-            self._metrics.rules = _rule_refs(self._engine)
+            self._metrics.rules = _rule_refs(self._ruleset)
 
     def begin_batch(self, batch: Batch) -> None:
         if self._rules.refresh():
@@ -127,7 +129,7 @@ class Detector:
     def _use(self, engine: Engine) -> None:
         self._engine = engine
         if self._metrics is not None:
-            self._metrics.rules = _rule_refs(engine)
+            self._metrics.rules = _rule_refs(self._ruleset)
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         new = self._states.assigned(partitions)
@@ -202,8 +204,9 @@ class Detector:
                         "before offset %d in %.2fs", first.partition, count, first.offset, time.monotonic() - started)
 
 
-def _rule_refs(engine: Engine) -> list[tuple[str, int, str]]:
-    return [(rule.id, rule.version, rule.mode) for rule in engine.ruleset.rules]
+def _rule_refs(ruleset: RuleSet) -> list[tuple[str, int, str]]:
+    """Every rule in force, the ones evaluated in the re-keying stages too."""
+    return [(rule.id, rule.version, rule.mode) for rule in ruleset.rules]
 
 
 @contextmanager
@@ -297,55 +300,75 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
             raise PipelineError(f"rules refused: {exc}") from None
         rules.check = check
         with ExitStack() as stack:
-            threads, status = [], [0] * (len(hops) + 1)
+            status = [0] * (len(hops) + 1)
+            chain = Chain(stop, len(hops) + 1, require(settings.consumer, "consumer").idle_timeout_s)
+            stages: list[tuple[threading.Thread, Summary]] = []
             for n, hop in enumerate(hops):
-                threads.append(_start_hop(stack, settings, hop, rules, stop, status, n + 1))
+                stages.append(_start_hop(stack, settings, hop, rules, chain, n, stop, status, stages[-1] if stages else None))
+            threads = [thread for thread, _ in stages]
             states = stack.enter_context(partition_states(decider, changelog))
             if created and not hops:
                 short = limits.replay_short(rules.current)
                 log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the "
                             "input this once (their state is then in the changelog)%s", changelog, f"; {short}" if short else "")
             replay = _replay(settings) if created and not hops else None
-            status[0] = run_stage(
-                decider, name=NAME, source_topic=source, stop=stop, summary=Summary(NAME, "payments"),
+            summary = Summary(NAME, "payments")
+            if hops:
+                decider = _idle(decider, None)
+                last = stages[-1][1]
+                chain.follow(len(hops), threads[-1], lambda: summary.total, lambda: last.counts["forwarded"])
+            status[-1] = run_stage(
+                decider, name=NAME, source_topic=source, stop=chain.stops[-1], summary=summary,
                 make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
                     output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops))),
                 metrics=metrics,
             )
-            if status[0]:
+            if status[-1]:
                 stop.set()
             for thread in threads:
                 thread.join()
         return max(status)
 
 
+def _idle(settings: Settings, idle_timeout_s: float | None) -> Settings:
+    return replace(settings, consumer=replace(require(settings.consumer, "consumer"), idle_timeout_s=idle_timeout_s))
+
+
 def _same(detector: Detector) -> RecordHandler:
     return detector
 
 
-def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules, stop: threading.Event, status: list[int],
-               index: int) -> threading.Thread:
-    """One stage before the decision (features.py), in a thread of its own; its stores close with ``stack``."""
-    label = "payments" if hop.fields is None else group_label(hop.fields)
-    hop_settings = stage_settings(settings, hop.source, hop.group_id, "rekey" if hop.fields is None else f"by-{label}")
+def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules, chain: Chain, index: int,
+               stop: threading.Event, status: list[int], upstream: tuple[threading.Thread, Summary] | None,
+               ) -> tuple[threading.Thread, Summary]:
+    """One stage before the decision (features.py), in a thread of its own; its stores close with ``stack``.
+
+    ``upstream``: the stage before it, whose end (and what it forwarded) this one's idle end waits for.
+    """
+    label = "re-key" if hop.fields is None else group_label(hop.fields)
+    hop_settings = _idle(stage_settings(settings, hop.source, hop.group_id, "rekey" if hop.fields is None else f"by-{label}"),
+                         chain.idle_timeout_s(index))
     states = None
     if hop.fields is not None:
         changelog = changelog_topic(hop.group_id, hop.source)
         prepare_changelog(hop_settings, hop.source, changelog)
         states = stack.enter_context(partition_states(hop_settings, changelog))
     partitions = settings.topics.payments_partitions
+    summary = Summary(f"{NAME}[{label}]", "payments")
 
     def run_hop() -> int:
         return run_stage(
-            hop_settings, name=f"{NAME}[{'re-key' if hop.fields is None else label}]", source_topic=hop.source, stop=stop,
-            summary=Summary(f"{NAME}[{'re-key' if hop.fields is None else label}]", "payments"),
+            hop_settings, name=f"{NAME}[{label}]", source_topic=hop.source, stop=chain.stops[index], summary=summary,
             make_handler=lambda output, dead_letters, lines: FeatureStage(
                 hop, output, dead_letters, lines, lambda: rules.current, states, partitions),
         )
 
     thread = threading.Thread(target=stop_all_on_failure, args=(stop, status, index, run_hop), name=f"stage-{label}", daemon=True)
+    if upstream is not None:
+        before, sent = upstream
+        chain.follow(index, before, lambda: summary.total, lambda: sent.counts["forwarded"])
     thread.start()
-    return thread
+    return thread, summary
 
 
 @cli_main

@@ -261,6 +261,41 @@ def refuse_new_groups(running: tuple[tuple[str, ...], ...]) -> Callable[[RuleSet
     return check
 
 
+class Chain:
+    """When the stages stop: a stop request stops them all; with an idle timeout only the first stage (reading the
+    payments) times out on its own, and each later one once the stage before it has ended and it has had no
+    record for that long itself, so that none ends before what is upstream of it has reached it."""
+
+    def __init__(self, stop: threading.Event, stages: int, idle_timeout_s: float | None) -> None:
+        self.stops = [threading.Event() for _ in range(stages)]
+        self._idle_timeout_s = idle_timeout_s
+        threading.Thread(target=self._forward, args=(stop,), name="stop-stages", daemon=True).start()
+
+    def _forward(self, stop: threading.Event) -> None:
+        stop.wait()
+        for each in self.stops:
+            each.set()
+
+    def idle_timeout_s(self, index: int) -> float | None:
+        return self._idle_timeout_s if index == 0 else None
+
+    def follow(self, index: int, before: threading.Thread, handled: Callable[[], int], sent: Callable[[], int]) -> None:
+        """Stage ``index`` ends once ``before`` (the stage upstream) has ended, it has handled all ``sent`` to it
+        this run, and it has had no record for ``idle_timeout_s``."""
+        if self._idle_timeout_s is None:
+            return
+
+        def wait() -> None:
+            before.join()
+            seen = handled()
+            while not self.stops[index].wait(self._idle_timeout_s):
+                if handled() == seen and seen >= sent():
+                    self.stops[index].set()
+                seen = handled()
+
+        threading.Thread(target=wait, name=f"idle-stage-{index}", daemon=True).start()
+
+
 def stop_all_on_failure(stop: threading.Event, status: list[int], index: int, run: Callable[[], int]) -> None:
     """Run one stage; if it fails, the others stop too."""
     status[index] = run()

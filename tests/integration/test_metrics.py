@@ -59,7 +59,9 @@ def test_detector_metrics_match_the_topics(pipeline: Pipeline) -> None:
 
     def caught_up(samples: Samples) -> bool:
         lag = by_label(samples, "fraud_consumer_lag", "partition")
-        caught = len(lag) == 6 and not any(lag.values())
+        # The recommended rules group by device and payee too: the deciding stage reads the re-keyed topic, written in
+        # transactions, whose last offset is a transaction marker, never read as a record (kafka-python counts it).
+        caught = len(lag) == 6 and all(value <= 1 for value in lag.values())
         return sum(by_label(samples, "fraud_records_total", "outcome").values()) >= COUNT and caught
 
     samples = scrape_until(port, caught_up, detector)
