@@ -386,9 +386,15 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.batch = 0
             self.begin_batch = inner.begin_batch
             self.partitions_assigned = inner.partitions_assigned
-            self.waiting = inner.waiting
-            self.restore = inner.restore
-            self.prepare_commit = inner.prepare_commit
+
+        def waiting(self) -> set[int]:
+            return self.inner.waiting()
+
+        def restore(self, consumer: Any, budget_s: float) -> None:
+            self.inner.restore(consumer, budget_s)
+
+        def prepare_commit(self, offsets: dict[int, int]) -> None:
+            self.inner.prepare_commit(offsets)
 
         def handle(self, record: Any) -> None:
             self.inner.handle(record)

@@ -15,7 +15,7 @@ import time
 from ..clients import Batch, ClientError, Consumer, FatalError, TopicPartition
 from ..errors import PipelineError
 from .delivery import Delivery
-from .handler import RecordHandler, StateOwner
+from .handler import RecordHandler, state_owner
 from .output import BatchError
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
@@ -48,7 +48,7 @@ class Checkpoint:
     ) -> None:
         self._consumer = consumer
         self._handler = handler
-        self._state = handler if isinstance(handler, StateOwner) else None
+        self._state = state_owner(handler)
         self._delivery = delivery
         self._stop = stop
         self._interval_s = interval_s

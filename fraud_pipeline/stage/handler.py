@@ -51,6 +51,12 @@ class StateOwner(Protocol):
         """Send the state's changes since the last commit, and the next input ``offsets`` they go with."""
 
 
+def state_owner(handler: RecordHandler) -> StateOwner | None:
+    """The handler as a StateOwner if its class says it is one (not a mock answering every name)."""
+    methods = ("waiting", "restore", "prepare_commit")
+    return handler if all(callable(getattr(type(handler), name, None)) for name in methods) else None  # type: ignore[return-value]
+
+
 class LineBuffer:
     """Outcomes and printed lines of the current batch, released only once it is durable."""
 

@@ -12,7 +12,7 @@ from ..kafka_io import MAX_POLL_RECORDS
 from ..metrics import Metrics
 from .checkpoint import Checkpoint
 from .delivery import Delivery
-from .handler import RecordHandler, StateOwner
+from .handler import RecordHandler, state_owner
 from .output import BatchError
 
 POLL_TIMEOUT_S = 0.5
@@ -94,7 +94,7 @@ def _loop(
     metrics: Metrics | None,
 ) -> str:
     last_record_at = time.monotonic()
-    state = handler if isinstance(handler, StateOwner) else None
+    state = state_owner(handler)
     paused: set[TopicPartition] = set()
     while not stop.is_set():
         waiting = state.waiting() if state is not None else set()
