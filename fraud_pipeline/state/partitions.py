@@ -133,10 +133,15 @@ class PartitionStates:
                 return
             log.warning("partition %d: its state stayed at input offset %d, behind the group's %d; going on from %d",
                         partition, state_at, committed, committed)
-        # Always: the consumer may have looked its offset up before the last transaction's markers were written.
-        log.info("partition %d: reading from input offset %d (the state's %d, the group's committed %s)",
-                 partition, max(state_at, committed or 0), state_at, committed)
-        consumer.seek(tp, max(state_at, committed or 0))
+        # The consumer may have looked its offset up before the last transaction's markers were written: unless it
+        # is already there, it reads from the state's. (kafka-python, sought to where it already stood while the
+        # partition was paused, was seen never to fetch that partition again.)
+        target = max(state_at, committed or 0)
+        position = consumer.position(tp)
+        log.info("partition %d: reading from input offset %d (the state's %d, the group's committed %s, the consumer at %d)",
+                 partition, target, state_at, committed, position)
+        if position != target:
+            consumer.seek(tp, target)
         del self._unpositioned[partition]
 
     def has_state(self, partition: int) -> bool:

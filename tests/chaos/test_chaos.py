@@ -8,6 +8,7 @@ clients at once, each on its own pipeline (``for_each_client``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -207,14 +208,21 @@ def wait_back_in_isr(admin: Admin, pipeline: Pipeline, node: int, timeout_s: flo
     return round(in_isr_s, 1)
 
 
-def elect_preferred_leaders(admin: Admin, pipeline: Pipeline, timeout_s: float = 60) -> None:
-    """Make each partition's preferred replica its leader again (leaders spread over the brokers); wait until the metadata says so."""
+def elect_preferred_leaders(admin: Admin, pipeline: Pipeline, timeout_s: float = 120) -> None:
+    """Make each partition's preferred replica its leader again (leaders spread over the brokers); wait until the metadata says so.
+
+    Asked again every 5 s: a replica still catching up after an earlier test's broker kill cannot lead yet.
+    """
     elector = AdminClient({"bootstrap.servers": pipeline.bootstrap})
-    elector.elect_leaders(ElectionType.PREFERRED, None).result(timeout=timeout_s)
     names = ["__consumer_offsets", "__transaction_state", pipeline.topics.payments]
     deadline = time.monotonic() + timeout_s
+    asked_at = 0.0
     while any(p.leader != p.replicas[0] for parts in admin.describe_topics(names).values() for p in parts):
         assert time.monotonic() < deadline, "the preferred leaders did not take over"
+        if time.monotonic() - asked_at >= 5:
+            asked_at = time.monotonic()
+            with contextlib.suppress(KafkaException):  # some partitions already led by their preferred replica
+                elector.elect_leaders(ElectionType.PREFERRED, None).result(timeout=30)
         time.sleep(0.5)
 
 

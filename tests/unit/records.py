@@ -110,6 +110,10 @@ class GroupConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp.partition, offset))
 
+    def position(self, tp: TopicPartition) -> int:
+        """Where the client stands: as librdkafka behind the seam, unknown (0) until it has read."""
+        return 0
+
 
 def memory_states(folder: str | None = None) -> Any:
     """A PartitionStates with its stores in a temporary folder and its changelog in memory (no Kafka)."""
