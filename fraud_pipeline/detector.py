@@ -14,7 +14,7 @@ kept per input partition in a local RocksDB store under ``--state-dir`` and
 in the compacted changelog topic ``<group>-payments-changelog``
 (fraud_pipeline.state): a partition the detector gains is restored from its
 local store and the changelog's tail before its payments are decided, its
-input paused meanwhile while the consumer keeps polling. At start the
+input held back meanwhile while the consumer keeps polling. At start the
 changelog must have the input's partition count, and no rule may read a
 window longer than the changelog keeps. Exactly-once by default (see
 fraud_pipeline.stage): the state's changes go in the same transaction as the

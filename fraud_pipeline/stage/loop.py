@@ -95,15 +95,12 @@ def _loop(
 ) -> str:
     last_record_at = time.monotonic()
     state = state_owner(handler)
-    paused: set[TopicPartition] = set()
     while not stop.is_set():
         waiting = state.waiting() if state is not None else set()
         try:
-            if waiting or paused:
-                paused = _pause_waiting(consumer, waiting, paused)
             batch = consumer.poll(0.0 if waiting else checkpoint.poll_timeout(POLL_TIMEOUT_S), MAX_POLL_RECORDS)
             if state is not None and batch:
-                batch = _hold_back(consumer, batch, state.waiting(), paused)
+                batch = _hold_back(consumer, batch, state.waiting())
         except FatalError as exc:
             raise PipelineError(str(exc)) from exc
         if waiting:
@@ -143,30 +140,18 @@ def _loop(
     return "stopped"
 
 
-def _pause_waiting(consumer: Consumer, waiting: set[int], paused: set[TopicPartition]) -> set[TopicPartition]:
-    """Pause the assigned partitions that are waiting for their state, resume those no longer waiting; the paused set."""
-    assigned = consumer.assignment()
-    want = {tp for tp in assigned if tp.partition in waiting}
-    still = paused & assigned  # a rebalance forgets pauses: partitions gone, or assigned afresh, are not paused
-    if want - still:
-        consumer.pause(want - still)
-    if still - want:
-        consumer.resume(still - want)
-    return want
+def _hold_back(consumer: Consumer, batch: Batch, waiting: set[int]) -> Batch:
+    """The batch without records of partitions waiting for their state: each is sought back to read them again later.
 
-
-def _hold_back(consumer: Consumer, batch: Batch, waiting: set[int], paused: set[TopicPartition]) -> Batch:
-    """The batch without records of partitions waiting for their state: those are read again once it is restored.
-
-    A rebalance inside the poll may hand over a partition and return its first records at once.
+    Not paused: kafka-python 3.0, a partition paused while a fetch of it was under way, was seen never to
+    fetch it again when no newer record came (its fetch session took the dropped records as delivered).
+    Seeking back changes what the next fetch asks for, on both clients.
     """
     held = [tp for tp in batch if tp.partition in waiting]
     if not held:
         return batch
     for tp in held:
         consumer.seek(tp, batch[tp][0].offset)
-    consumer.pause(held)
-    paused.update(held)
     return {tp: records for tp, records in batch.items() if tp.partition not in waiting}
 
 

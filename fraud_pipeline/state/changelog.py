@@ -12,7 +12,7 @@ whole state whatever the windows' length.
 A partition the stage gains is restored before its payments are decided: from
 its local store's changelog offset (0 when the store is new or was lost) to
 the changelog's end, a chunk between two polls of the stage's consumer, the
-input partition paused meanwhile (``Restorer``).
+input partition held back meanwhile (``Restorer``; stage.loop reads its records again once it is ready).
 """
 
 from __future__ import annotations

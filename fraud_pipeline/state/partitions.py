@@ -134,8 +134,7 @@ class PartitionStates:
             log.warning("partition %d: its state stayed at input offset %d, behind the group's %d; going on from %d",
                         partition, state_at, committed, committed)
         # The consumer may have looked its offset up before the last transaction's markers were written: unless it
-        # is already there, it reads from the state's. (kafka-python, sought to where it already stood while the
-        # partition was paused, was seen never to fetch that partition again.)
+        # is already there, it reads from the state's.
         target = max(state_at, committed or 0)
         position = consumer.position(tp)
         log.info("partition %d: reading from input offset %d (the state's %d, the group's committed %s, the consumer at %d)",
