@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..clients import ClientError, Consumer, TopicPartition
-from ..errors import PipelineError
 from ..kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, retrying
 from .store import PartitionStore
 
@@ -65,13 +64,15 @@ class Restorer:
         self._reader = reader
         self._topic = topic
         self._pending: dict[int, _Restoring] = {}
+        self._unstarted: dict[int, tuple[PartitionStore, float]] = {}
+        """Partitions whose changelog end could not be read yet."""
         self.restored: dict[int, tuple[int, float]] = {}
         """Per partition, the last restore's records applied and seconds taken."""
 
     @property
     def pending(self) -> set[int]:
         """Partitions still restoring."""
-        return set(self._pending)
+        return set(self._pending) | set(self._unstarted)
 
     def ends(self, partitions: Iterable[int], *, retry: bool = True) -> dict[int, tuple[int, int]]:
         """``(first offset, end offset)`` of changelog partitions (the end: the last stable offset)."""
@@ -86,9 +87,11 @@ class Restorer:
         started = time.monotonic() if started is None else started
         local = store.changelog_offset()
         try:
-            first, end = self.ends([partition])[partition]
-        except ClientError as exc:
-            raise PipelineError(f"cannot read the end of changelog {self._topic}[{partition}]: {exc}") from None
+            first, end = self.ends([partition], retry=False)[partition]
+        except ClientError as exc:  # a leader moving (a broker lost): asked again at the next step, the loop polling meanwhile
+            log.warning("changelog %s[%d]: end offset not read (%s); trying again", self._topic, partition, exc)
+            self._unstarted[partition] = (store, started)
+            return False
         if local > end:
             # The changelog is shorter than the store remembers: it was deleted and made again.
             log.warning("local store of partition %d is ahead of changelog %s (%d > %d): rebuilding it from the changelog",
@@ -109,12 +112,17 @@ class Restorer:
 
     def cancel(self, partition: int) -> None:
         """Stop restoring a partition (it moved elsewhere)."""
+        self._unstarted.pop(partition, None)
         if self._pending.pop(partition, None) is not None:
             self._assign()
 
     def step(self, budget_s: float = RESTORE_CHUNK_S) -> set[int]:
         """Read and apply changelog records for up to ``budget_s``; return the partitions completed."""
         done: set[int] = set()
+        for partition, (store, started) in list(self._unstarted.items()):
+            del self._unstarted[partition]
+            if self.start(partition, store, started):
+                done.add(partition)
         deadline = time.monotonic() + budget_s
         try:
             while self._pending and time.monotonic() < deadline:
