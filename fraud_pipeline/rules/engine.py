@@ -277,12 +277,7 @@ class Engine:
         if table is None:
             raise ValueError("this rule set has stateful rules: decide() needs an EntityTable")
         meta, now = self._clock(table, event_ms)
-        holds = [plan.where is None or plan.where.holds(payment) for plan in self._plans]
-        keys = [group.key(payment) for group in self._groups]
-        entities: list[KeyState | None] = []
-        for key in keys:
-            entity = table.get(key) if key is not None else None
-            entities.append(entity if isinstance(entity, KeyState) else None)
+        holds, keys, entities = self._read(payment, table)
         fired: list[FiredRule] | None = None
         notes: list[str] | None = None
         score = 0.0
@@ -332,13 +327,18 @@ class Engine:
             self._stop_recording(table)
             return
         meta, now = self._clock(table, event_ms)
+        holds, keys, entities = self._read(payment, table)
+        self._record(payment, now, table, meta, holds, keys, entities)
+
+    def _read(self, payment: Payment, table: EntityTable) -> tuple[list[bool], list[bytes | None], list[KeyState | None]]:
+        """Which series the payment counts in, its key per group, and those keys' entities in the table."""
         holds = [plan.where is None or plan.where.holds(payment) for plan in self._plans]
         keys = [group.key(payment) for group in self._groups]
         entities: list[KeyState | None] = []
         for key in keys:
             entity = table.get(key) if key is not None else None
             entities.append(entity if isinstance(entity, KeyState) else None)
-        self._record(payment, now, table, meta, holds, keys, entities)
+        return holds, keys, entities
 
     def _decide_alone(self, payment: Payment) -> Decision:
         fired: list[FiredRule] | None = None
