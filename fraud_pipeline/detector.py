@@ -32,7 +32,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from .clients import Batch, Consumer, Record
-from .config import Settings, build_parser, require
+from .config import EXACTLY_ONCE, Settings, build_parser, require
 from .errors import PipelineError
 from .features import (
     Chain,
@@ -260,7 +260,9 @@ def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionSt
     group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
     state_dir = require(settings.detector, "detector").state_dir
     reader = make_groupless_consumer(settings, f"{NAME}-restore")
-    states = PartitionStates(state_dir, group_id, settings.topics.payments, changelog, reader, encode_entity, decode_entity)
+    exactly_once = settings.delivery is not None and settings.delivery.guarantee == EXACTLY_ONCE
+    states = PartitionStates(state_dir, group_id, settings.topics.payments, changelog, reader, encode_entity, decode_entity,
+                             exactly_once=exactly_once)
     try:
         yield states
     finally:

@@ -26,6 +26,11 @@ without the other. When the state is ahead of the offsets the group returned,
 the partition is read from the state's (the consumer's own look-up may be
 older still); when it is behind, the changelog's tail is read again until it
 catches up.
+
+Under at-least-once nothing ties the changelog to the routed records: a stage
+killed while flushing may leave the state's offset acknowledged and a routed
+record not. The partition is then read from the group's committed offset
+(``exactly_once=False``): what lies between is handled again, never skipped.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class PartitionStates:
 
     def __init__(
         self, state_dir: str | Path, group_id: str, source_topic: str, changelog: str, reader: Consumer,
-        encode: Callable[[Any], bytes], decode: Callable[[bytes], Any],
+        encode: Callable[[Any], bytes], decode: Callable[[bytes], Any], *, exactly_once: bool = True,
     ) -> None:
         self.folder = Path(state_dir) / _safe(group_id)
         self.source_topic = source_topic
@@ -74,6 +79,7 @@ class PartitionStates:
         self._restorer = Restorer(reader, changelog)
         self._encode = encode
         self._decode = decode
+        self._exactly_once = exactly_once
         self.tables: dict[int, PartitionTable] = {}
         self._unpositioned: dict[int, int] = {}
         """Restored partitions whose input position is not set yet, with the restores tried."""
@@ -115,7 +121,7 @@ class PartitionStates:
     def _position(self, consumer: Consumer, partition: int) -> None:
         table = self.tables[partition]
         raw = table.store.get(INPUT_OFFSET_KEY)
-        if raw is None:  # nothing committed with a state yet: the group's offset it is
+        if raw is None or not self._exactly_once:  # the group's offset it is
             del self._unpositioned[partition]
             return
         state_at = int(raw)

@@ -187,6 +187,33 @@ def test_restore_reads_only_the_changelog_tail_past_the_local_store(tmp_path: Pa
     lost.close()
 
 
+@pytest.mark.parametrize("exactly_once", [True, False])
+def test_a_restored_partition_is_read_from_the_state_only_under_exactly_once(tmp_path: Path, exactly_once: bool) -> None:
+    """A kill during an at-least-once flush can leave the changelog's input offset acknowledged and a routed record
+    not: the partition must then be read from the group's committed offset, or that record is never routed."""
+    log = ChangelogLog()
+    first = PartitionStates(tmp_path, "g", "payments", TOPIC, LogReader(log), encode_entity, decode_entity,  # type: ignore[arg-type]
+                            exactly_once=exactly_once)
+    first.assigned({0})
+    restored(first)
+    engine = Engine(RULES)
+    for payment, at in payments(3, 5):
+        engine.decide(payment, at, first.tables[0])
+    first.send_changes(log.send, {0: 5})
+    log.commit()  # the changelog's records acknowledged; the process is killed before the group's commit
+    first.tables[0].store.close()
+    again = PartitionStates(tmp_path, "g", "payments", TOPIC, LogReader(log), encode_entity, decode_entity,  # type: ignore[arg-type]
+                            exactly_once=exactly_once)
+    again.assigned({0})
+    group = GroupConsumer()
+    group.committed_offsets[0] = 2
+    restored(again, group)
+    # exactly-once: the group's offsets may lag the transaction's markers, the state's are the truth;
+    # at-least-once: no seek, the consumer reads on from the group's committed offset 2.
+    assert group.seeks == ([(0, 5)] if exactly_once else [])
+    again.close()
+
+
 def test_a_store_ahead_of_its_changelog_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = PartitionStore(tmp_path / "p")
     store.write({b"ACCOUNT=A": b"stale"}, 50)
