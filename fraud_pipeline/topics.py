@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -53,6 +54,10 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         )
         for name in wanted
     ]
+
+
+NEW_TOPIC_METADATA_S = 30.0
+"""How long a script waits for the brokers to know a topic it just created."""
 
 
 def _admin(settings: Settings) -> Admin:
@@ -119,6 +124,7 @@ def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str
             except NotAuthorizedError:
                 raise PipelineError(f"topic {spec.name} does not exist, and {_who(settings)} is not authorized to create it: "
                                     "ask the cluster's admin (`make topics` with the admin's client file)") from None
+        _await_metadata(admin, [spec for spec in missing if outcome[spec.name] == "created"])
         return outcome
     except RetriableError:
         raise
@@ -126,6 +132,32 @@ def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str
         raise PipelineError(str(exc)) from None
     finally:
         admin.close()
+
+
+def _await_metadata(admin: Admin, created: list[TopicSpec], timeout_s: float = NEW_TOPIC_METADATA_S) -> None:
+    """Wait until the metadata shows the topics just created, every partition with a leader.
+
+    A topic is created by the controller; the brokers learn of it a moment later, each at its own
+    pace. Until then a look-up on one of them says it does not exist (a describe, its configs).
+    This narrows that window; the look-ups that follow a creation still ask again (``retrying``,
+    ``prepare_changelog``), since the next one may reach a broker slower than this one.
+    """
+    if not created:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = admin.describe_topics([spec.name for spec in created])
+        except RetriableError:
+            found = {}
+        waiting = [spec.name for spec in created
+                   if len(found.get(spec.name, [])) != spec.partitions or any(p.leader < 0 for p in found[spec.name])]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("topic(s) %s created but not yet in the brokers' metadata after %gs; going on", ", ".join(waiting), timeout_s)
+            return
+        time.sleep(0.2)
 
 
 def prepare_topics(settings: Settings, reads: Iterable[str] = (), writes: Iterable[str] = ()) -> dict[str, str]:
@@ -170,7 +202,12 @@ def prepare_changelog(settings: Settings, source_topic: str, changelog: str) -> 
     PipelineError when it exists with another partition count than its input: each
     changelog partition holds the state of the input partition of the same number.
     """
-    layout = describe_topics(settings, [source_topic, changelog])
+    deadline = time.monotonic() + NEW_TOPIC_METADATA_S
+    while source_topic not in (layout := describe_topics(settings, [source_topic, changelog])):
+        # created moments ago (a re-keying topic): the broker asked may not know it yet
+        if time.monotonic() >= deadline:
+            raise PipelineError(f"topic {source_topic} does not exist: its state's changelog {changelog} cannot be laid out like it")
+        time.sleep(0.5)
     partitions = layout[source_topic][0]
     if changelog in layout:
         if layout[changelog][0] != partitions:

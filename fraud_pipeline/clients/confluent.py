@@ -222,10 +222,14 @@ class Consumer:
             log.warning("%s (retrying)", error)
             return {}
         batch: dict[TopicPartition, list[Record]] = {}
+        ends: list[Any] = []
         for message in messages:
             err = message.error()
             if err is not None:
-                self._consume_error(message, err)
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ends.append(message)
+                else:
+                    self._consume_error(message, err)
                 continue
             tp = self._tp(message.topic(), message.partition())
             records = batch.get(tp)
@@ -235,13 +239,14 @@ class Consumer:
                                   message.headers() or (), message.timestamp()[1]))
         for tp, records in batch.items():
             self._next[tp] = records[-1].offset + 1
+        # The end (for read_committed, the last stable offset), after the records it follows: past a batch's
+        # last record may lie only aborted records and transaction markers, which the position passes too.
+        for end in ends:
+            tp = self._tp(end.topic(), end.partition())
+            self._next[tp] = max(self._next.get(tp, 0), end.offset())
         return batch
 
     def _consume_error(self, message: Any, err: KafkaError) -> None:
-        if err.code() == KafkaError._PARTITION_EOF:  # the end (for read_committed, the last stable offset)
-            tp = self._tp(message.topic(), message.partition())
-            self._next[tp] = max(self._next.get(tp, 0), message.offset())
-            return
         if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED and self._group_id is None:
             # librdkafka looks up a coordinator for the placeholder group.id it insists on, though this
             # consumer never joins nor commits: a secured cluster refuses that group, which changes nothing here.
@@ -546,7 +551,10 @@ class Admin:
             try:
                 entries = future.result()
             except KafkaException as exc:
-                raise classify(exc, f"describe the configs of topic {resource.name}") from exc
+                error = classify(exc, f"describe the configs of topic {resource.name}")
+                if isinstance(error, UnknownTopicError):  # listed by the metadata: created moments ago, and the
+                    error = RetriableError(f"{error} (new: not yet known to every broker)")  # broker asked lags
+                raise error from exc
             configs[resource.name] = {key: str(entry.value) for key, entry in entries.items()}
         return configs
 

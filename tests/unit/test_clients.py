@@ -16,21 +16,27 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
+from fraud_pipeline import topics
 from fraud_pipeline.clients import (
     ClientError,
     FatalError,
     FencedError,
     NotAuthorizedError,
+    PartitionInfo,
     Producer,
     Record,
     RefusedError,
     RetriableError,
     TopicPartition,
+    TopicSpec,
     UnknownTopicError,
     confluent,
     kafka_python,
 )
+from fraud_pipeline.config import Settings
+from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.stage import AtLeastOnce, Output, run_consumer
+from fraud_pipeline.topics import _await_metadata
 
 TP = TopicPartition("payments", 0)
 KTP = KafkaTP("payments", 0)
@@ -119,6 +125,52 @@ def test_kafka_python_poll_returns_the_seams_records_by_partition() -> None:
     raw.poll.assert_called_once_with(timeout_ms=250, max_records=7)
     assert batch == {TP: [Record("payments", 0, 5, b"K", b"a", [("h", b"v")], 1234), Record("payments", 0, 6, None, b"b", [], 1234)]}
     assert type(next(iter(batch))) is TopicPartition
+
+
+class _RdMessage:
+    """What librdkafka's consumer hands over: a record, or an event such as the end of a partition."""
+
+    def __init__(self, offset: int, eof: bool = False) -> None:
+        self._offset, self._eof = offset, eof
+
+    def error(self) -> KafkaError | None:
+        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
+
+    def topic(self) -> str:
+        return "payments"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1000)
+
+
+def test_confluent_position_passes_markers_past_a_batchs_last_record() -> None:
+    """Record 6, then the end at 8 (7: a transaction's marker) in one batch: the position is 8, not 7, or a restore
+    reading the changelog to its last stable offset would wait for ever."""
+    rd = MagicMock()
+    rd.poll.return_value = _RdMessage(6)
+    rd.consume.return_value = [_RdMessage(8, eof=True)]
+    consumer = confluent.Consumer(rd, MagicMock(), None)
+    batch = consumer.poll(0.1, 100)
+    assert [r.offset for r in batch[TP]] == [6]
+    assert consumer.position(TP) == 8
+    rd.poll.return_value, rd.consume.return_value = _RdMessage(8), [_RdMessage(9)]
+    consumer.poll(0.1, 100)
+    assert consumer.position(TP) == 10
 
 
 def test_kafka_python_poll_logs_a_lost_broker_and_raises_what_no_retry_mends() -> None:
@@ -308,3 +360,47 @@ def test_kafka_python_keeps_trying_its_bootstrap_otherwise(message: str, error: 
     failures = kafka_python._BootstrapFailures()
     failures.emit(_bootstrap_log(message, *(["bootstrap-0", error, 0.1] if "Bootstrap" in message else [error])))
     assert failures.errors == [error]
+
+
+def test_confluent_configs_of_a_topic_created_moments_ago_are_asked_again() -> None:
+    """The metadata lists the topic, the broker asked for its configs does not know it yet: retriable, not unknown."""
+    admin = confluent.Admin(MagicMock(), "localhost:1", confluent._ErrorLog("t", "localhost:1", None), "PLAINTEXT")
+    admin.list_topics = MagicMock(return_value={"new"})  # type: ignore[method-assign]
+    future = MagicMock()
+    future.result.side_effect = KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Broker: Unknown topic or partition"))
+    admin._admin.describe_configs.return_value = {confluent.ConfigResource(confluent.ResourceType.TOPIC, "new"): future}
+    with pytest.raises(RetriableError, match="not yet known to every broker"):
+        admin.topic_configs(["new", "absent"])
+    asked = admin._admin.describe_configs.call_args.args[0]
+    assert [resource.name for resource in asked] == ["new"]
+
+
+def test_a_topic_just_created_is_waited_for_until_every_partition_has_a_leader(caplog: pytest.LogCaptureFixture) -> None:
+    """The brokers learn of a new topic after the controller: a script goes on only once they show it whole."""
+    spec = TopicSpec("new", 2, 3, 2)
+    led = [PartitionInfo(0, 1, (1, 2, 3), (1, 2, 3)), PartitionInfo(1, 2, (1, 2, 3), (1, 2, 3))]
+    leaderless = [led[0], PartitionInfo(1, -1, (1, 2, 3), ())]
+    admin = MagicMock()
+    admin.describe_topics.side_effect = [RetriableError("a broker lost"), {}, {"new": leaderless}, {"new": led}]
+    _await_metadata(admin, [spec])
+    assert admin.describe_topics.call_count == 4
+    admin = MagicMock()
+    admin.describe_topics.return_value = {}
+    with caplog.at_level(logging.WARNING):
+        _await_metadata(admin, [spec], timeout_s=0.3)  # never shown: a warning, and the script goes on
+    assert "new created but not yet in the brokers' metadata after 0.3s" in caplog.text
+
+
+def test_a_changelog_waits_for_its_input_created_moments_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-keying topic just created may be unknown to the broker asked next: its changelog asks again."""
+    looks = iter([{}, {}, {"rekeyed": (6, 3)}])
+    monkeypatch.setattr(topics, "describe_topics", lambda settings, names: next(looks))
+    monkeypatch.setattr(topics.time, "sleep", lambda s: None)
+    made: list[TopicSpec] = []
+    monkeypatch.setattr(topics, "ensure_topics", lambda settings, specs, uses: made.extend(specs) or {"cl": "created"})
+    assert topics.prepare_changelog(Settings(), "rekeyed", "cl") is True
+    assert [(spec.name, spec.partitions, spec.compacted) for spec in made] == [("cl", 6, True)]
+    monkeypatch.setattr(topics, "describe_topics", lambda settings, names: {})
+    monkeypatch.setattr(topics, "NEW_TOPIC_METADATA_S", 0.0)
+    with pytest.raises(PipelineError, match="topic rekeyed does not exist"):
+        topics.prepare_changelog(Settings(), "rekeyed", "cl")
