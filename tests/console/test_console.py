@@ -65,7 +65,9 @@ def wait_for(driver: WebDriver, what: str, check: object, timeout_s: float = 60)
 
 
 def number(element: WebElement) -> int:
-    return int(element.text.replace(",", "").strip() or -1)
+    """A tile's figure; -1 while the page has none yet (empty, or the console's dash)."""
+    text = element.text.replace(",", "").strip()
+    return int(text) if text.lstrip("-").isdigit() else -1
 
 
 def show(driver: WebDriver, view: str) -> WebElement:

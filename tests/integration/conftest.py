@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
@@ -90,8 +91,8 @@ class Script(subprocess.Popen[str]):
 
     @staticmethod
     def _drain(stream: Any, into: list[str]) -> None:
-        for chunk in iter(lambda: stream.read(8192), ""):
-            into.append(chunk)
+        for line in iter(stream.readline, ""):  # line by line: what a running script wrote is there to show
+            into.append(line)
 
     def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)  # TimeoutExpired, as Popen.communicate
@@ -101,6 +102,15 @@ class Script(subprocess.Popen[str]):
             if stream is not None:
                 stream.close()
         return "".join(self._read[0]), "".join(self._read[1])
+
+    @property
+    def name(self) -> str:
+        """The script's file name, for messages."""
+        return Path(self.args[1]).name
+
+    def stderr_so_far(self) -> str:
+        """What the script has written to stderr until now (it may still be running)."""
+        return "".join(list(self._read[1]))
 
 
 @dataclass(frozen=True)
@@ -276,16 +286,32 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30, committed_only
         consumer.close()
 
 
-def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float = 60) -> None:
-    """Wait until a consumer group is Stable with ``members`` members."""
+def wait_for_group(bootstrap: str, group: str, members: int, *scripts: Script, timeout_s: float = 60) -> None:
+    """Wait until a consumer group is Stable with ``members`` members.
+
+    ``scripts``: the processes that should be its members; one that exits fails the wait at once with what it
+    printed, and a wait that times out shows what they printed so far. A coordinator that is not ready yet (a
+    fresh cluster's offsets topic) is waited for.
+    """
     admin = KafkaAdminClient(**kafka_python_connection(bootstrap))
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            state = admin.describe_groups([group])[group]
-            if state["group_state"] == "Stable" and len(state["members"]) == members:
-                return
-            assert time.monotonic() < deadline, f"group {group} not stable with {members} members: {state['group_state']}"
+            for script in scripts:
+                assert script.poll() is None, f"{script.name} exited ({script.returncode}):\n{script.stderr_so_far()[-3000:]}"
+            try:
+                described = admin.describe_groups([group])[group]
+            except kerr.KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                state = f"{type(exc).__name__} from the coordinator"
+            else:
+                state = described["group_state"]
+                if state == "Stable" and len(described["members"]) == members:
+                    return
+            if time.monotonic() > deadline:
+                printed = "".join(f"\n{script.name} so far:\n{script.stderr_so_far()[-3000:]}" for script in scripts)
+                raise AssertionError(f"group {group} not stable with {members} members in {timeout_s:g}s: {state}{printed}")
             time.sleep(0.2)
     finally:
         admin.close()

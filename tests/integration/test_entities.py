@@ -41,7 +41,7 @@ def test_a_device_shared_by_accounts_on_every_partition_is_counted_whole(
                               "--state-dir", str(tmp_path / "s"), group="detector")
     group = pipeline.group("detector")
     for stage in (group, f"{group}-by-DEVICE", f"{group}-by-TO", f"{group}-by-ACCOUNT"):
-        wait_for_group(pipeline.bootstrap, stage, members=1)
+        wait_for_group(pipeline.bootstrap, stage, 1, detector)
     # 12 accounts (their payments spread over the 6 partitions) on one device, 6 others on a device each.
     shared = [dataclasses.replace(payment(f"ACC-D{n:02d}", to=f"mule-{n % 2}"), device="dev-shared") for n in range(12)]
     alone = [dataclasses.replace(payment(f"ACC-E{n:02d}"), device=f"dev-{n}") for n in range(6)]

@@ -138,7 +138,7 @@ def test_two_detectors_in_one_group_share_the_partitions(pipeline: Pipeline) -> 
     # would hand its partitions to the other. Both are stopped once the group has committed every payment.
     first = pipeline.start("fraud_detector", "--quiet", group="shared")
     second = pipeline.start("fraud_detector", "--quiet", group="shared")
-    wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
+    wait_for_group(pipeline.bootstrap, pipeline.group("shared"), 2, first, second)
     pipeline.run("payment_producer", "--count", str(count), "--rate", "0", "--seed", "7", "--quiet")
     wait_for_committed(pipeline.bootstrap, pipeline.group("shared"), pipeline.topics.payments, count)
     for proc in (first, second):

@@ -67,7 +67,7 @@ def test_a_published_rule_changes_routing_within_seconds_and_a_bad_one_is_reject
 ) -> None:
     detector = pipeline.start("fraud_detector", "--idle-timeout", "6", "--quiet", group="detector")
     try:
-        wait_for_group(pipeline.bootstrap, pipeline.group("detector"), members=1)
+        wait_for_group(pipeline.bootstrap, pipeline.group("detector"), 1, detector)
         sent_at: dict[str, float] = {}
         stop = threading.Event()
 
@@ -161,13 +161,13 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
     first_detector = pipeline.start("fraud_detector", *args, "--state-dir", str(tmp_path / "a"), group="shared")
     second_detector = None
     try:
-        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=1)
+        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), 1, first_detector)
         early = [payment(a) for a in accounts for _ in range(3)]
         send(raw_producer, pipeline.topics.payments, early)
         wait_routed(pipeline, len(early))
         # The second detector takes over half of the partitions, and with them accounts it never saw.
         second_detector = pipeline.start("fraud_detector", *args, "--state-dir", str(tmp_path / "b"), group="shared")
-        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), members=2)
+        wait_for_group(pipeline.bootstrap, pipeline.group("shared"), 2, first_detector, second_detector)
         late = [payment(a) for a in accounts]
         send(raw_producer, pipeline.topics.payments, late)
         decided = wait_routed(pipeline, len(early) + len(late))
