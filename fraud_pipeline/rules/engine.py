@@ -131,7 +131,9 @@ def window_text(window_s: float) -> str:
     return f"{_show(window_s)}s"
 
 
+@lru_cache(maxsize=256)
 def _utc(ms: int) -> str:
+    """An instant as reasons show it; cached: a window still filling names the same start in every decision."""
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
