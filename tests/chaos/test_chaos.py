@@ -61,6 +61,27 @@ def verdict(pipeline: Pipeline, seed: int, count: int = COUNT) -> tuple[int, int
     return lost, duplicated, dead, seen
 
 
+def where_lost(pipeline: Pipeline, seed: int, count: int) -> str:
+    """Where the payments missing from fraud + legit were read from, and each routed partition's stable and high offsets."""
+    expected = {p.payment_id for p in expected_payments(seed, count, 1000)}
+    routed = read_topic(pipeline.bootstrap, pipeline.topics.fraud) + read_topic(pipeline.bootstrap, pipeline.topics.legit)
+    missing = expected - {json.loads(r.value)["PAYMENT_ID"] for r in routed}
+    spans: dict[int, list[int]] = {}
+    for record in read_topic(pipeline.bootstrap, pipeline.topics.payments):
+        if json.loads(record.value)["PAYMENT_ID"] in missing:
+            spans.setdefault(record.partition, []).append(record.offset)
+    lines = [f"payments[{p}]: {len(offsets)} missing, offsets {min(offsets)}..{max(offsets)}" for p, offsets in sorted(spans.items())]
+    admin = AdminClient(confluent_connection(pipeline.bootstrap))
+    partitions = [ConfluentTP(topic, p) for topic in (pipeline.topics.fraud, pipeline.topics.legit)
+                  for p in range(pipeline.topics.routed_partitions)]
+    stable, high = ({(tp.topic, tp.partition): future.result().offset for tp, future in
+                     admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, isolation_level=isolation,
+                                        request_timeout=10).items()}
+                    for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED))
+    lines += [f"{topic}[{p}]: stable offset {stable[(topic, p)]}, high watermark {high[(topic, p)]}" for topic, p in sorted(stable)]
+    return "\n".join(lines)
+
+
 def start_producer(pipeline: Pipeline, seed: int, rate: str = RATE, count: int = COUNT) -> subprocess.Popen[str]:
     return pipeline.start("payment_producer", "--count", str(count), "--rate", rate, "--seed", str(seed), "--quiet")
 
@@ -403,8 +424,9 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
         figures.append(dict(test=f"brokers killed in turn ({client})", sent=sent[client], lost=lost, duplicated=duplicated,
                             dead_lettered=dead, rounds=rounds, detector_runs=len(lane.logs),
                             detector_rollbacks=sum(log.count("rolling back") for log in lane.logs)))
-        assert (lost, duplicated, dead) == (0, 0, 0), figures[-1]
-        assert handled == sent[client], figures[-1]
+        if (lost, duplicated, dead) != (0, 0, 0) or handled != sent[client]:
+            saved = save_log(f"broker-kill-{lane.pipeline.suffix}", "\n\n".join(lane.logs))
+            pytest.fail(f"{json.dumps(figures[-1])}\n{where_lost(lane.pipeline, seed, sent[client])}\ndetector logs: {saved}")
         assert any(r["led_changelog"][client] for r in rounds), f"no kill took a leader of the state's changelog: {figures[-1]}"
 
 
