@@ -177,9 +177,12 @@ def _download(jar: Jar, repository: str, folder: Path, stop: threading.Event, de
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, temporary.open("wb") as out:
                 while chunk := response.read(1 << 16):
                     if stop.is_set():
-                        return
+                        break
                     digest.update(chunk)
                     out.write(chunk)
+            if stop.is_set():  # another download failed: this one is given up, its part not left behind
+                temporary.unlink(missing_ok=True)
+                return
             break
         except (OSError, http.client.HTTPException) as exc:
             temporary.unlink(missing_ok=True)

@@ -260,7 +260,8 @@ class Consumer:
             self._deferred.update(kafka_offsets)
             return
         try:
-            self._consumer.commit(kafka_offsets)
+            # kafka-python's own default waits as long as it takes: a coordinator lost held a stop that long
+            self._consumer.commit(kafka_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except kerr.KafkaError as exc:
             self._restart_stalled_rebalance()
             raise classify(exc, "offset commit") from exc
@@ -281,7 +282,8 @@ class Consumer:
 
     def committed(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
         try:
-            return {tp: self._consumer.committed(KafkaTP(tp.topic, tp.partition)) for tp in partitions}
+            return {tp: self._consumer.committed(KafkaTP(tp.topic, tp.partition), timeout_ms=int(timeout_s * 1000))
+                    for tp in partitions}
         except kerr.KafkaError as exc:
             raise classify(exc, "committed offsets") from exc
 
@@ -318,8 +320,10 @@ class Consumer:
     def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
         tps = _kafka_tps(partitions)
         try:
-            first = self._consumer.beginning_offsets(tps)
-            end = self._consumer.end_offsets(tps)
+            # The deadline is ours: kafka-python's default, its request timeout, is 305 s (a leader moving held a
+            # commit that long).
+            first = self._consumer.beginning_offsets(tps, timeout_ms=int(timeout_s * 1000))
+            end = self._consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
         except kerr.KafkaError as exc:
             raise classify(exc, "offsets") from exc
         return {TopicPartition(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
@@ -335,7 +339,8 @@ class Consumer:
 
     def offsets_for_times(self, times: Mapping[TopicPartition, int], timeout_s: float) -> dict[TopicPartition, int | None]:
         try:
-            found = self._consumer.offsets_for_times({KafkaTP(tp.topic, tp.partition): max(ms, 0) for tp, ms in times.items()})
+            found = self._consumer.offsets_for_times({KafkaTP(tp.topic, tp.partition): max(ms, 0) for tp, ms in times.items()},
+                                                     timeout_ms=int(timeout_s * 1000))
         except kerr.KafkaError as exc:
             raise classify(exc, "offsets for times") from exc
         return {TopicPartition(tp.topic, tp.partition): None if at is None else at.offset for tp, at in found.items()}
@@ -428,6 +433,10 @@ class Producer:
 
     def close(self, timeout_s: float | None = None) -> None:
         _close_quietly(self._producer, timeout_s)
+
+
+COMMIT_TIMEOUT_MS = 30_000
+"""The longest a synchronous offset commit may wait for the group's coordinator."""
 
 
 def _close_quietly(client: KafkaConsumer | KafkaProducer | KafkaAdminClient, timeout_s: float | None = None) -> None:

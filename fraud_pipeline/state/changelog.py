@@ -74,12 +74,12 @@ class Restorer:
         """Partitions still restoring."""
         return set(self._pending) | set(self._unstarted)
 
-    def ends(self, partitions: Iterable[int], *, retry: bool = True) -> dict[int, tuple[int, int]]:
+    def ends(self, partitions: Iterable[int], *, retry: bool = True, timeout_s: float = METADATA_TIMEOUT_S) -> dict[int, tuple[int, int]]:
         """``(first offset, end offset)`` of changelog partitions (the end: the last stable offset)."""
         tps = [TopicPartition(self._topic, p) for p in partitions]
         if not tps:
             return {}
-        marks = (retrying if retry else _once)(lambda: self._reader.watermarks(tps, METADATA_TIMEOUT_S))
+        marks = (retrying if retry else _once)(lambda: self._reader.watermarks(tps, timeout_s))
         return {tp.partition: mark for tp, mark in marks.items()}
 
     def start(self, partition: int, store: PartitionStore, started: float | None = None) -> bool:

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 OFFSET_CHECKPOINT_S = 5.0
 """How often the stores learn the changelog offset they cover (a broker round trip)."""
+OFFSET_CHECKPOINT_TIMEOUT_S = 2.0
+"""How long a commit may wait for the changelog's end offsets: past it the stores keep their last ones (a leader moving)."""
 INPUT_OFFSET_KEY = b"\xff\xffinput.offset"
 """The next input offset of the partition's last commit, in the changelog and the store (the store's own key)."""
 CATCH_UP_ATTEMPTS = 100
@@ -170,7 +172,8 @@ class PartitionStates:
         if time.monotonic() - self._checkpointed_at >= OFFSET_CHECKPOINT_S:
             self._checkpointed_at = time.monotonic()
             try:
-                offsets = self._restorer.ends([p for p in self.tables if p not in self._restorer.pending], retry=False)
+                offsets = self._restorer.ends([p for p in self.tables if p not in self._restorer.pending], retry=False,
+                                              timeout_s=OFFSET_CHECKPOINT_TIMEOUT_S)
             except ClientError as exc:
                 log.debug("changelog offsets not read (%s): the stores keep their last ones", exc)
         for partition, changes in self._sent.items():

@@ -188,7 +188,7 @@ def test_kafka_python_commit_and_committed_speak_next_offsets() -> None:
     raw.committed.return_value = None  # nothing committed yet
     consumer = kafka_python.Consumer(raw, max_records=100)
     consumer.commit({TP: 6})
-    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(6, "", -1)})
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(6, "", -1)}, timeout_ms=kafka_python.COMMIT_TIMEOUT_MS)
     assert consumer.committed([TP], 5.0) == {TP: None}
     raw.commit.side_effect = kerr.CommitFailedError("rebalanced")
     with pytest.raises(RetriableError, match="offset commit"):
@@ -229,7 +229,7 @@ def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
     delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
     run_consumer(kafka_python.Consumer(raw, max_records=100), handler, delivery, stop=threading.Event(), idle_timeout_s=0.05,
                  commit_interval_s=0)
-    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)})
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)}, timeout_ms=kafka_python.COMMIT_TIMEOUT_MS)
     raw._coordinator.request_rejoin.assert_called_once()
     assert handler.handled == [b"a"] and handler.emitted == 1  # the output was out: the failed commit was not fatal
 
@@ -257,7 +257,7 @@ def test_kafka_python_commits_asked_for_in_a_revoke_callback_are_awaited_on_its_
     raw.commit.assert_not_called()
     assert awaited == [{KTP: OffsetAndMetadata(9, "", -1)}]
     consumer.commit({TP: 10})  # outside the callback: the blocking commit again
-    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(10, "", -1)})
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(10, "", -1)}, timeout_ms=kafka_python.COMMIT_TIMEOUT_MS)
 
 
 def test_a_commit_failure_outside_a_stalled_rebalance_does_not_rejoin() -> None:
@@ -283,6 +283,23 @@ def test_kafka_python_send_failures_reach_the_handler_classified() -> None:
     producer.send("fraud_payments", b"K", b"v")
     assert [type(f) for f in failures] == [RetriableError, FencedError]
     assert "no leader" in str(failures[0])
+
+
+def test_kafka_python_offset_look_ups_wait_no_longer_than_asked() -> None:
+    """kafka-python's own default is its request timeout, 305 s: a look-up in the commit path held a detector that long."""
+    raw = MagicMock()
+    raw.beginning_offsets.return_value, raw.end_offsets.return_value = {KTP: 0}, {KTP: 9}
+    raw.offsets_for_times.return_value = {KTP: None}
+    raw.committed.return_value = 4
+    consumer = kafka_python.Consumer(raw, max_records=100)
+    assert consumer.watermarks([TP], 2.0) == {TP: (0, 9)}
+    assert consumer.offsets_for_times({TP: 1}, 2.0) == {TP: None}
+    assert consumer.committed([TP], 2.0) == {TP: 4}
+    for method in (raw.beginning_offsets, raw.end_offsets, raw.offsets_for_times, raw.committed):
+        assert method.call_args.kwargs["timeout_ms"] == 2000, method
+    raw.end_offsets.side_effect = kerr.KafkaTimeoutError("Failed to get offsets by timestamps in 2000 ms")
+    with pytest.raises(RetriableError):
+        consumer.watermarks([TP], 2.0)
 
 
 def test_kafka_python_partition_count_waits_for_the_topics_metadata() -> None:
