@@ -356,6 +356,8 @@ class Producer:
         self._producer = producer
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
         self._errback = self._failed
+        self._stuck: FencedError | None = None
+        """Set when a transactional step got no answer in time: every later one raises it (see ``_transaction_step``)."""
 
     def on_error(self, handler: OnError) -> None:
         self._on_error = handler
@@ -389,12 +391,16 @@ class Producer:
             raise classify(exc, f"sends not acknowledged within {timeout_s}s") from exc
 
     def init_transactions(self, timeout_s: float) -> None:
+        if self._stuck is not None:
+            raise self._stuck
         try:
             self._producer.init_transactions()
         except kerr.KafkaError as exc:
             raise classify(exc, "init_transactions") from exc
 
     def begin_transaction(self) -> None:
+        if self._stuck is not None:
+            raise self._stuck
         try:
             self._producer.begin_transaction()
         except kerr.KafkaError as exc:
@@ -419,7 +425,16 @@ class Producer:
         the answer never comes (seen with kill -9 of a broker). This starts the
         same request the producer's method starts and raises RetriableError at
         the deadline, so the caller can replace the producer.
+
+        A step left unanswered stays queued in kafka-python's transaction
+        manager, and may be sent later, inside the next transaction: an
+        offset commit of a transaction the stage aborted then commits with the
+        next one, past records never routed (seen after a group coordinator's
+        broker died). So the producer is set aside: every later transactional
+        call raises FencedError, and the stage replaces it.
         """
+        if self._stuck is not None:
+            raise self._stuck
         manager: Any = self._producer._transaction_manager  # PRIVATE
         start = {"send_offsets": manager.send_offsets_to_transaction, "commit": manager.begin_commit, "abort": manager.begin_abort}
         try:
@@ -429,10 +444,21 @@ class Producer:
         except kerr.KafkaError as exc:
             raise classify(exc, f"transaction {step}") from exc
         if not done:
+            self._stuck = FencedError(f"transaction {step} got no answer from the coordinator in {timeout_s:.0f}s: "
+                                      "setting this producer aside")
             raise RetriableError(f"transaction {step}: no answer from the coordinator in {timeout_s:.0f}s")
 
     def close(self, timeout_s: float | None = None) -> None:
+        """Send what is queued (up to the deadline), then stop the sender thread whatever is left.
+
+        kafka-python 3.0's close raises from its flush at the deadline and never reaches its own force-close: the
+        sender thread lived on, retrying a replaced producer's records and transactional requests for ever.
+        """
         _close_quietly(self._producer, timeout_s)
+        sender: Any = getattr(self._producer, "_sender", None)  # PRIVATE
+        if sender is not None and sender.is_alive():
+            log.info("closing KafkaProducer: dropping what it could not send in time")
+            sender.force_close()
 
 
 COMMIT_TIMEOUT_MS = 30_000

@@ -121,9 +121,13 @@ class ExactlyOnce:
         self._init_transactions()
 
     def _swap_producer(self) -> None:
-        """Write through a new producer; the old one (fenced, or stuck) is closed aside."""
+        """Write through a new producer; the old one (fenced, or stuck) is closed aside, at once.
+
+        Nothing of its queue may reach the brokers after it is replaced (a late transactional offset commit would
+        join the new producer's transaction): its open transaction is aborted by the new one's init_transactions.
+        """
         old = self._output.producer
-        threading.Thread(target=old.close, args=(TRANSACTION_STEP_TIMEOUT_S,), daemon=True).start()
+        threading.Thread(target=old.close, args=(0,), daemon=True).start()
         self._output.producer = self._new_producer()
 
     def _init_transactions(self, attempts: int = 4) -> None:

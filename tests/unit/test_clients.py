@@ -319,14 +319,29 @@ def test_kafka_python_transaction_steps_have_a_deadline() -> None:
     producer.commit_transaction(20.0)
     manager.begin_commit.return_value.wait.assert_called_once_with(timeout_ms=20000.0)
     raw._sender.wakeup.assert_called()
-    manager.begin_commit.return_value.wait.return_value = False  # the coordinator's broker died with the request in flight
-    with pytest.raises(RetriableError, match="no answer from the coordinator in 20s"):
-        producer.commit_transaction(20.0)
+    producer.send_offsets_to_transaction({TP: 3}, "group-meta", 20.0)
+    manager.send_offsets_to_transaction.assert_called_once_with({KTP: OffsetAndMetadata(3, "", -1)}, "group-meta")
     manager.begin_abort.return_value.wait.side_effect = kerr.ProducerFencedError("newer instance")
     with pytest.raises(FencedError):
         producer.abort_transaction(20.0)
-    producer.send_offsets_to_transaction({TP: 3}, "group-meta", 20.0)
-    manager.send_offsets_to_transaction.assert_called_once_with({KTP: OffsetAndMetadata(3, "", -1)}, "group-meta")
+    manager.send_offsets_to_transaction.return_value.wait.return_value = False  # the coordinator's broker died
+    with pytest.raises(RetriableError, match="no answer from the coordinator in 20s"):
+        producer.send_offsets_to_transaction({TP: 4}, "group-meta", 20.0)
+    # Still queued in kafka-python, the offsets could be sent inside the next transaction: the producer is set aside.
+    for step in (lambda: producer.abort_transaction(20.0), producer.begin_transaction, lambda: producer.init_transactions(20.0),
+                 lambda: producer.commit_transaction(20.0)):
+        with pytest.raises(FencedError, match="setting this producer aside"):
+            step()
+    manager.begin_abort.assert_called_once()  # the aside producer is never asked again
+
+
+def test_a_kafka_python_producer_closed_past_its_deadline_stops_its_sender() -> None:
+    """kafka-python 3.0's close raises from its flush at the deadline, before its own force-close."""
+    raw = MagicMock()
+    raw.close.side_effect = kerr.KafkaTimeoutError("Timeout waiting for future")
+    raw._sender.is_alive.return_value = True
+    kafka_python.Producer(raw).close(0)
+    raw._sender.force_close.assert_called_once()
 
 
 def test_a_confluent_transactional_call_that_never_returns_sets_its_producer_aside(monkeypatch: pytest.MonkeyPatch) -> None:
