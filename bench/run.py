@@ -68,6 +68,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,6 +403,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
         def __init__(self, inner: Detector) -> None:
             self.inner = inner
             self.batch = 0
+            self.sealed: deque[int] = deque()
+            """Records of each unit sealed and not yet emitted, oldest first."""
             self.begin_batch = inner.begin_batch
             self.partitions_assigned = inner.partitions_assigned
 
@@ -418,16 +421,21 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.inner.handle(record)
             self.batch += 1
 
+        def seal(self) -> None:
+            self.inner.seal()
+            self.sealed.append(self.batch)
+            self.batch = 0
+
         def emit(self) -> None:
             self.inner.emit()
-            progress.seen(self.batch)
-            self.batch = 0
+            progress.seen(self.sealed.popleft())
             if progress.records >= args.count:
                 stop.set()
 
         def discard(self) -> None:
             self.inner.discard()
             self.batch = 0
+            self.sealed.clear()
 
     # The detector's own run (its state store, and the re-keying stages the rules need), the deciding stage counted.
     try:

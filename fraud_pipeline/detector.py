@@ -151,13 +151,23 @@ class Detector:
     def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
         self._output.send(topic, key, value, None, partition)
 
+    def seal(self) -> None:
+        self._states.seal()
+        self._lines.seal()
+        if self._metrics is not None:
+            self._metrics.sealed()
+
     def emit(self) -> None:
         self._states.committed()
         self._lines.emit()
+        if self._metrics is not None:
+            self._metrics.acknowledged()
 
     def discard(self) -> None:
         self._states.discard()
         self._lines.discard()
+        if self._metrics is not None:
+            self._metrics.rolled_back()
 
     def handle(self, record: Record) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines)

@@ -190,6 +190,11 @@ class FeatureStage:
             self._states.send_changes(lambda topic, key, value, partition: self._output.send(topic, key, value, None, partition),
                                       offsets)
 
+    def seal(self) -> None:
+        if self._states is not None:
+            self._states.seal()
+        self._lines.seal()
+
     def emit(self) -> None:
         if self._states is not None:
             self._states.committed()

@@ -11,6 +11,9 @@ ending in ``_total``, durations in seconds.
 - ``fraud_rule_fired_total{rule, version, mode}``: rule hits, shadow rules too
   (counted when decided: a batch read again after a rollback is counted again);
 - ``fraud_decision_seconds``: record timestamp to routed (the detector's share of latency);
+- ``fraud_decision_latency_seconds``: payment timestamp to its routed record's
+  acknowledgement (at-least-once: the brokers' ``acks=all``; exactly-once:
+  its transaction's commit), observed when its commit interval's unit settles;
 - ``fraud_batch_seconds``: handling one poll's batch;
 - ``fraud_transactions_total{result}``: committed, aborted, retried (exactly-once);
 - ``fraud_consumer_lag{topic, partition}``: end offset (of the last fetch) minus position, every 5 s;
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any, TypeVar
 
@@ -89,6 +92,10 @@ class Metrics:
         self.decisions: dict[object, list[Any]] = {}
         """Per distinct decision (its cached header): ``[fired rules, count]``."""
         self.decision_seconds = Histogram(DECISION_BUCKETS)
+        self.decision_latency_seconds = Histogram(DECISION_BUCKETS)
+        self._unsealed: list[int] = []
+        self._sealed: deque[list[int]] = deque()
+        """Timestamps (ms) of the records routed in each unit sealed and not yet acknowledged, oldest first."""
         self.batch_seconds = Histogram(BATCH_BUCKETS)
         self.transactions: Counter[str] = Counter()
         self.lag: dict[tuple[str, int], int] = {}
@@ -99,11 +106,31 @@ class Metrics:
     def decided(self, timestamp_ms: int, key: object, fired: Iterable[Any]) -> None:
         """One routed record: its latency since its timestamp and its decision's fired rules."""
         self.decision_seconds.observe(time.time() - timestamp_ms / 1000)
+        self._unsealed.append(timestamp_ms)
         entry = self.decisions.get(key)
         if entry is None:
             self.decisions[key] = [tuple((f.id, f.version, f.mode) for f in fired), 1]
         else:
             entry[1] += 1
+
+    def sealed(self) -> None:
+        """The records routed since the last seal are one unit, to be acknowledged together."""
+        self._sealed.append(self._unsealed)
+        self._unsealed = []
+
+    def acknowledged(self) -> None:
+        """The oldest sealed unit's records are acknowledged: their latency from timestamp to now."""
+        if not self._sealed:
+            return
+        now_ms = time.time() * 1000
+        observe = self.decision_latency_seconds.observe
+        for timestamp_ms in self._sealed.popleft():
+            observe((now_ms - timestamp_ms) / 1000)
+
+    def rolled_back(self) -> None:
+        """What was not acknowledged is read and routed again: its first routing is not counted."""
+        self._unsealed.clear()
+        self._sealed.clear()
 
     def lag_due(self) -> bool:
         """True at most every LAG_INTERVAL_S, when metrics are on."""
@@ -128,6 +155,8 @@ class Metrics:
             rule_fired.add_metric([rule, str(version), mode], count)
         yield rule_fired
         yield self.decision_seconds.family("fraud_decision_seconds", "Record timestamp to routed by the detector")
+        yield self.decision_latency_seconds.family("fraud_decision_latency_seconds",
+                                                   "Payment timestamp to its routed record's acknowledgement")
         yield self.batch_seconds.family("fraud_batch_seconds", "Handling one poll's batch")
         transactions = CounterMetricFamily("fraud_transactions", "Exactly-once transactions by result", labels=["result"])
         for result, count in sorted(snapshot(self.transactions).items()):

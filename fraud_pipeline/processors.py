@@ -85,6 +85,7 @@ class Processor:
         self._line = line
         self._dead_letters = dead_letters
         self._lines = lines
+        self.seal = lines.seal
         self.emit = lines.emit
         self.discard = lines.discard
 

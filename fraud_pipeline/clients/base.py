@@ -38,8 +38,8 @@ class Consumer(Protocol):
     def poll(self, timeout_s: float, max_records: int) -> Batch:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first; transient errors are logged, not raised."""
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit the group's next offsets synchronously."""
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
+        """Commit the group's next offsets; ``asynchronous``: without waiting for the answer (a failure is logged)."""
 
     def committed(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
         """The group's committed next offsets (None where nothing is committed)."""
@@ -94,6 +94,13 @@ class Producer(Protocol):
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every queued record is acknowledged or failed; RetriableError at the deadline."""
+
+    def sent(self) -> int:
+        """How many records were queued so far (every ``send`` that reached the client)."""
+
+    def settled(self) -> int:
+        """How many of the records queued so far are settled, counted from the first: each one before is acknowledged
+        or failed (a failure reached the error handler first). Never waits: serves the delivery reports already in."""
 
     def init_transactions(self, timeout_s: float) -> None:
         """Register the transactional id: aborts what a predecessor left open and fences it."""

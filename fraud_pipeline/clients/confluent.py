@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer as RdConsumer
@@ -260,8 +261,11 @@ class Consumer:
             raise error
         self._errors(err)
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         try:
+            if asynchronous:  # answered to _commit_answered, from a later poll
+                self._consumer.commit(offsets=_rd_tps(offsets), asynchronous=True)
+                return
             results = self._consumer.commit(offsets=_rd_tps(offsets), asynchronous=False)
         except KafkaException as exc:
             raise classify(exc, "offset commit") from exc
@@ -337,6 +341,13 @@ class Consumer:
             log.info("closing consumer: %s", exc)
 
 
+def _commit_answered(err: KafkaError | None, partitions: list[RdTP]) -> None:
+    """An asynchronous offset commit's answer: a failure is logged (the next commit covers it)."""
+    failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in partitions or () if tp.error is not None]
+    if err is not None or failed:
+        log.warning("offset commit failed, the next one covers it: %s", err or "; ".join(failed))
+
+
 def _partitions(client: RdConsumer | RdProducer, topic: str, timeout_s: float) -> set[int]:
     try:
         metadata = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -353,10 +364,14 @@ class Producer:
     def __init__(self, config: dict[str, Any], errors: _ErrorLog) -> None:
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
         errors.on_fatal = self._failed
-        # Delivery reports for failures only: a success costs no Python call.
-        self._producer = RdProducer({**config, "error_cb": errors, "on_delivery": self._delivered,
-                                     "delivery.report.only.error": True})
+        # Without transactions, a delivery report per record: each settles its send (see ``settled``). A transaction's
+        # records are settled by its commit: reports for failures only, a success costs no Python call.
+        self._tracked = "transactional.id" not in config
+        self._producer = RdProducer({**config, "error_cb": errors, "on_delivery": self._report_failure,
+                                     "delivery.report.only.error": not self._tracked})
         self._sends = 0
+        self._unsettled: dict[int, None] = {}
+        """Sequence numbers of the records queued and not yet reported, oldest first (a dict keeps insertion order)."""
         self._counts: dict[str, int] = {}
         self._stuck: FencedError | None = None
         """Set when a transactional call did not return: every later one raises it."""
@@ -367,7 +382,14 @@ class Producer:
     def _failed(self, exc: Exception) -> None:
         self._on_error(exc)
 
-    def _delivered(self, err: KafkaError | None, message: Message) -> None:
+    def _delivered(self, sequence: int, err: KafkaError | None, message: Message) -> None:
+        if err is None:
+            del self._unsettled[sequence]
+            return
+        self._report_failure(err, message)
+        del self._unsettled[sequence]  # after the failure is heard of: ``settled`` never passes a send before its failure
+
+    def _report_failure(self, err: KafkaError | None, message: Message) -> None:
         if err is None:
             return
         if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
@@ -379,12 +401,14 @@ class Producer:
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
     ) -> None:
         producer: Any = self._producer  # headers: the binding's stubs want str values too
+        sequence = self._sends
+        report = partial(self._delivered, sequence) if self._tracked else None  # None: the producer's own callback
         for _ in range(600):  # a full local queue: serve reports and try again, for at most a minute
             try:
                 if partition is None:
-                    producer.produce(topic, value, key, headers=headers)
+                    producer.produce(topic, value, key, headers=headers, on_delivery=report)
                 else:
-                    producer.produce(topic, value, key, partition, headers=headers)
+                    producer.produce(topic, value, key, partition, headers=headers, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -394,9 +418,22 @@ class Producer:
         else:
             self._on_error(RetriableError(f"send to {topic}: the local queue stayed full for a minute"))
             return
+        if self._tracked:
+            self._unsettled[sequence] = None  # its report comes from a later poll or flush, on this thread
         self._sends += 1
         if self._sends % POLL_EVERY == 0:
             producer.poll(0)
+
+    def sent(self) -> int:
+        return self._sends
+
+    def settled(self) -> int:
+        if not self._tracked:  # without per-record reports: all of them once none is in flight
+            self._producer.poll(0)
+            return self._sends if len(self._producer) == 0 else 0
+        if self._unsettled:
+            self._producer.poll(0)
+        return next(iter(self._unsettled), self._sends)
 
     def partition_count(self, topic: str, timeout_s: float) -> int:
         count = self._counts.get(topic)
@@ -681,7 +718,8 @@ class Backend:
             "isolation.level": "read_committed",
         })
         if group_id:
-            config.update({"group.id": group_id, "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 3000})
+            config.update({"group.id": group_id, "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 3000,
+                           "on_commit": _commit_answered})
         else:
             # The binding insists on a group id; a consumer that only assigns never joins it nor commits to it.
             # EOF events tell a reader where a partition ends, aborted records and markers included.

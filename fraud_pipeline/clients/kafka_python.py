@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -254,14 +255,16 @@ class Consumer:
             ]
         return batch
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         kafka_offsets = {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         if self._deferred is not None:
             self._deferred.update(kafka_offsets)
             return
         try:
-            # kafka-python's own default waits as long as it takes: a coordinator lost held a stop that long
-            self._consumer.commit(kafka_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+            if asynchronous:
+                self._consumer.commit_async(kafka_offsets, callback=_commit_answered)  # answered in a later poll
+            else:  # kafka-python's own default waits as long as it takes: a coordinator lost held a stop that long
+                self._consumer.commit(kafka_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except kerr.KafkaError as exc:
             self._restart_stalled_rebalance()
             raise classify(exc, "offset commit") from exc
@@ -355,9 +358,12 @@ class Producer:
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
-        self._errback = self._failed
         self._stuck: FencedError | None = None
         """Set when a transactional step got no answer in time: every later one raises it (see ``_transaction_step``)."""
+        self._sends = 0
+        self._unsettled: dict[int, None] = {}
+        """Sequence numbers of the records queued and not yet answered, oldest first; the sender thread settles them."""
+        self._lock = threading.Lock()
 
     def on_error(self, handler: OnError) -> None:
         self._on_error = handler
@@ -373,7 +379,29 @@ class Producer:
         except kerr.KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
             self._failed(exc)
             return
-        future.add_errback(self._errback)
+        sequence = self._sends
+        with self._lock:
+            self._unsettled[sequence] = None
+            self._sends += 1
+        # Called on the sender thread, or here if the answer is in already.
+        future.add_callback(self._acknowledged, sequence)
+        future.add_errback(self._failed_send, sequence)
+
+    def _acknowledged(self, sequence: int, _metadata: object) -> None:
+        with self._lock:
+            del self._unsettled[sequence]
+
+    def _failed_send(self, sequence: int, exc: Exception) -> None:
+        self._failed(exc)
+        with self._lock:  # after the failure is heard of: ``settled`` never passes a send before its failure
+            del self._unsettled[sequence]
+
+    def sent(self) -> int:
+        return self._sends
+
+    def settled(self) -> int:
+        with self._lock:
+            return next(iter(self._unsettled), self._sends)
 
     def partition_count(self, topic: str, timeout_s: float) -> int:
         try:
@@ -463,6 +491,11 @@ class Producer:
 
 COMMIT_TIMEOUT_MS = 30_000
 """The longest a synchronous offset commit may wait for the group's coordinator."""
+
+
+def _commit_answered(offsets: object, answer: object) -> None:
+    if isinstance(answer, Exception):
+        log.warning("offset commit failed, the next one covers it: %s", answer)
 
 
 def _close_quietly(client: KafkaConsumer | KafkaProducer | KafkaAdminClient, timeout_s: float | None = None) -> None:

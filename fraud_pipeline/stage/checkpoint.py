@@ -94,10 +94,16 @@ class Checkpoint:
     def _clear(self) -> None:
         self.first, self.next, self.records = {}, {}, 0
 
+    @property
+    def settling(self) -> bool:
+        """Whether committed records still wait for their output's acknowledgements (at-least-once)."""
+        return self._delivery.pending
+
     def poll_timeout(self, longest_s: float) -> float:
-        """How long the next poll may wait: at most ``longest_s``, and no later than the pending commit is due."""
+        """How long the next poll may wait: at most ``longest_s``, no later than the pending commit is due,
+        and no longer than an interval while records wait for acknowledgements."""
         if not self.open:
-            return longest_s
+            return min(longest_s, self._interval_s) if self._delivery.pending else longest_s
         return max(0.0, min(longest_s, self.opened_at + self._interval_s - time.monotonic()))
 
     def due(self) -> bool:
@@ -105,12 +111,19 @@ class Checkpoint:
         return self.open and (self.records >= self._max_records or time.monotonic() - self.opened_at >= self._interval_s)
 
     def commit(self) -> None:
-        """Make what is pending durable and commit its offsets; BatchError or ClientError leaves it pending, to roll back."""
+        """Seal what is pending and hand it to the Delivery, which makes it durable and commits its offsets (at once
+        or in a later ``settle``); BatchError or ClientError leaves it pending, to roll back."""
         if self._state is not None:
             self._state.prepare_commit({tp.partition: offset for tp, offset in self.next.items()})
-        self._delivery.complete(self._consumer, dict(self.next), self._handler.emit)
+        self._handler.seal()
+        self._delivery.complete(self._consumer, dict(self.first), dict(self.next), self._handler.emit)
         self._clear()
         self.failures = 0
+
+    def settle(self, *, wait: bool = False) -> None:
+        """Emit and commit what the Delivery has seen become durable (``wait``: all of it, offsets committed synchronously)."""
+        if wait or self._delivery.pending:
+            self._delivery.settle(self._consumer, wait=wait)
 
     def roll_back(self, exc: Exception) -> None:
         """Undo what is pending after ``exc`` and wait the backoff; PipelineError after MAX_BATCH_RETRIES failures in a row."""
@@ -130,11 +143,12 @@ class Checkpoint:
 
         A failure cannot be rolled back inside the poll: it is kept, and check_rebalance raises it after the poll.
         """
-        if self.open:
-            try:
+        try:
+            if self.open:
                 self.commit()
-            except Exception as exc:  # raised again after the poll, where the loop rolls back
-                self.revoke_failures.append(exc)
+            self.settle(wait=True)
+        except Exception as exc:  # raised again after the poll, where the loop rolls back
+            self.revoke_failures.append(exc)
 
     def check_rebalance(self, batch: Batch) -> None:
         """After a poll: if the commit before a hand-over failed, or partitions were lost, raise to roll back all that is pending.
@@ -146,18 +160,19 @@ class Checkpoint:
         failure = self.revoke_failures[0] if self.revoke_failures else BatchError(f"partitions lost: {sorted(self._lost)}")
         self.revoke_failures.clear()
         self._lost.clear()
-        if self.open:
+        if self.open or self.settling:
             self._note(batch)
             if isinstance(failure, (BatchError, ClientError)):
                 raise failure
             raise BatchError(f"commit before a rebalance failed: {type(failure).__name__}: {failure}") from failure
 
     def commit_last(self) -> None:
-        """On a stop request: commit what is pending; if that fails, roll it back for the next start to read again."""
-        if not self.open:
-            return
+        """At the end (a stop, idleness): commit what is pending and wait for it; if that fails, roll it back for the
+        next start to read again."""
         try:
-            self.commit()
+            if self.open:
+                self.commit()
+            self.settle(wait=True)
         except FatalError as exc:
             raise PipelineError(str(exc)) from exc
         except (BatchError, ClientError) as exc:

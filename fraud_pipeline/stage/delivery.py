@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
@@ -25,29 +26,80 @@ class Delivery(Protocol):
     def begin(self) -> None:
         """Before the first record after a commit or a rollback."""
 
-    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
-        """Make the output durable, call ``emit`` and commit the next ``offsets``; raise BatchError or ClientError to roll back."""
+    def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
+                 emit: Callable[[], None]) -> None:
+        """The records from ``first`` to before ``offsets`` are handled and sealed: make them durable, call ``emit`` and
+        commit ``offsets``, now or in a later ``settle``; raise BatchError or ClientError to roll back."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether completed records wait for their output to be acknowledged."""
+
+    def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
+        """Emit and commit what became durable since (``wait``: wait for all of it, and commit synchronously)."""
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
         """Undo what can be undone since the last commit and rewind the consumer to read it again."""
 
 
+@dataclass
+class _Unit:
+    """Records completed together: settled once every send before ``mark`` is acknowledged."""
+
+    mark: int
+    first: dict[TopicPartition, int]
+    offsets: dict[TopicPartition, int]
+    emit: Callable[[], None]
+
+
 class AtLeastOnce:
-    """Flush, print, then commit: a crash may repeat what was not committed, never skip it."""
+    """The output acknowledged, then printed, then the offsets committed: a crash may repeat what was not committed, never skip it.
+
+    The loop does not wait for acknowledgements (librdkafka's stored-offsets
+    pattern): each commit interval's records become a unit, marked at the
+    producer's count of sends; ``settle``, called between polls, emits the
+    units whose sends are all acknowledged, oldest first, and commits their
+    offsets without waiting for the answer. A failed send rolls back every
+    unit not yet settled: the consumer rewinds to the oldest one's first
+    offsets. Only a hand-over and the end wait (``settle(wait=True)``): every
+    send flushed, every offset committed synchronously.
+    """
 
     name = "at-least-once"
 
     def __init__(self, output: Output) -> None:
         self._output = output
+        self._units: deque[_Unit] = deque()
+        self._unconfirmed: dict[TopicPartition, int] = {}
+        """Offsets committed without waiting since the last synchronous commit: committed again when one waits."""
 
     def begin(self) -> None:
         pass
 
-    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
-        self._output.flush()
-        emit()
+    @property
+    def pending(self) -> bool:
+        return bool(self._units)
+
+    def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
+                 emit: Callable[[], None]) -> None:
+        self._units.append(_Unit(self._output.sent(), first, offsets, emit))
+
+    def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
+        if wait and self._units:
+            self._output.flush()
+        offsets: dict[TopicPartition, int] = {}
+        while self._units and self._output.settled(self._units[0].mark):
+            unit = self._units.popleft()
+            unit.emit()
+            offsets |= unit.offsets
+        if wait:
+            offsets, self._unconfirmed = self._unconfirmed | offsets, {}
+        elif offsets:
+            self._unconfirmed |= offsets
+        if not offsets:
+            return
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, asynchronous=not wait)
         except FatalError:
             raise
         except ClientError as exc:
@@ -55,8 +107,15 @@ class AtLeastOnce:
             log.warning("offset commit failed, the batch may be delivered again: %s", exc)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        rewind: dict[TopicPartition, int] = {}
+        for unit in self._units:  # oldest first: each partition goes back to its first record not yet settled
+            for tp, offset in unit.first.items():
+                rewind.setdefault(tp, offset)
+        for tp, offset in first_offsets.items():
+            rewind.setdefault(tp, offset)
+        self._units.clear()
         self._output.forget_failures()
-        _seek(consumer, first_offsets)
+        _seek(consumer, rewind)
 
 
 class ExactlyOnce:
@@ -74,7 +133,14 @@ class ExactlyOnce:
     def begin(self) -> None:
         self._output.producer.begin_transaction()
 
-    def complete(self, consumer: Consumer, offsets: dict[TopicPartition, int], emit: Callable[[], None]) -> None:
+    pending = False
+    """A transaction's records are durable once it commits, inside ``complete``."""
+
+    def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
+        pass
+
+    def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
+                 emit: Callable[[], None]) -> None:
         # Every record must be acknowledged before the commit: kafka-python 3.0
         # can commit a transaction whose sends are still pending, and a send
         # that then fails would be lost.

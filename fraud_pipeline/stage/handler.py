@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TextIO, runtime_checkable
 
@@ -24,11 +25,14 @@ class RecordHandler(Protocol):
     def handle(self, record: Record) -> None:
         """Send and/or buffer the outcome of one record."""
 
+    def seal(self) -> None:
+        """What was handled since the last seal is one unit, about to be committed: keep its lines (and state) apart."""
+
     def emit(self) -> None:
-        """What was handled is durable: print its buffered lines and count its outcomes."""
+        """The oldest sealed unit is durable: print its buffered lines and count its outcomes."""
 
     def discard(self) -> None:
-        """What was handled was rolled back: forget its buffered lines."""
+        """Everything not emitted was rolled back: forget its buffered lines."""
 
 
 @runtime_checkable
@@ -58,27 +62,40 @@ def state_owner(handler: RecordHandler) -> StateOwner | None:
 
 
 class LineBuffer:
-    """Outcomes and printed lines of the current batch, released only once it is durable."""
+    """Outcomes and printed lines of what was handled, released unit by unit once durable.
+
+    ``seal`` closes a unit (what a commit carries); ``emit`` releases the
+    oldest sealed one, or, with none sealed, what is pending.
+    """
 
     def __init__(self, summary: Summary, quiet: bool, out: TextIO = sys.stdout) -> None:
         self.summary = summary
         self._quiet = quiet
         self._out = out
         self._pending: list[tuple[str, str | None]] = []
+        self._sealed: deque[list[tuple[str, str | None]]] = deque()
 
     def add(self, outcome: str, line: str | None) -> None:
         self._pending.append((outcome, line))
 
+    def seal(self) -> None:
+        self._sealed.append(self._pending)
+        self._pending = []
+
     def emit(self) -> None:
-        for outcome, line in self._pending:
+        if self._sealed:
+            unit = self._sealed.popleft()
+        else:
+            unit, self._pending = self._pending, []
+        for outcome, line in unit:
             self.summary.add(outcome)
             if line is not None and not self._quiet:
                 self._out.write(line + "\n")
-        self._pending.clear()
         self._out.flush()
 
     def discard(self) -> None:
         self._pending.clear()
+        self._sealed.clear()
 
 
 def decode_or_reject(

@@ -124,17 +124,19 @@ def _loop(
                 last_record_at = handled_at
             if checkpoint.due():
                 checkpoint.commit()
+            checkpoint.settle()
         except FatalError as exc:
             raise PipelineError(str(exc)) from exc
         except (BatchError, ClientError) as exc:
             checkpoint.roll_back(exc)
             last_record_at = time.monotonic()
             continue
-        if not batch and not checkpoint.open:
+        if not batch and not checkpoint.open and not checkpoint.settling:
             if not consumer.assignment():
                 # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
                 last_record_at = time.monotonic()
             elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+                checkpoint.commit_last()  # offsets committed without waiting: confirmed
                 return "idle timeout"
     checkpoint.commit_last()  # a stop request: commit what was handled
     return "stopped"

@@ -19,8 +19,9 @@ class BatchError(Exception):
 class Output:
     """The producer a stage writes through, and the first send that failed.
 
-    Sends are asynchronous; ``flush`` waits for them and raises BatchError if
-    any failed, so a batch is never committed past a lost record.
+    Sends are asynchronous; ``settled`` says, without waiting, whether the sends
+    up to a mark are acknowledged, ``flush`` waits for all of them; both raise
+    BatchError if one failed, so a batch is never committed past a lost record.
     """
 
     def __init__(self, producer: Producer) -> None:
@@ -81,6 +82,16 @@ class Output:
         except ClientError as exc:
             raise BatchError(str(exc)) from exc
         self.check()
+
+    def sent(self) -> int:
+        """Records sent so far through the current producer: a mark to ask ``settled`` about later."""
+        return self._producer.sent()
+
+    def settled(self, mark: int) -> bool:
+        """Whether every record sent before ``mark`` is acknowledged, without waiting; BatchError if a send failed."""
+        done = self._producer.settled() >= mark
+        self.check()  # after: a failed send is heard of before the count passes it
+        return done
 
     def forget_failures(self) -> None:
         """The batch was rolled back: its failed sends no longer matter."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class PartitionStates:
         self._unpositioned: dict[int, int] = {}
         """Restored partitions whose input position is not set yet, with the restores tried."""
         self._sent: dict[int, dict[bytes, bytes]] = {}
+        self._sealed: deque[tuple[int, dict[int, dict[bytes, bytes]]]] = deque()
+        """Units sent and not yet durable, oldest first: each one's number and changes by partition."""
+        self._units = 0
         self._checkpointed_at = time.monotonic()
 
     @property
@@ -166,8 +170,23 @@ class PartitionStates:
                 for key, value in changes.items():
                     send(self.changelog, key, value, partition)
 
+    def seal(self) -> None:
+        """The changes sent since the last seal are one unit, committed later (``committed``, oldest first)."""
+        unit = self._units
+        self._units += 1
+        for table in self.tables.values():
+            table.seal(unit)
+        self._sealed.append((unit, self._sent))
+        self._sent = {}
+
     def committed(self) -> None:
-        """The commit that carried the sent changes succeeded: write them to the local stores."""
+        """The commit that carried the oldest sealed changes (none sealed: those sent) succeeded: write them to the local stores."""
+        unit: int | None = None
+        sent = self._sent
+        if self._sealed:
+            unit, sent = self._sealed.popleft()
+        else:
+            self._sent = {}
         offsets: dict[int, tuple[int, int]] = {}
         if time.monotonic() - self._checkpointed_at >= OFFSET_CHECKPOINT_S:
             self._checkpointed_at = time.monotonic()
@@ -176,17 +195,20 @@ class PartitionStates:
                                               timeout_s=OFFSET_CHECKPOINT_TIMEOUT_S)
             except ClientError as exc:
                 log.debug("changelog offsets not read (%s): the stores keep their last ones", exc)
-        for partition, changes in self._sent.items():
+        for partition, changes in sent.items():
             if partition in self.tables:
-                end = offsets.pop(partition, (0, None))[1]
-                self.tables[partition].committed(changes, end)
+                table = self.tables[partition]
+                # The changelog's end covers a later unit's changes too while one is on its way: not the store's then.
+                end = offsets.pop(partition, (0, None))[1] if not table.sent_after(unit) else None
+                table.committed(changes, end, unit)
         for partition, (_, end) in offsets.items():
-            self.tables[partition].store.write({}, end)
-        self._sent.clear()
+            if not self.tables[partition].sent_after(None):
+                self.tables[partition].store.write({}, end)
 
     def discard(self) -> None:
         """What was handled since the last commit was rolled back: forget its changes, catch up with the changelog's tail."""
         self._sent.clear()
+        self._sealed.clear()
         for partition, table in self.tables.items():
             table.discard()
             if partition not in self._restorer.pending:

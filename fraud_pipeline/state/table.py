@@ -3,9 +3,12 @@
 The engine gets an entity, changes it, puts it back (rules.aggregates.EntityTable).
 What it put since the last commit is *dirty*: kept in memory only, sent to the
 changelog at the commit, and written to the local store once the commit
-succeeded (``committed``). A roll-back drops the dirty entities (``discard``):
-the store still holds their committed values, so the aborted records, read
-again, start from exactly what was committed. Clean entities stay decoded in a
+succeeded (``committed``). Between the two it is *sealed* (``seal``): a commit
+under at-least-once does not wait for its records' acknowledgements, so the
+next unit's changes pile up meanwhile; entities sealed stay readable in
+memory until their unit is durable. A roll-back drops the dirty and sealed
+entities (``discard``): the store still holds their committed values, so the
+aborted records, read again, start from exactly what was committed. Clean entities stay decoded in a
 bounded cache, so a busy key is not decoded for every payment.
 """
 
@@ -33,12 +36,17 @@ class PartitionTable:
         self._decode = decode
         self._cache_entities = cache_entities
         self._dirty: dict[bytes, Any] = {}
+        self._sealed: dict[bytes, tuple[int, Any]] = {}
+        """Entities of units sent and not yet durable: the unit that last changed each, and its value."""
         self._clean: dict[bytes, Any] = {}
 
     def get(self, key: bytes) -> Any | None:
         value = self._dirty.get(key)
         if value is not None:
             return value
+        sealed = self._sealed.get(key)
+        if sealed is not None:
+            return sealed[1]
         value = self._clean.get(key)
         if value is not None:
             return value
@@ -61,27 +69,50 @@ class PartitionTable:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty)
+        """Whether entities changed that the store does not hold yet (sent or not)."""
+        return bool(self._dirty or self._sealed)
 
     def changes(self) -> dict[bytes, bytes]:
         """The dirty entities, encoded: what the commit sends to the changelog and then writes to the store."""
         encode = self._encode
         return {key: encode(value) for key, value in self._dirty.items()}
 
-    def committed(self, changes: dict[bytes, bytes], changelog_offset: int | None = None) -> None:
-        """The commit that carried ``changes`` succeeded: write them to the store; the entities become clean."""
-        self.store.write(changes, changelog_offset)
+    def sent_after(self, unit: int | None) -> bool:
+        """Whether changes of a unit after ``unit`` (None: any) are sent and not yet durable: in the changelog, not the store."""
+        return any(unit is None or sealed_in > unit for sealed_in, _ in self._sealed.values())
+
+    def seal(self, unit: int) -> None:
+        """The dirty entities were sent to the changelog as ``unit``: kept apart until it is durable."""
         for key, value in self._dirty.items():
-            self._remember(key, value)
+            self._sealed[key] = (unit, value)
         self._dirty.clear()
+
+    def committed(self, changes: dict[bytes, bytes], changelog_offset: int | None = None, unit: int | None = None) -> None:
+        """The commit that carried ``changes`` (sealed as ``unit``; None: the dirty ones) succeeded: write them to the store.
+
+        Their entities become clean, unless a later unit changed them again.
+        """
+        self.store.write(changes, changelog_offset)
+        if unit is None:
+            for key, value in self._dirty.items():
+                self._remember(key, value)
+            self._dirty.clear()
+            return
+        for key in changes:
+            sealed = self._sealed.get(key)
+            if sealed is not None and sealed[0] == unit:
+                del self._sealed[key]
+                self._remember(key, sealed[1])
 
     def discard(self) -> None:
         """What was put since the last commit was rolled back: forget it."""
         self._dirty.clear()
+        self._sealed.clear()
 
     def forget_cache(self) -> None:
         """Drop every decoded entity (the store changed underneath: a restore)."""
         self._dirty.clear()
+        self._sealed.clear()
         self._clean.clear()
 
     def __len__(self) -> int:

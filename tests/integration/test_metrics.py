@@ -74,6 +74,7 @@ def test_detector_metrics_match_the_topics(pipeline: Pipeline) -> None:
     assert outcomes == {"fraud": len(fraud), "legit": len(legit)}, outcomes
     assert len(fraud) > 0
     assert samples[("fraud_decision_seconds_count", ())] == COUNT
+    assert samples[("fraud_decision_latency_seconds_count", ())] == COUNT  # each acknowledged once its transaction committed
     assert samples[("fraud_batch_seconds_count", ())] > 0
     assert by_label(samples, "fraud_transactions_total", "result")["committed"] > 0
     assert set(by_label(samples, "fraud_consumer_lag", "partition")) == {str(p) for p in range(6)}

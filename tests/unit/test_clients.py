@@ -211,6 +211,9 @@ class _Handler:
     def handle(self, record: Record) -> None:
         self.handled.append(record.value or b"")
 
+    def seal(self) -> None:
+        pass
+
     def emit(self) -> None:
         self.emitted += 1
 
@@ -226,10 +229,13 @@ def test_a_stalled_rebalance_is_restarted_after_a_failed_commit() -> None:
     raw._coordinator.rebalance_in_progress.return_value = True
     raw._coordinator.need_rejoin.return_value = False
     handler = _Handler()
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
+    producer = MagicMock(spec_set=Producer)
+    producer.sent.return_value = producer.settled.return_value = 0  # nothing to wait for
+    delivery = AtLeastOnce(Output(producer))
     run_consumer(kafka_python.Consumer(raw, max_records=100), handler, delivery, stop=threading.Event(), idle_timeout_s=0.05,
                  commit_interval_s=0)
-    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)}, timeout_ms=kafka_python.COMMIT_TIMEOUT_MS)
+    raw.commit_async.assert_called_once()  # in the loop, without waiting
+    raw.commit.assert_called_once_with({KTP: OffsetAndMetadata(1, "", -1)}, timeout_ms=kafka_python.COMMIT_TIMEOUT_MS)  # at the end
     raw._coordinator.request_rejoin.assert_called_once()
     assert handler.handled == [b"a"] and handler.emitted == 1  # the output was out: the failed commit was not fatal
 
@@ -277,8 +283,8 @@ def test_kafka_python_send_failures_reach_the_handler_classified() -> None:
     producer.on_error(failures.append)
     producer.send("fraud_payments", b"K", b"v", [("decision", b"fraud")], 1)
     raw.send.assert_called_once_with("fraud_payments", key=b"K", value=b"v", headers=[("decision", b"fraud")], partition=1)
-    (errback,) = raw.send.return_value.add_errback.call_args.args
-    errback(kerr.KafkaTimeoutError("no leader"))  # as kafka-python fails the send's future
+    errback, sequence = raw.send.return_value.add_errback.call_args.args
+    errback(sequence, kerr.KafkaTimeoutError("no leader"))  # as kafka-python fails the send's future
     raw.send.side_effect = kerr.ProducerFencedError("newer instance")  # raised by send itself
     producer.send("fraud_payments", b"K", b"v")
     assert [type(f) for f in failures] == [RetriableError, FencedError]
@@ -300,6 +306,59 @@ def test_kafka_python_offset_look_ups_wait_no_longer_than_asked() -> None:
     raw.end_offsets.side_effect = kerr.KafkaTimeoutError("Failed to get offsets by timestamps in 2000 ms")
     with pytest.raises(RetriableError):
         consumer.watermarks([TP], 2.0)
+
+
+def test_kafka_python_sends_settle_in_order_whatever_order_their_answers_come_in() -> None:
+    raw = MagicMock(spec_set=KafkaProducer)
+    producer = kafka_python.Producer(raw)
+    failures: list[Exception] = []
+    producer.on_error(failures.append)
+    futures = []
+    for n in range(3):
+        producer.send("legit_payments", None, b"%d" % n)
+        futures.append((raw.send.return_value.add_callback.call_args.args, raw.send.return_value.add_errback.call_args.args))
+    assert (producer.sent(), producer.settled()) == (3, 0)
+    (acked, first), _ = futures[1]
+    acked(first, "metadata")  # the second answered first: nothing settled yet
+    assert producer.settled() == 0
+    _, (failed, zeroth) = futures[0]
+    failed(zeroth, kerr.KafkaTimeoutError("expired"))  # the first failed: heard of, and settled
+    assert producer.settled() == 2 and len(failures) == 1
+    (acked, last), _ = futures[2]
+    acked(last, "metadata")
+    assert producer.settled() == 3
+
+
+def test_confluent_sends_settle_by_their_own_delivery_reports() -> None:
+    producer = confluent.Producer.__new__(confluent.Producer)  # no librdkafka: the reports are played by hand
+    raw = MagicMock()
+    producer._producer, producer._sends, producer._unsettled, producer._tracked = raw, 0, {}, True
+    failures: list[Exception] = []
+    producer.on_error(failures.append)
+    for n in range(3):
+        producer.send("legit_payments", None, b"%d" % n, None, n % 2)
+    reports = [call.kwargs["on_delivery"] for call in raw.produce.call_args_list]
+    assert (producer.sent(), producer.settled()) == (3, 0)
+    reports[1](None, MagicMock())
+    assert producer.settled() == 0
+    reports[0](KafkaError(KafkaError._MSG_TIMED_OUT), MagicMock())
+    assert producer.settled() == 2 and len(failures) == 1
+    reports[2](None, MagicMock())
+    assert producer.settled() == 3
+    raw.poll.assert_called_with(0)  # asking serves the reports already in
+
+
+def test_confluent_transactional_sends_settle_only_when_none_is_in_flight() -> None:
+    """A transactional producer asks for failure reports only (its commit settles its records): all or nothing."""
+    producer = confluent.Producer.__new__(confluent.Producer)
+    raw = MagicMock()
+    producer._producer, producer._sends, producer._unsettled, producer._tracked = raw, 0, {}, False
+    producer.send("legit_payments", None, b"v")
+    assert raw.produce.call_args.kwargs["on_delivery"] is None  # the producer's own failure callback
+    raw.__len__.return_value = 1
+    assert producer.settled() == 0
+    raw.__len__.return_value = 0
+    assert producer.settled() == 1
 
 
 def test_kafka_python_partition_count_waits_for_the_topics_metadata() -> None:

@@ -6,8 +6,10 @@ from collections import Counter
 from types import SimpleNamespace
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from fraud_pipeline import metrics as metrics_module
 from fraud_pipeline.clients import Record
 from fraud_pipeline.console.monitor import alert_json, dead_letter_json, parse_decision_header, rules_json
 from fraud_pipeline.metrics import Histogram, Metrics
@@ -45,6 +47,28 @@ def test_fired_rules_are_summed_over_distinct_decisions() -> None:
     assert 'fraud_rule_fired_total{mode="enabled",rule="burst",version="2"} 3.0' in text
     assert 'fraud_rule_fired_total{mode="shadow",rule="bitcoin",version="1"} 4.0' in text
     assert "fraud_decision_seconds_count 5.0" in text
+
+
+def test_decision_latency_is_observed_when_a_unit_is_acknowledged_and_not_for_what_is_rolled_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics("fraud_detector", enabled=True)
+    now = [100.0]
+    monkeypatch.setattr(metrics_module.time, "time", lambda: now[0])
+    metrics.decided(99_000, "legit", [])
+    metrics.decided(99_500, "legit", [])
+    metrics.sealed()  # unit 1: two records
+    metrics.decided(99_900, "legit", [])
+    metrics.sealed()  # unit 2: one record
+    metrics.decided(99_950, "legit", [])  # not sealed yet
+    now[0] = 100.25
+    metrics.acknowledged()  # unit 1 only
+    latency = metrics.decision_latency_seconds
+    assert sum(latency.counts) == 2 and latency.sum == pytest.approx(1.25 + 0.75)
+    metrics.rolled_back()  # unit 2 and the rest are routed again later
+    metrics.acknowledged()
+    assert sum(latency.counts) == 2
+    assert "fraud_decision_latency_seconds_count 2.0" in exposition(metrics)
 
 
 def test_histogram_buckets_are_cumulative() -> None:

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from typing import Any
-from unittest.mock import MagicMock
+from unittest.mock import MagicMock, call
 
 import pytest
 
@@ -50,6 +50,14 @@ SETTINGS = Settings(ConnectionSettings(("localhost:9091",)))
 TP = TopicPartition("payments", 0)
 
 
+
+def settling_producer() -> MagicMock:
+    """A seam producer whose sends are acknowledged as soon as asked about."""
+    producer = MagicMock(spec_set=Producer)
+    producer.sent.return_value = 0
+    producer.settled.return_value = 0
+    return producer
+
 def value(payment_type: str = "BITCOIN", to: str = "stranger", amount: int = 42) -> bytes:
     return json.dumps(
         {"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": payment_type, "AMOUNT": amount, "TO": to}
@@ -60,7 +68,7 @@ class Rig:
     """A detector wired to a mocked producer, printing into a buffer."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.producer = MagicMock(spec_set=Producer)
+        self.producer = settling_producer()
         self.producer.partition_count.return_value = 2  # the routed topics' partitions
         self.output = Output(self.producer)
         self.summary = Summary("fraud_detector", "payments")
@@ -146,10 +154,10 @@ def test_a_failed_send_fails_the_flush() -> None:
 
 
 def test_a_replaced_producers_late_failure_is_ignored() -> None:
-    old = MagicMock(spec_set=Producer)
+    old = settling_producer()
     output = Output(old)
     (old_on_error,) = old.on_error.call_args.args
-    fresh = MagicMock(spec_set=Producer)
+    fresh = settling_producer()
     output.producer = fresh
     fresh.on_error.assert_called_once()
     assert output.send == fresh.send  # sends go through the new producer
@@ -171,7 +179,7 @@ def test_a_replaced_producers_late_failure_is_ignored() -> None:
     ],
 )
 def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expected: str, outcome: str) -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     summary = Summary("p", "payments")
     out = io.StringIO()
     processor = Processor(line, DeadLetters(Output(producer), "dlq", "p"), LineBuffer(summary, False, out))
@@ -186,7 +194,7 @@ def test_processor_prints_and_counts(line: Any, payment_type: str, to: str, expe
 
 
 def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     out = io.StringIO()
     settings = Settings(ConnectionSettings(("x:1",)), TopicSettings(payments="pay"), producer=ProducerSettings(count=25, rate=0, seed=9))
     summary = Summary("payment_producer", "payments sent")
@@ -203,7 +211,7 @@ def test_producer_sends_keyed_payments_and_prints_the_original_dict() -> None:
 
 
 def test_producer_sends_the_regulars_history_first_unpaced() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     settings = Settings(ConnectionSettings(("x:1",)),
                         producer=ProducerSettings(count=3000, rate=1, seed=5, quiet=True, scenarios="above-baseline=0.01"))
     stop = threading.Event()
@@ -218,7 +226,7 @@ def test_producer_sends_the_regulars_history_first_unpaced() -> None:
 
 
 def test_producer_labels_scenario_payments_in_headers_only() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     settings = Settings(ConnectionSettings(("x:1",)),
                         producer=ProducerSettings(count=3000, rate=0, seed=5, quiet=True, scenarios="large-to-stranger=0.05"))
     produce(producer, settings, threading.Event(), Summary("p", "payments"), io.StringIO())
@@ -232,7 +240,7 @@ def test_producer_labels_scenario_payments_in_headers_only() -> None:
 
 
 def test_producer_stops_at_the_first_failed_send() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     # the backend reports the failure to the handler the Output registered, here at once
     producer.send.side_effect = lambda *args: producer.on_error.call_args.args[0](RetriableError("no leader"))
     settings = Settings(ConnectionSettings(("x:1",)), producer=ProducerSettings(count=10, rate=0, quiet=True))
@@ -242,7 +250,7 @@ def test_producer_stops_at_the_first_failed_send() -> None:
 
 
 def test_producer_stops_when_asked() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     stop = threading.Event()
     stop.set()
     settings = Settings(ConnectionSettings(("x:1",)), producer=ProducerSettings(count=None, rate=1, quiet=True))
@@ -260,7 +268,7 @@ def _consumer_with(*batches: dict) -> MagicMock:  # type: ignore[type-arg]
 
 def _transactional_producer(events: list[str]) -> MagicMock:
     """A seam producer that logs its transactional calls into ``events``."""
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     for method in ("init_transactions", "begin_transaction", "commit_transaction", "abort_transaction"):
         getattr(producer, method).side_effect = lambda *a, _m=method, **k: events.append(_m)
     producer.send_offsets_to_transaction.side_effect = (
@@ -284,6 +292,9 @@ class Recorder:
     def handle(self, record: Any) -> None:
         self.events.append(record.value.decode())
 
+    def seal(self) -> None:
+        pass
+
     def emit(self) -> None:
         self.events.append("emit")
 
@@ -291,39 +302,77 @@ class Recorder:
         self.events.append("discard")
 
 
-def test_at_least_once_flushes_prints_then_commits_the_next_offsets() -> None:
+class LaggingAcks:
+    """A seam producer whose sends are acknowledged at the consumer's next poll: the loop must not wait for them."""
+
+    def __init__(self, consumer: MagicMock, events: list[str], sends_per_record: int = 1) -> None:
+        self.producer = settling_producer()
+        self.count = 0
+        self.acked = 0
+        self.producer.sent.side_effect = lambda: self.count
+        self.producer.settled.side_effect = lambda: self.acked
+        self.producer.flush.side_effect = self._flush
+        self.events = events
+        polls = consumer.poll.side_effect
+
+        def poll(*args: Any) -> Any:
+            self.acked = self.count
+            return next(polls)
+
+        consumer.poll.side_effect = poll
+
+    def _flush(self, *args: Any) -> None:
+        self.events.append("flush")
+        self.acked = self.count
+
+
+class Sender(Recorder):
+    """A Recorder whose every record is one send."""
+
+    def __init__(self, events: list[str], acks: LaggingAcks) -> None:
+        super().__init__(events)
+        self._acks = acks
+
+    def handle(self, record: Any) -> None:
+        super().handle(record)
+        self._acks.count += 1
+
+
+def test_at_least_once_reads_on_and_commits_once_the_output_is_acknowledged() -> None:
     consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]}, {TP: [record(b"c", offset=2)]})
-    producer = MagicMock(spec_set=Producer)
     events: list[str] = []
-    producer.flush.side_effect = lambda *a, **k: events.append("flush")
-    consumer.commit.side_effect = lambda offsets: events.append(f"commit {offsets[TP]}")
-    delivery = AtLeastOnce(Output(producer))
-    reason = run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
+    acks = LaggingAcks(consumer, events)
+    consumer.commit.side_effect = lambda offsets, asynchronous: events.append(f"commit {offsets[TP]} {'async' if asynchronous else 'sync'}")
+    delivery = AtLeastOnce(Output(acks.producer))
+    reason = run_consumer(consumer, Sender(events, acks), delivery, stop=threading.Event(), idle_timeout_s=0.05,
+                          commit_interval_s=0)
     assert reason == "idle timeout"
-    assert events == ["a", "b", "flush", "emit", "commit 2", "c", "flush", "emit", "commit 3"]
+    # c is read before a and b are acknowledged; each unit printed, then its offsets committed; no flush in the loop;
+    # at the end the last offsets are committed again, waiting for the answer.
+    assert events == ["a", "b", "c", "emit", "commit 2 async", "emit", "commit 3 async", "commit 3 sync"]
 
 
-def test_a_failed_batch_is_rolled_back_rewound_and_read_again() -> None:
-    consumer = _consumer_with({TP: [record(b"a", offset=5)]}, {TP: [record(b"a", offset=5)]})
-    producer = MagicMock(spec_set=Producer)
-    output = Output(producer)
+def test_a_failed_send_rolls_back_every_unit_not_yet_acknowledged() -> None:
+    consumer = _consumer_with({TP: [record(b"a", offset=5)]}, {TP: [record(b"b", offset=6)]},
+                              {TP: [record(b"a", offset=5), record(b"b", offset=6)]})
     events: list[str] = []
-    producer.flush.side_effect = [None, None]
-    original_flush = output.flush
-    failures = iter([BatchError("send failed"), None])
+    acks = LaggingAcks(consumer, events)
+    output = Output(acks.producer)
+    (on_error,) = acks.producer.on_error.call_args.args
+    settled = acks.producer.settled.side_effect
 
-    def flaky_flush() -> None:
-        original_flush()
-        exc = next(failures)
-        if exc:
-            raise exc
+    def fail_once() -> int:
+        if acks.count == 2 and "failed" not in events:
+            events.append("failed")
+            on_error(RetriableError("send failed"))  # a's send: b was read and sent meanwhile
+        return settled()  # type: ignore[no-any-return]
 
-    output.flush = flaky_flush  # type: ignore[method-assign]
-    stop = threading.Event()
-    run_consumer(consumer, Recorder(events), AtLeastOnce(output), stop=stop, idle_timeout_s=0.05, commit_interval_s=0)
-    assert events == ["a", "discard", "a", "emit"]
-    consumer.seek.assert_called_once_with(TP, 5)
-    consumer.commit.assert_called_once_with({TP: 6})
+    acks.producer.settled.side_effect = fail_once
+    run_consumer(consumer, Sender(events, acks), AtLeastOnce(output), stop=threading.Event(), idle_timeout_s=0.05,
+                 commit_interval_s=0)
+    assert events == ["a", "b", "failed", "discard", "a", "b", "emit"]
+    consumer.seek.assert_called_once_with(TP, 5)  # back to a, the oldest record not acknowledged
+    assert consumer.commit.call_args_list == [call({TP: 7}, asynchronous=True), call({TP: 7}, asynchronous=False)]
 
 
 def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
@@ -344,7 +393,7 @@ def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
 
 def test_exactly_once_aborts_and_rereads_a_batch_whose_commit_failed() -> None:
     consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"a", offset=3)]})
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.commit_transaction.side_effect = [RetriableError("generation changed"), None]
     events: list[str] = []
     delivery = ExactlyOnce(Output(producer), lambda: pytest.fail("abort worked: no new producer needed"))
@@ -358,7 +407,7 @@ def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None
     # the commit timed out on our side but completed at the coordinator: the group committed offset 4
     consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]})
     consumer.committed.return_value = {TP: 4}
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.commit_transaction.side_effect = [RetriableError("no answer from the coordinator"), None]
     events: list[str] = []
     delivery = ExactlyOnce(Output(producer), MagicMock())
@@ -370,10 +419,10 @@ def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None
 
 def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
-    broken = MagicMock(spec_set=Producer)
+    broken = settling_producer()
     broken.commit_transaction.side_effect = RetriableError("coordinator gone")
     broken.abort_transaction.side_effect = RetriableError("coordinator gone")
-    fresh = MagicMock(spec_set=Producer)
+    fresh = settling_producer()
     output = Output(broken)
     delivery = ExactlyOnce(output, lambda: fresh)
     run_consumer(consumer, Recorder([]), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
@@ -389,9 +438,9 @@ def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
 
 def test_a_producer_whose_sends_stalled_is_replaced_without_an_abort() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
-    stalled = MagicMock(spec_set=Producer)
+    stalled = settling_producer()
     stalled.flush.side_effect = RetriableError("2 send(s) not acknowledged within 20.0s")
-    fresh = MagicMock(spec_set=Producer)
+    fresh = settling_producer()
     output = Output(stalled)
     run_consumer(consumer, Recorder([]), ExactlyOnce(output, lambda: fresh), stop=threading.Event(), idle_timeout_s=0.05,
                  commit_interval_s=0)
@@ -403,10 +452,10 @@ def test_a_producer_whose_sends_stalled_is_replaced_without_an_abort() -> None:
 
 def test_a_fenced_producer_is_replaced_and_the_batch_read_again() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"a")]})
-    fenced = MagicMock(spec_set=Producer)
+    fenced = settling_producer()
     fenced.commit_transaction.side_effect = FencedError("transaction timed out by the coordinator")
     fenced.abort_transaction.side_effect = FencedError("still fenced")
-    fresh = MagicMock(spec_set=Producer)
+    fresh = settling_producer()
     output = Output(fenced)
     events: list[str] = []
     delivery = ExactlyOnce(output, lambda: fresh)
@@ -417,7 +466,7 @@ def test_a_fenced_producer_is_replaced_and_the_batch_read_again() -> None:
 
 def test_missing_transaction_rights_stop_the_stage() -> None:
     consumer = _consumer_with({TP: [record(b"a")]})
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.commit_transaction.side_effect = FatalError("transactional id authorization failed: no ACL")
     with pytest.raises(PipelineError, match="transactional id authorization failed: no ACL"):
         run_consumer(consumer, Recorder([]), ExactlyOnce(Output(producer), MagicMock()), stop=threading.Event(), idle_timeout_s=1,
@@ -426,7 +475,7 @@ def test_missing_transaction_rights_stop_the_stage() -> None:
 
 
 def test_a_stage_without_transaction_rights_exits_1(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.init_transactions.side_effect = FatalError("transactional id authorization failed: no ACL")
     consumer = _consumer_with()
     monkeypatch.setattr(runner, "make_producer", lambda settings, client_id, transactional_id=None: producer)
@@ -448,7 +497,7 @@ def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPa
     consumer = _consumer_with()
     consumer.poll.side_effect = None
     consumer.poll.return_value = {TP: [record(b"a")]}
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.commit_transaction.side_effect = RetriableError("still down")
     stop = threading.Event()
     monkeypatch.setattr(stop, "wait", lambda timeout: False)
@@ -459,23 +508,23 @@ def test_a_batch_that_keeps_failing_stops_the_stage(monkeypatch: pytest.MonkeyPa
 
 def test_a_commit_lost_to_a_rebalance_is_not_fatal() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
-    consumer.commit.side_effect = [RetriableError("rebalanced"), None]
+    consumer.commit.side_effect = [RetriableError("rebalanced"), None, None]
     events: list[str] = []
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
+    delivery = AtLeastOnce(Output(settling_producer()))
     run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
-    assert events == ["a", "emit", "b", "emit"] and consumer.commit.call_count == 2
+    assert events == ["a", "emit", "b", "emit"] and consumer.commit.call_count == 3  # a's, b's, the last one waited for
 
 
 def test_the_loop_ends_on_the_stop_event() -> None:
     consumer = _consumer_with()
     stop = threading.Event()
     stop.set()
-    delivery = AtLeastOnce(Output(MagicMock(spec_set=Producer)))
+    delivery = AtLeastOnce(Output(settling_producer()))
     assert run_consumer(consumer, Recorder([]), delivery, stop=stop, idle_timeout_s=None) == "stopped"
 
 
 def test_routed_records_keep_their_input_partition_modulo_the_topic() -> None:
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.partition_count.return_value = 2
     output = Output(producer)
     assert [output.partition_for("fraud_payments", p) for p in range(6)] == [0, 1, 0, 1, 0, 1]
@@ -580,13 +629,13 @@ def test_a_stop_request_commits_what_is_pending(monkeypatch: pytest.MonkeyPatch)
 
     consumer, _ = _clocked_consumer(monkeypatch, {TP: [record(b"a"), record(b"b", offset=1)]}, stop_requested)
     events: list[str] = []
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.flush.side_effect = lambda *a: events.append("flush")
-    consumer.commit.side_effect = lambda offsets: events.append("commit")
+    consumer.commit.side_effect = lambda offsets, **_: events.append("commit")
     delivery = AtLeastOnce(Output(producer))
     assert run_consumer(consumer, Recorder(events), delivery, stop=stop, idle_timeout_s=None, commit_interval_s=60) == "stopped"
     assert events == ["a", "b", "flush", "emit", "commit"]
-    consumer.commit.assert_called_once_with({TP: 2})
+    consumer.commit.assert_called_once_with({TP: 2}, asynchronous=False)
 
 
 def test_pending_records_are_committed_before_their_partitions_are_handed_over(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -697,11 +746,11 @@ def test_a_failed_begin_rewinds_the_batch_it_was_opened_for() -> None:
                                                 itertools.repeat({}))
     consumer.assignment.return_value = {TP}
     consumer.committed.return_value = {TP: None}
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     producer.begin_transaction.side_effect = [FencedError("fenced while idle"), None]
     stop = threading.Event()
     stop.wait = lambda timeout=None: False  # type: ignore[method-assign]
-    run_consumer(consumer, MagicMock(), ExactlyOnce(Output(producer), lambda: MagicMock(spec_set=Producer)),
+    run_consumer(consumer, MagicMock(), ExactlyOnce(Output(producer), lambda: settling_producer()),
                  stop=stop, idle_timeout_s=0.05, commit_interval_s=0)
     # the record of the failed begin is read again from its offset, not skipped
     consumer.seek.assert_called_once_with(TP, 0)
@@ -709,7 +758,7 @@ def test_a_failed_begin_rewinds_the_batch_it_was_opened_for() -> None:
 
 def test_records_pending_when_the_loop_ends_are_not_committed_by_the_close() -> None:
     stop = threading.Event()
-    producer = MagicMock(spec_set=Producer)
+    producer = settling_producer()
     output = Output(producer)
     on_error = producer.on_error.call_args.args[0]
 

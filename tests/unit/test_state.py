@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from fraud_pipeline.payment import Payment
 from fraud_pipeline.rules import Decision, Engine, MemoryTable, decode_entity, encode_entity, parse_ruleset
 from fraud_pipeline.state import PartitionStates, PartitionStore
+from fraud_pipeline.state import partitions as partitions_module
 from fraud_pipeline.state.changelog import Restorer
+from fraud_pipeline.state.partitions import INPUT_OFFSET_KEY
 from tests.unit.records import TOPIC, ChangelogLog, GroupConsumer, LogReader
 
 RULES = parse_ruleset({
@@ -212,6 +214,56 @@ def test_a_restored_partition_is_read_from_the_state_only_under_exactly_once(tmp
     # at-least-once: no seek, the consumer reads on from the group's committed offset 2.
     assert group.seeks == ([(0, 5)] if exactly_once else [])
     again.close()
+
+
+def test_units_in_flight_reach_the_store_in_order_and_never_ahead_of_what_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At-least-once does not wait for a commit's acknowledgements: the next unit is handled, sealed and sent meanwhile.
+
+    Each unit reaches the local store once acknowledged, oldest first; what a later unit changed stays readable in
+    memory; the store's changelog offset never covers a unit not yet in it.
+    """
+    monkeypatch.setattr(partitions_module, "OFFSET_CHECKPOINT_S", 0.0)  # the changelog's end read at every commit
+    stream = [(payment, at) for payment, at in payments(7, 40) if payment.account == "ACC1"][:3]
+    log = ChangelogLog()
+    pipelined = states(tmp_path / "pipelined", log)
+    pipelined.assigned({0})
+    restored(pipelined)
+    engine = Engine(RULES)
+    table = pipelined.tables[0]
+    decided = []
+    for offset, (payment, at) in enumerate(stream[:2], start=1):  # units 0 and 1: handled, sealed, sent, acknowledged
+        decided.append(engine.decide(payment, at, table))
+        pipelined.send_changes(log.send, {0: offset})
+        pipelined.seal()
+        log.commit()
+    decided.append(engine.decide(*stream[2], table))  # handled, not yet sent
+    after_one = ChangelogLog()
+    one = states(tmp_path / "one", after_one)  # the same first payment, committed alone
+    one.assigned({0})
+    restored(one)
+    Engine(RULES).decide(*stream[0], one.tables[0])
+    one.send_changes(after_one.send, {0: 1})
+    after_one.commit()
+    one.committed()
+
+    pipelined.committed()  # unit 0 acknowledged
+    assert snapshot(table.store) == snapshot(one.tables[0].store)
+    assert table.store.changelog_offset() == 0, "unit 1 is in the changelog, not in the store: its offset is not the store's"
+    assert table.dirty
+    pipelined.committed()  # unit 1 acknowledged
+    assert table.store.get(INPUT_OFFSET_KEY) == b"2"
+    assert table.store.changelog_offset() == len(log.records[0])
+    assert [d.to_json() for d in decided] == [d.to_json() for d in reference(stream)[0]]
+    pipelined.send_changes(log.send, {0: 3})
+    pipelined.seal()
+    log.commit()
+    pipelined.committed()
+    assert not table.dirty
+    assert snapshot(table.store) == reference(stream)[1] and table.store.get(INPUT_OFFSET_KEY) == b"3"
+    pipelined.close()
+    one.close()
 
 
 def test_a_store_ahead_of_its_changelog_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
