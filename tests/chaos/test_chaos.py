@@ -49,9 +49,14 @@ KILL_COMMIT_INTERVAL_S = 1.0
 """The detector's commit interval in the kill -9 tests: transactions long enough for a kill to land inside."""
 
 
+def expected_ids(seed: int, count: int) -> set[str]:
+    """The PAYMENT_IDs of the first ``count`` payments of the seeded stream."""
+    return {p.payment_id for p in expected_payments(seed, count, 1000)}
+
+
 def verdict(pipeline: Pipeline, seed: int, count: int = COUNT) -> tuple[int, int, int, Counter[str]]:
     """(lost, duplicated, dead-lettered, per-id counts) over fraud + legit, read_committed."""
-    expected = {p.payment_id for p in expected_payments(seed, count, 1000)}
+    expected = expected_ids(seed, count)
     routed = read_topic(pipeline.bootstrap, pipeline.topics.fraud) + read_topic(pipeline.bootstrap, pipeline.topics.legit)
     seen = Counter(json.loads(r.value)["PAYMENT_ID"] for r in routed)
     dead = len(read_topic(pipeline.bootstrap, pipeline.topics.dead_letter))
@@ -61,23 +66,27 @@ def verdict(pipeline: Pipeline, seed: int, count: int = COUNT) -> tuple[int, int
     return lost, duplicated, dead, seen
 
 
-def where_lost(pipeline: Pipeline, seed: int, count: int) -> str:
-    """Where the payments missing from fraud + legit were read from, and each routed partition's stable and high offsets."""
-    expected = {p.payment_id for p in expected_payments(seed, count, 1000)}
-    routed = read_topic(pipeline.bootstrap, pipeline.topics.fraud) + read_topic(pipeline.bootstrap, pipeline.topics.legit)
-    missing = expected - {json.loads(r.value)["PAYMENT_ID"] for r in routed}
+Offsets = dict[tuple[str, int], int]
+
+
+def routed_ends(admin: AdminClient, pipeline: Pipeline) -> tuple[Offsets, Offsets]:
+    """Every fraud and legit partition's stable offset and high watermark, both asked at once."""
+    partitions = [ConfluentTP(topic, p) for topic in (pipeline.topics.fraud, pipeline.topics.legit)
+                  for p in range(pipeline.topics.routed_partitions)]
+    asked = [admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, isolation_level=isolation, request_timeout=10)
+             for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)]
+    stable, high = ({(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()} for futures in asked)
+    return stable, high
+
+
+def where_lost(pipeline: Pipeline, missing: set[str]) -> str:
+    """Where the ``missing`` payments were read from, and each routed partition's stable and high offsets."""
     spans: dict[int, list[int]] = {}
     for record in read_topic(pipeline.bootstrap, pipeline.topics.payments):
         if json.loads(record.value)["PAYMENT_ID"] in missing:
             spans.setdefault(record.partition, []).append(record.offset)
     lines = [f"payments[{p}]: {len(offsets)} missing, offsets {min(offsets)}..{max(offsets)}" for p, offsets in sorted(spans.items())]
-    admin = AdminClient(confluent_connection(pipeline.bootstrap))
-    partitions = [ConfluentTP(topic, p) for topic in (pipeline.topics.fraud, pipeline.topics.legit)
-                  for p in range(pipeline.topics.routed_partitions)]
-    stable, high = ({(tp.topic, tp.partition): future.result().offset for tp, future in
-                     admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, isolation_level=isolation,
-                                        request_timeout=10).items()}
-                    for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED))
+    stable, high = routed_ends(AdminClient(confluent_connection(pipeline.bootstrap)), pipeline)
     lines += [f"{topic}[{p}]: stable offset {stable[(topic, p)]}, high watermark {high[(topic, p)]}" for topic, p in sorted(stable)]
     return "\n".join(lines)
 
@@ -419,14 +428,15 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
         cluster_command("up", check=False)  # a failed round must not leave a broker down for the tests after it
     for lane in lanes:
         client = lane.pipeline.client
-        lost, duplicated, dead, _ = verdict(lane.pipeline, seed, sent[client])
+        lost, duplicated, dead, seen = verdict(lane.pipeline, seed, sent[client])
         handled = sum(summary_count(log, "fraud_detector") for log in lane.logs)
         figures.append(dict(test=f"brokers killed in turn ({client})", sent=sent[client], lost=lost, duplicated=duplicated,
                             dead_lettered=dead, rounds=rounds, detector_runs=len(lane.logs),
                             detector_rollbacks=sum(log.count("rolling back") for log in lane.logs)))
         if (lost, duplicated, dead) != (0, 0, 0) or handled != sent[client]:
             saved = save_log(f"broker-kill-{lane.pipeline.suffix}", "\n\n".join(lane.logs))
-            pytest.fail(f"{json.dumps(figures[-1])}\n{where_lost(lane.pipeline, seed, sent[client])}\ndetector logs: {saved}")
+            missing = expected_ids(seed, sent[client]) - set(seen)
+            pytest.fail(f"{json.dumps(figures[-1])}\n{where_lost(lane.pipeline, missing)}\ndetector logs: {saved}")
         assert any(r["led_changelog"][client] for r in rounds), f"no kill took a leader of the state's changelog: {figures[-1]}"
 
 
@@ -457,26 +467,16 @@ def wait_for_open_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], t
     only needs one of its kills to land inside an open transaction).
     """
     admin = AdminClient(confluent_connection(pipeline.bootstrap))
-    partitions = [ConfluentTP(topic, p) for topic in (pipeline.topics.fraud, pipeline.topics.legit)
-                  for p in range(pipeline.topics.routed_partitions)]
-
-    def ends() -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-        asked = [admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, isolation_level=isolation,
-                                    request_timeout=10)
-                 for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)]  # both at once
-        stable, high = ({(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-                        for futures in asked)
-        return stable, high
 
     started = time.monotonic()
     deadline = started + timeout_s
-    before: tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] | None = None
+    before: tuple[Offsets, Offsets] | None = None
     committed_at = 0.0
     while True:
         assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
         looked = time.monotonic()
         try:
-            stable, high = ends()
+            stable, high = routed_ends(admin, pipeline)
         except KafkaException:  # a leader moving
             before = None
         else:
