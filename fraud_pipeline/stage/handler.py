@@ -83,11 +83,9 @@ class LineBuffer:
         self._pending = []
 
     def emit(self) -> None:
-        if self._sealed:
-            unit = self._sealed.popleft()
-        else:
-            unit, self._pending = self._pending, []
-        for outcome, line in unit:
+        if not self._sealed:
+            self.seal()
+        for outcome, line in self._sealed.popleft():
             self.summary.add(outcome)
             if line is not None and not self._quiet:
                 self._out.write(line + "\n")

@@ -180,13 +180,11 @@ class PartitionStates:
         self._sent = {}
 
     def committed(self) -> None:
-        """The commit that carried the oldest sealed changes (none sealed: those sent) succeeded: write them to the local stores."""
-        unit: int | None = None
-        sent = self._sent
-        if self._sealed:
-            unit, sent = self._sealed.popleft()
-        else:
-            self._sent = {}
+        """The commit that carried the oldest sealed changes (none sealed: those sent, sealed now) succeeded: write them
+        to the local stores."""
+        if not self._sealed:
+            self.seal()
+        unit, sent = self._sealed.popleft()
         offsets: dict[int, tuple[int, int]] = {}
         if time.monotonic() - self._checkpointed_at >= OFFSET_CHECKPOINT_S:
             self._checkpointed_at = time.monotonic()

@@ -87,17 +87,12 @@ class PartitionTable:
             self._sealed[key] = (unit, value)
         self._dirty.clear()
 
-    def committed(self, changes: dict[bytes, bytes], changelog_offset: int | None = None, unit: int | None = None) -> None:
-        """The commit that carried ``changes`` (sealed as ``unit``; None: the dirty ones) succeeded: write them to the store.
+    def committed(self, changes: dict[bytes, bytes], changelog_offset: int | None, unit: int) -> None:
+        """The commit that carried ``changes``, sealed as ``unit``, succeeded: write them to the store.
 
         Their entities become clean, unless a later unit changed them again.
         """
         self.store.write(changes, changelog_offset)
-        if unit is None:
-            for key, value in self._dirty.items():
-                self._remember(key, value)
-            self._dirty.clear()
-            return
         for key in changes:
             sealed = self._sealed.get(key)
             if sealed is not None and sealed[0] == unit:
