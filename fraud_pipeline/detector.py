@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from functools import lru_cache
+from typing import NamedTuple
 
 from .clients import Batch, Consumer, Record
 from .config import EXACTLY_ONCE, Settings, build_parser, require
@@ -83,6 +84,21 @@ def decision_header(decision: Decision) -> tuple[str, bytes]:
     return ("decision", " ".join(parts).encode())
 
 
+class Route(NamedTuple):
+    """Where a decision sends a payment, and the parts of its routed record and printed line that do not vary."""
+
+    topic: str
+    suffix: bytes
+    """What replaces the value's closing brace: ``, "DECISION": {...}}`` (payment.with_field's)."""
+    header: tuple[str, bytes]
+    line: str
+    """The printed line up to the payment type: ``fraud_payments True ``."""
+
+
+ROUTES_KEPT = 4096
+"""Routes of distinct decisions kept (then the detector starts over)."""
+
+
 class Detector:
     """Decides and routes each payment record; unreadable records go to the dead-letter topic.
 
@@ -107,6 +123,8 @@ class Detector:
         self._replay = replay
         self._unreplayed: set[int] = set()
         self._rekeyed = rekeyed
+        self._routes: dict[bytes, Route] = {}
+        """Per decision's JSON (a bytes object keeps its hash): its route."""
         """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
         self._ruleset = rules.current
         self._engine = Engine(rules_of(rules.current, None) if rekeyed else rules.current)
@@ -182,14 +200,26 @@ class Detector:
         decision = self._engine.decide(payment, at, table)
         if self._rekeyed:
             decision = with_carried(decision, self._ruleset, fired, notes)
-        topic = self._fraud_topic if decision.fraud else self._legit_topic
-        value = with_field(record.value or b"", "DECISION", decision.to_json())
-        partition = self._output.partition_for(topic, record.partition)
-        header = decision_header(decision)
-        self._output.send(topic, key, value, [header], partition)
+        route = self._routes.get(decision.to_json())
+        if route is None:
+            route = self._route(decision)
+        topic = route.topic
+        # payment.with_field(value, "DECISION", decision.to_json()), its constant part made once per decision
+        value = (record.value or b"").rstrip()[:-1] + route.suffix
+        self._output.send(topic, key, value, [route.header], self._output.partition_for(topic, record.partition))
         if self._metrics is not None:
-            self._metrics.decided(timestamp, header, decision.fired)
-        self._lines.add(topic, f"{topic} {decision.fraud} {payment.payment_type}")
+            self._metrics.decided(timestamp, route.header, decision.fired)
+        self._lines.add(topic, route.line + payment.payment_type)
+
+    def _route(self, decision: Decision) -> Route:
+        topic = self._fraud_topic if decision.fraud else self._legit_topic
+        decision_json = decision.to_json()
+        route = Route(topic, with_field(b"}", "DECISION", decision_json), decision_header(decision),
+                      f"{topic} {decision.fraud} ")
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[decision_json] = route
+        return route
 
     def _rebuild(self, first: Record) -> None:
         """The fallback when no changelog existed: a partition's state from its payments of the longest window before ``first``."""

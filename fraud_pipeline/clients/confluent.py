@@ -56,6 +56,7 @@ from .types import (
     Record,
     TopicPartition,
     TopicSpec,
+    make_record,
 )
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class Consumer:
             records = batch.get(tp)
             if records is None:
                 records = batch[tp] = []
-            records.append(Record(tp.topic, tp.partition, message.offset(), message.key(), message.value(),
+            records.append(make_record(tp.topic, tp.partition, message.offset(), message.key(), message.value(),
                                   message.headers() or (), message.timestamp()[1]))
         for tp, records in batch.items():
             self._next[tp] = records[-1].offset + 1

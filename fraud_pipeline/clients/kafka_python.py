@@ -56,6 +56,7 @@ from .types import (
     Record,
     TopicPartition,
     TopicSpec,
+    make_record,
 )
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class Consumer:
             if tp is None:
                 tp = self._tps[ktp] = TopicPartition(ktp.topic, ktp.partition)
             batch[tp] = [
-                Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in records
+                make_record(r.topic, r.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in records
             ]
         return batch
 

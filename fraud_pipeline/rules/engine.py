@@ -19,7 +19,7 @@ import datetime
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
@@ -42,7 +42,7 @@ from .aggregates import (
     new_series,
     series_id,
 )
-from .conditions import Condition, attribute_name
+from .conditions import Condition, attribute_name, compile_condition, constant_explanation
 from .definitions import Rule, RuleSet, group_label
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -75,6 +75,8 @@ class Decision:
     fired: tuple[FiredRule, ...]
     notes: tuple[str, ...] = ()
     """What the decision could not see, e.g. a rule whose window is still filling."""
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False, hash=False)
+    """to_json's answer, once made (an engine hands out one Decision per distinct decision)."""
 
     @property
     def fraud(self) -> bool:
@@ -94,8 +96,12 @@ class Decision:
         return data
 
     def to_json(self) -> bytes:
-        """The decision as compact JSON (cached: most decisions repeat)."""
-        return _decision_json(self)
+        """The decision as compact JSON (made once per Decision object)."""
+        data = self._json
+        if data is None:
+            data = orjson.dumps(self.to_dict())
+            object.__setattr__(self, "_json", data)  # a cache, not a change: the decision's fields stay as they are
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Decision | None:
@@ -111,11 +117,6 @@ class Decision:
             return cls(float(data["score"]), float(data["threshold"]), fired, tuple(str(n) for n in notes))
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return None
-
-
-@lru_cache(maxsize=4096)
-def _decision_json(decision: Decision) -> bytes:
-    return orjson.dumps(decision.to_dict())
 
 
 def _show(value: float) -> str:
@@ -139,6 +140,9 @@ def _utc(ms: int) -> str:
 
 # --- the compiled rule set ----------------------------------------------------------------------------
 
+DECISIONS_KEPT = 4096
+"""Distinct decisions an engine keeps to hand out again (then it starts over)."""
+
 _PLAIN, _AGGREGATE, _SEQUENCE = 0, 1, 2
 _COUNT, _SUM, _AVG, _MIN, _MAX, _DISTINCT, _AGE, _ZSCORE = range(8)
 _FUNCTION_CODES = {"count": _COUNT, "sum": _SUM, "avg": _AVG, "min": _MIN, "max": _MAX, "distinct": _DISTINCT,
@@ -148,13 +152,15 @@ _FUNCTION_CODES = {"count": _COUNT, "sum": _SUM, "avg": _AVG, "min": _MIN, "max"
 class _SeriesPlan:
     """One series the engine records: which payments (``where``), what of them (``attr``), in which buckets."""
 
-    __slots__ = ("attr", "index", "kind", "sid", "where")
+    __slots__ = ("attr", "index", "kind", "sid", "test", "where")
 
     def __init__(self, sid: str, kind: str, attr: str | None, where: Condition | None, index: int) -> None:
         self.sid = sid
         self.kind = kind
         self.attr = attr
         self.where = where
+        self.test = None if where is None else compile_condition(where)
+        """``where.holds``, compiled."""
         self.index = index
 
 
@@ -187,12 +193,17 @@ class _Group:
 class _Check:
     """One active rule, compiled."""
 
-    __slots__ = ("attr", "compare", "fn", "group", "kind", "label", "min_count", "op", "rule", "series", "sid", "since_id",
-                 "then", "value", "when", "width", "window", "window_text")
+    __slots__ = ("attr", "compare", "fn", "group", "index", "kind", "label", "min_count", "op", "reason", "rule", "series",
+                 "sid", "since_id", "test", "then", "then_test", "value", "when", "width", "window", "window_text")
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, index: int) -> None:
         self.rule = rule
+        self.index = index
         self.when = rule.when
+        self.test = None if rule.when is None else compile_condition(rule.when)
+        """``when.holds``, compiled."""
+        self.reason = None if rule.when is None else constant_explanation(rule.when)
+        """``when.explain``'s text when it is the same for every payment (``PAYMENT_TYPE == BITCOIN``)."""
         self.kind = _PLAIN
         self.group = -1
         self.series = -1
@@ -203,6 +214,7 @@ class _Check:
         self.compare: Callable[[Any, Any], bool] = operator.eq
         self.value = 0.0
         self.then: Condition | None = None
+        self.then_test: Callable[[Payment], bool] | None = None
 
 
 class Engine:
@@ -216,8 +228,8 @@ class Engine:
         plans: dict[str, _SeriesPlan] = {}
         checks: list[_Check] = []
         since_ids: set[str] = set()
-        for rule in ruleset.active:
-            check = _Check(rule)
+        for index, rule in enumerate(ruleset.active):
+            check = _Check(rule, index)
             checks.append(check)
             if rule.aggregate is None and rule.sequence is None:
                 continue
@@ -245,6 +257,7 @@ class Engine:
                 assert seq is not None
                 kind, attr, condition = "s", None, seq.first
                 check.kind, check.then, check.window_text = _SEQUENCE, seq.then, window_text(seq.within_s)
+                check.then_test = compile_condition(seq.then)
                 sid = series_id("s", width, None, condition.describe())
             plan = plans.get(sid)
             if plan is None:
@@ -256,6 +269,7 @@ class Engine:
             check.since_id = f"{group_label(fields)}/{sid}"
             since_ids.add(check.since_id)
         self._checks = tuple(checks)
+        self._decisions: dict[tuple[tuple[tuple[int, str], ...], tuple[str, ...]], Decision] = {}
         self._groups = tuple(groups.values())
         self._plans = tuple(plans.values())
         self._since_ids = tuple(sorted(since_ids))
@@ -280,17 +294,16 @@ class Engine:
             raise ValueError("this rule set has stateful rules: decide() needs an EntityTable")
         meta, now = self._clock(table, event_ms)
         holds, keys, entities = self._read(payment, table)
-        fired: list[FiredRule] | None = None
+        fired: list[tuple[int, str]] | None = None
         notes: list[str] | None = None
-        score = 0.0
         since = meta.since
         for check in self._checks:
-            when = check.when
-            if when is not None and not when.holds(payment):
+            when, test = check.when, check.test
+            if test is not None and not test(payment):
                 continue
             if check.kind == _PLAIN:
                 assert when is not None
-                reason = when.explain(payment)
+                reason = check.reason or when.explain(payment)
             else:
                 key = keys[check.group]
                 if key is None:
@@ -311,17 +324,14 @@ class Engine:
                     continue
                 reason = f"{found} ({self._groups[check.group].describe(key)}{_extra(check, series, payment, now)})"
                 if when is not None:
-                    reason = f"{when.explain(payment)}; {reason}"
-            rule = check.rule
+                    reason = f"{check.reason or when.explain(payment)}; {reason}"
             if fired is None:
                 fired = []
-            fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
-            if rule.mode == "enabled":
-                score += rule.weight
+            fired.append((check.index, reason))
         self._record(payment, now, table, meta, holds, keys, entities)
         if fired is None and notes is None:
             return self._nothing
-        return Decision(score, self._threshold, tuple(fired or ()), tuple(notes or ()))
+        return self._decision(tuple(fired or ()), tuple(notes or ()))
 
     def remember(self, payment: Payment, event_ms: int, table: EntityTable) -> None:
         """Record a payment in the table without deciding it (rebuilding a partition's state)."""
@@ -334,7 +344,7 @@ class Engine:
 
     def _read(self, payment: Payment, table: EntityTable) -> tuple[list[bool], list[bytes | None], list[KeyState | None]]:
         """Which series the payment counts in, its key per group, and those keys' entities in the table."""
-        holds = [plan.where is None or plan.where.holds(payment) for plan in self._plans]
+        holds = [plan.test is None or plan.test(payment) for plan in self._plans]
         keys = [group.key(payment) for group in self._groups]
         entities: list[KeyState | None] = []
         for key in keys:
@@ -343,22 +353,40 @@ class Engine:
         return holds, keys, entities
 
     def _decide_alone(self, payment: Payment) -> Decision:
-        fired: list[FiredRule] | None = None
-        score = 0.0
+        fired: list[tuple[int, str]] | None = None
         for check in self._checks:
-            when = check.when
-            assert when is not None
-            if not when.holds(payment):
+            test = check.test
+            assert test is not None and check.when is not None
+            if not test(payment):
                 continue
-            rule = check.rule
             if fired is None:
                 fired = []
-            fired.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, when.explain(payment)))
-            if rule.mode == "enabled":
-                score += rule.weight
+            fired.append((check.index, check.reason or check.when.explain(payment)))
         if fired is None:
             return self._nothing
-        return Decision(score, self._threshold, tuple(fired))
+        return self._decision(tuple(fired), ())
+
+    def _decision(self, fired: tuple[tuple[int, str], ...], notes: tuple[str, ...]) -> Decision:
+        """The decision of the checks that fired (index, reason), with ``notes``: one object per distinct decision.
+
+        Most decisions repeat (``bitcoin@1: PAYMENT_TYPE == BITCOIN``); the same
+        object is returned for each, and its JSON is made once.
+        """
+        key = (fired, notes)
+        decision = self._decisions.get(key)
+        if decision is None:
+            score = 0.0
+            rules: list[FiredRule] = []
+            for index, reason in fired:
+                rule = self._checks[index].rule
+                rules.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
+                if rule.mode == "enabled":
+                    score += rule.weight
+            decision = Decision(score, self._threshold, tuple(rules), notes)
+            if len(self._decisions) >= DECISIONS_KEPT:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     def _clock(self, table: EntityTable, event_ms: int) -> tuple[PartitionState, int]:
         """The partition's state and the time the payment counts at (clamped by ALLOWED_LATENESS_MS)."""
@@ -529,7 +557,8 @@ def _sequence(check: _Check, series: Series | None, payment: Payment, now: int) 
     """``first then then within window`` if a payment matching first precedes this one matching then, else None."""
     then = check.then
     assert then is not None
-    if not isinstance(series, Firsts) or not then.holds(payment):
+    assert check.then_test is not None
+    if not isinstance(series, Firsts) or not check.then_test(payment):
         return None
     i = series.latest(now, check.window)
     if i < 0:
