@@ -1,11 +1,13 @@
 """The fraud console: a live web page of the pipeline and Kafdrop's view of the cluster (``fraud_console.py``).
 
-``monitor`` reads the pipeline's topics, ``cluster_view`` looks up brokers,
-topics, groups and messages, ``app`` serves the page (``static/``) and its API.
+``monitor`` reads the pipeline's topics, ``latency`` the detectors' decision
+latency from their metrics, ``cluster_view`` looks up brokers, topics, groups
+and messages, ``app`` serves the page (``static/``) and its API.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import threading
@@ -18,25 +20,36 @@ from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
 from ..runtime import cli_main, run_cli
 from .app import make_app
 from .cluster_view import ClusterView
+from .latency import DecisionLatency, endpoint_url
 from .monitor import Monitor
 
 NAME = "fraud_console"
 
 
-def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_file: str | None) -> int:
+def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_file: str | None,
+        detector_metrics: list[str] | None = None) -> int:
     try:
         baseline: RuleSet = ORIGINAL if rules_file is None else load_ruleset(rules_file)
     except RuleError as exc:
         raise PipelineError(f"rules file refused: {exc}") from None
     monitor = Monitor(settings, baseline)
     view = ClusterView(settings)
+    try:
+        latency = DecisionLatency(detector_metrics or [])  # the flag's are checked; the environment's are not yet
+    except ValueError as exc:
+        raise PipelineError(f"DETECTOR_METRICS: {exc}") from None
     reader = threading.Thread(target=monitor.run, args=(stop,), name="console-monitor", daemon=True)
     reader.start()
+    scraper = threading.Thread(target=latency.run, args=(stop,), name="console-latency", daemon=True)
+    if latency.urls:
+        scraper.start()
     try:
-        asyncio.run(_serve(make_app(monitor, view, stop), host, port, stop))
+        asyncio.run(_serve(make_app(monitor, view, stop, latency), host, port, stop))
     finally:
         stop.set()
         reader.join(10)
+        if latency.urls:
+            scraper.join(10)
         view.close()
     return 0
 
@@ -54,6 +67,13 @@ async def _serve(app: web.Application, host: str, port: int, stop: threading.Eve
             await asyncio.sleep(0.2)
     finally:
         await runner.cleanup()
+
+
+def _metrics_url(text: str) -> str:
+    try:
+        return endpoint_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @cli_main
@@ -74,5 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the detector's rule set file, shown as the baseline under the rules topic's changes "
         "[env DETECTOR_RULES, as the detector's] (default: the original rule, BITCOIN is fraud)",
     )
+    web_group.add_argument(
+        "--detector-metrics", action="append", metavar="URL", type=_metrics_url,
+        default=[url.strip() for url in os.environ.get("DETECTOR_METRICS", "").split(",") if url.strip()] or None,
+        help="a detector's Prometheus endpoint (its --metrics-port), e.g. http://127.0.0.1:9401/metrics: the "
+        "pipeline page shows the decision latency of the detectors given; repeat for several "
+        "[env DETECTOR_METRICS, comma-separated] (default: none, no latency shown)",
+    )
     args = parser.parse_args(argv)
-    return run_cli(NAME, args, lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file))
+    return run_cli(NAME, args, lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file,
+                                                           args.detector_metrics))

@@ -1,7 +1,8 @@
 """The console's web server (aiohttp): the page, its event stream and the cluster look-ups.
 
 - ``GET /``: the page (``static/``: HTML, script and style; nothing from the internet);
-- ``GET /api/events``: server-sent events, one ``state`` event (Monitor.state) about every second;
+- ``GET /api/events``: server-sent events, one ``state`` event (Monitor.state, with the detectors'
+  ``decision_latency`` when the console reads their metrics) about every second;
 - ``GET /api/brokers``, ``/api/topics``, ``/api/groups``: Kafdrop's view (ClusterView);
 - ``GET /api/messages?topic=&partition=&count=&offset=|time=``: the message browser.
 
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from ..clients import ClientError, NotAuthorizedError
 from .cluster_view import BadRequest, ClusterView
+from .latency import DecisionLatency
 from .monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ EVENT_INTERVAL_S = 1.0
 MONITOR: web.AppKey[Monitor] = web.AppKey("monitor", Monitor)
 VIEW: web.AppKey[ClusterView] = web.AppKey("view", ClusterView)
 STOP: web.AppKey[threading.Event] = web.AppKey("stop", threading.Event)
+LATENCY: web.AppKey[DecisionLatency] = web.AppKey("latency", DecisionLatency)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -51,10 +54,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the whole state once a second, until the page goes or the console stops."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    monitor, stop = request.app[MONITOR], request.app[STOP]
+    monitor, stop, latency = request.app[MONITOR], request.app[STOP], request.app[LATENCY]
     try:
         while not stop.is_set():
-            payload = orjson.dumps(monitor.state())
+            state = monitor.state()
+            if latency.urls:
+                state["decision_latency"] = latency.state()
+                state["errors"] = state["errors"] + latency.errors
+            payload = orjson.dumps(state)
             await response.write(b"event: state\ndata: " + payload + b"\n\n")
             await asyncio.sleep(EVENT_INTERVAL_S)
     except (ConnectionResetError, asyncio.CancelledError):
@@ -122,9 +129,11 @@ async def no_stack_traces(request: web.Request, handler: Callable[[web.Request],
         return error_response(f"{type(exc).__name__}: {exc}", 500)
 
 
-def make_app(monitor: Monitor, view: ClusterView, stop: threading.Event) -> web.Application:
+def make_app(monitor: Monitor, view: ClusterView, stop: threading.Event, latency: DecisionLatency | None = None,
+             ) -> web.Application:
     app = web.Application(middlewares=[no_stack_traces])
     app[MONITOR], app[VIEW], app[STOP] = monitor, view, stop
+    app[LATENCY] = latency if latency is not None else DecisionLatency([])
     app.router.add_get("/", index)
     app.router.add_get("/api/events", events)
     app.router.add_get("/api/brokers", _view_call(ClusterView.brokers))

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -28,7 +32,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from fraud_pipeline.console.monitor import parse_decision_header
 from fraud_pipeline.rules import RULESETS_DIR
-from tests.integration.conftest import ROOT, Pipeline, console_json, free_port, read_topic, start_console
+from tests.integration.conftest import ROOT, Pipeline, console_json, read_topic, start_console
+from tests.net import free_port
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 SCREENSHOTS = ROOT / "results" / "console"
@@ -91,17 +96,30 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     raw.flush()
     raw.close()
     group = "fraud-detector"
-    pipeline.run("fraud_detector", "--quiet", "--idle-timeout", "5", "--rules", str(RECOMMENDED), group=group)
-    fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud)
-    legit = read_topic(pipeline.bootstrap, pipeline.topics.legit)
-    dead = read_topic(pipeline.bootstrap, pipeline.topics.dead_letter)
-    assert 0 < len(fraud) < 100 and len(dead) == len(BAD_RECORDS)  # every alert fits the page's list
+    # The detector keeps running, its metrics served: the console shows its decision latency.
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    detector = pipeline.start("fraud_detector", "--quiet", "--rules", str(RECOMMENDED), "--metrics-port", str(metrics_port),
+                              group=group)
+    fraud, legit, dead = routed(pipeline, COUNT, len(BAD_RECORDS))
+    assert 0 < len(fraud) < 100  # every alert fits the page's list
 
     port = free_port()
-    start_console(pipeline, port, "--rules", str(RECOMMENDED))
+    start_console(pipeline, port, "--rules", str(RECOMMENDED), "--detector-metrics", metrics_url)
     driver = browser
     driver.get(f"http://127.0.0.1:{port}/")
     client = pipeline.client
+
+    # Decision latency: every payment the detector routed, percentiles within the buckets its endpoint serves.
+    wait_for(driver, f"the decision latency of {COUNT} payments",
+             lambda: number(driver.find_element(By.ID, "latency-count")) == COUNT, 30)
+    p50, p99 = (float(driver.find_element(By.ID, f"latency-{p}").text) for p in ("p50", "p99"))
+    buckets = served_buckets(metrics_url)
+    assert buckets[-1][1] == COUNT
+    for q, shown in ((0.5, p50), (0.99, p99)):
+        lower, upper = bucket_of(buckets, q)
+        assert lower * 1000 <= shown <= upper * 1000, (q, shown, lower, upper)
+    assert detector.poll() is None
 
     # Pipeline: counts over the last 15 minutes equal the topics; the detector's group has caught up.
     expected = {"total-payments": COUNT + len(BAD_RECORDS), "total-fraud": len(fraud), "total-legit": len(legit),
@@ -217,6 +235,42 @@ def test_the_console_shows_the_pipeline_as_the_topics_hold_it(pipeline: Pipeline
     ):
         got_status, body = console_json(port, f"/api/messages?{query}")
         assert (got_status, text in body.get("error", "")) == (status, True), (query, got_status, body)
+
+    detector.terminate()  # a stop request: the detector commits what it handled and exits 0
+    _, stderr = detector.communicate(timeout=60)
+    assert detector.returncode == 0, stderr[-3000:]
+
+
+def routed(pipeline: Pipeline, payments: int, dead_letters: int, timeout_s: float = 120) -> tuple[list[Any], list[Any], list[Any]]:
+    """The fraud, legit and dead-letter topics' records once the running detector has routed every payment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fraud = read_topic(pipeline.bootstrap, pipeline.topics.fraud, timeout_s=5)
+        legit = read_topic(pipeline.bootstrap, pipeline.topics.legit, timeout_s=5)
+        dead = read_topic(pipeline.bootstrap, pipeline.topics.dead_letter, timeout_s=5)
+        if (len(fraud) + len(legit), len(dead)) == (payments, dead_letters):
+            return fraud, legit, dead
+        assert time.monotonic() < deadline, f"routed {len(fraud) + len(legit)} of {payments}, {len(dead)} dead letters"
+        time.sleep(1)
+
+
+def served_buckets(url: str) -> list[tuple[float, float]]:
+    """The detector's fraud_decision_latency_seconds buckets, read from its endpoint with Prometheus' own parser."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sorted((float(sample.labels["le"]), sample.value)
+                  for family in text_string_to_metric_families(text) if family.name == "fraud_decision_latency_seconds"
+                  for sample in family.samples if sample.name.endswith("_bucket"))
+
+
+def bucket_of(buckets: list[tuple[float, float]], q: float) -> tuple[float, float]:
+    """The bounds of the bucket that holds the ``q`` quantile."""
+    lower = 0.0
+    for bound, count in buckets:
+        if count >= q * buckets[-1][1]:
+            return lower, bound if bound != float("inf") else lower
+        lower = bound
+    raise AssertionError(f"no bucket holds the {q} quantile: {buckets}")
 
 
 def choose_topic(driver: WebDriver, topic: str) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -330,12 +329,6 @@ def wait_for_committed(bootstrap: str, group: str, topic: str, total: int, timeo
             time.sleep(0.2)
     finally:
         admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_console(pipeline: Pipeline, port: int, *extra: str) -> subprocess.Popen[str]:

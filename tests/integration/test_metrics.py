@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraud_pipeline.console.monitor import parse_decision_header
 from fraud_pipeline.payment import PAYMENT_TYPES
 from fraud_pipeline.rules import RULESETS_DIR, load_ruleset
-from tests.integration.conftest import Pipeline, free_port, read_topic, summary_count
+from tests.integration.conftest import Pipeline, read_topic, summary_count
+from tests.net import free_port
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
 COUNT = 1500

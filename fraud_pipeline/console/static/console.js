@@ -197,6 +197,14 @@ function renderTiles(s) {
     $(`total-${id}`).textContent = fmtInt(s.totals?.[name]);
   }
   $('fraud-rate').textContent = fmtPct(s.fraud_rate);
+  const latency = s.decision_latency;
+  $('latency-card').hidden = !latency;
+  if (latency) {
+    $('latency-p50').textContent = fmt1(latency.p50_ms);
+    $('latency-p99').textContent = fmt1(latency.p99_ms);
+    $('latency-count').textContent = fmtInt(latency.count);
+    $('latency-window').textContent = fmtInt(latency.window_s);
+  }
 }
 
 function drawCharts() {
