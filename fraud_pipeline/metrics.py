@@ -16,6 +16,8 @@ ending in ``_total``, durations in seconds.
   its transaction's commit), observed when its commit interval's unit settles;
 - ``fraud_batch_seconds``: handling one poll's batch;
 - ``fraud_transactions_total{result}``: committed, aborted, retried (exactly-once);
+- ``fraud_transaction_step_seconds{step}``: each step of an exactly-once commit: ``flush`` (the
+  records acknowledged), ``send_offsets`` (the input offsets added), ``commit``;
 - ``fraud_consumer_lag{topic, partition}``: end offset (of the last fetch) minus position, every 5 s;
 - ``fraud_window_keys{partition}``: keys held by the detector's windows;
 - ``fraud_rules_info{rule, version, mode}``: 1 for each rule in force.
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+TRANSACTION_STEPS = ("flush", "send_offsets", "commit")
+"""An exactly-once commit's steps, in order: the records acknowledged, the input offsets added, the transaction committed."""
 LAG_INTERVAL_S = 5.0
 """How often a consumer's lag is taken from its client (the high watermarks of its last fetches)."""
 
@@ -61,12 +65,16 @@ class Histogram:
         self.sum += value
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(name, documentation, buckets=self.buckets(), sum_value=self.sum)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts per upper bound, ``+Inf`` last."""
         buckets: list[tuple[str, float]] = []
         total = 0
         for bound, count in zip([*map(str, self.bounds), "+Inf"], list(self.counts), strict=True):
             total += count
             buckets.append((bound, total))
-        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
+        return buckets
 
 
 def snapshot(mapping: Mapping[K, V]) -> dict[K, V]:
@@ -98,6 +106,7 @@ class Metrics:
         """Timestamps (ms) of the records routed in each unit sealed and not yet acknowledged, oldest first."""
         self.batch_seconds = Histogram(BATCH_BUCKETS)
         self.transactions: Counter[str] = Counter()
+        self.transaction_seconds = {step: Histogram(BATCH_BUCKETS) for step in TRANSACTION_STEPS}
         self.lag: dict[tuple[str, int], int] = {}
         self.window_keys: Mapping[int, Sized] = {}
         self.rules: list[tuple[str, int, str]] = []
@@ -158,6 +167,11 @@ class Metrics:
         yield self.decision_latency_seconds.family("fraud_decision_latency_seconds",
                                                    "Payment timestamp to its routed record's acknowledgement")
         yield self.batch_seconds.family("fraud_batch_seconds", "Handling one poll's batch")
+        steps = HistogramMetricFamily("fraud_transaction_step_seconds", "An exactly-once commit's steps, each",
+                                      labels=["step"])
+        for step, histogram in self.transaction_seconds.items():
+            steps.add_metric([step], histogram.buckets(), histogram.sum)
+        yield steps
         transactions = CounterMetricFamily("fraud_transactions", "Exactly-once transactions by result", labels=["result"])
         for result, count in sorted(snapshot(self.transactions).items()):
             transactions.add_metric([result], count)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
 from ..errors import PipelineError
 from ..kafka_io import TRANSACTION_STEP_TIMEOUT_S
+from ..metrics import Histogram
 from .output import Output
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
@@ -123,11 +125,14 @@ class ExactlyOnce:
 
     name = "exactly-once"
 
-    def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None) -> None:
+    def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None,
+                 steps: Mapping[str, Histogram] | None = None) -> None:
         self._output = output
         self._new_producer = new_producer
         self._tally: Counter[str] = Counter() if tally is None else tally
         """Transactions by result: committed, aborted, retried (a new producer)."""
+        self._steps = steps
+        """Seconds each commit step took, by step (metrics.TRANSACTION_STEPS)."""
         self._init_transactions()
 
     def begin(self) -> None:
@@ -144,10 +149,17 @@ class ExactlyOnce:
         # Every record must be acknowledged before the commit: kafka-python 3.0
         # can commit a transaction whose sends are still pending, and a send
         # that then fails would be lost.
+        started = time.monotonic()
         self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
+        flushed = time.monotonic()
         producer = self._output.producer
         producer.send_offsets_to_transaction(offsets, consumer.group_metadata(), TRANSACTION_STEP_TIMEOUT_S)
+        offsets_sent = time.monotonic()
         producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        if self._steps is not None:
+            self._steps["flush"].observe(flushed - started)
+            self._steps["send_offsets"].observe(offsets_sent - flushed)
+            self._steps["commit"].observe(time.monotonic() - offsets_sent)
         self._tally["committed"] += 1
         emit()
 

@@ -65,7 +65,8 @@ def run_stage(
                 try:
                     delivery: Delivery = (
                         ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id),
-                                    metrics.transactions if metrics is not None else None)
+                                    metrics.transactions if metrics is not None else None,
+                                    metrics.transaction_seconds if metrics is not None else None)
                         if exactly_once else AtLeastOnce(output)
                     )
                 except FatalError as exc:

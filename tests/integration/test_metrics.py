@@ -77,7 +77,11 @@ def test_detector_metrics_match_the_topics(pipeline: Pipeline) -> None:
     assert samples[("fraud_decision_seconds_count", ())] == COUNT
     assert samples[("fraud_decision_latency_seconds_count", ())] == COUNT  # each acknowledged once its transaction committed
     assert samples[("fraud_batch_seconds_count", ())] > 0
-    assert by_label(samples, "fraud_transactions_total", "result")["committed"] > 0
+    committed = by_label(samples, "fraud_transactions_total", "result")["committed"]
+    assert committed > 0
+    # each committed transaction's steps, timed (a rolled-back one's are not)
+    steps = {dict(labels)["step"]: value for (name, labels), value in samples.items() if name == "fraud_transaction_step_seconds_count"}
+    assert steps == {"flush": committed, "send_offsets": committed, "commit": committed}
     assert set(by_label(samples, "fraud_consumer_lag", "partition")) == {str(p) for p in range(6)}
     assert sum(by_label(samples, "fraud_window_keys", "partition").values()) > 0  # the recommended rules keep windows
 
