@@ -65,6 +65,7 @@ const pad2 = (n) => String(n).padStart(2, '0');
 const plain = (v) => (v == null || v === '' ? '–' : String(v));
 const fmtInt = (n) => (n == null ? '–' : Math.round(n).toLocaleString('en-US'));
 const fmt1 = (n) => (n == null ? '–' : Number(n).toFixed(1));
+const fmtMs = (n) => (n == null ? '–' : n < 10 ? Number(n).toFixed(1) : fmtInt(n));
 const fmtPct = (r) => (r == null ? '–' : `${(r * 100).toFixed(1)}%`);
 const fmtNum = (n) => (typeof n === 'number' ? n.toLocaleString('en-US', {maximumFractionDigits: 2}) : plain(n));
 const list = (xs) => (Array.isArray(xs) && xs.length ? xs.join(', ') : '–');
@@ -200,8 +201,8 @@ function renderTiles(s) {
   const latency = s.decision_latency;
   $('latency-card').hidden = !latency;
   if (latency) {
-    $('latency-p50').textContent = fmt1(latency.p50_ms);
-    $('latency-p99').textContent = fmt1(latency.p99_ms);
+    $('latency-p50').textContent = fmtMs(latency.p50_ms);
+    $('latency-p99').textContent = fmtMs(latency.p99_ms);
     $('latency-count').textContent = fmtInt(latency.count);
     $('latency-window').textContent = fmtInt(latency.window_s);
   }
