@@ -1,6 +1,7 @@
 """`make bench`: throughput and latency of the detector on both client libraries, beside their own and Kafka's ceilings.
 
     python -m bench.run [--count N] [--runs R] [--only NAMES] [--latency-seconds S] [--latency-rate R]
+    python -m bench.run --latency-repeat N [--latency-kinds KINDS] [--latency-seconds S]
 
 Preloads N seeded payments into a fresh input topic, then runs each scenario
 R times, in a new random order each round, each in its own process reading
@@ -885,6 +886,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured seconds of each latency run, after a 10 s warm-up (default 60; 0 skips)")
     parser.add_argument("--latency-rate", type=float, default=1000.0,
                         help="payments per second of the latency runs, both clients (default 1000)")
+    parser.add_argument("--latency-repeat", type=int, default=0, metavar="N",
+                        help="only latency runs: each kind of --latency-kinds N times, alternating, one row per run "
+                        "(results/bench-latency-repeat.json); for a stall that comes and goes (default 0: off)")
+    parser.add_argument("--latency-kinds", default="detector_alo,python_one_hop", metavar="KINDS",
+                        help=f"the kinds --latency-repeat runs, of {', '.join(LATENCY_KINDS)} (default: %(default)s)")
     parser.add_argument("--state-keys", type=int, default=1_000_000,
                         help="accounts in the state store's restore and memory run (bench/state.py; default 1000000, 0 skips)")
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file"):
@@ -908,6 +914,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(CHILDREN[args.child](args).result()))
         return 0
 
+    if args.latency_repeat > 0:
+        kinds = tuple(args.latency_kinds.split(","))
+        unknown_kinds = sorted(set(kinds) - set(LATENCY_KINDS))
+        if unknown_kinds:
+            parser.error(f"--latency-kinds: unknown kind(s) {', '.join(unknown_kinds)}; known: {', '.join(LATENCY_KINDS)}")
+        return repeat_latency(args.bootstrap, kinds, args.latency_repeat, args.latency_rate, args.latency_seconds)
     chosen = SCENARIOS if args.only is None else tuple(args.only.split(","))
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
@@ -1016,6 +1028,33 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+def repeat_latency(bootstrap: str, kinds: tuple[str, ...], repeat: int, rate: float, seconds: float) -> int:
+    """Each latency kind ``repeat`` times, in a new order each round: a table of every run, and its JSON."""
+    rows: list[dict[str, Any]] = []
+    for round_ in range(repeat):
+        for kind in random.Random(round_).sample(kinds, len(kinds)):
+            histogram, paced = latency_run(bootstrap, kind, rate, seconds)
+            rows.append({"round": round_ + 1, "kind": kind, "p50_ms": histogram.percentile_ms(50),
+                         "p99_ms": histogram.percentile_ms(99), "p999_ms": histogram.percentile_ms(99.9),
+                         "max_ms": histogram.max_us / 1000, "measured": histogram.total, "rate": paced["rate"],
+                         "late_p99_ms": paced["late_p99_ms"], "short": paced["rate"] < SHORT_RATE * rate})
+            row = rows[-1]
+            print(f"round {row['round']} {kind}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                  f"max {row['max_ms']:.1f} ms, {row['rate']:,.0f}/s{' SHORT' if row['short'] else ''}", flush=True)
+    print(f"\nlatency at {rate:,.0f} payments/s, {seconds:g} s measured per run\n")
+    print("| round | kind | p50 ms | p99 ms | p99.9 ms | max ms | measured | sustained/s | send late p99 ms |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {row['round']} | {row['kind']}{' (SHORT)' if row['short'] else ''} | {row['p50_ms']:.1f} | "
+              f"{row['p99_ms']:.1f} | {row['p999_ms']:.1f} | {row['max_ms']:.1f} | {row['measured']:,} | "
+              f"{row['rate']:,.0f} | {row['late_p99_ms']:.1f} |")
+    out = RESULTS.with_name("bench-latency-repeat.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"rate": rate, "seconds": seconds, "runs": rows}, indent=2))
+    print(f"\nwritten: {out.relative_to(ROOT)}")
     return 0
 
 

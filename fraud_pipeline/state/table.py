@@ -9,7 +9,9 @@ next unit's changes pile up meanwhile; entities sealed stay readable in
 memory until their unit is durable. A roll-back drops the dirty and sealed
 entities (``discard``): the store still holds their committed values, so the
 aborted records, read again, start from exactly what was committed. Clean entities stay decoded in a
-bounded cache, so a busy key is not decoded for every payment.
+bounded cache, so a busy key is not decoded for every payment; so does a key the store does not hold,
+so that it is not looked up for every payment (a rule set without state asks each time for the
+partition's state it no longer keeps).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from .store import PartitionStore
 
+_ABSENT = object()
+"""In the cache of clean entities: the store holds no value for this key."""
 CACHE_ENTITIES = 20_000
 """Clean entities kept decoded per partition (the oldest read first is dropped): bounds the memory per partition."""
 
@@ -49,9 +53,10 @@ class PartitionTable:
             return sealed[1]
         value = self._clean.get(key)
         if value is not None:
-            return value
+            return None if value is _ABSENT else value
         raw = self.store.get(key)
         if raw is None:
+            self._remember(key, _ABSENT)
             return None
         value = self._decode(raw)
         self._remember(key, value)
@@ -59,7 +64,7 @@ class PartitionTable:
 
     def put(self, key: bytes, value: Any) -> None:
         self._dirty[key] = value
-        self._clean.pop(key, None)
+        self._clean.pop(key, None)  # an absent mark too
 
     def _remember(self, key: bytes, value: Any) -> None:
         clean = self._clean

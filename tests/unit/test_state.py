@@ -22,6 +22,7 @@ from fraud_pipeline.state import PartitionStates, PartitionStore
 from fraud_pipeline.state import partitions as partitions_module
 from fraud_pipeline.state.changelog import Restorer
 from fraud_pipeline.state.partitions import INPUT_OFFSET_KEY
+from fraud_pipeline.state.table import PartitionTable
 from tests.unit.records import TOPIC, ChangelogLog, GroupConsumer, LogReader
 
 RULES = parse_ruleset({
@@ -290,3 +291,26 @@ def test_a_window_longer_than_the_changelog_keeps_is_refused() -> None:
         limits.check(month)
     assert "less than the longest window" in (limits.replay_short(month) or "")
     assert limits.replay_short(RULES) is None
+
+
+def test_a_key_the_store_lacks_is_looked_up_once_until_the_store_changes(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    lookups = []
+    real_get = store.get
+
+    def counted(key: bytes) -> bytes | None:
+        lookups.append(key)
+        return real_get(key)
+
+    store.get = counted  # type: ignore[method-assign]
+    table = PartitionTable(0, store, lambda value: value, lambda raw: raw)
+    assert table.get(b"k") is None and table.get(b"k") is None
+    assert lookups == [b"k"]  # the absence is remembered
+    table.put(b"k", b"v")
+    table.seal(1)
+    table.committed({b"k": b"v"}, None, 1)
+    assert table.get(b"k") == b"v" and lookups == [b"k"]
+    store.write({b"k": None})  # the store changed underneath (a restore), then says so
+    table.forget_cache()
+    assert table.get(b"k") is None and lookups == [b"k", b"k"]
+    store.close()
