@@ -80,7 +80,7 @@ from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
 from fraud_pipeline.clients.confluent import security_config as confluent_security
 from fraud_pipeline.clients.kafka_python import security_config as kafka_python_security
-from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, ConsumerSettings
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, ConsumerSettings, DeliverySettings
 from fraud_pipeline.errors import PipelineError
 from fraud_pipeline.kafka_io import MAX_POLL_RECORDS
 from fraud_pipeline.runtime import Progress as Bar
@@ -390,7 +390,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
         create_topics=False,
         consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
-        delivery=DeliverySettings(guarantee=args.guarantee),
+        delivery=DeliverySettings(guarantee=args.guarantee, linger_ms=args.linger_ms),
         detector=DetectorSettings(rules_file=args.rules_file, state_dir=tempfile.mkdtemp(prefix="bench-state-")),
         metrics=MetricsSettings(port=metrics_port),
     )
@@ -697,7 +697,8 @@ def java_latency(bootstrap: str, rate: float, seconds: float, record_size: int) 
     return {"p50_ms": found["50th"], "p99_ms": found["99th"], "p999_ms": found["99.9th"], "rate": sustained}
 
 
-def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: float = 10.0) -> tuple[Histogram, dict[str, float]]:
+def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: float = 10.0,
+                linger_ms: int = DeliverySettings.linger_ms) -> tuple[Histogram, dict[str, float]]:
     """Paced producer -> (detector | passthrough) -> a read_committed reader that records each record's latency.
 
     Returns the histogram and the producer's side: ``rate`` it sustained, and
@@ -712,7 +713,8 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
     common = ["--bootstrap", bootstrap, "--topic", names["in"], "--out", names["out"], "--fraud", names["fraud"],
               "--legit", names["legit"], "--dlq", names["dlq"], "--count", str(10**9),
               "--idle-seconds", "60"]  # the stage waits for the producer; it is stopped at the end
-    stage_args = ["--group", f"lat-{run_id}", "--result", os.devnull, *common, "--client", spec.client]
+    stage_args = ["--group", f"lat-{run_id}", "--result", os.devnull, *common, "--client", spec.client,
+                  "--linger-ms", str(linger_ms)]
     if spec.guarantee:
         stage_args += ["--guarantee", spec.guarantee]
     read_topics = {None: [names["in"]], "passthrough": [names["out"]]}.get(spec.child, [names["fraud"], names["legit"]])
@@ -891,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(results/bench-latency-repeat.json); for a stall that comes and goes (default 0: off)")
     parser.add_argument("--latency-kinds", default="detector_alo,python_one_hop", metavar="KINDS",
                         help=f"the kinds --latency-repeat runs, of {', '.join(LATENCY_KINDS)} (default: %(default)s)")
+    parser.add_argument("--linger-ms", type=int, default=DeliverySettings.linger_ms, metavar="MS",
+                        help="the detectors' --linger-ms, throughput and latency runs alike (default: %(default)s, the detector's)")
     parser.add_argument("--state-keys", type=int, default=1_000_000,
                         help="accounts in the state store's restore and memory run (bench/state.py; default 1000000, 0 skips)")
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file"):
@@ -919,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown_kinds = sorted(set(kinds) - set(LATENCY_KINDS))
         if unknown_kinds:
             parser.error(f"--latency-kinds: unknown kind(s) {', '.join(unknown_kinds)}; known: {', '.join(LATENCY_KINDS)}")
-        return repeat_latency(args.bootstrap, kinds, args.latency_repeat, args.latency_rate, args.latency_seconds)
+        return repeat_latency(args.bootstrap, kinds, args.latency_repeat, args.latency_rate, args.latency_seconds,
+                              args.linger_ms)
     chosen = SCENARIOS if args.only is None else tuple(args.only.split(","))
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
@@ -931,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                                    topics["dlq"]: 1, topics["java"]: 6, **stage_topics(topics["in"])})
     record_size = preload(args.bootstrap, topics["in"], args.count)
     common = ["--bootstrap", args.bootstrap, "--topic", topics["in"], "--out", topics["out"], "--fraud", topics["fraud"],
-              "--legit", topics["legit"], "--dlq", topics["dlq"]]
+              "--legit", topics["legit"], "--dlq", topics["dlq"], "--linger-ms", str(args.linger_ms)]
 
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
     bar = Bar("runs", args.runs * len(chosen) + (args.runs if args.only is None else 0))
@@ -964,7 +969,8 @@ def main(argv: list[str] | None = None) -> int:
     rate_lat = args.latency_rate
     if args.latency_seconds > 0:
         for kind in LATENCY_KINDS:
-            latency[kind], paced[kind] = latency_run(args.bootstrap, kind, rate_lat, args.latency_seconds)
+            latency[kind], paced[kind] = latency_run(args.bootstrap, kind, rate_lat, args.latency_seconds,
+                                                     linger_ms=args.linger_ms)
         floor = java_latency(args.bootstrap, rate_lat, min(args.latency_seconds, 30), record_size)
     state = state_bench.measure(args.bootstrap, args.state_keys) if args.state_keys > 0 else {}
     ratios = compute_ratios(rate, latency, floor)
@@ -1022,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": samples,
         "count": args.count,
         "runs": args.runs,
+        "linger_ms": args.linger_ms,
         "record_bytes": record_size,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     }
@@ -1031,12 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def repeat_latency(bootstrap: str, kinds: tuple[str, ...], repeat: int, rate: float, seconds: float) -> int:
+def repeat_latency(bootstrap: str, kinds: tuple[str, ...], repeat: int, rate: float, seconds: float, linger_ms: int) -> int:
     """Each latency kind ``repeat`` times, in a new order each round: a table of every run, and its JSON."""
     rows: list[dict[str, Any]] = []
     for round_ in range(repeat):
         for kind in random.Random(round_).sample(kinds, len(kinds)):
-            histogram, paced = latency_run(bootstrap, kind, rate, seconds)
+            histogram, paced = latency_run(bootstrap, kind, rate, seconds, linger_ms=linger_ms)
             rows.append({"round": round_ + 1, "kind": kind, "p50_ms": histogram.percentile_ms(50),
                          "p99_ms": histogram.percentile_ms(99), "p999_ms": histogram.percentile_ms(99.9),
                          "max_ms": histogram.max_us / 1000, "measured": histogram.total, "rate": paced["rate"],

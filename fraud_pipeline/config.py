@@ -127,6 +127,8 @@ class DeliverySettings:
     """``exactly-once`` (Kafka transactions) or ``at-least-once``."""
     transactional_id: str | None = None
     """Exactly-once: the producer's transactional id; None derives a stable one per host and slot."""
+    linger_ms: int = 5
+    """How long the producer of the routed records waits to fill a batch (``linger.ms``): latency against throughput."""
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,7 @@ def add_consumer_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
 
 
 def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """The detector's --guarantee and --transactional-id: the ``delivery`` section."""
+    """The detector's --guarantee, --transactional-id and --linger-ms: the ``delivery`` section."""
     _makes_section(parser, "delivery")
     delivery = parser.add_argument_group("delivery")
     delivery.add_argument(
@@ -351,6 +353,13 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
         help="exactly-once: the producer's transactional id; give each detector instance its own and keep it "
         "across restarts so a restart fences its predecessor [env DETECTOR_TRANSACTIONAL_ID] "
         "(default: <group>-<host>-<n>, n the lowest slot free on this host)",
+    )
+    delivery.add_argument(
+        "--linger-ms", type=non_negative_int, default=_env_non_negative_int(env, "DETECTOR_LINGER_MS", DeliverySettings.linger_ms),
+        metavar="MS",
+        help="how long the producer of routed records waits to fill a batch (linger.ms): each payment waits up to "
+        "this long when payments are few; with a backlog, longer batches route more per second (docs/performance.md, "
+        "\"Batching\") [env DETECTOR_LINGER_MS] (default: %(default)s)",
     )
 
 
@@ -490,7 +499,7 @@ def producer_settings(args: argparse.Namespace) -> ProducerSettings:
 def delivery_settings(args: argparse.Namespace) -> DeliverySettings:
     """The ``delivery`` section from the flags of add_delivery_arguments."""
     guarantee = cast(Guarantee, _chosen(args.guarantee, "DETECTOR_GUARANTEE", GUARANTEES))
-    return DeliverySettings(guarantee=guarantee, transactional_id=args.transactional_id)
+    return DeliverySettings(guarantee=guarantee, transactional_id=args.transactional_id, linger_ms=args.linger_ms)
 
 
 def detector_settings(args: argparse.Namespace) -> DetectorSettings:

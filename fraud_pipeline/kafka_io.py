@@ -27,7 +27,7 @@ from .clients import (
     backend,
 )
 from .clients.base import OnPartitions
-from .config import Settings, require
+from .config import DeliverySettings, Settings, require
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,12 @@ def make_producer(settings: Settings, client_id: str, transactional_id: str | No
     """An idempotent producer that waits for all in-sync replicas (``acks=all``).
 
     With ``transactional_id`` it is transactional: a restarted producer with
-    the same id aborts what its predecessor left open and fences it.
+    the same id aborts what its predecessor left open and fences it. Its
+    ``linger.ms`` is the delivery section's (the detector's), else 5.
     """
+    linger_ms = settings.delivery.linger_ms if settings.delivery is not None else DeliverySettings.linger_ms
     try:
-        return connect(settings).producer(client_id, transactional_id)
+        return connect(settings).producer(client_id, transactional_id, linger_ms=linger_ms)
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
 

@@ -84,11 +84,13 @@ def test_the_fraud_processors_reasons_flag_makes_its_section() -> None:
 
 def test_environment_defaults_reach_their_sections() -> None:
     env = {"KAFKA_CLIENT": "confluent", "METRICS_PORT": "9400", "METRICS_HOST": "0.0.0.0", "COMMIT_INTERVAL_MS": "0",
-           "DETECTOR_GUARANTEE": AT_LEAST_ONCE, "DETECTOR_TRANSACTIONAL_ID": "tx", "DETECTOR_RULES": "r.yaml"}
+           "DETECTOR_GUARANTEE": AT_LEAST_ONCE, "DETECTOR_TRANSACTIONAL_ID": "tx", "DETECTOR_RULES": "r.yaml",
+           "DETECTOR_LINGER_MS": "25"}
     s = parse([], env, transactional=True)
     assert s.connection.client == "confluent" and s.metrics == MetricsSettings(9400, "0.0.0.0")
     assert require(s.consumer, "consumer").commit_interval_ms == 0
-    assert s.delivery == DeliverySettings(AT_LEAST_ONCE, "tx") and s.detector == DetectorSettings("r.yaml")
+    assert s.delivery == DeliverySettings(AT_LEAST_ONCE, "tx", 25) and s.detector == DetectorSettings("r.yaml")
+    assert require(parse(["--linger-ms", "0"], env, transactional=True).delivery, "delivery").linger_ms == 0
     p = parse(["--count", "5", "--rate", "0", "--seed", "3", "--accounts", "7", "--quiet"], {"PRODUCER_SCENARIOS": "default"},
               consumes=None, producer=True)
     assert p.producer == ProducerSettings(count=5, rate=0, seed=3, accounts=7, scenarios="default", quiet=True)
