@@ -123,9 +123,9 @@ class Detector:
         self._replay = replay
         self._unreplayed: set[int] = set()
         self._rekeyed = rekeyed
+        """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
         self._routes: dict[bytes, Route] = {}
         """Per decision's JSON (a bytes object keeps its hash): its route."""
-        """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
         self._ruleset = rules.current
         self._engine = Engine(rules_of(rules.current, None) if rekeyed else rules.current)
         self._metrics = metrics if metrics is not None and metrics.enabled else None
