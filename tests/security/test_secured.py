@@ -26,11 +26,11 @@ from tests.integration.conftest import (
     console_json,
     console_state,
     for_each_client,
-    free_port,
     read_topic,
     start_console,
 )
 from tests.integration.test_pipeline import ACCOUNTS, COUNT, SEED, check_seeded_flow, expected_payments
+from tests.net import free_port
 from tests.security.conftest import SecuredCluster
 
 pytestmark = [
