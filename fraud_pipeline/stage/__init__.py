@@ -13,7 +13,9 @@ commit is rolled back, the consumer is rewound, and the records are read again.
 - ExactlyOnce: one Kafka transaction per commit interval holds the routed
   records and the input offsets (``send_offsets_to_transaction``); a
   read_committed reader sees every input record's output exactly once across
-  crashes of the detector and of a broker (tests/chaos). Printed lines are
+  crashes of the detector and of a broker (tests/chaos). The commit runs on a
+  helper thread while the loop reads on; what is handled meanwhile goes into
+  the next transaction. Printed lines are
   outside the transaction: records re-read after a failure may print again, or
   not at all.
 

@@ -21,6 +21,8 @@ from .output import BatchError
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
 log = logging.getLogger(__package__)
 
+BUSY_POLL_S = 0.005
+"""While a commit is under way: how long a poll may wait before the loop looks whether it is through."""
 MAX_BATCH_RETRIES = 8
 """Failed attempts in a row before the stage gives up (with backoff: about a minute).
 A fenced producer (FencedError) is replaced and its records read again: the
@@ -64,7 +66,7 @@ class Checkpoint:
         self.opened_at = 0.0
         """When the first of them was added (time.monotonic)."""
         self.failures = 0
-        """Failed attempts in a row; a commit resets it."""
+        """Failed attempts in a row; a unit made durable resets it."""
         self.revoke_failures: list[Exception] = []
         """Failures of the commit before a hand-over, raised again after the poll it happened in."""
 
@@ -101,14 +103,18 @@ class Checkpoint:
 
     def poll_timeout(self, longest_s: float) -> float:
         """How long the next poll may wait: at most ``longest_s``, no later than the pending commit is due,
-        and no longer than an interval while records wait for acknowledgements."""
+        no longer than an interval while records wait for acknowledgements, and briefly while a commit is under way."""
+        if self._delivery.busy:
+            return min(longest_s, BUSY_POLL_S)
         if not self.open:
             return min(longest_s, self._interval_s) if self._delivery.pending else longest_s
         return max(0.0, min(longest_s, self.opened_at + self._interval_s - time.monotonic()))
 
     def due(self) -> bool:
-        """Whether what is pending is to be committed now: its interval is over, or max_records are pending."""
-        return self.open and (self.records >= self._max_records or time.monotonic() - self.opened_at >= self._interval_s)
+        """Whether what is pending is to be committed now: its interval is over (and no commit is under way), or
+        max_records are pending (the commit under way is waited for)."""
+        return self.open and (self.records >= self._max_records
+                              or (not self._delivery.busy and time.monotonic() - self.opened_at >= self._interval_s))
 
     def commit(self) -> None:
         """Seal what is pending and hand it to the Delivery, which makes it durable and commits its offsets (at once
@@ -116,9 +122,13 @@ class Checkpoint:
         if self._state is not None:
             self._state.prepare_commit({tp.partition: offset for tp, offset in self.next.items()})
         self._handler.seal()
-        self._delivery.complete(self._consumer, dict(self.first), dict(self.next), self._handler.emit)
+        self._delivery.complete(self._consumer, dict(self.first), dict(self.next), self._durable)
         self._clear()
+
+    def _durable(self) -> None:
+        """The Delivery's ``emit``: the oldest sealed unit is durable; print its lines, and the failures in a row end."""
         self.failures = 0
+        self._handler.emit()
 
     def settle(self, *, wait: bool = False) -> None:
         """Emit and commit what the Delivery has seen become durable (``wait``: all of it, offsets committed synchronously)."""
@@ -128,13 +138,14 @@ class Checkpoint:
     def roll_back(self, exc: Exception) -> None:
         """Undo what is pending after ``exc`` and wait the backoff; PipelineError after MAX_BATCH_RETRIES failures in a row."""
         self.failures += 1
-        self._handler.discard()
         if self.failures >= MAX_BATCH_RETRIES:
+            self._handler.discard()
             raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts in a row: {exc}") from exc
         log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
         try:
-            self._delivery.roll_back(self._consumer, self.first)
+            self._delivery.roll_back(self._consumer, self.first)  # first: a commit under way may still emit its lines
         finally:
+            self._handler.discard()
             self._clear()
         self._stop.wait(min(0.5 * 2 ** (self.failures - 1), 10.0))
 
@@ -177,5 +188,7 @@ class Checkpoint:
             raise PipelineError(str(exc)) from exc
         except (BatchError, ClientError) as exc:
             log.warning("the last commit failed (%s); its records will be read again at the next start", exc)
-            self._handler.discard()
-            self._delivery.roll_back(self._consumer, self.first)
+            try:
+                self._delivery.roll_back(self._consumer, self.first)
+            finally:
+                self._handler.discard()

@@ -7,14 +7,14 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
 from ..errors import PipelineError
 from ..kafka_io import TRANSACTION_STEP_TIMEOUT_S
 from ..metrics import Histogram
-from .output import Output
+from .output import BatchError, Output
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
 log = logging.getLogger(__package__)
@@ -36,6 +36,10 @@ class Delivery(Protocol):
     @property
     def pending(self) -> bool:
         """Whether completed records wait for their output to be acknowledged."""
+
+    @property
+    def busy(self) -> bool:
+        """Whether a commit is under way: the next one waits for it, and the loop looks at it often."""
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
         """Emit and commit what became durable since (``wait``: wait for all of it, and commit synchronously)."""
@@ -82,6 +86,9 @@ class AtLeastOnce:
     def pending(self) -> bool:
         return bool(self._units)
 
+    busy = False
+    """Units are committed as they settle: none waits for another."""
+
     def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
                  emit: Callable[[], None]) -> None:
         self._units.append(_Unit(self._output.sent(), first, offsets, emit))
@@ -120,8 +127,28 @@ class AtLeastOnce:
         _seek(consumer, rewind)
 
 
+@dataclass
+class _Commit:
+    """A transaction being committed on a helper thread while the loop reads on."""
+
+    first: dict[TopicPartition, int]
+    emit: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    steps: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Seconds of the flush, the offsets sent and the commit."""
+
+
 class ExactlyOnce:
-    """One Kafka transaction per commit interval: routed records and input offsets commit together."""
+    """One Kafka transaction per commit interval: routed records and input offsets commit together.
+
+    The loop does not stop reading while a transaction commits: the flush,
+    the offsets sent and the commit run on a helper thread, and the records
+    read meanwhile are handled at once. Their sends are held (no client lets a
+    record join a transaction under commit) and queued, in order, in the next
+    transaction as soon as the commit is through. One commit is under way at
+    a time; the next waits for it (``busy``).
+    """
 
     name = "exactly-once"
 
@@ -133,62 +160,126 @@ class ExactlyOnce:
         """Transactions by result: committed, aborted, retried (a new producer)."""
         self._steps = steps
         """Seconds each commit step took, by step (metrics.TRANSACTION_STEPS)."""
+        self._committing: _Commit | None = None
+        self._failed: _Commit | None = None
+        """The last commit that failed, until its records are rolled back."""
+        self._open = False
+        """A transaction is begun and neither committed nor aborted."""
+        self._begin_held = False
+        """A transaction was to begin while one was being committed: it begins when that commit is through."""
         self._init_transactions()
 
     def begin(self) -> None:
-        self._output.producer.begin_transaction()
+        if self._committing is not None:
+            self._begin_held = True
+        else:
+            self._open = True  # a failed begin is aborted too, or its producer replaced
+            self._output.producer.begin_transaction()
 
-    pending = False
-    """A transaction's records are durable once it commits, inside ``complete``."""
+    @property
+    def pending(self) -> bool:
+        """Whether a transaction is being committed, or its commit failed and is not rolled back yet."""
+        return self._committing is not None or self._failed is not None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a transaction is being committed: the next commit waits for it."""
+        return self._committing is not None
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
-        pass
+        self._finish(wait=wait)
 
     def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
                  emit: Callable[[], None]) -> None:
-        # Every record must be acknowledged before the commit: kafka-python 3.0
-        # can commit a transaction whose sends are still pending, and a send
-        # that then fails would be lost.
-        started = time.monotonic()
-        self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
-        flushed = time.monotonic()
-        producer = self._output.producer
-        producer.send_offsets_to_transaction(offsets, consumer.group_metadata(), TRANSACTION_STEP_TIMEOUT_S)
-        offsets_sent = time.monotonic()
-        producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        self._finish(wait=True)  # the commit before, then this transaction's held sends
+        commit = _Commit(dict(first), emit)
+        group = consumer.group_metadata()
+        self._committing = commit
+        self._output.hold()
+        threading.Thread(target=self._commit, args=(commit, self._output.producer, offsets, group), daemon=True,
+                         name="transaction-commit").start()
+
+    def _commit(self, commit: _Commit, producer: Producer, offsets: dict[TopicPartition, int], group: object) -> None:
+        """On the helper thread: make the transaction's records durable, add the offsets, commit."""
+        try:
+            # Every record must be acknowledged before the commit: kafka-python 3.0
+            # can commit a transaction whose sends are still pending, and a send
+            # that then fails would be lost.
+            started = time.monotonic()
+            self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
+            flushed = time.monotonic()
+            producer.send_offsets_to_transaction(offsets, group, TRANSACTION_STEP_TIMEOUT_S)
+            offsets_sent = time.monotonic()
+            producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+            commit.steps = (flushed - started, offsets_sent - flushed, time.monotonic() - offsets_sent)
+        except BaseException as exc:  # raised again on the loop's thread
+            commit.error = exc
+        finally:
+            commit.done.set()
+
+    def _finish(self, *, wait: bool) -> None:
+        """If the commit under way is through (``wait``: once it is), emit it and begin the next transaction with its
+        held sends; raise its error if it failed."""
+        commit = self._committing
+        if commit is None or not commit.done.wait(None if wait else 0):
+            return
+        self._committing = None
+        if commit.error is not None:
+            self._failed = commit
+            raise commit.error
+        self._open = False
         if self._steps is not None:
-            self._steps["flush"].observe(flushed - started)
-            self._steps["send_offsets"].observe(offsets_sent - flushed)
-            self._steps["commit"].observe(time.monotonic() - offsets_sent)
+            for step, seconds in zip(("flush", "send_offsets", "commit"), commit.steps, strict=True):
+                self._steps[step].observe(seconds)
         self._tally["committed"] += 1
-        emit()
+        commit.emit()
+        if self._begin_held:
+            self._begin_held = False
+            self._open = True
+            self._output.producer.begin_transaction()
+        self._output.release(send=True)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
         """Abort (or replace the producer), then rewind to the group's committed offsets.
 
-        A commit that timed out on our side may still have completed at the
-        coordinator (a new producer's init_transactions waits for it), so the
-        records are read again from what the group committed, not from the
-        first offsets: what did commit is not committed twice.
+        A commit under way is waited for first: if it went through, its lines
+        are emitted and only what came after is rolled back. A commit that timed
+        out on our side may still have completed at the coordinator (a new
+        producer's init_transactions waits for it), so the records are read again
+        from what the group committed, not from the first offsets: what did
+        commit is not committed twice.
         """
+        try:
+            self._finish(wait=True)
+        except FatalError:
+            raise
+        except (BatchError, ClientError):  # noted as failed: its records are read again below
+            pass
+        failed, self._failed = self._failed, None
+        rewind = dict(failed.first) if failed is not None else {}
+        for tp, offset in first_offsets.items():
+            rewind.setdefault(tp, offset)
+        self._begin_held = False
+        self._output.release(send=False)
         self._tally["aborted"] += 1
         if self._output.stalled:
             # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
             # after the transaction coordinator's broker died): start afresh instead of aborting.
             self._replace_producer("sends were not acknowledged")
-        else:
+        elif self._open:
             try:
                 self._output.producer.abort_transaction(TRANSACTION_STEP_TIMEOUT_S)
             except FatalError:
                 raise
             except ClientError as exc:  # includes a fenced producer
                 self._replace_producer(f"abort failed ({exc})")
+        self._open = False
         self._output.forget_failures()
-        committed = consumer.committed(first_offsets, TRANSACTION_STEP_TIMEOUT_S)
+        committed = consumer.committed(rewind, TRANSACTION_STEP_TIMEOUT_S)
         resume = {}
-        for tp, first in first_offsets.items():
-            offset = committed.get(tp)
-            resume[tp] = first if offset is None else offset
+        for tp, first in rewind.items():
+            done = committed.get(tp)
+            resume[tp] = first if done is None else done
         _seek(consumer, resume)
 
     def _replace_producer(self, why: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..clients import ClientError, FatalError, Producer, Record, RetriableError
+from ..clients import ClientError, FatalError, Headers, Producer, Record, RetriableError
 from ..kafka_io import METADATA_TIMEOUT_S, record_source
 
 # Dead letters are logged under the logger they always were ("rejected ..."): log lines stay as they were.
@@ -29,6 +29,7 @@ class Output:
         """A flush timed out: sends of the producer are still pending, retried by the client."""
         self._failure: Exception | None = None
         self._partitions: dict[str, int] = {}
+        self._held: list[tuple[str, bytes | None, bytes | None, Headers | None, int | None]] | None = None
         self.producer = producer
         self.send = producer.send
 
@@ -41,6 +42,7 @@ class Output:
         """Write through ``producer`` from now on; a replaced producer's late failures are ignored."""
         self._producer = producer
         self.stalled = False
+        self._held = None
         self.send = producer.send
         producer.on_error(lambda exc: self._on_error(producer, exc))
 
@@ -96,6 +98,25 @@ class Output:
     def forget_failures(self) -> None:
         """The batch was rolled back: its failed sends no longer matter."""
         self._failure = None
+
+    def hold(self) -> None:
+        """Keep every send from now on instead of queueing it (a transaction is being committed): see ``release``."""
+        self._held = []
+        self.send = self._hold
+
+    def _hold(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
+              partition: int | None = None) -> None:
+        assert self._held is not None
+        self._held.append((topic, key, value, headers, partition))
+
+    def release(self, *, send: bool) -> int:
+        """Stop holding sends; queue the held ones in order (``send``) or drop them (rolled back); return how many."""
+        held, self._held = self._held or [], None
+        self.send = self._producer.send
+        if send:
+            for args in held:
+                self.send(*args)
+        return len(held)
 
 
 class DeadLetters:

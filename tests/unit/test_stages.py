@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from unittest.mock import MagicMock, call
 
@@ -403,6 +405,85 @@ def test_exactly_once_aborts_and_rereads_a_batch_whose_commit_failed() -> None:
     consumer.seek.assert_called_once_with(TP, 3)
 
 
+class Relay(Recorder):
+    """A Recorder that sends every record on through ``output`` and notes when one is handled."""
+
+    def __init__(self, events: list[str], output: Output) -> None:
+        super().__init__(events)
+        self.output = output
+        self.handled: dict[bytes, threading.Event] = collections.defaultdict(threading.Event)
+
+    def handle(self, record: Any) -> None:
+        super().handle(record)
+        self.output.send("routed", None, record.value)
+        self.handled[record.value].set()
+
+
+def _committing_while(events: list[str], relay: Relay, value: bytes, outcomes: list[Exception | None]) -> Callable[[float], None]:
+    """A commit_transaction that returns (or raises its outcome) only once ``value`` was handled meanwhile."""
+    results = iter(outcomes)
+
+    def commit_transaction(timeout_s: float) -> None:
+        events.append("committing")
+        relay.handled[value].wait(5)
+        outcome = next(results, None)
+        if outcome is not None:
+            raise outcome
+        events.append("commit_transaction")
+
+    return commit_transaction
+
+
+def test_records_read_while_a_transaction_commits_are_handled_and_sent_in_the_next_one() -> None:
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
+    consumer.group_metadata.return_value = "meta"
+    events: list[str] = []
+    producer = _transactional_producer(events)
+    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
+    output = Output(producer)
+    relay = Relay(events, output)
+    producer.commit_transaction.side_effect = _committing_while(events, relay, b"b", [None])
+    delivery = ExactlyOnce(output, lambda: pytest.fail("no new producer needed"))
+    run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
+    assert events == [
+        "init_transactions", "begin_transaction", "a", "send a", "offsets [(0, 1)] meta", "committing",
+        "b",  # read and handled while a's transaction commits; its send waits for the next transaction
+        "commit_transaction", "emit", "begin_transaction", "send b",
+        "offsets [(0, 2)] meta", "committing", "commit_transaction", "emit",
+    ]
+
+
+def test_a_failed_commit_rereads_its_records_and_those_read_meanwhile() -> None:
+    consumer = _consumer_with()
+    batches = [{TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]}]
+    again = [{TP: [record(b"a", offset=3), record(b"b", offset=4)]}]
+
+
+    def poll(*args: Any) -> dict:  # type: ignore[type-arg]
+        if batches:
+            return batches.pop(0)
+        return again.pop(0) if again and consumer.seek.called else {}  # read again once the consumer is rewound
+
+    consumer.poll.side_effect = poll
+    consumer.group_metadata.return_value = "meta"
+    events: list[str] = []
+    producer = _transactional_producer(events)
+    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
+    output = Output(producer)
+    relay = Relay(events, output)
+    producer.commit_transaction.side_effect = _committing_while(events, relay, b"b", [RetriableError("coordinator moved"), None])
+    delivery = ExactlyOnce(output, lambda: pytest.fail("abort worked: no new producer needed"))
+    run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
+    assert events == [
+        "init_transactions", "begin_transaction", "a", "send a", "offsets [(0, 4)] meta", "committing",
+        "b",  # handled meanwhile: its held send is dropped with the failed transaction
+        "abort_transaction", "discard",
+        "begin_transaction", "a", "send a", "b", "send b", "offsets [(0, 5)] meta", "committing", "commit_transaction", "emit",
+    ]
+    consumer.committed.assert_called_once_with({TP: 3}, TRANSACTION_STEP_TIMEOUT_S)  # from the failed transaction's first
+    consumer.seek.assert_called_once_with(TP, 3)
+
+
 def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None:
     # the commit timed out on our side but completed at the coordinator: the group committed offset 4
     consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]})
@@ -702,7 +783,7 @@ def test_a_commit_that_fails_before_a_hand_over_is_rolled_back(monkeypatch: pyte
     assert events == [
         "assigned [0, 1]", "init_transactions",
         "begin_transaction", "a", "b", "x", "offsets [(0, 2), (1, 5)] meta",  # the commit before the hand-over fails ...
-        "assigned [0]", "discard", "abort_transaction",  # ... so after the poll all of it is rolled back, c unread
+        "assigned [0]", "abort_transaction", "discard",  # ... so after the poll all of it is rolled back, c unread
         "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
     ]
     consumer.seek.assert_called_once_with(TP, 0)  # partition 1 is read again by its new owner, not here
@@ -733,7 +814,7 @@ def test_pending_records_of_lost_partitions_are_rolled_back_not_committed(monkey
     run_consumer(consumer, handler, delivery, stop=stop, idle_timeout_s=5, commit_interval_s=1.0, assignment=assignment)
     assert events == [
         "assigned [0, 1]", "init_transactions",
-        "begin_transaction", "a", "b", "x", "assigned [0]", "discard", "abort_transaction",  # nothing committed for partition 1
+        "begin_transaction", "a", "b", "x", "assigned [0]", "abort_transaction", "discard",  # nothing committed for partition 1
         "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
     ]
     consumer.seek.assert_called_once_with(TP, 0)  # partition 1 is read again by its new owner, not here
