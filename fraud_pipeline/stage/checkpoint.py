@@ -142,11 +142,7 @@ class Checkpoint:
             self._handler.discard()
             raise PipelineError(f"giving up after {MAX_BATCH_RETRIES} failed attempts in a row: {exc}") from exc
         log.warning("batch failed (%s: %s); rolling back and reading it again", type(exc).__name__, exc)
-        try:
-            self._delivery.roll_back(self._consumer, self.first)  # first: a commit under way may still emit its lines
-        finally:
-            self._handler.discard()
-            self._clear()
+        self._undo()
         self._stop.wait(min(0.5 * 2 ** (self.failures - 1), 10.0))
 
     def commit_before_revoke(self) -> None:
@@ -188,7 +184,13 @@ class Checkpoint:
             raise PipelineError(str(exc)) from exc
         except (BatchError, ClientError) as exc:
             log.warning("the last commit failed (%s); its records will be read again at the next start", exc)
-            try:
-                self._delivery.roll_back(self._consumer, self.first)
-            finally:
-                self._handler.discard()
+            self._undo()
+
+    def _undo(self) -> None:
+        """Roll back what is pending: the Delivery first (a commit under way may still go through and print its lines),
+        then the handler's lines and state."""
+        try:
+            self._delivery.roll_back(self._consumer, self.first)
+        finally:
+            self._handler.discard()
+            self._clear()

@@ -13,7 +13,7 @@ from typing import Protocol
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
 from ..errors import PipelineError
 from ..kafka_io import TRANSACTION_STEP_TIMEOUT_S
-from ..metrics import Histogram
+from ..metrics import TRANSACTION_STEPS, Histogram
 from .output import BatchError, Output
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
@@ -136,7 +136,7 @@ class _Commit:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     steps: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Seconds of the flush, the offsets sent and the commit."""
+    """Seconds of each of metrics.TRANSACTION_STEPS, in order."""
 
 
 class ExactlyOnce:
@@ -192,7 +192,7 @@ class ExactlyOnce:
     def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
                  emit: Callable[[], None]) -> None:
         self._finish(wait=True)  # the commit before, then this transaction's held sends
-        commit = _Commit(dict(first), emit)
+        commit = _Commit(first, emit)
         group = consumer.group_metadata()
         self._committing = commit
         self._output.hold()
@@ -229,7 +229,7 @@ class ExactlyOnce:
             raise commit.error
         self._open = False
         if self._steps is not None:
-            for step, seconds in zip(("flush", "send_offsets", "commit"), commit.steps, strict=True):
+            for step, seconds in zip(TRANSACTION_STEPS, commit.steps, strict=True):
                 self._steps[step].observe(seconds)
         self._tally["committed"] += 1
         commit.emit()

@@ -109,14 +109,13 @@ class Output:
         assert self._held is not None
         self._held.append((topic, key, value, headers, partition))
 
-    def release(self, *, send: bool) -> int:
-        """Stop holding sends; queue the held ones in order (``send``) or drop them (rolled back); return how many."""
+    def release(self, *, send: bool) -> None:
+        """Stop holding sends; queue the held ones in order (``send``) or drop them (rolled back)."""
         held, self._held = self._held or [], None
         self.send = self._producer.send
         if send:
             for args in held:
                 self.send(*args)
-        return len(held)
 
 
 class DeadLetters:

@@ -8,7 +8,6 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from unittest.mock import MagicMock, call
 
@@ -419,8 +418,13 @@ class Relay(Recorder):
         self.handled[record.value].set()
 
 
-def _committing_while(events: list[str], relay: Relay, value: bytes, outcomes: list[Exception | None]) -> Callable[[float], None]:
-    """A commit_transaction that returns (or raises its outcome) only once ``value`` was handled meanwhile."""
+def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None]) -> tuple[Relay, ExactlyOnce]:
+    """A Relay and an ExactlyOnce delivery whose producer logs its sends and transactional calls into ``events``, and
+    whose commit_transaction returns (or raises its outcome) only once ``value`` was handled meanwhile."""
+    producer = _transactional_producer(events)
+    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
+    output = Output(producer)
+    relay = Relay(events, output)
     results = iter(outcomes)
 
     def commit_transaction(timeout_s: float) -> None:
@@ -431,19 +435,15 @@ def _committing_while(events: list[str], relay: Relay, value: bytes, outcomes: l
             raise outcome
         events.append("commit_transaction")
 
-    return commit_transaction
+    producer.commit_transaction.side_effect = commit_transaction
+    return relay, ExactlyOnce(output, lambda: pytest.fail("no new producer needed: the abort works"))
 
 
 def test_records_read_while_a_transaction_commits_are_handled_and_sent_in_the_next_one() -> None:
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
     consumer.group_metadata.return_value = "meta"
     events: list[str] = []
-    producer = _transactional_producer(events)
-    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
-    output = Output(producer)
-    relay = Relay(events, output)
-    producer.commit_transaction.side_effect = _committing_while(events, relay, b"b", [None])
-    delivery = ExactlyOnce(output, lambda: pytest.fail("no new producer needed"))
+    relay, delivery = _relaying(events, b"b", [None])
     run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
     assert events == [
         "init_transactions", "begin_transaction", "a", "send a", "offsets [(0, 1)] meta", "committing",
@@ -458,7 +458,6 @@ def test_a_failed_commit_rereads_its_records_and_those_read_meanwhile() -> None:
     batches = [{TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]}]
     again = [{TP: [record(b"a", offset=3), record(b"b", offset=4)]}]
 
-
     def poll(*args: Any) -> dict:  # type: ignore[type-arg]
         if batches:
             return batches.pop(0)
@@ -467,12 +466,7 @@ def test_a_failed_commit_rereads_its_records_and_those_read_meanwhile() -> None:
     consumer.poll.side_effect = poll
     consumer.group_metadata.return_value = "meta"
     events: list[str] = []
-    producer = _transactional_producer(events)
-    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
-    output = Output(producer)
-    relay = Relay(events, output)
-    producer.commit_transaction.side_effect = _committing_while(events, relay, b"b", [RetriableError("coordinator moved"), None])
-    delivery = ExactlyOnce(output, lambda: pytest.fail("abort worked: no new producer needed"))
+    relay, delivery = _relaying(events, b"b", [RetriableError("coordinator moved"), None])
     run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
     assert events == [
         "init_transactions", "begin_transaction", "a", "send a", "offsets [(0, 4)] meta", "committing",
