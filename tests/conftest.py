@@ -8,6 +8,7 @@ tests, then every test on the secured cluster.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 NO_CLUSTER, OPEN, SECURED = "no-cluster", "open-cluster", "secured-cluster"
+REQUIRE_CLUSTERS = "REQUIRE_CLUSTER_TESTS"
+"""Set (by .ci/run): the run fails unless tests on both clusters passed and none of them was skipped."""
 
 
 def cluster_of(nodeid: str) -> str:
@@ -58,3 +61,24 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("failure test figures")
         for entry in seen:
             terminalreporter.write_line(", ".join(f"{k}={v}" for k, v in entry.items()))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With REQUIRE_CLUSTER_TESTS set: a run whose cluster tests were skipped, or never ran, fails."""
+    if not os.environ.get(REQUIRE_CLUSTERS) or hasattr(session.config, "workerinput"):  # the controller judges
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    stats = reporter.stats if reporter is not None else {}
+    skipped = sorted({r.nodeid for r in stats.get("skipped", []) if cluster_of(r.nodeid) != NO_CLUSTER})
+    ran = {cluster_of(r.nodeid) for r in stats.get("passed", []) if r.when == "call"}
+    missing = sorted({OPEN, SECURED} - ran)
+    if not (skipped or missing):
+        return
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.section(f"{REQUIRE_CLUSTERS}: cluster tests did not all run", red=True)
+        for nodeid in skipped:
+            reporter.write_line(f"skipped: {nodeid}")
+        for cluster in missing:
+            reporter.write_line(f"no test passed on the {cluster}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
