@@ -62,6 +62,8 @@ from .types import (
 log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_MS = 10000
+METADATA_WAIT_MS = 10_000
+"""How long a subscribing consumer waits for its topic's metadata before its first poll (see Consumer._await_metadata)."""
 BOOTSTRAP_TIMEOUT_MS = 20000
 """A client's first contact gives up after this long (kafka-python's default: 30 s), with the last attempt's error."""
 TRANSACTION_TIMEOUT_MS = 60000
@@ -223,6 +225,23 @@ class Consumer:
 
     def subscribe(self, topic: str, on_assigned: OnPartitions, on_revoked: OnPartitions, on_lost: OnPartitions) -> None:
         self._consumer.subscribe([topic], listener=_Listener(self, on_assigned, on_revoked, on_lost))
+        self._await_metadata()
+
+    def _await_metadata(self) -> None:
+        """The subscribed topic's metadata before the first poll joins the group.
+
+        A group leader that has none yet assigns from an empty snapshot, and
+        kafka-python 3.0.12 then joins a second time as soon as the metadata
+        come; that second join sometimes never completes (no partitions, every
+        poll empty, for good: seen with the detector's stages in one process).
+        With the metadata in, the first assignment is the last.
+        """
+        consumer: Any = self._consumer
+        future = consumer._cluster.request_update()  # PRIVATE: what KafkaConsumer._fetch_all_topic_metadata does
+        try:
+            consumer._net.run(consumer._manager.wait_for, future, METADATA_WAIT_MS)  # PRIVATE
+        except kerr.KafkaError as exc:  # the join will fetch them itself, as without this
+            log.debug("no metadata before joining the group: %s", exc)
 
     def defer_commits(self) -> dict[KafkaTP, OffsetAndMetadata]:
         """From now on commit() only records its offsets, in the dict returned (see _Listener)."""
