@@ -40,11 +40,11 @@ from .features import (
     FeatureStage,
     Hop,
     carried,
+    decision_topic,
     plan,
     refuse_new_groups,
     rekeyed_groups,
     rules_of,
-    stage_group,
     stage_settings,
     stop_all_on_failure,
     with_carried,
@@ -111,8 +111,7 @@ class Detector:
 
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
-        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *,
-        fields: tuple[str, ...] | None = None,
+        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *, rekeyed: bool = False,
     ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
@@ -123,13 +122,12 @@ class Detector:
         self._states = states
         self._replay = replay
         self._unreplayed: set[int] = set()
-        self._fields = fields
-        """The group key of the repartition topic read (features.py), whose rules this stage evaluates; key, partition,
-        time and the upstream stages' reasons come in headers. None: reading the payments, every rule evaluated."""
+        self._rekeyed = rekeyed
+        """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
         self._routes: dict[bytes, Route] = {}
         """Per decision's JSON (a bytes object keeps its hash): its route."""
         self._ruleset = rules.current
-        self._engine = self._engine_of(rules.current)
+        self._engine = Engine(rules_of(rules.current, None) if rekeyed else rules.current)
         self._metrics = metrics if metrics is not None and metrics.enabled else None
         if self._metrics is not None:
             self._metrics.window_keys = states.tables
@@ -138,16 +136,13 @@ class Detector:
     def begin_batch(self, batch: Batch) -> None:
         if self._rules.refresh():
             self._ruleset = self._rules.current
-            self._use(self._engine_of(self._ruleset))
+            self._use(Engine(rules_of(self._ruleset, None) if self._rekeyed else self._ruleset))
         if self._unreplayed:
             for tp, records in batch.items():
                 if records and tp.partition in self._unreplayed:
                     self._unreplayed.discard(tp.partition)
                     if not self._states.has_state(tp.partition):  # else it came from the changelog after all
                         self._rebuild(records[0])
-
-    def _engine_of(self, ruleset: RuleSet) -> Engine:
-        return Engine(rules_of(ruleset, self._fields) if self._fields is not None else ruleset)
 
     def _use(self, engine: Engine) -> None:
         self._engine = engine
@@ -196,14 +191,14 @@ class Detector:
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        origin, key, timestamp = record.partition, record.key, record.timestamp
-        if self._fields is not None:
-            origin, key, timestamp, fired, notes = carried(record)
+        key, timestamp = record.key, record.timestamp
+        if self._rekeyed:
+            _, key, timestamp, fired, notes = carried(record)
         at = event_time(payment, timestamp, int(time.time() * 1000))
         # A stateless engine is given the table too: it notes there that the history is no longer recorded.
         table = self._states.tables.get(record.partition)
         decision = self._engine.decide(payment, at, table)
-        if self._fields is not None:
+        if self._rekeyed:
             decision = with_carried(decision, self._ruleset, fired, notes)
         route = self._routes.get(decision.to_json())
         if route is None:
@@ -211,7 +206,7 @@ class Detector:
         topic = route.topic
         # payment.with_field(value, "DECISION", decision.to_json()), its constant part made once per decision
         value = (record.value or b"").rstrip()[:-1] + route.suffix
-        self._output.send(topic, key, value, [route.header], self._output.partition_for(topic, origin))
+        self._output.send(topic, key, value, [route.header], self._output.partition_for(topic, record.partition))
         if self._metrics is not None:
             self._metrics.decided(timestamp, route.header, decision.fired)
         self._lines.add(topic, route.line + payment.payment_type)
@@ -325,16 +320,16 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
     with live_rules(settings) as rules:
         groups = rekeyed_groups(rules.current)
         hops = plan(settings, groups)
-        source = hops[-1].target if hops else topics.payments
-        decider = stage_settings(settings, source, stage_group(group_id, groups[-1]), "decide") if hops else settings
+        source = decision_topic(settings) if hops else topics.payments
+        decider = stage_settings(settings, source, f"{group_id}-by-ACCOUNT", "decide") if hops else settings
+        decider_group = require(decider.consumer, "consumer").group_id or DEFAULT_GROUP
         if hops:
             prepare_internal_topics(settings, [hop.target for hop in hops])
             log.info("rules grouped by %s: re-keyed through %s", ", ".join(group_label(g) for g in groups),
                      " -> ".join([topics.payments, *(hop.target for hop in hops)]))
-        # The account's state, read from the payments (by the first stage when there are hops).
-        changelog = changelog_topic(group_id, topics.payments)
-        created = prepare_changelog(settings, topics.payments, changelog)
-        limits = retention_limits(settings, topics.payments, changelog)
+        changelog = changelog_topic(decider_group, source)
+        created = prepare_changelog(decider, source, changelog)
+        limits = retention_limits(decider, source, changelog)
         refuse = refuse_new_groups(groups)
 
         def check(ruleset: RuleSet) -> None:
@@ -353,9 +348,6 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
             for n, hop in enumerate(hops):
                 stages.append(_start_hop(stack, settings, hop, rules, chain, n, stop, status, stages[-1] if stages else None))
             threads = [thread for thread, _ in stages]
-            if hops:
-                changelog = changelog_topic(stage_group(group_id, groups[-1]), source)  # the last group key's state
-                prepare_changelog(decider, source, changelog)
             states = stack.enter_context(partition_states(decider, changelog))
             if created and not hops:
                 short = limits.replay_short(rules.current)
@@ -370,7 +362,7 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
             status[-1] = run_stage(
                 decider, name=NAME, source_topic=source, stop=chain.stops[-1], summary=summary,
                 make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
-                    output, decider, dead_letters, lines, rules, states, replay, metrics, fields=groups[-1] if hops else None)),
+                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops))),
                 metrics=metrics,
             )
             if status[-1]:
@@ -395,13 +387,14 @@ def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules,
 
     ``upstream``: the stage before it, whose end (and what it forwarded) this one's idle end waits for.
     """
-    label = "ACCOUNT" if hop.fields is None else group_label(hop.fields)
+    label = "re-key" if hop.fields is None else group_label(hop.fields)
     hop_settings = _idle(stage_settings(settings, hop.source, hop.group_id, "rekey" if hop.fields is None else f"by-{label}"),
                          chain.idle_timeout_s(index))
-    changelog = changelog_topic(hop.group_id, hop.source)
-    if hop.fields is not None:  # the first stage's (the account's) was prepared and checked by run()
+    states = None
+    if hop.fields is not None:
+        changelog = changelog_topic(hop.group_id, hop.source)
         prepare_changelog(hop_settings, hop.source, changelog)
-    states = stack.enter_context(partition_states(hop_settings, changelog))
+        states = stack.enter_context(partition_states(hop_settings, changelog))
     partitions = settings.topics.payments_partitions
     summary = Summary(f"{NAME}[{label}]", "payments")
 

@@ -5,23 +5,22 @@ account (alone or with other fields, e.g. ``[ACCOUNT, TO]``) finds all of a
 key's payments in one partition. A rule grouped by another key (``DEVICE``,
 ``TO``, ``[DEVICE, MERCHANT]``...) would see only the payments of that key
 that share a partition with it. So, as Kafka Streams and the Flink fraud demo
-do, the detector re-keys: the first stage reads the payments, keeps the
-account's aggregates and evaluates the account's rules, then for every other
-group key G (in sorted order) the payments go through an internal topic
-partitioned by G, where a stage keeps G's aggregates and evaluates G's rules;
-the last such stage decides, with the reasons of every key's rules:
+do, the detector re-keys: for every such group key G (in sorted order) the
+payments go through an internal topic partitioned by G, where a stage keeps
+G's aggregates, evaluates G's rules and adds what fired to the record, before
+the next key's topic and, last, a topic partitioned as the payments were,
+where the account's stage decides with every key's reasons:
 
-    payments ──account rules──▶ <group>-by-DEVICE-repartition ──DEVICE rules──▶ <group>-by-TO-repartition
-             ──TO rules, the decision──▶ fraud / legit
+    payments ──re-key──▶ <group>-by-DEVICE-repartition ──DEVICE rules──▶ <group>-by-TO-repartition
+             ──TO rules──▶ <group>-by-ACCOUNT-repartition ──account rules, decision──▶ fraud / legit
 
 Each stage is a consume-transform-produce loop with its own consumer group,
 transactional producer and state store (exactly-once end to end: every hop
 commits its output, its state and its input offsets in one transaction). The
-first stage reads the payments as the detector's group, with the account's
-state in the same changelog as a detector without such rules, so its
-offsets and state carry on when rules grouped by another key are added. A
-hop costs about one commit interval of latency (a record is visible
-downstream once its transaction commits), plus a produce and a fetch.
+first stage reads the payments as the detector's group, so its offsets carry
+on when rules grouped by another key are added. A hop costs about one commit
+interval of latency (a record is visible downstream once its transaction
+commits), plus a produce and a fetch.
 
 Internal records keep the payment's value byte for byte, keyed by the group
 key's value, with headers: ``origin.partition``, ``origin.key`` (absent when
@@ -60,12 +59,12 @@ def partition_local(group_by: tuple[str, ...] | None) -> bool:
 
 
 def rekeyed_groups(ruleset: RuleSet) -> tuple[tuple[str, ...], ...]:
-    """The group keys of active rules that need their own partitioning, in the order their stages run (the last decides)."""
+    """The group keys of active rules that need their own partitioning, in the order their stages run."""
     return tuple(sorted({rule.group_by for rule in ruleset.active if rule.group_by and not partition_local(rule.group_by)}))
 
 
 def repartition_topic(group_id: str, fields: tuple[str, ...]) -> str:
-    """``<group>-by-DEVICE-repartition``."""
+    """``<group>-by-DEVICE-repartition``; ``by-ACCOUNT`` is the topic the decision is made from."""
     return f"{group_id}-by-{group_label(fields).replace(',', '+')}-repartition"
 
 
@@ -91,28 +90,27 @@ class Hop:
     source: str
     target: str
     group_id: str
-    next_fields: tuple[str, ...]
-    """How ``target`` is keyed."""
+    next_fields: tuple[str, ...] | None
+    """How ``target`` is keyed; None: as the payments (the decision's topic)."""
 
 
 def plan(settings: Settings, groups: Sequence[tuple[str, ...]]) -> list[Hop]:
-    """The stages before the decision for these re-keyed groups (none when there are none).
-
-    The first reads the payments (the account's rules); each re-keys to the
-    next group's topic; the last group's topic is the decision's.
-    """
+    """The stages before the decision for these re-keyed groups (none when there are none)."""
     if not groups:
         return []
     group_id = require(settings.consumer, "consumer").group_id or "fraud-detector"
-    keys: list[tuple[str, ...] | None] = [None, *groups[:-1]]
-    return [Hop(fields, settings.topics.payments if fields is None else repartition_topic(group_id, fields),
-                repartition_topic(group_id, nxt), group_id if fields is None else stage_group(group_id, fields), nxt)
-            for fields, nxt in zip(keys, groups, strict=True)]
+    keys: list[tuple[str, ...] | None] = [None, *groups]
+    hops = []
+    for n, fields in enumerate(keys):
+        nxt = keys[n + 1] if n + 1 < len(keys) else None
+        source = settings.topics.payments if fields is None else repartition_topic(group_id, fields)
+        target = repartition_topic(group_id, nxt if nxt is not None else (ACCOUNT,))
+        hops.append(Hop(fields, source, target, group_id if fields is None else f"{group_id}-by-{group_label(fields)}", nxt))
+    return hops
 
 
-def stage_group(group_id: str, fields: tuple[str, ...]) -> str:
-    """The consumer group of the stage keyed by ``fields``: ``fraud-detector-by-DEVICE``."""
-    return f"{group_id}-by-{group_label(fields)}"
+def decision_topic(settings: Settings) -> str:
+    return repartition_topic(require(settings.consumer, "consumer").group_id or "fraud-detector", (ACCOUNT,))
 
 
 def stage_settings(settings: Settings, source: str, group_id: str, suffix: str | None) -> Settings:
@@ -150,14 +148,10 @@ def with_carried(decision: Decision, ruleset: RuleSet, fired: list[Any], notes: 
 
 
 class FeatureStage:
-    """One stage before the decision: its key's rules on its own partitions, what fired added, on to the next topic.
-
-    The first stage (``hop.fields`` None) reads the payments and evaluates the
-    account's rules (the partition-local ones); the others, their group key's.
-    """
+    """One stage before the decision: the re-keyed group's rules on its own partitions, then on to the next topic."""
 
     def __init__(self, hop: Hop, output: Output, dead_letters: DeadLetters, lines: LineBuffer,
-                 ruleset_of: Callable[[], RuleSet], states: PartitionStates, partitions: int) -> None:
+                 ruleset_of: Callable[[], RuleSet], states: PartitionStates | None, partitions: int) -> None:
         self._hop = hop
         self._output = output
         self._dead_letters = dead_letters
@@ -173,36 +167,42 @@ class FeatureStage:
         ruleset = self._ruleset_of()
         if ruleset is not self._ruleset:
             self._ruleset = ruleset
-            rules = rules_of(ruleset, self._hop.fields)
-            self._engine = Engine(rules) if rules.rules else None
+            rules = rules_of(ruleset, self._hop.fields) if self._hop.fields is not None else None
+            self._engine = Engine(rules) if rules is not None and rules.rules else None
         return self._engine
 
     def begin_batch(self, batch: Batch) -> None:
         pass
 
     def partitions_assigned(self, partitions: set[int]) -> None:
-        self._states.assigned(partitions)
+        if self._states is not None:
+            self._states.assigned(partitions)
 
     def waiting(self) -> set[int]:
-        return self._states.waiting()
+        return self._states.waiting() if self._states is not None else set()
 
     def restore(self, consumer: Consumer, budget_s: float) -> None:
-        self._states.restore(consumer, budget_s)
+        if self._states is not None:
+            self._states.restore(consumer, budget_s)
 
     def prepare_commit(self, offsets: dict[int, int]) -> None:
-        self._states.send_changes(lambda topic, key, value, partition: self._output.send(topic, key, value, None, partition),
-                                  offsets)
+        if self._states is not None:
+            self._states.send_changes(lambda topic, key, value, partition: self._output.send(topic, key, value, None, partition),
+                                      offsets)
 
     def seal(self) -> None:
-        self._states.seal()
+        if self._states is not None:
+            self._states.seal()
         self._lines.seal()
 
     def emit(self) -> None:
-        self._states.committed()
+        if self._states is not None:
+            self._states.committed()
         self._lines.emit()
 
     def discard(self) -> None:
-        self._states.discard()
+        if self._states is not None:
+            self._states.discard()
         self._lines.discard()
 
     def handle(self, record: Record) -> None:
@@ -221,31 +221,35 @@ class FeatureStage:
                 self._lines.add("dead-lettered", None)
                 return
             origin, key, timestamp, fired, notes = carried(record)
-        engine = self._current()
-        if engine is not None:
-            decision = engine.decide(payment, event_time(payment, timestamp), self._states.tables.get(record.partition))
-            fired += [[f.id, f.version, f.reason] for f in decision.fired]
-            notes += list(decision.notes)
+            engine = self._current()
+            if engine is not None and self._states is not None:
+                at = event_time(payment, timestamp)
+                decision = engine.decide(payment, at, self._states.tables[record.partition])
+                fired += [[f.id, f.version, f.reason] for f in decision.fired]
+                notes += list(decision.notes)
         headers = [(ORIGIN_PARTITION, str(origin).encode()), (ORIGIN_TS, str(timestamp).encode())]
         if key is not None:
             headers.append((ORIGIN_KEY, key))
         if fired or notes:
             headers.append((FEATURES, orjson.dumps({"fired": fired, "notes": notes})))
         next_key = self._next.of(payment)
-        partition = origin if next_key is None else partition_of(next_key, self._partitions)
-        self._output.send(self._hop.target, next_key, record.value, headers, partition)
+        partition = origin if self._hop.next_fields is None or next_key is None else partition_of(next_key, self._partitions)
+        self._output.send(self._hop.target, next_key if self._hop.next_fields is not None else key, record.value, headers,
+                          partition)
         self._lines.add("forwarded", None)
 
 
 class _Key:
     """The value a record is keyed by on the next topic (None: the payment lacks a field of the key)."""
 
-    def __init__(self, fields: tuple[str, ...]) -> None:
+    def __init__(self, fields: tuple[str, ...] | None) -> None:
         from .rules.conditions import attribute_name
 
-        self._attrs = tuple(attribute_name(f) for f in fields)
+        self._attrs = tuple(attribute_name(f) for f in fields) if fields else ()
 
     def of(self, payment: Any) -> bytes | None:
+        if not self._attrs:
+            return None
         values = [getattr(payment, a) for a in self._attrs]
         if None in values:
             return None
