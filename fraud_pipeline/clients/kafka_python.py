@@ -234,7 +234,7 @@ class Consumer:
         kafka-python 3.0.12 then joins a second time as soon as the metadata
         come; that second join sometimes never completes (no partitions, every
         poll empty, for good: seen with the detector's stages in one process).
-        With the metadata in, the first assignment is the last.
+        With the metadata in, a consumer alone in its group joins once.
         """
         consumer: Any = self._consumer
         future = consumer._cluster.request_update()  # PRIVATE: what KafkaConsumer._fetch_all_topic_metadata does
