@@ -116,12 +116,8 @@ class AtLeastOnce:
             log.warning("offset commit failed, the batch may be delivered again: %s", exc)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
-        rewind: dict[TopicPartition, int] = {}
-        for unit in self._units:  # oldest first: each partition goes back to its first record not yet settled
-            for tp, offset in unit.first.items():
-                rewind.setdefault(tp, offset)
-        for tp, offset in first_offsets.items():
-            rewind.setdefault(tp, offset)
+        # oldest first: each partition goes back to its first record not yet settled
+        rewind = _first_of(*(unit.first for unit in self._units), first_offsets)
         self._units.clear()
         self._output.forget_failures()
         _seek(consumer, rewind)
@@ -256,9 +252,7 @@ class ExactlyOnce:
         except (BatchError, ClientError):  # noted as failed: its records are read again below
             pass
         failed, self._failed = self._failed, None
-        rewind = dict(failed.first) if failed is not None else {}
-        for tp, offset in first_offsets.items():
-            rewind.setdefault(tp, offset)
+        rewind = _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
         self._begin_held = False
         self._output.release(send=False)
         self._tally["aborted"] += 1
@@ -318,6 +312,15 @@ class ExactlyOnce:
                 log.warning("init_transactions failed (%s); trying again with a new producer", exc)
                 self._tally["retried"] += 1
                 self._swap_producer()
+
+
+def _first_of(*offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Per partition, its offset in the first of ``offsets`` (oldest first) that has it: where a rewind goes back to."""
+    first: dict[TopicPartition, int] = {}
+    for each in offsets:
+        for tp, offset in each.items():
+            first.setdefault(tp, offset)
+    return first
 
 
 def _seek(consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
