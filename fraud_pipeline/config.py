@@ -72,7 +72,13 @@ class TopicSettings:
     rules: str = "fraud_rules"
     """Compacted: the live fraud rules, one record per rule keyed by its id (a tombstone removes it)."""
     rules_rejected: str = "fraud_rules_rejected"
-    """Rule records the detector refused, with the reason in headers."""
+    """Rule and list records the detector refused, with the reason in headers."""
+    lists: str = "fraud_lists"
+    """Compacted: the block, review, allow and watch lists, one record per list and per entry (fraud_pipeline.rules.lists)."""
+    labels: str = "fraud_labels"
+    """Compacted: the analysts' verdicts on reviewed payments, keyed by payment id (fraud_pipeline.cases)."""
+    audit: str = "fraud_audit"
+    """Everything analysts do in the console, one record per action (fraud_pipeline.cases)."""
     payments_partitions: int = 6
     """6 divides evenly among 1, 2 or 3 detectors and puts 2 leaders on each broker."""
     routed_partitions: int = 2
@@ -226,6 +232,9 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
         dead_letter=env.get("DEAD_LETTER_TOPIC") or base.dead_letter,
         rules=env.get("RULES_TOPIC") or base.rules,
         rules_rejected=env.get("RULES_REJECTED_TOPIC") or base.rules_rejected,
+        lists=env.get("LISTS_TOPIC") or base.lists,
+        labels=env.get("LABELS_TOPIC") or base.labels,
+        audit=env.get("AUDIT_TOPIC") or base.audit,
         payments_partitions=_env_int(env, "PAYMENTS_PARTITIONS", base.payments_partitions),
         routed_partitions=_env_int(env, "ROUTED_PARTITIONS", base.routed_partitions),
         replication_factor=_env_int(env, "TOPIC_REPLICATION_FACTOR", base.replication_factor),
@@ -290,7 +299,18 @@ def _add_topic_arguments(kafka: argparse._ArgumentGroup, env: Mapping[str, str])
     )
     kafka.add_argument(
         "--rules-rejected-topic", default=topics.rules_rejected,
-        help="rule records the detector refused, with the reason [env RULES_REJECTED_TOPIC] (default: %(default)s)",
+        help="rule and list records the detector refused, with the reason [env RULES_REJECTED_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--lists-topic", default=topics.lists,
+        help="compacted topic of the block, review, allow and watch lists [env LISTS_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--labels-topic", default=topics.labels,
+        help="compacted topic of the analysts' verdicts [env LABELS_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--audit-topic", default=topics.audit, help="what analysts do in the console [env AUDIT_TOPIC] (default: %(default)s)",
     )
     kafka.add_argument(
         "--no-create-topics", dest="create_topics", action="store_false", default=Settings.create_topics,
@@ -474,6 +494,9 @@ def topic_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         dead_letter=args.dead_letter_topic,
         rules=args.rules_topic,
         rules_rejected=args.rules_rejected_topic,
+        lists=args.lists_topic,
+        labels=args.labels_topic,
+        audit=args.audit_topic,
         payments_partitions=base.payments_partitions,
         routed_partitions=base.routed_partitions,
         dead_letter_partitions=base.dead_letter_partitions,

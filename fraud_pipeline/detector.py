@@ -50,12 +50,13 @@ from .features import (
     with_carried,
 )
 from .kafka_io import make_groupless_consumer, make_producer, make_topic_reader, read_span
-from .live_rules import LiveRules, describe
+from .live_rules import LiveLists, LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
 from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
 from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, RuleSet, decode_entity, encode_entity, load_ruleset
 from .rules.definitions import group_label
+from .rules.lists import APPROVE, DECLINE, LISTS, REVIEWED
 from .runtime import Summary, cli_main, run_cli
 from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
 from .state import PartitionStates, changelog_topic
@@ -76,11 +77,14 @@ def decision_header(decision: Decision) -> tuple[str, bytes]:
     One header, not one per item: kafka-python encodes headers in Python, and
     each one costs about 4 µs per record.
     """
-    parts = ["fraud" if decision.fraud else "legit", f"score={decision.score:g}"]
+    outcome = decision.outcome
+    parts = ["fraud" if outcome == DECLINE else "review" if outcome == REVIEWED else "legit", f"score={decision.score:g}"]
     for mode, name in (("enabled", "rules"), ("shadow", "shadow")):
         refs = [f"{f.id}@{f.version}" for f in decision.fired if f.mode == mode]
         if refs:
             parts.append(f"{name}={','.join(refs)}")
+    if decision.listed:
+        parts.append(f"lists={','.join(sorted({hit.list for hit in decision.listed}))}")
     return ("decision", " ".join(parts).encode())
 
 
@@ -112,6 +116,7 @@ class Detector:
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
         states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *, rekeyed: bool = False,
+        lists: LiveLists | None = None,
     ) -> None:
         self._output = output
         self._fraud_topic = settings.topics.fraud
@@ -119,6 +124,8 @@ class Detector:
         self._dead_letters = dead_letters
         self._lines = lines
         self._rules = rules
+        self._lists = lists
+        self._book = lists.book if lists is not None else LISTS
         self._states = states
         self._replay = replay
         self._unreplayed: set[int] = set()
@@ -134,6 +141,8 @@ class Detector:
             self._metrics.rules = _rule_refs(self._ruleset)
 
     def begin_batch(self, batch: Batch) -> None:
+        if self._lists is not None:
+            self._lists.refresh()
         if self._rules.refresh():
             self._ruleset = self._rules.current
             self._use(Engine(rules_of(self._ruleset, None) if self._rekeyed else self._ruleset))
@@ -200,6 +209,10 @@ class Detector:
         decision = self._engine.decide(payment, at, table)
         if self._rekeyed:
             decision = with_carried(decision, self._ruleset, fired, notes)
+        if self._book.leveled:
+            hits = self._book.hits(payment)
+            if hits:
+                decision = decision.with_lists(hits)
         route = self._routes.get(decision.to_json())
         if route is None:
             route = self._route(decision)
@@ -212,10 +225,11 @@ class Detector:
         self._lines.add(topic, route.line + payment.payment_type)
 
     def _route(self, decision: Decision) -> Route:
-        topic = self._fraud_topic if decision.fraud else self._legit_topic
+        outcome = decision.outcome
+        topic = self._legit_topic if outcome == APPROVE else self._fraud_topic
         decision_json = decision.to_json()
         route = Route(topic, with_field(b"}", "DECISION", decision_json), decision_header(decision),
-                      f"{topic} {decision.fraud} ")
+                      f"{topic} {'Review' if outcome == REVIEWED else outcome == DECLINE} ")
         if len(self._routes) >= ROUTES_KEPT:
             self._routes.clear()
         self._routes[decision_json] = route
@@ -250,8 +264,9 @@ def _rule_refs(ruleset: RuleSet) -> list[tuple[str, int, str]]:
 
 
 @contextmanager
-def live_rules(settings: Settings, check: Callable[[RuleSet], None] = lambda ruleset: None) -> Iterator[LiveRules]:
-    """The detector's rules, caught up with the rules topic; ``check`` refuses sets this detector cannot run."""
+def live_rules(settings: Settings, check: Callable[[RuleSet], None] = lambda ruleset: None,
+               ) -> Iterator[tuple[LiveRules, LiveLists]]:
+    """The detector's rules and lists, caught up with their topics; ``check`` refuses sets this detector cannot run."""
     rules_file = require(settings.detector, "detector").rules_file
     if rules_file is None:
         baseline = ORIGINAL
@@ -269,20 +284,26 @@ def live_rules(settings: Settings, check: Callable[[RuleSet], None] = lambda rul
         try:
             rejects.flush(timeout_s=10)
         except BatchError as exc:
-            log.error("could not write the rejected rule record to %s: %s", settings.topics.rules_rejected, exc)
+            log.error("could not write the rejected record to %s: %s", settings.topics.rules_rejected, exc)
 
-    try:
+    with ExitStack() as stack:
+        stack.callback(rejects.producer.close)
         reader = make_topic_reader(settings, settings.topics.rules, f"{NAME}-rules")
-        try:
-            rules = LiveRules(baseline, reader, reject)
-            rules.check = check
-            rules.catch_up()
-            log.info("rules (%s, then topic %s): %s", rules_file or "original", settings.topics.rules, describe(rules.current))
-            yield rules
-        finally:
-            reader.close()
-    finally:
-        rejects.producer.close()
+        stack.callback(reader.close)
+        rules = LiveRules(baseline, reader, reject)
+        rules.check = check
+        rules.catch_up()
+        log.info("rules (%s, then topic %s): %s", rules_file or "original", settings.topics.rules, describe(rules.current))
+        lists_reader = make_topic_reader(settings, settings.topics.lists, f"{NAME}-lists")
+        stack.callback(lists_reader.close)
+        lists = LiveLists(lists_reader, reject)
+        lists.book.reset()
+        lists.catch_up()
+        if lists.book.specs:
+            log.info("lists (topic %s): %s", settings.topics.lists, ", ".join(
+                f"{spec.name} ({spec.level}, {spec.field}, {len(lists.book.live_entries(spec.name))} live)"
+                for spec in lists.book.specs.values()))
+        yield rules, lists
 
 
 def _replay(settings: Settings) -> Replay:
@@ -312,12 +333,12 @@ def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionSt
 def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], RecordHandler] | None = None) -> int:
     """The detector until stopped or idle; ``watch`` wraps the deciding stage's handler (the bench counts what it routes)."""
     topics = settings.topics
-    prepare_topics(settings, reads=[topics.payments, topics.rules],
+    prepare_topics(settings, reads=[topics.payments, topics.rules, topics.lists],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
     group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
     metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
-    with live_rules(settings) as rules:
+    with live_rules(settings) as (rules, lists):
         groups = rekeyed_groups(rules.current)
         hops = plan(settings, groups)
         source = decision_topic(settings) if hops else topics.payments
@@ -362,7 +383,7 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
             status[-1] = run_stage(
                 decider, name=NAME, source_topic=source, stop=chain.stops[-1], summary=summary,
                 make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
-                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops))),
+                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops), lists=lists)),
                 metrics=metrics,
             )
             if status[-1]:

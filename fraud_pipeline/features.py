@@ -79,7 +79,7 @@ def rules_of(ruleset: RuleSet, fields: tuple[str, ...] | None) -> RuleSet:
         kept = tuple(rule for rule in ruleset.rules if partition_local(rule.group_by))
     else:
         kept = tuple(rule for rule in ruleset.rules if rule.group_by == fields)
-    return RuleSet(ruleset.threshold, kept)
+    return ruleset.with_rules(kept)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def with_carried(decision: Decision, ruleset: RuleSet, fired: list[Any], notes: 
     order = {rule.id: n for n, rule in enumerate(ruleset.rules)}
     merged = tuple(sorted(found.values(), key=lambda f: order.get(f.id, len(order))))
     score = sum(f.weight for f in merged if f.mode == "enabled")
-    return Decision(score, decision.threshold, merged, (*notes, *decision.notes))
+    return Decision(score, decision.threshold, merged, (*notes, *decision.notes), decision.review_threshold)
 
 
 class FeatureStage:

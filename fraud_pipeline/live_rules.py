@@ -1,4 +1,6 @@
-"""Rules changed without a restart: a baseline rule set plus the records of the rules topic.
+"""Rules and lists changed without a restart: the rules and lists topics followed while running.
+
+Rules: a baseline rule set plus the records of the rules topic.
 
 The rules topic is compacted and keyed by rule id. A record's value is one
 rule as JSON (the format of fraud_pipeline.rules.definitions); it adds the
@@ -7,8 +9,16 @@ rule, the baseline's included. A record that is not a valid rule is logged,
 copied to the rejected-rules topic with the reason in its ``error`` header,
 and changes nothing: the running set stays as it was.
 
-A detector reads the topic from its beginning at start-up, then checks it for
-news about once a second between batches (REFRESH_INTERVAL_S).
+Lists: the lists topic's records applied to the process's ListBook (what
+``in_list`` conditions read and the detector matches payments with). The
+topic is compacted too: one record per list (key ``NAME``) and one per entry
+(key ``NAME/VALUE``), a tombstone removing either (the formats are
+fraud_pipeline.rules.lists'); an invalid record is rejected the same way.
+An entry's expiry is checked on every payment.
+
+A detector reads each topic from its beginning at start-up, then checks it for
+news about once a second between batches (REFRESH_INTERVAL_S): a change
+applies within about a second and a half.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from .clients import Batch, ClientError, Consumer, Record
 from .errors import PipelineError
 from .kafka_io import MAX_POLL_RECORDS, METADATA_TIMEOUT_S, record_source, retrying
 from .rules import RuleError, RuleSet, parse_rule
+from .rules.lists import LISTS, ListBook
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +44,16 @@ CATCH_UP_TIMEOUT_S = 60.0
 Reject = Callable[[Record, str], None]
 
 
-class LiveRules:
-    """The current rule set: ``baseline`` with the rules topic's records applied in order."""
+class LiveTopic:
+    """A compacted topic followed while running: read to its end at start, then its news about once a second."""
 
-    def __init__(self, baseline: RuleSet, reader: Consumer | None, reject: Reject) -> None:
-        self.current = baseline
+    def __init__(self, reader: Consumer | None, reject: Reject) -> None:
         self._reader = reader
         self._reject = reject
         self._checked_at = 0.0
         self.applied = 0
         self.rejected = 0
-        self.check: Callable[[RuleSet], None] = lambda ruleset: None
-        """Raises RuleError for a set this detector cannot run (e.g. a window longer than its topics keep)."""
+        self.topic_name = "the rules topic"
 
     def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
         """Apply every record the topic holds now (at start-up, before the first payment)."""
@@ -57,25 +66,51 @@ class LiveRules:
             deadline = time.monotonic() + timeout_s
             while any(self._reader.position(tp) < end for tp, end in ends.items()):
                 if time.monotonic() > deadline:
-                    raise PipelineError(f"could not read the rules topic to its end in {timeout_s:.0f}s")
+                    raise PipelineError(f"could not read {self.topic_name} to its end in {timeout_s:.0f}s")
                 self._apply_batch(self._reader.poll(0.5, MAX_POLL_RECORDS))
         except ClientError as exc:
-            raise PipelineError(f"cannot read the rules topic: {exc}") from None
+            raise PipelineError(f"cannot read {self.topic_name}: {exc}") from None
         self._checked_at = time.monotonic()
 
     def refresh(self) -> bool:
-        """Apply records published since the last look (at most once per REFRESH_INTERVAL_S); True if the set changed."""
+        """Apply records published since the last look (at most once per REFRESH_INTERVAL_S); True if one was applied."""
         if self._reader is None or time.monotonic() - self._checked_at < REFRESH_INTERVAL_S:
             return False
         self._checked_at = time.monotonic()
-        before = self.current
+        before = self.applied
         self._apply_batch(self._reader.poll(0.0, MAX_POLL_RECORDS))
-        return self.current is not before
+        return self.applied != before
 
     def _apply_batch(self, batches: Batch) -> None:
         for records in batches.values():
             for record in records:
                 self.apply(record)
+
+    def apply(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def rejecting(self, record: Record, exc: Exception, what: str) -> None:
+        """Count, log and hand over a record that changes nothing; ``what``: ``rule``, ``list``."""
+        reason = str(exc) if isinstance(exc, RuleError) else f"unreadable {what} record: {type(exc).__name__}: {exc}"
+        self.rejected += 1
+        log.error("rejected %s record %s: %s; the running %ss are unchanged", what, record_source(record), reason, what)
+        self._reject(record, reason)
+
+
+class LiveRules(LiveTopic):
+    """The current rule set: ``baseline`` with the rules topic's records applied in order."""
+
+    def __init__(self, baseline: RuleSet, reader: Consumer | None, reject: Reject) -> None:
+        super().__init__(reader, reject)
+        self.current = baseline
+        self.check: Callable[[RuleSet], None] = lambda ruleset: None
+        """Raises RuleError for a set this detector cannot run (e.g. a window longer than its topics keep)."""
+
+    def refresh(self) -> bool:
+        """Apply records published since the last look (at most once per REFRESH_INTERVAL_S); True if the set changed."""
+        before = self.current
+        super().refresh()
+        return self.current is not before
 
     def apply(self, record: Record) -> None:
         """Apply one record of the rules topic to the current set, or reject it."""
@@ -84,10 +119,7 @@ class LiveRules:
             self.check(changed)
             self.current = changed
         except Exception as exc:  # a record on the topic, whatever it holds, must not stop the detector
-            reason = str(exc) if isinstance(exc, RuleError) else f"unreadable rule record: {type(exc).__name__}: {exc}"
-            self.rejected += 1
-            log.error("rejected rule record %s: %s; the running rules are unchanged", record_source(record), reason)
-            self._reject(record, reason)
+            self.rejecting(record, exc, "rule")
             return
         self.applied += 1
         rule_id = (record.key or b"").decode()  # checked by _applied
@@ -96,6 +128,24 @@ class LiveRules:
             log.info("rule %s removed (%s); %s", rule_id, record_source(record), describe(self.current))
         else:
             log.info("rule %s applied (%s, %s); %s", rule.ref, rule.mode, record_source(record), describe(self.current))
+
+
+class LiveLists(LiveTopic):
+    """The lists of ``book`` (the process's), kept up to date with the lists topic."""
+
+    def __init__(self, reader: Consumer | None, reject: Reject, book: ListBook = LISTS) -> None:
+        super().__init__(reader, reject)
+        self.book = book
+        self.topic_name = "the lists topic"
+
+    def apply(self, record: Record) -> None:
+        try:
+            change = self.book.apply(record.key, record.value)
+        except Exception as exc:  # a record on the topic, whatever it holds, must not stop the detector
+            self.rejecting(record, exc, "list")
+            return
+        self.applied += 1
+        log.info("%s (%s)", change, record_source(record))
 
 
 def _applied(ruleset: RuleSet, record: Record) -> RuleSet:

@@ -8,6 +8,12 @@ The lines are the original tutorial's, byte for byte::
     [MASTERCARD] payment to: dad - 7                     (legit topic)
     [ALERT] unable to process payments                   (legit topic, any other type)
 
+A payment the detector held for review (its rule set has a review threshold,
+or the payment is on a review list) comes on the fraud topic too, and is
+printed as such::
+
+    [REVIEW] payment held for review to: stranger - 420
+
 The fraud processor then prints the detector's reasons on an indented line
 (``--no-reasons`` leaves them out; a payment routed without a decision, e.g. by
 the original detector, has none)::
@@ -30,6 +36,7 @@ from .config import Settings, TopicSettings, add_processor_arguments, build_pars
 from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
+from .rules.lists import REVIEWED
 from .runtime import Summary, cli_main, run_cli
 from .stage import DeadLetters, LineBuffer, decode_or_reject, run_stage
 from .topics import prepare_topics
@@ -40,7 +47,10 @@ ROUTED_MAX_BYTES = 2 * MAX_RECORD_BYTES
 
 
 def fraud_line(payment: Payment) -> str:
-    """What the original fraud_processor printed for a payment."""
+    """What the original fraud_processor printed for a payment; a payment held for review says so."""
+    decision = payment.decision
+    if decision is not None and decision.get("outcome") == REVIEWED:
+        return _UNPRINTABLE.sub("?", f"[REVIEW] payment held for review to: {payment.to} - {payment.amount}")
     if payment.to == "stranger":
         return f"[ALERT] fraud detected payment to: {payment.to} - {payment.amount}"
     return f"[PROCESSING BITCOIN] payment to: {payment.to} - {payment.amount}"
@@ -51,10 +61,18 @@ def reasons_line(payment: Payment) -> str | None:
     decision = Decision.from_dict(payment.decision) if payment.decision is not None else None
     if decision is None:
         return None
-    op = ">=" if decision.fraud else "<"
+    score = decision.score
+    if score >= decision.threshold - 1e-9:
+        versus = f">= {decision.threshold:g}"
+    elif decision.review_threshold is not None:
+        review = decision.review_threshold
+        versus = f">= review {review:g}" if score >= review - 1e-9 else f"< review {review:g}"
+    else:
+        versus = f"< {decision.threshold:g}"
     fired = "; ".join(fired.describe() for fired in decision.fired) or "no rule fired"
+    listed = "".join(f"; {hit.describe()}" for hit in decision.listed)
     # The decision comes from the record: nothing in it may break the line.
-    return _UNPRINTABLE.sub("?", f"    score {decision.score:g} {op} {decision.threshold:g}: {fired}")
+    return _UNPRINTABLE.sub("?", f"    score {score:g} {versus}: {fired}{listed}")
 
 
 def explained_fraud_line(payment: Payment) -> str:

@@ -5,6 +5,10 @@
     python fraud_rules.py publish FILE [--id ID ...]
     python fraud_rules.py mode ID enabled|shadow|disabled [--rules FILE]
     python fraud_rules.py remove ID
+    python fraud_rules.py lists create NAME --field TO --level block|review|allow|watch [--overridable]
+    python fraud_rules.py lists add NAME VALUE ... [--ttl 10m] [--reason TEXT] [--by NAME]
+    python fraud_rules.py lists remove NAME [VALUE ...]
+    python fraud_rules.py lists show [NAME]
 
 Rules live in the compacted rules topic, one record per rule keyed by its id;
 running detectors apply each record within about a second (see
@@ -13,14 +17,23 @@ publishes nothing if one is invalid. ``mode`` republishes the rule with the
 new mode and the next version. ``list`` and ``mode`` start from the baseline
 rule set the detectors run with (``--rules FILE``, else the original BITCOIN
 rule), as the detectors do.
+
+Lists (fraud_pipeline.rules.lists) live in the compacted lists topic, one
+record per list and per entry; running detectors apply a change within about
+a second and a half. ``lists remove NAME`` without values removes the list and
+every entry it has.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import re
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +41,11 @@ from .clients import ClientError, Record
 from .config import Settings, build_parser, settings_from_args
 from .errors import PipelineError
 from .kafka_io import make_producer, make_topic_reader
-from .live_rules import LiveRules
+from .live_rules import LiveLists, LiveRules
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import group_label, read_document
+from .rules.fields import FIELDS
+from .rules.lists import BLOCK, LEVELS, ListBook, ListEntry, ListSpec, entry_key, entry_record, list_key, list_record, utc
 from .runtime import cli_main, setup_logging
 from .stage import Output
 from .topics import prepare_topics
@@ -139,9 +154,162 @@ def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL_S = 366 * 86400
+
+
+def duration_s(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` in seconds; ValueError otherwise."""
+    match = _DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"a duration is a positive number with s, m, h or d (e.g. 10s, 15m, 7d), got {text!r}")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TTL_S // 86400} days, got {text!r}")
+    return seconds
+
+
+def current_lists(settings: Settings) -> tuple[ListBook, list[str]]:
+    """The lists and entries running detectors hold now, and the topic's records they reject."""
+    rejected: list[str] = []
+
+    def note(record: Record, reason: str) -> None:
+        rejected.append(f"offset {record.offset}: {reason}")
+
+    reader = make_topic_reader(settings, settings.topics.lists, f"{NAME}-lists")
+    try:
+        live = LiveLists(reader, note, ListBook())
+        live.catch_up()
+        return live.book, rejected
+    finally:
+        reader.close()
+
+
+def publish_records(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+    """Write records to a topic and wait for them."""
+    output = Output(make_producer(settings, NAME))
+    try:
+        for key, value in records:
+            output.send(topic, key, value)
+        output.flush(timeout_s=30)
+    finally:
+        output.producer.close()
+
+
+def _spec(book: ListBook, name: str) -> ListSpec:
+    spec = book.specs.get(name)
+    if spec is None:
+        known = ", ".join(sorted(book.specs)) or "none"
+        raise RuleError("", f"no list {name!r} (create it with 'lists create'); the lists are: {known}")
+    return spec
+
+
+def cmd_lists_create(settings: Settings, args: argparse.Namespace) -> int:
+    spec = ListSpec(args.name, args.field, args.level, args.overridable, args.description)
+    key, value = list_record(spec)
+    ListBook().apply(key, value)  # validates it
+    publish_records(settings, settings.topics.lists, [(key, value)])
+    overridable = ", overridable" if spec.overridable else ""
+    print(f"list {spec.name} ({spec.level}{overridable}) of {spec.field} values published to {settings.topics.lists}")
+    return 0
+
+
+def cmd_lists_add(settings: Settings, args: argparse.Namespace) -> int:
+    book, _ = current_lists(settings)
+    spec = _spec(book, args.name)
+    now_ms = int(time.time() * 1000)
+    expires = None if args.ttl is None else now_ms + round(args.ttl * 1000)
+    records = []
+    for value in args.values:
+        entry = ListEntry(spec.name, value, args.by, args.reason, now_ms, expires)
+        key, data = entry_record(entry)
+        ListBook().apply(key, data)  # validates it
+        records.append((key, data))
+    publish_records(settings, settings.topics.lists, records)
+    until = f" until {utc(expires)}" if expires is not None else ""
+    print(f"added {len(records)} value(s) of {spec.field} to {spec.name} ({spec.level}){until}: {', '.join(args.values)}")
+    return 0
+
+
+def cmd_lists_remove(settings: Settings, args: argparse.Namespace) -> int:
+    book, _ = current_lists(settings)
+    if args.values:
+        records: list[tuple[bytes, bytes | None]] = [(entry_key(args.name, value), None) for value in args.values]
+        what = f"{len(args.values)} value(s) from {args.name}"
+    else:
+        _spec(book, args.name)
+        entries = book.entries.get(args.name, {})
+        records = [(entry_key(args.name, value), None) for value in sorted(entries)]
+        records.append((list_key(args.name), None))
+        what = f"list {args.name} and its {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    publish_records(settings, settings.topics.lists, records)
+    print(f"removed {what} (tombstones published to {settings.topics.lists})")
+    return 0
+
+
+def cmd_lists_show(settings: Settings, args: argparse.Namespace) -> int:
+    book, rejected = current_lists(settings)
+    names = [args.name] if args.name else sorted(book.specs)
+    if args.name:
+        _spec(book, args.name)
+    now = book.clock()
+    print(f"{len(names)} list(s) in topic {settings.topics.lists}")
+    print("| list | level | field | value | added by | reason | added | expires |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        spec = book.specs[name]
+        level = f"{spec.level}, overridable" if spec.level == BLOCK and spec.overridable else spec.level
+        entries = sorted(book.entries.get(name, {}).values(), key=lambda e: e.value)
+        if not entries:
+            print(f"| {name} | {level} | {spec.field} | (empty) | | | | |")
+        for entry in entries:
+            expires = "never" if entry.expires_ms is None else utc(entry.expires_ms) + ("" if entry.live(now) else " (expired)")
+            print(f"| {name} | {level} | {spec.field} | {entry.value} | {entry.by} | {entry.reason} | "
+                  f"{utc(entry.added_ms)} | {expires} |")
+    for line in rejected:
+        print(f"rejected record at {line}", file=sys.stderr)
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in this environment
+        return "fraud_rules"
+
+
+def _lists_parser(commands: Any) -> None:
+    lists = commands.add_parser("lists", help="block, review, allow and watch lists of payment field values")
+    sub = lists.add_subparsers(dest="lists_command", required=True, metavar="LISTS_COMMAND")
+    create = sub.add_parser("create", help="create a list (or change its level, field or description)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--field", required=True, choices=FIELDS, help="the payment field its values are compared with")
+    create.add_argument("--level", required=True, choices=LEVELS,
+                        help="block: decline; review: hold for review; allow: approve; watch: only rules read it (in_list)")
+    create.add_argument("--overridable", action="store_true", help="a block list an allow entry can override")
+    create.add_argument("--description", default="", help="what the list is for")
+    create.set_defaults(run=cmd_lists_create)
+    add = sub.add_parser("add", help="add values to a list, each with who added it, why and an optional expiry")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("values", metavar="VALUE", nargs="+")
+    add.add_argument("--ttl", type=duration_s, metavar="DURATION", help="expire after this long: 90s, 15m, 2h, 7d (default: never)")
+    add.add_argument("--reason", default="", help="why (shown in every decision the entry changes)")
+    add.add_argument("--by", default=_user(), help="who adds them (default: the user running the command)")
+    add.set_defaults(run=cmd_lists_add)
+    remove = sub.add_parser("remove", help="remove values from a list, or the list with every entry")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("values", metavar="VALUE", nargs="*")
+    remove.set_defaults(run=cmd_lists_remove)
+    show = sub.add_parser("show", help="show the lists and their entries, expired ones marked")
+    show.add_argument("name", metavar="NAME", nargs="?")
+    show.set_defaults(run=cmd_lists_show)
+
+
 def build(prog: str = NAME) -> argparse.ArgumentParser:
     parser = build_parser(
-        prog, "List, validate, publish, change the mode of, and remove the fraud rules that running detectors apply live.",
+        prog, "List, validate, publish, change the mode of, and remove the fraud rules that running detectors apply live; "
+        "manage the block, review, allow and watch lists (lists --help).",
         consumes=None,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -163,6 +331,7 @@ def build(prog: str = NAME) -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove a rule (publish a tombstone for its id)")
     remove.add_argument("id", metavar="ID")
     remove.set_defaults(run=cmd_remove)
+    _lists_parser(commands)
     return parser
 
 
@@ -171,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build().parse_args(argv)
     settings = settings_from_args(args)
     log = setup_logging(NAME)
-    logging.getLogger("fraud_pipeline.live_rules").setLevel(logging.WARNING)  # what list/mode read is printed anyway
+    logging.getLogger("fraud_pipeline.live_rules").setLevel(logging.WARNING)  # what list, mode and lists read is printed anyway
     try:
-        if args.command != "validate":
+        if args.command == "lists":
+            writes = [] if args.lists_command == "show" else [settings.topics.lists]
+            prepare_topics(settings, reads=[] if args.lists_command == "create" else [settings.topics.lists], writes=writes)
+        elif args.command != "validate":
             writes = [settings.topics.rules] if args.command in ("publish", "mode", "remove") else []
             prepare_topics(settings, reads=[settings.topics.rules], writes=writes)
         return int(args.run(settings, args))

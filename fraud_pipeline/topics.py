@@ -13,6 +13,9 @@ Layout (override with the environment variables in brackets):
 - payments_dlq: 1 partition;
 - fraud_rules: 1 partition, compacted (the live rules, keyed by rule id) [RULES_TOPIC];
 - fraud_rules_rejected: 1 partition [RULES_REJECTED_TOPIC];
+- fraud_lists: 1 partition, compacted (the lists and their entries) [LISTS_TOPIC];
+- fraud_labels: 1 partition, compacted (analysts' verdicts, keyed by payment id) [LABELS_TOPIC];
+- fraud_audit: 1 partition (what analysts do) [AUDIT_TOPIC];
 - all with replication factor 3 [TOPIC_REPLICATION_FACTOR] and
   min.insync.replicas=2 [TOPIC_MIN_INSYNC_REPLICAS].
 """
@@ -45,12 +48,15 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         topics.dead_letter: topics.dead_letter_partitions,
         topics.rules: 1,  # one partition: rule changes apply in the order they were published
         topics.rules_rejected: 1,
+        topics.lists: 1,  # one partition: list changes apply in the order they were made
+        topics.labels: 1,
+        topics.audit: 1,
     }
     wanted = list(partitions) if names is None else list(names)
     return [
         TopicSpec(
             name, partitions[name], topics.replication_factor,
-            min(topics.min_insync_replicas, topics.replication_factor), compacted=name == topics.rules,
+            min(topics.min_insync_replicas, topics.replication_factor), compacted=name in (topics.rules, topics.lists, topics.labels),
         )
         for name in wanted
     ]

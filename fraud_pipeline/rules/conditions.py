@@ -3,7 +3,12 @@
 A condition is written as data::
 
     {"field": "AMOUNT", "op": ">=", "value": 500}
+    {"field": "TO", "op": "in_list", "value": "mule-payees"}
     {"all": [cond, ...]}   {"any": [cond, ...]}   {"not": cond}
+
+``in_list`` holds while the payment's field value is a live entry of the
+named list (fraud_pipeline.rules.lists): lists change while detectors run,
+so a rule reading one decides with the entries of the moment.
 
 Fields are the payment's wire names (PAYMENT_TYPE, AMOUNT, TO, ...). A
 condition on a field the payment lacks (ACCOUNT in the original tutorial's
@@ -12,51 +17,23 @@ messages) does not hold, whatever its operator.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Protocol
 
 from ..errors import RuleError
 from ..payment import Payment
+from .fields import ATTRIBUTES, FIELDS, NUMBER_FIELDS, TEXT_FIELDS, attribute_name, check_field, field_value, is_number
+from .lists import LISTS, ListBook, check_name
 
-TEXT_FIELDS = ("DATE", "TIME", "PAYMENT_TYPE", "TO", "PAYMENT_ID", "ACCOUNT", "CARD", "DEVICE", "IP", "MERCHANT")
-NUMBER_FIELDS = ("AMOUNT", "TIMESTAMP_MS")
-_ATTRIBUTES = {
-    "DATE": "date", "TIME": "time", "PAYMENT_TYPE": "payment_type", "TO": "to",
-    "PAYMENT_ID": "payment_id", "ACCOUNT": "account", "AMOUNT": "amount", "TIMESTAMP_MS": "timestamp_ms",
-    "CARD": "card", "DEVICE": "device", "IP": "ip", "MERCHANT": "merchant",
-}
-FIELDS = TEXT_FIELDS + NUMBER_FIELDS
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 }
-OPERATORS = (*_COMPARISONS, "in")
+OPERATORS = (*_COMPARISONS, "in", "in_list")
 ORDERING = ("<", "<=", ">", ">=")
-
-
-def field_value(payment: Payment, field: str) -> Any:
-    """The value of a wire field of a payment (None when absent)."""
-    return getattr(payment, _ATTRIBUTES[field])
-
-
-def attribute_name(field: str) -> str:
-    """The Payment attribute holding a wire field (``TO`` -> ``to``)."""
-    return _ATTRIBUTES[field]
-
-
-def check_field(field: Any, path: str, *, numeric: bool = False) -> str:
-    """``field`` if it names a payment field (a numeric one when ``numeric``), else RuleError."""
-    allowed = NUMBER_FIELDS if numeric else FIELDS
-    if field not in allowed:
-        raise RuleError(path, f"must be one of {', '.join(allowed)}, got {field!r}")
-    return str(field)
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, not NaN or infinity)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+_ATTRIBUTES = ATTRIBUTES
 
 
 def _show(value: Any) -> str:
@@ -104,6 +81,24 @@ class Compare:
 
 
 @dataclass(frozen=True)
+class InList:
+    """The field's value is a live entry of the list ``name`` (of ``book``: the process's lists unless given)."""
+
+    field: str
+    name: str
+    book: ListBook = dc_field(default=LISTS, compare=False, repr=False)
+
+    def holds(self, payment: Payment) -> bool:
+        return self.book.contains(self.name, getattr(payment, _ATTRIBUTES[self.field]))
+
+    def explain(self, payment: Payment) -> str:
+        return f"{self.field}={_show(field_value(payment, self.field))} in list {self.name}"
+
+    def describe(self) -> str:
+        return f"{self.field} in list {self.name}"
+
+
+@dataclass(frozen=True)
 class All:
     parts: tuple[Condition, ...]
 
@@ -143,6 +138,13 @@ class Not:
 
     def describe(self) -> str:
         return f"not ({self.part.describe()})"
+
+
+__all__ = [
+    "FIELDS", "NUMBER_FIELDS", "OPERATORS", "ORDERING", "TEXT_FIELDS", "All", "AnyOf", "Compare", "Condition", "InList",
+    "Not", "attribute_name", "check_field", "compile_condition", "constant_explanation", "field_value", "is_number",
+    "parse_condition",
+]
 
 
 def _group(text: str, part: Condition) -> str:
@@ -222,6 +224,8 @@ def parse_condition(data: Any, path: str) -> Condition:
     if op not in OPERATORS:
         raise RuleError(f"{path}.op", f"must be one of {' '.join(OPERATORS)}, got {op!r}")
     value = data["value"]
+    if op == "in_list":
+        return InList(field, check_name(value, f"{path}.value"))
     if op == "in":
         if not isinstance(value, list) or not value:
             raise RuleError(f"{path}.value", f"'in' needs a non-empty list, got {value!r}")

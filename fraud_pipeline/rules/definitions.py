@@ -2,7 +2,8 @@
 
 A rule set document (JSON or YAML)::
 
-    threshold: 1            # fraud when the enabled rules that fire weigh this much
+    threshold: 1            # declined when the enabled rules that fire weigh this much
+    review_threshold: 0.5   # optional: held for review from this score up to the threshold
     rules:
       - id: large-to-stranger
         version: 1
@@ -126,6 +127,8 @@ class Rule:
 class RuleSet:
     threshold: float
     rules: tuple[Rule, ...]
+    review_threshold: float | None = None
+    """From this score up to the threshold a payment is held for review; None: no review outcome."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -140,11 +143,15 @@ class RuleSet:
     def with_rule(self, rule: Rule) -> RuleSet:
         """This set with ``rule`` added, or replacing the rule of the same id in its place."""
         if self.get(rule.id) is None:
-            return RuleSet(self.threshold, (*self.rules, rule))
-        return RuleSet(self.threshold, tuple(rule if r.id == rule.id else r for r in self.rules))
+            return self.with_rules((*self.rules, rule))
+        return self.with_rules(tuple(rule if r.id == rule.id else r for r in self.rules))
 
     def without(self, rule_id: str) -> RuleSet:
-        return RuleSet(self.threshold, tuple(r for r in self.rules if r.id != rule_id))
+        return self.with_rules(tuple(r for r in self.rules if r.id != rule_id))
+
+    def with_rules(self, rules: tuple[Rule, ...]) -> RuleSet:
+        """These rules with this set's thresholds."""
+        return RuleSet(self.threshold, rules, self.review_threshold)
 
     @property
     def active(self) -> tuple[Rule, ...]:
@@ -167,7 +174,10 @@ class RuleSet:
         return frozenset(field for key in self.group_keys for field in key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "rules": [dict(r.source or {"id": r.id}) for r in self.rules]}
+        data: dict[str, Any] = {"threshold": self.threshold}
+        if self.review_threshold is not None:
+            data["review_threshold"] = self.review_threshold
+        return data | {"rules": [dict(r.source or {"id": r.id}) for r in self.rules]}
 
 
 def _number(data: Mapping[str, Any], key: str, path: str, default: float | None = None, *, positive: bool = False) -> float:
@@ -297,12 +307,17 @@ def parse_ruleset(data: Any) -> RuleSet:
     """A rule set from its data form (``{"threshold": ..., "rules": [...]}``)."""
     if not isinstance(data, Mapping):
         raise RuleError("", f"a rule set must be an object with 'rules', got {type(data).__name__}")
-    _keys(data, {"threshold", "rules"}, "rule set")
+    _keys(data, {"threshold", "review_threshold", "rules"}, "rule set")
     threshold = _number(data, "threshold", "", 1.0, positive=True)
+    review = None
+    if "review_threshold" in data:
+        review = _number(data, "review_threshold", "", positive=True)
+        if review >= threshold:
+            raise RuleError("review_threshold", f"must be below the threshold ({threshold:g}), got {review:g}")
     rules = data.get("rules")
     if not isinstance(rules, list):
         raise RuleError("rules", "must be a list of rules")
-    return RuleSet(threshold, tuple(parse_rule(rule) for rule in rules))
+    return RuleSet(threshold, tuple(parse_rule(rule) for rule in rules), review)
 
 
 def read_document(path: Path) -> Any:

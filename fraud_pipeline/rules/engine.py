@@ -5,7 +5,10 @@ and the EntityTable of its partition (fraud_pipeline.rules.aggregates); the
 engine reads the keys' series, decides, then records the payment in them.
 
 Score = the sum of the weights of the enabled rules that fire; the payment
-is fraud when the score reaches the rule set's threshold. Shadow rules are
+is declined (fraud) when the score reaches the rule set's threshold, held for
+review when it reaches its review threshold (if it has one), approved
+otherwise; the lists a payment is on come on top (``Decision.with_lists``,
+fraud_pipeline.rules.lists). Shadow rules are
 evaluated and listed in the decision, and never change the score.
 
 While a stateful rule's window reaches back before the table started
@@ -44,6 +47,7 @@ from .aggregates import (
 )
 from .conditions import Condition, attribute_name, compile_condition, constant_explanation
 from .definitions import Rule, RuleSet, group_label
+from .lists import APPROVE, DECLINE, ListHit, outcome
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -75,24 +79,45 @@ class Decision:
     fired: tuple[FiredRule, ...]
     notes: tuple[str, ...] = ()
     """What the decision could not see, e.g. a rule whose window is still filling."""
+    review_threshold: float | None = None
+    """From this score up to the threshold: held for review (None: the rule set has no review outcome)."""
+    listed: tuple[ListHit, ...] = ()
+    """The live list entries with a level the payment's fields are on (fraud_pipeline.rules.lists)."""
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False, hash=False)
     """to_json's answer, once made (an engine hands out one Decision per distinct decision)."""
 
     @property
+    def outcome(self) -> str:
+        """approve, review or decline: the score against the thresholds, then the lists (see rules.lists)."""
+        if not self.listed and self.review_threshold is None:
+            return DECLINE if self.score >= self.threshold - 1e-9 else APPROVE
+        return outcome(self.score, self.threshold, self.review_threshold, self.listed)
+
+    @property
     def fraud(self) -> bool:
-        # weights are floats: 0.7 + 0.1 must reach a threshold of 0.8
-        return self.score >= self.threshold - 1e-9
+        """Declined (routed to the fraud topic as in the original; a payment held for review is not)."""
+        return self.outcome == DECLINE
 
     def enabled(self) -> tuple[FiredRule, ...]:
         return tuple(f for f in self.fired if f.mode == "enabled")
 
+    def with_lists(self, hits: tuple[ListHit, ...]) -> Decision:
+        """This decision with the payment's list hits (a new object: decisions of rules alone are shared)."""
+        return Decision(self.score, self.threshold, self.fired, self.notes, self.review_threshold, hits)
+
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "fraud": self.fraud, "score": self.score, "threshold": self.threshold,
             "rules": [fired.to_dict() for fired in self.fired],
         }
         if self.notes:
             data["notes"] = list(self.notes)
+        if self.review_threshold is not None or self.listed:
+            data["outcome"] = self.outcome
+            if self.review_threshold is not None:
+                data["review_threshold"] = self.review_threshold
+            if self.listed:
+                data["lists"] = [hit.to_dict() for hit in self.listed]
         return data
 
     def to_json(self) -> bytes:
@@ -112,9 +137,12 @@ class Decision:
                 for r in data["rules"]
             )
             notes = data.get("notes", [])
-            if not isinstance(notes, list):
+            listed = data.get("lists", [])
+            if not isinstance(notes, list) or not isinstance(listed, list):
                 return None
-            return cls(float(data["score"]), float(data["threshold"]), fired, tuple(str(n) for n in notes))
+            review = data.get("review_threshold")
+            return cls(float(data["score"]), float(data["threshold"]), fired, tuple(str(n) for n in notes),
+                       None if review is None else float(review), tuple(ListHit.from_dict(hit) for hit in listed))
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return None
 
@@ -222,8 +250,9 @@ class Engine:
 
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        self._nothing = Decision(0.0, ruleset.threshold, ())
+        self._nothing = Decision(0.0, ruleset.threshold, (), (), ruleset.review_threshold)
         self._threshold = ruleset.threshold
+        self._review_threshold = ruleset.review_threshold
         groups: dict[tuple[str, ...], _Group] = {}
         plans: dict[str, _SeriesPlan] = {}
         checks: list[_Check] = []
@@ -382,7 +411,7 @@ class Engine:
                 rules.append(FiredRule(rule.id, rule.version, rule.mode, rule.weight, reason))
                 if rule.mode == "enabled":
                     score += rule.weight
-            decision = Decision(score, self._threshold, tuple(rules), notes)
+            decision = Decision(score, self._threshold, tuple(rules), notes, self._review_threshold)
             if len(self._decisions) >= DECISIONS_KEPT:
                 self._decisions.clear()
             self._decisions[key] = decision

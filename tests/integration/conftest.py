@@ -135,6 +135,7 @@ class Pipeline:
             "--payments-topic", self.topics.payments, "--fraud-topic", self.topics.fraud,
             "--legit-topic", self.topics.legit, "--dead-letter-topic", self.topics.dead_letter,
             "--rules-topic", self.topics.rules, "--rules-rejected-topic", self.topics.rules_rejected,
+            "--lists-topic", self.topics.lists, "--labels-topic", self.topics.labels, "--audit-topic", self.topics.audit,
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 
@@ -181,7 +182,8 @@ def fresh_topics() -> tuple[str, TopicSettings]:
     suffix = uuid.uuid4().hex[:10]
     return suffix, TopicSettings(
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
-        rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}",
+        rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}", lists=f"lists-{suffix}",
+        labels=f"labels-{suffix}", audit=f"audit-{suffix}",
     )
 
 

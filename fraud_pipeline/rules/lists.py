@@ -1,0 +1,355 @@
+"""Named lists of payment field values, each entry with an optional expiry: block, review, allow, watch.
+
+A list has a name, the payment field its values are compared with (``TO``,
+``ACCOUNT``, ``DEVICE``, ``CARD``...), and a level: what a payment whose
+field is on the list gets, whatever its rules score:
+
+- ``block``: declined. A block list made with ``overridable`` can be
+  overridden by an allow entry; one without cannot;
+- ``review``: at least held for review;
+- ``allow``: approved, overriding reviews, the rules' score and overridable
+  blocks (never a block that is not overridable);
+- ``watch``: nothing by itself; rules read it with the ``in_list`` operator.
+
+The precedence, first match wins (``Decision.outcome``):
+
+1. an entry of a block list that is not overridable: decline;
+2. an entry of an allow list: approve;
+3. an entry of an overridable block list: decline;
+4. the rules' score reaches the threshold: decline;
+5. an entry of a review list, or the score reaches the review threshold: review;
+6. approve.
+
+An entry names who added it and why, and may expire (``expires_ms``, wall
+clock): from then on it is as if removed. Every match is in the decision's
+reasons. Lists live in a compacted topic, one record per list and one per
+entry (see ``list_record`` and ``entry_record``), applied by ``ListBook.apply``.
+Pure Python: no Kafka; the clock is given (a fake one in tests).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RuleError
+from ..payment import Payment
+from .fields import attribute_name, check_field
+
+LEVELS = ("block", "review", "allow", "watch")
+BLOCK, REVIEW, ALLOW, WATCH = LEVELS
+OUTCOMES = ("approve", "review", "decline")
+APPROVE, REVIEWED, DECLINE = OUTCOMES
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+"""A list's name: also the first part of its entries' keys, up to a ``/`` it cannot hold."""
+MAX_VALUE_CHARS = 256
+MAX_TEXT_CHARS = 500
+"""The longest ``by`` or ``reason`` an entry keeps."""
+
+
+def utc(ms: int) -> str:
+    """An instant as lists show it: ``2026-12-03T18:00:00Z``."""
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_name(name: Any, path: str = "name") -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise RuleError(path, f"a list name is 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ListSpec:
+    """One list: its name, the field its values are compared with, and its level."""
+
+    name: str
+    field: str
+    level: str
+    overridable: bool = False
+    """For a block list: an allow entry overrides it."""
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "field": self.field, "level": self.level, "overridable": self.overridable,
+                "description": self.description}
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One value on a list: who added it, when and why, and until when it applies (None: until removed)."""
+
+    list: str
+    value: str
+    by: str
+    reason: str
+    added_ms: int
+    expires_ms: int | None = None
+
+    def live(self, now_ms: float) -> bool:
+        return self.expires_ms is None or now_ms < self.expires_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"list": self.list, "value": self.value, "by": self.by, "reason": self.reason,
+                "added_ms": self.added_ms, "expires_ms": self.expires_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class ListHit:
+    """A payment's field found on a list with a level, as decisions carry it."""
+
+    list: str
+    level: str
+    field: str
+    value: str
+    overridable: bool
+    by: str
+    reason: str
+    expires_ms: int | None
+
+    def describe(self) -> str:
+        """``list mule-payees (block): TO=PAYEE-7, added by ana: chargeback 1234, until 2026-12-03T18:00:00Z``."""
+        level = f"{self.level}, overridable" if self.level == BLOCK and self.overridable else self.level
+        until = f", until {utc(self.expires_ms)}" if self.expires_ms is not None else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"list {self.list} ({level}): {self.field}={self.value}, added by {self.by}{why}{until}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"list": self.list, "level": self.level, "field": self.field, "value": self.value,
+                "overridable": self.overridable, "by": self.by, "reason": self.reason, "expires_ms": self.expires_ms}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ListHit:
+        """A hit read back from a decision; KeyError, TypeError or ValueError if it is not one."""
+        expires = data.get("expires_ms")
+        return cls(str(data["list"]), str(data["level"]), str(data["field"]), str(data["value"]),
+                   bool(data.get("overridable", False)), str(data.get("by", "")), str(data.get("reason", "")),
+                   None if expires is None else int(expires))
+
+
+def outcome(score: float, threshold: float, review_threshold: float | None, hits: tuple[ListHit, ...] = ()) -> str:
+    """approve, review or decline: the rules' score against the thresholds, then the list hits (module docstring)."""
+    if hits:
+        levels = {(hit.level, hit.overridable) for hit in hits}
+        if (BLOCK, False) in levels:
+            return DECLINE
+        if any(level == ALLOW for level, _ in levels):
+            return APPROVE
+        if (BLOCK, True) in levels:
+            return DECLINE
+    # weights are floats: 0.7 + 0.1 must reach a threshold of 0.8
+    if score >= threshold - 1e-9:
+        return DECLINE
+    if hits and any(hit.level == REVIEW for hit in hits):
+        return REVIEWED
+    if review_threshold is not None and score >= review_threshold - 1e-9:
+        return REVIEWED
+    return APPROVE
+
+
+def _text(data: Mapping[str, Any], key: str, path: str, *, required: bool = False, limit: int = MAX_TEXT_CHARS) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str) or (required and not value):
+        raise RuleError(f"{path}{key}", f"must be {'non-empty ' if required else ''}text, got {value!r}")
+    if len(value) > limit:
+        raise RuleError(f"{path}{key}", f"is at most {limit} characters, got {len(value)}")
+    return value
+
+
+def _millis(data: Mapping[str, Any], key: str, path: str, *, optional: bool) -> int | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RuleError(f"{path}{key}", f"must be a time in epoch milliseconds, got {value!r}")
+    return value
+
+
+def _no_other_keys(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise RuleError(path, f"unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_spec(data: Any) -> ListSpec:
+    """A list from its data form; RuleError names the field at fault."""
+    if not isinstance(data, Mapping):
+        raise RuleError("list", f"must be an object, got {type(data).__name__}")
+    _no_other_keys(data, {"name", "field", "level", "overridable", "description"}, "list")
+    name = check_name(data.get("name"), "list.name")
+    level = data.get("level")
+    if level not in LEVELS:
+        raise RuleError("list.level", f"must be one of {', '.join(LEVELS)}, got {level!r}")
+    overridable = data.get("overridable", False)
+    if not isinstance(overridable, bool):
+        raise RuleError("list.overridable", f"must be true or false, got {overridable!r}")
+    if overridable and level != BLOCK:
+        raise RuleError("list.overridable", "is for block lists only")
+    return ListSpec(name, check_field(data.get("field"), "list.field"), level, overridable,
+                    _text(data, "description", "list."))
+
+
+def parse_entry(data: Any) -> ListEntry:
+    """A list entry from its data form; RuleError names the field at fault."""
+    if not isinstance(data, Mapping):
+        raise RuleError("entry", f"must be an object, got {type(data).__name__}")
+    _no_other_keys(data, {"list", "value", "by", "reason", "added_ms", "expires_ms"}, "entry")
+    added = _millis(data, "added_ms", "entry.", optional=False)
+    expires = _millis(data, "expires_ms", "entry.", optional=True)
+    assert added is not None
+    return ListEntry(
+        check_name(data.get("list"), "entry.list"), _text(data, "value", "entry.", required=True, limit=MAX_VALUE_CHARS),
+        _text(data, "by", "entry.", required=True), _text(data, "reason", "entry."), added, expires,
+    )
+
+
+def list_key(name: str) -> bytes:
+    return name.encode("utf-8")
+
+
+def entry_key(name: str, value: str) -> bytes:
+    """``NAME/VALUE``: a list name holds no ``/``, so the first one separates them."""
+    return f"{name}/{value}".encode()
+
+
+def list_record(spec: ListSpec) -> tuple[bytes, bytes]:
+    """The lists topic's record that creates or changes a list."""
+    return list_key(spec.name), json.dumps(spec.to_dict()).encode("utf-8")
+
+
+def entry_record(entry: ListEntry) -> tuple[bytes, bytes]:
+    """The lists topic's record that adds a value to a list (or replaces its entry)."""
+    return entry_key(entry.list, entry.value), json.dumps(entry.to_dict()).encode("utf-8")
+
+
+def wall_clock_ms() -> float:
+    return time.time() * 1000
+
+
+class ListBook:
+    """The lists and their entries, changed record by record; answers which live entries a payment matches.
+
+    ``clock`` gives the time entries expire by, in epoch milliseconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = wall_clock_ms) -> None:
+        self.clock = clock
+        self.specs: dict[str, ListSpec] = {}
+        self.entries: dict[str, dict[str, ListEntry]] = {}
+        """Per list name (its list may not exist yet: entries can come first), value -> entry."""
+        self._leveled: tuple[tuple[str, ListSpec, dict[str, ListEntry]], ...] = ()
+        """(payment attribute, list, its entries) of every list with a level and entries."""
+
+    def reset(self) -> None:
+        self.specs.clear()
+        self.entries.clear()
+        self._index()
+
+    @property
+    def leveled(self) -> bool:
+        """Whether some list with a level (not watch) has entries: else no payment can match one."""
+        return bool(self._leveled)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> str:
+        """Apply one record of the lists topic; what it changed, in words. RuleError (nothing changed) if it is not valid."""
+        if not key:
+            raise RuleError("key", "a list record needs a key: NAME for a list, NAME/VALUE for an entry")
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RuleError("key", "the key is not UTF-8") from None
+        name, slash, item = text.partition("/")
+        check_name(name, "key")
+        data = None
+        if value is not None:
+            try:
+                data = json.loads(value)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise RuleError("", f"not JSON: {exc}") from None
+        if not slash:
+            if data is None:
+                self.specs.pop(name, None)
+                self.entries.pop(name, None)
+                self._index()
+                return f"list {name} removed"
+            spec = parse_spec(data)
+            if spec.name != name:
+                raise RuleError("list.name", f"the record's key is {name!r} but the list's name is {spec.name!r}")
+            self.specs[name] = spec
+            self._index()
+            return f"list {name} ({spec.level}, {spec.field}) set"
+        if data is None:
+            entries = self.entries.get(name)
+            if entries is not None:
+                entries.pop(item, None)
+                if not entries:
+                    del self.entries[name]
+                self._index()
+            return f"{name}/{item} removed"
+        entry = parse_entry(data)
+        if (entry.list, entry.value) != (name, item):
+            raise RuleError("key", f"the record's key is {text!r} but the entry is {entry.list}/{entry.value}")
+        self.entries.setdefault(name, {})[item] = entry
+        self._index()
+        until = f" until {utc(entry.expires_ms)}" if entry.expires_ms is not None else ""
+        return f"{name}/{item} added by {entry.by}{until}"
+
+    def _index(self) -> None:
+        self._leveled = tuple(
+            (attribute_name(spec.field), spec, self.entries[name])
+            for name, spec in sorted(self.specs.items()) if spec.level != WATCH and self.entries.get(name)
+        )
+
+    def contains(self, name: str, value: Any) -> bool:
+        """Whether ``value`` (a payment field's) is a live entry of the list ``name``."""
+        entries = self.entries.get(name)
+        if not entries or value is None:
+            return False
+        entry = entries.get(value if value.__class__ is str else _as_text(value))
+        return entry is not None and entry.live(self.clock())
+
+    def hits(self, payment: Payment) -> tuple[ListHit, ...]:
+        """The live entries of lists with a level that the payment's fields are on, in list name order."""
+        found: list[ListHit] | None = None
+        now: float | None = None
+        for attribute, spec, entries in self._leveled:
+            value = getattr(payment, attribute)
+            if value is None:
+                continue
+            entry = entries.get(value if value.__class__ is str else _as_text(value))
+            if entry is None:
+                continue
+            if now is None:
+                now = self.clock()
+            if not entry.live(now):
+                continue
+            if found is None:
+                found = []
+            found.append(ListHit(spec.name, spec.level, spec.field, entry.value, spec.overridable, entry.by,
+                                 entry.reason, entry.expires_ms))
+        return () if found is None else tuple(found)
+
+    def live_entries(self, name: str) -> list[ListEntry]:
+        now = self.clock()
+        return sorted((e for e in self.entries.get(name, {}).values() if e.live(now)), key=lambda e: e.value)
+
+
+def _as_text(value: Any) -> str:
+    """How a number field's value is written on a list: 42, not 42.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+LISTS = ListBook()
+"""The process's lists: what ``in_list`` conditions read and a detector applies (fraud_pipeline.live_lists fills it)."""
+
+__all__ = [
+    "ALLOW", "APPROVE", "BLOCK", "DECLINE", "LEVELS", "LISTS", "OUTCOMES", "REVIEW", "REVIEWED", "WATCH",
+    "ListBook", "ListEntry", "ListHit", "ListSpec", "entry_key", "entry_record", "list_key", "list_record", "outcome",
+    "parse_entry", "parse_spec",
+]
