@@ -90,6 +90,7 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
         DETECTOR: [
             topic(DETECTOR, "READ", topics.payments),
             topic(DETECTOR, "READ", topics.rules),
+            topic(DETECTOR, "READ", topics.lists),
             *(topic(DETECTOR, "WRITE", name) for name in (topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected)),
             group(DETECTOR, groups.detector),
             # Its own internal topics, named after its group: the state's changelogs and the re-keying
@@ -111,8 +112,9 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(LEGIT_PROCESSOR, "READ", topics.legit), group(LEGIT_PROCESSOR, groups.legit_processor),
             topic(LEGIT_PROCESSOR, "WRITE", topics.dead_letter), idempotent(LEGIT_PROCESSOR),
         ],
-        # `fraud_rules.py list` and `mode` read the rules they change.
-        RULES_ADMIN: [topic(RULES_ADMIN, "WRITE", topics.rules), topic(RULES_ADMIN, "READ", topics.rules), idempotent(RULES_ADMIN)],
+        # `fraud_rules.py list` and `mode` read the rules they change; `lists` the lists.
+        RULES_ADMIN: [*(topic(RULES_ADMIN, op, name) for name in (topics.rules, topics.lists) for op in ("WRITE", "READ")),
+                      idempotent(RULES_ADMIN)],
         # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster).
         CONSOLE: [
             *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,

@@ -35,7 +35,7 @@ def test_each_role_gets_what_its_script_does_and_nothing_more() -> None:
     assert ("WRITE", "TRANSACTIONAL_ID", "fraud-detector", True) in detector
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "WRITE"} == {
         "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected", "fraud-detector-"}
-    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {"payments", "fraud_rules", "fraud-detector-"}
+    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {"payments", "fraud_rules", "fraud_lists", "fraud-detector-"}
     # the detector creates only its own internal topics (<group>-...: changelogs, re-keying topics)
     assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "CREATE"} == {("fraud-detector-", True)}
     assert {name for op, kind, name, _ in detector if op == "DESCRIBE_CONFIGS"} == {"fraud-detector-", "payments"}
