@@ -115,10 +115,13 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
         # `fraud_rules.py list` and `mode` read the rules they change; `lists` the lists.
         RULES_ADMIN: [*(topic(RULES_ADMIN, op, name) for name in (topics.rules, topics.lists) for op in ("WRITE", "READ")),
                       idempotent(RULES_ADMIN)],
-        # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster).
+        # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster);
+        # it writes only what analysts do: labels, list entries, the audit trail.
         CONSOLE: [
             *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,
-                                                        topics.rules)),
+                                                        topics.rules, topics.lists, topics.labels)),
+            *(topic(CONSOLE, "WRITE", name) for name in (topics.labels, topics.lists, topics.audit)),
+            idempotent(CONSOLE),
             *(Acl(f"User:{CONSOLE}", "DESCRIBE", "GROUP", name)
               for name in (groups.detector, groups.fraud_processor, groups.legit_processor)),
             Acl(f"User:{CONSOLE}", "DESCRIBE", "CLUSTER", "kafka-cluster"),

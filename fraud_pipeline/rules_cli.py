@@ -30,7 +30,6 @@ import argparse
 import getpass
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +44,19 @@ from .live_rules import LiveLists, LiveRules
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import group_label, read_document
 from .rules.fields import FIELDS
-from .rules.lists import BLOCK, LEVELS, ListBook, ListEntry, ListSpec, entry_key, entry_record, list_key, list_record, utc
+from .rules.lists import (
+    BLOCK,
+    LEVELS,
+    ListBook,
+    ListEntry,
+    ListSpec,
+    duration_s,
+    entry_key,
+    entry_record,
+    list_key,
+    list_record,
+    utc,
+)
 from .runtime import cli_main, setup_logging
 from .stage import Output
 from .topics import prepare_topics
@@ -154,20 +165,12 @@ def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TTL_S = 366 * 86400
-
-
-def duration_s(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` in seconds; ValueError otherwise."""
-    match = _DURATION.match(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"a duration is a positive number with s, m, h or d (e.g. 10s, 15m, 7d), got {text!r}")
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if seconds > MAX_TTL_S:
-        raise argparse.ArgumentTypeError(f"at most {MAX_TTL_S // 86400} days, got {text!r}")
-    return seconds
+def ttl(text: str) -> float:
+    """An entry's --ttl: a duration (lists.duration_s)."""
+    try:
+        return duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def current_lists(settings: Settings) -> tuple[ListBook, list[str]]:
@@ -293,7 +296,7 @@ def _lists_parser(commands: Any) -> None:
     add = sub.add_parser("add", help="add values to a list, each with who added it, why and an optional expiry")
     add.add_argument("name", metavar="NAME")
     add.add_argument("values", metavar="VALUE", nargs="+")
-    add.add_argument("--ttl", type=duration_s, metavar="DURATION", help="expire after this long: 90s, 15m, 2h, 7d (default: never)")
+    add.add_argument("--ttl", type=ttl, metavar="DURATION", help="expire after this long: 90s, 15m, 2h, 7d (default: never)")
     add.add_argument("--reason", default="", help="why (shown in every decision the entry changes)")
     add.add_argument("--by", default=_user(), help="who adds them (default: the user running the command)")
     add.set_defaults(run=cmd_lists_add)

@@ -254,6 +254,11 @@ class Monitor:
 
     # -- what the page shows --------------------------------------------------
 
+    def ruleset(self) -> RuleSet:
+        """The rules in force as a detector reads them: the baseline plus the rules topic."""
+        with self._lock:
+            return self._rules
+
     def state(self) -> dict[str, Any]:
         now_ms = int(time.time() * 1000)
         step_ms = STEP_S * 1000

@@ -28,6 +28,7 @@ not a rule that never fires.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -172,6 +173,12 @@ class RuleSet:
     def group_fields(self) -> frozenset[str]:
         """Every field active stateful rules group payments by (alone or in a compound key)."""
         return frozenset(field for key in self.group_keys for field in key)
+
+    @property
+    def version(self) -> str:
+        """A short, stable name of the set's content (thresholds and every rule as published), e.g. ``3f2a9c1b``."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"threshold": self.threshold}

@@ -52,6 +52,23 @@ MAX_TEXT_CHARS = 500
 """The longest ``by`` or ``reason`` an entry keeps."""
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL_S = 366 * 86400
+"""The longest expiry an entry may be given (a year and a day); longer: no expiry."""
+
+
+def duration_s(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` in seconds, at most MAX_TTL_S; ValueError otherwise."""
+    match = _DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"a duration is a positive number with s, m, h or d (e.g. 10s, 15m, 7d), got {text!r}")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_TTL_S:
+        raise ValueError(f"a duration is at most {MAX_TTL_S // 86400} days, got {text!r}")
+    return seconds
+
+
 def utc(ms: int) -> str:
     """An instant as lists show it: ``2026-12-03T18:00:00Z``."""
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -350,6 +367,6 @@ LISTS = ListBook()
 
 __all__ = [
     "ALLOW", "APPROVE", "BLOCK", "DECLINE", "LEVELS", "LISTS", "OUTCOMES", "REVIEW", "REVIEWED", "WATCH",
-    "ListBook", "ListEntry", "ListHit", "ListSpec", "entry_key", "entry_record", "list_key", "list_record", "outcome",
+    "ListBook", "ListEntry", "ListHit", "ListSpec", "duration_s", "entry_key", "entry_record", "list_key", "list_record", "outcome",
     "parse_entry", "parse_spec",
 ]

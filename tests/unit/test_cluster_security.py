@@ -35,7 +35,8 @@ def test_each_role_gets_what_its_script_does_and_nothing_more() -> None:
     assert ("WRITE", "TRANSACTIONAL_ID", "fraud-detector", True) in detector
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "WRITE"} == {
         "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected", "fraud-detector-"}
-    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {"payments", "fraud_rules", "fraud_lists", "fraud-detector-"}
+    assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {
+        "payments", "fraud_rules", "fraud_lists", "fraud-detector-"}
     # the detector creates only its own internal topics (<group>-...: changelogs, re-keying topics)
     assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "CREATE"} == {("fraud-detector-", True)}
     assert {name for op, kind, name, _ in detector if op == "DESCRIBE_CONFIGS"} == {"fraud-detector-", "payments"}
@@ -217,3 +218,10 @@ def test_a_ca_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(cluster_security.SecuritySetupError, match="cannot read the CA") as error:
         cluster_security.make_certificate(tmp_path / "ca.key", tmp_path / "ca.pem", tmp_path / "out.pem", "broker", ("localhost",))
     assert "\n" not in str(error.value)
+
+
+def test_the_console_writes_labels_lists_and_the_audit_and_nothing_more() -> None:
+    console = grants("fraud-console")
+    assert {name for op, kind, name, _ in console if op == "WRITE"} == {"fraud_labels", "fraud_lists", "fraud_audit"}
+    assert "fraud_audit" not in {name for op, kind, name, _ in console if op == "READ"}
+    assert {op for op, *_ in console} == {"READ", "WRITE", "DESCRIBE", "IDEMPOTENT_WRITE"}

@@ -1,0 +1,364 @@
+"""The console's case queue: held payments read from the fraud topic, claims, resolutions, labels, lists, the audit.
+
+One thread reads, outside any group (committed records only):
+
+- the fraud topic from CASE_DAYS back: every payment held for review is a case;
+- the fraud and legit topics' payments of the same span, the last HISTORY_KEPT
+  of each account (what an analyst sees of the account's recent history);
+- the labels topic from its beginning: a payment with a label is resolved;
+- the lists topic from its beginning, as a detector reads it.
+
+Claims are held here, one analyst per case, until released, resolved, or
+CLAIM_S without a word from the analyst; every claim, release, resolution and
+list change is written to the audit topic, and a resolution to the labels
+topic (fraud_pipeline.cases) before the call returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..cases import AuditEvent, Label, RecordError, latest_labels, precision_at_k, precision_by_rule
+from ..clients import ClientError, Consumer, Record, TopicPartition, UnknownTopicError
+from ..config import Settings
+from ..errors import PipelineError, RuleError
+from ..kafka_io import connect, make_producer
+from ..live_rules import LiveLists
+from ..rules.lists import BLOCK, ListBook, ListEntry, entry_key, entry_record, utc
+from ..stage import Output
+from .monitor import record_json
+
+log = logging.getLogger(__name__)
+
+CASE_DAYS = 7
+"""How far back the fraud topic is read for cases."""
+HISTORY_KEPT = 20
+"""Routed payments kept per account."""
+ACCOUNTS_KEPT = 50_000
+"""Accounts whose history is kept (the least recently seen go first)."""
+CLAIM_S = 30 * 60
+RETRY_S = 5.0
+WRITE_TIMEOUT_S = 15.0
+
+
+class CaseError(Exception):
+    """A case action refused: ``status`` is the HTTP status the page gets (404, 409...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _routed(record: Record) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A routed record's payment and decision; None if unreadable (the console shows what it can read)."""
+    try:
+        value = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    decision = value.pop("DECISION", None)
+    return value, decision if isinstance(decision, dict) else {}
+
+
+def _outcome(decision: dict[str, Any], topic_is_fraud: bool) -> str:
+    outcome = decision.get("outcome")
+    if isinstance(outcome, str):
+        return outcome
+    return "decline" if topic_is_fraud else "approve"
+
+
+class CaseWork:
+    """Reads cases, labels and lists in a thread (``run``); every other method is safe from any thread."""
+
+    def __init__(self, settings: Settings, ruleset_version: Callable[[], str], *, case_days: float = CASE_DAYS) -> None:
+        self._settings = settings
+        self._ruleset_version = ruleset_version
+        self._case_days = case_days
+        self._lock = threading.Lock()
+        self._cases: dict[str, dict[str, Any]] = {}
+        self._history: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._labels: dict[str, Label] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
+        self.book = ListBook()
+        self._output: Output | None = None
+        self._write_lock = threading.Lock()
+        self.error: str | None = None
+        self.caught_up = threading.Event()
+        """Set once the labels and lists topics were read to their end (cases keep coming after)."""
+
+    # -- the reading thread ---------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Read until ``stop``; a lost broker or a missing topic is shown on the page and retried."""
+        backend = connect(self._settings)
+        routed = topics = None
+        lists: LiveLists | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if routed is None:
+                        routed = self._open(backend.consumer("fraud-console-cases", None, max_records=2000), since_days=True)
+                    if topics is None:
+                        topics = self._open(backend.consumer("fraud-console-labels", None, max_records=2000), since_days=False)
+                        lists = LiveLists(topics, self._rejected, self.book)
+                    batch = topics.poll(0.2, 2000)
+                    with self._lock:
+                        for records in batch.values():
+                            for record in records:
+                                self._take_topic_record(record, lists)
+                    if not self.caught_up.is_set() and self._at_end(topics):
+                        self.caught_up.set()
+                    batch = routed.poll(0.3, 2000)
+                    with self._lock:
+                        for records in batch.values():
+                            for record in records:
+                                self._take_routed(record)
+                    self.error = None
+                except UnknownTopicError as exc:
+                    self.error = f"{exc}: waiting for the pipeline to create it"
+                    for client in (routed, topics):
+                        if client is not None:
+                            client.close()
+                    routed = topics = None
+                    stop.wait(RETRY_S)
+                except ClientError as exc:
+                    self.error = f"reading Kafka: {exc}"
+                    stop.wait(RETRY_S)
+        finally:
+            for client in (routed, topics):
+                if client is not None:
+                    client.close()
+            with self._write_lock:
+                if self._output is not None:
+                    self._output.producer.close()
+
+    def _open(self, consumer: Consumer, *, since_days: bool) -> Consumer:
+        topics = self._settings.topics
+        names = [topics.fraud, topics.legit] if since_days else [topics.labels, topics.lists]
+        tps = [TopicPartition(topic, p) for topic in names for p in sorted(consumer.partitions_for(topic, 10))]
+        marks = consumer.watermarks(tps, 10)
+        if not since_days:
+            consumer.assign({tp: first for tp, (first, _) in marks.items()})
+            return consumer
+        starts = consumer.offsets_for_times({tp: int((time.time() - self._case_days * 86400) * 1000) for tp in tps}, 10)
+        consumer.assign({tp: marks[tp][1] if (start := starts.get(tp)) is None else start for tp in tps})
+        return consumer
+
+    def _at_end(self, consumer: Consumer) -> bool:
+        assignment = consumer.assignment()
+        marks = consumer.watermarks(assignment, 10)
+        return all(consumer.position(tp) >= end for tp, (_, end) in marks.items())
+
+    def _rejected(self, record: Record, reason: str) -> None:
+        log.warning("list record at offset %d not applied: %s", record.offset, reason)
+
+    def _take_topic_record(self, record: Record, lists: LiveLists | None) -> None:
+        if record.topic == self._settings.topics.lists:
+            if lists is not None:
+                lists.apply(record)
+            return
+        if record.value is None:  # a label removed
+            self._labels.pop((record.key or b"").decode("utf-8", "replace"), None)
+            return
+        try:
+            label = Label.from_record(record.key, record.value)
+        except RecordError as exc:
+            log.warning("label at offset %d not read: %s", record.offset, exc)
+            return
+        self._labels[label.payment_id] = label
+
+    def _take_routed(self, record: Record) -> None:
+        read = _routed(record)
+        if read is None:
+            return
+        payment, decision = read
+        outcome = _outcome(decision, record.topic == self._settings.topics.fraud)
+        account = payment.get("ACCOUNT")
+        if isinstance(account, str):
+            history = self._history.get(account)
+            if history is None:
+                history = self._history[account] = deque(maxlen=HISTORY_KEPT)
+                if len(self._history) > ACCOUNTS_KEPT:
+                    self._history.popitem(last=False)
+            else:
+                self._history.move_to_end(account)
+            history.appendleft({"payment": payment, "outcome": outcome, "score": decision.get("score"),
+                                "timestamp_ms": record.timestamp})
+        payment_id = payment.get("PAYMENT_ID")
+        if outcome == "review" and isinstance(payment_id, str):
+            self._cases[payment_id] = {"id": payment_id, "payment": payment, "decision": decision,
+                                       "record": record_json(record), "timestamp_ms": record.timestamp}
+
+    # -- what the page reads --------------------------------------------------
+
+    def _claim_of(self, payment_id: str) -> dict[str, Any] | None:
+        claim = self._claims.get(payment_id)
+        if claim is None:
+            return None
+        user, at = claim
+        if time.monotonic() - at > CLAIM_S:
+            del self._claims[payment_id]
+            return None
+        return {"user": user, "since_s": round(time.monotonic() - at)}
+
+    def queue(self) -> dict[str, Any]:
+        """Open cases, oldest first, and the last resolved ones, newest first."""
+        with self._lock:
+            rows = []
+            for case in self._cases.values():
+                payment, decision = case["payment"], case["decision"]
+                label = self._labels.get(case["id"])
+                rows.append({
+                    "id": case["id"], "timestamp_ms": case["timestamp_ms"], "account": payment.get("ACCOUNT"),
+                    "amount": payment.get("AMOUNT"), "to": payment.get("TO"), "type": payment.get("PAYMENT_TYPE"),
+                    "score": decision.get("score"), "claim": self._claim_of(case["id"]),
+                    "label": label.to_dict() if label is not None else None,
+                })
+        open_cases = sorted((r for r in rows if r["label"] is None), key=lambda r: r["timestamp_ms"])
+        resolved = sorted((r for r in rows if r["label"] is not None), key=lambda r: -r["label"]["at_ms"])[:50]
+        return {"open": open_cases, "resolved": resolved, "error": self.error}
+
+    def case(self, payment_id: str) -> dict[str, Any]:
+        with self._lock:
+            case = self._cases.get(payment_id)
+            if case is None:
+                raise CaseError(f"no case {payment_id!r}", 404)
+            payment = case["payment"]
+            account = payment.get("ACCOUNT")
+            history = [h for h in self._history.get(account, ()) if h["payment"].get("PAYMENT_ID") != payment_id]
+            label = self._labels.get(payment_id)
+            now = self.book.clock()
+            listed = []
+            for name, spec in sorted(self.book.specs.items()):
+                value = payment.get(spec.field)
+                entry = self.book.entries.get(name, {}).get(str(value)) if value is not None else None
+                if entry is not None and entry.live(now):
+                    listed.append({"list": name, "level": spec.level, "field": spec.field, "value": entry.value,
+                                   "by": entry.by, "reason": entry.reason, "expires_ms": entry.expires_ms})
+            return {**case, "history": history, "lists": listed, "claim": self._claim_of(payment_id),
+                    "label": label.to_dict() if label is not None else None}
+
+    # -- what analysts do -----------------------------------------------------
+
+    def claim(self, payment_id: str, user: str) -> dict[str, Any]:
+        with self._lock:
+            if payment_id not in self._cases:
+                raise CaseError(f"no case {payment_id!r}", 404)
+            if payment_id in self._labels:
+                raise CaseError("this case is resolved", 409)
+            holder = self._claim_of(payment_id)
+            if holder is not None and holder["user"] != user:
+                raise CaseError(f"claimed by {holder['user']}", 409)
+            self._claims[payment_id] = (user, time.monotonic())
+        self.audit(user, "claim", payment_id)
+        return {"ok": True, "claim": user}
+
+    def release(self, payment_id: str, user: str) -> dict[str, Any]:
+        with self._lock:
+            holder = self._claim_of(payment_id)
+            if holder is None or holder["user"] != user:
+                raise CaseError("you do not hold this case", 409)
+            del self._claims[payment_id]
+        self.audit(user, "release", payment_id)
+        return {"ok": True}
+
+    def resolve(self, payment_id: str, user: str, verdict: str, note: str,
+                add_to_list: tuple[str, str, float | None] | None = None) -> Label:
+        """Publish the label (and the audit record) of a case the user holds; ``add_to_list``: (list, field value, ttl_s)."""
+        with self._lock:
+            case = self._cases.get(payment_id)
+            if case is None:
+                raise CaseError(f"no case {payment_id!r}", 404)
+            holder = self._claim_of(payment_id)
+            if holder is None or holder["user"] != user:
+                raise CaseError("claim the case before resolving it", 409)
+            decision = case["decision"]
+            rules = [f"{r.get('id')}@{r.get('version')}" for r in decision.get("rules", []) if isinstance(r, dict)]
+        score = decision.get("score")
+        label = Label(payment_id, verdict, user, _now_ms(), note, float(score) if isinstance(score, int | float) else 0.0,
+                      str(decision.get("outcome", "review")), tuple(rules), self._ruleset_version())
+        self._write(self._settings.topics.labels, *label.to_record())
+        with self._lock:
+            self._labels[payment_id] = label
+            self._claims.pop(payment_id, None)
+        self.audit(user, "resolve", payment_id, {"verdict": verdict, "note": note, "rules": list(rules),
+                                                  "ruleset": label.ruleset})
+        if add_to_list is not None:
+            name, value, ttl_s = add_to_list
+            self.add_to_list(user, name, value, ttl_s, f"case {payment_id}: {note}" if note else f"case {payment_id}")
+        return label
+
+    def lists(self) -> list[dict[str, Any]]:
+        with self._lock:
+            now = self.book.clock()
+            return [{**spec.to_dict(), "entries": [
+                {**entry.to_dict(), "live": entry.live(now),
+                 "expires": utc(entry.expires_ms) if entry.expires_ms is not None else None}
+                for entry in sorted(self.book.entries.get(name, {}).values(), key=lambda e: e.value)]}
+                for name, spec in sorted(self.book.specs.items())]
+
+    def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> ListEntry:
+        with self._lock:
+            spec = self.book.specs.get(name)
+        if spec is None:
+            raise CaseError(f"no list {name!r}", 404)
+        now = _now_ms()
+        entry = ListEntry(name, value, user, reason[:500], now, None if ttl_s is None else now + round(ttl_s * 1000))
+        key, data = entry_record(entry)
+        try:
+            ListBook().apply(key, data)  # validates it
+        except RuleError as exc:
+            raise CaseError(str(exc), 400) from None
+        self._write(self._settings.topics.lists, key, data)
+        with self._lock:
+            self.book.apply(key, data)  # shown at once; the topic's copy comes back the same
+        self.audit(user, "list-add", f"{name}/{value}", {"level": spec.level, "field": spec.field, "reason": reason,
+                                                         "expires_ms": entry.expires_ms, "block": spec.level == BLOCK})
+        return entry
+
+    def remove_from_list(self, user: str, name: str, value: str) -> None:
+        key = entry_key(name, value)
+        self._write(self._settings.topics.lists, key, None)
+        with self._lock:
+            self.book.apply(key, None)
+        self.audit(user, "list-remove", f"{name}/{value}")
+
+    def labels(self) -> list[Label]:
+        with self._lock:
+            return list(self._labels.values())
+
+    def precision(self, k: int) -> dict[str, Any]:
+        """Per rule version and Precision@k from the labels read (the latest per payment)."""
+        labels = list(latest_labels(self.labels()).values())
+        return {
+            "labels": len(labels), "fraud": sum(label.fraud for label in labels), "k": k,
+            "precision_at_k": precision_at_k(((label.score, label.fraud) for label in labels), k),
+            "rules": [{"rule": p.rule, "labelled": p.labelled, "fraud": p.fraud, "precision": p.precision}
+                      for p in precision_by_rule(labels)],
+        }
+
+    def audit(self, user: str, action: str, target: str = "", detail: dict[str, Any] | None = None) -> None:
+        """Write one audit record; a failure is logged and raised (the action is not taken silently unaudited)."""
+        self._write(self._settings.topics.audit, *AuditEvent(_now_ms(), user, action, target, detail or {}).to_record())
+
+    def _write(self, topic: str, key: bytes, value: bytes | None) -> None:
+        with self._write_lock:
+            if self._output is None:
+                self._output = Output(make_producer(self._settings, "fraud-console"))
+            self._output.send(topic, key, value)
+            try:
+                self._output.flush(timeout_s=WRITE_TIMEOUT_S)
+            except Exception as exc:
+                raise PipelineError(f"could not write to {topic}: {exc}") from None
