@@ -1,9 +1,11 @@
 'use strict';
 // Fraud console front-end: renders the live state stream (/api/events) and the
-// REST views (/api/brokers, /api/topics, /api/groups, /api/messages).
+// REST views (/api/brokers, /api/topics, /api/groups, /api/messages); cases.js
+// adds the sign-in, the case queue, the lists and the rules' precision.
 // Every value from the server is inserted as text, never as HTML.
 
-const VIEWS = ['pipeline', 'alerts', 'rules', 'dead-letters', 'brokers', 'topics', 'groups', 'messages'];
+const VIEWS = ['pipeline', 'alerts', 'cases', 'lists', 'rules', 'dead-letters', 'brokers', 'topics', 'groups', 'messages',
+  'sign-in'];
 const STREAMS = [['payments', '#3567c9'], ['fraud', '#cc3d33'], ['legit', '#2b8f55'], ['dead_letters', '#b97c0c']];
 const TRENDS = {falling: '▼ falling', growing: '▲ growing', steady: '● steady'};
 const STALE_MS = 15000;   // no state event for this long: reconnect
@@ -121,7 +123,8 @@ function showView(name) {
     b.classList.toggle('active', on);
     if (on) b.setAttribute('aria-current', 'page'); else b.removeAttribute('aria-current');
   }
-  const onShow = {pipeline: drawCharts, brokers: loadBrokers, topics: loadTopics, groups: loadGroups, messages: loadTopicChoices};
+  const onShow = {pipeline: drawCharts, brokers: loadBrokers, topics: loadTopics, groups: loadGroups, messages: loadTopicChoices,
+    cases: loadCases, lists: loadLists, rules: loadPrecision};
   onShow[name]?.();
 }
 
@@ -543,8 +546,13 @@ function init() {
   $('browse-time').value = localInputValue(Date.now() - 15 * 60 * 1000);
   syncBrowseFrom();
 
-  showView(location.hash.slice(1));
-  connect();
+  initCases();
+  startSession().then((signedIn) => {
+    if (!signedIn) return;
+    showView(location.hash.slice(1));
+    connect();
+  });
 }
 
-init();
+// cases.js (loaded after this file) defines the session, the cases, lists and precision: start once both are in.
+document.addEventListener('DOMContentLoaded', init);
