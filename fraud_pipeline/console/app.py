@@ -64,7 +64,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-store",
 }
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-OPEN_PATHS = ("/", "/api/session", "/api/login")
+OPEN_PATHS = ("/", "/favicon.ico", "/api/session", "/api/login")
 ANONYMOUS = User("anonymous", VIEWER, "")
 """What a request without a session may reach when accounts are configured (and the static files)."""
 

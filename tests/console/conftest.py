@@ -1,1 +1,1 @@
-from tests.integration.conftest import client, cluster, pipeline  # noqa: F401  (fixtures)
+from tests.integration.conftest import client, cluster, pipeline, raw_producer  # noqa: F401  (fixtures)

@@ -334,8 +334,9 @@ def wait_for_committed(bootstrap: str, group: str, topic: str, total: int, timeo
 
 
 def start_console(pipeline: Pipeline, port: int, *extra: str) -> subprocess.Popen[str]:
-    """fraud_console.py on the pipeline's topics, once it answers on ``port``."""
-    console = pipeline.start("fraud_console", "--port", str(port), *extra)
+    """fraud_console.py on the pipeline's topics, once it answers on ``port``; without accounts unless ``--users`` is given."""
+    users = () if "--users" in extra else ("--users", str(ROOT / "results" / "no-such-users-file.json"))
+    console = pipeline.start("fraud_console", "--port", str(port), *users, *extra)
     deadline = time.monotonic() + 60
     while True:
         assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"

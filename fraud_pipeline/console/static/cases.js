@@ -87,6 +87,7 @@ async function loadCases() {
     renderCases(data);
     if (selectedCase) await loadCase(selectedCase);
   } catch (err) {
+    if (err.status === 401) { location.reload(); return; }  // signed out (or the console restarted): sign in again
     showError($('cases-error'), err.message);
   }
   casesTimer = setTimeout(loadCases, CASES_POLL_MS);

@@ -104,7 +104,9 @@ async function getJSON(url) {
   let body = null;
   try { body = await resp.json(); } catch { /* body is not JSON */ }
   if (!resp.ok) {
-    throw new Error(body && typeof body.error === 'string' ? body.error : `HTTP ${resp.status} ${resp.statusText}`);
+    const error = new Error(body && typeof body.error === 'string' ? body.error : `HTTP ${resp.status} ${resp.statusText}`);
+    error.status = resp.status;
+    throw error;
   }
   if (body == null) throw new Error('The server sent a response that is not JSON.');
   return body;
