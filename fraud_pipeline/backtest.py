@@ -3,7 +3,7 @@
     python -m fraud_pipeline.backtest [--recommended | --rules FILE]
         [--input FILE.jsonl | --topic NAME [--since T] [--until T]
          | --rate R[,R...] [--duration S | --count N] [--accounts N] --seed S --mix MIX]
-        [--save FILE.jsonl] [--json FILE]
+        [--labels-topic NAME] [--alert-budget K] [--save FILE.jsonl] [--json FILE]
 
 Payments come from one of:
 
@@ -35,6 +35,11 @@ bookkeeping (its event-time watermark) stays per partition. Records that
 cannot be read or have no label are counted and reported, never silently
 dropped.
 
+Labels: the source's own (the generator's, the file's, the topic's headers),
+or with ``--labels-topic`` the analysts' verdicts from the labels topic
+(fraud_pipeline.cases), the latest per payment id; a payment without one
+there is counted as unlabelled and left out.
+
 Precision of a rule is the share of its alerts that are labelled fraud;
 its recall the share of all fraud-labelled payments it fires on. Overall,
 a payment is an alert when the rule set decides it fraud (shadow rules
@@ -42,6 +47,10 @@ never count). A scenario's precision is the share of the alerts on its
 payments that are labelled fraud, its recall the share of its fraud-labelled
 payments alerted on (``-`` for a scenario with no fraud: its false alerts
 say how it did). A ratio with nothing to divide by is reported as 0.
+
+Precision@k (``--alert-budget``, 100 by default) is the share of fraud among
+the k payments the rules scored highest (ties: the earliest first): what an
+alert budget of k a day would catch.
 
 The last line of the output is ``overall precision=P recall=R f1=F alerts=N``
 (with several rates: over all of them).
@@ -63,6 +72,7 @@ from typing import Any, TextIO
 
 import pytz
 
+from .cases import Label, RecordError, precision_at_k
 from .clients import ClientError
 from .config import Settings, add_connection_arguments, connection_settings, positive_float, positive_int
 from .errors import ConfigError, PipelineError
@@ -216,6 +226,34 @@ def from_topic(
         yield Example(payment, label, scenario, event_ms, record.partition)
 
 
+def read_labels(settings: Settings, topic: str, skipped: Skipped) -> dict[str, str]:
+    """payment id -> verdict from the labels topic: the latest label of each payment; unreadable ones counted."""
+    from .kafka_io import read_span, record_source
+
+    verdicts: dict[str, str] = {}
+    for record in read_span(settings, topic, client_id="fraud-backtest-labels"):
+        if record.value is None:
+            verdicts.pop((record.key or b"").decode("utf-8", "replace"), None)
+            continue
+        try:
+            label = Label.from_record(record.key, record.value)
+        except RecordError as exc:
+            skipped.add("unreadable label", record_source(record), str(exc))
+            continue
+        verdicts[label.payment_id] = label.verdict
+    return verdicts
+
+
+def relabelled(examples: Iterable[Example], verdicts: dict[str, str], skipped: Skipped) -> Iterator[Example]:
+    """The examples labelled by ``verdicts`` (the labels topic's) instead of their own; those without one skipped."""
+    for example in examples:
+        verdict = verdicts.get(example.payment.payment_id or "")
+        if verdict is None:
+            skipped.add("unlabelled", f"payment {example.payment.payment_id}", "no label in the labels topic")
+            continue
+        yield Example(example.payment, verdict, example.scenario, example.event_ms, example.partition)
+
+
 def jsonl_line(label: str, scenario: str, payment: Payment) -> str:
     """One line of a data set file, as ``--input`` reads it (with its newline)."""
     return json.dumps({"label": label, "scenario": scenario, "payment": payment.to_dict()}) + "\n"
@@ -294,9 +332,13 @@ class Report:
     """Per rule id, the payments it fired on (shadow rules included)."""
     rule_true_alerts: Counter[str] = field(default_factory=Counter)
     """Per rule id, the fraud-labelled payments it fired on."""
+    scored: list[tuple[float, bool]] = field(default_factory=list)
+    """(score, labelled fraud) of every payment some enabled rule scored, in order (for Precision@k)."""
 
     def record(self, example: Example, decision: Decision) -> None:
         fraud = example.label == FRAUD
+        if decision.score > 0:
+            self.scored.append((decision.score, fraud))
         self.overall.count(fraud, decision.fraud)
         scenario = self.scenarios.get(example.scenario)
         if scenario is None:
@@ -447,24 +489,32 @@ def overall_table(report: Report) -> str:
     return _table(header, [row])
 
 
+def precision_at_budget(report: Report, k: int) -> str:
+    """``precision@100=0.870 (100 of 1234 scored)``."""
+    value = precision_at_k(report.scored, k)
+    shown = "-" if value is None else _f(value)
+    return f"precision@{k}={shown} ({min(k, len(report.scored))} of {len(report.scored)} scored)"
+
+
 def summary_line(report: Report) -> str:
     """``overall precision=0.973 recall=0.981 f1=0.977 alerts=1234``."""
     o = report.overall
     return f"overall precision={_f(o.precision)} recall={_f(o.recall)} f1={_f(o.f1)} alerts={o.alerts}"
 
 
-def render(report: Report, title: str) -> str:
+def render(report: Report, title: str, alert_budget: int = 100) -> str:
     """The whole report; its last line is ``summary_line``."""
     return "\n\n".join([
         f"## Backtest: {title}",
         "### Rules\n\n" + rules_table(report),
         "### Scenarios\n\n" + scenarios_table(report),
         "### Overall\n\n" + overall_table(report),
+        precision_at_budget(report, alert_budget),
         summary_line(report),
     ])
 
 
-def to_json(report: Report, title: str) -> dict[str, Any]:
+def to_json(report: Report, title: str, alert_budget: int = 100) -> dict[str, Any]:
     """The report as data, for ``--json``."""
 
     def tally(t: Tally) -> dict[str, Any]:
@@ -479,6 +529,8 @@ def to_json(report: Report, title: str) -> dict[str, Any]:
         "overall": {**tally(report.overall), "alert_rate": report.overall.alert_rate, "missed": report.overall.missed},
         "rules": [{"rule": rule.ref, "mode": rule.mode, **tally(report.rule(rule.id))} for rule in report.ruleset.rules],
         "scenarios": {name: tally(t) for name, t in sorted(report.scenarios.items())},
+        "precision_at_k": {"k": alert_budget, "precision": precision_at_k(report.scored, alert_budget),
+                           "scored": len(report.scored)},
         "skipped": dict(report.skipped.counts),
         "skipped_examples": report.skipped.reasons,
     }
@@ -554,6 +606,12 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                      help="simulated payments per second; several (20,200) backtest at each in turn (default: 20)")
     gen.add_argument("--accounts", type=positive_int, metavar="N",
                      help=f"sender accounts (default: {ACCOUNTS_PER_RATE} per payment a second, 10000 at 20/s)")
+    labels = parser.add_argument_group("labels")
+    labels.add_argument("--labels-topic", metavar="NAME",
+                        help="label the payments with the analysts' verdicts from this labels topic (latest per payment id) "
+                        "instead of their own; payments without one are left out (uses the Kafka connection options)")
+    labels.add_argument("--alert-budget", type=positive_int, default=100, metavar="K",
+                        help="Precision@K: the share of fraud among the K highest-scored payments (default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--save", type=Path, metavar="FILE", help="also write the labelled payments as JSON lines (readable with --input)")
     out.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
@@ -587,6 +645,10 @@ def _source(args: argparse.Namespace, rate: float, skipped: Skipped) -> tuple[It
 def _run_one(args: argparse.Namespace, ruleset: RuleSet, rules_name: str, rate: float) -> tuple[Report, str]:
     skipped = Skipped()
     examples, total, description = _source(args, rate, skipped)
+    if args.labels_topic is not None:
+        verdicts = read_labels(Settings(connection_settings(args)), args.labels_topic, skipped)
+        examples = relabelled(examples, verdicts, skipped)
+        description += f", labelled by topic {args.labels_topic} ({len(verdicts)} labels)"
     progress = Progress("backtest", total)
     save = args.save.open("w", encoding="utf-8") if args.save is not None else None
     try:
@@ -608,8 +670,8 @@ def run(args: argparse.Namespace) -> int:
     if len(rates) == 1:
         report, title = _run_one(args, ruleset, rules_name, rates[0])
         if args.json is not None:
-            args.json.write_text(json.dumps(to_json(report, title), indent=2) + "\n", encoding="utf-8")
-        print(render(report, title))
+            args.json.write_text(json.dumps(to_json(report, title, args.alert_budget), indent=2) + "\n", encoding="utf-8")
+        print(render(report, title, args.alert_budget))
         return 0
     runs: list[tuple[float, Report]] = []
     titles: list[str] = []
@@ -617,9 +679,10 @@ def run(args: argparse.Namespace) -> int:
         report, title = _run_one(args, ruleset, rules_name, rate)
         runs.append((rate, report))
         titles.append(title)
-        print(render(report, title) + "\n")
+        print(render(report, title, args.alert_budget) + "\n")
     if args.json is not None:
-        data = {"runs": [{"rate": rate, **to_json(report, title)} for (rate, report), title in zip(runs, titles, strict=True)]}
+        data = {"runs": [{"rate": rate, **to_json(report, title, args.alert_budget)}
+                         for (rate, report), title in zip(runs, titles, strict=True)]}
         args.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     rates_text = ", ".join(f"{rate:g}" for rate in rates)
     print(f"## Scenarios at {rates_text} payments/s\n\n" + rates_table(runs) + "\n")

@@ -53,6 +53,7 @@ STOP: web.AppKey[threading.Event] = web.AppKey("stop", threading.Event)
 LATENCY: web.AppKey[DecisionLatency] = web.AppKey("latency", DecisionLatency)
 CASES: web.AppKey[CaseWork] = web.AppKey("cases", CaseWork)
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
+SESSION: web.RequestKey[Session] = web.RequestKey("session", Session)
 SESSION_COOKIE = "fraud_console_session"
 CSRF_HEADER = "X-CSRF-Token"
 CONTENT_SECURITY_POLICY = (
@@ -183,6 +184,8 @@ async def _checked(request: web.Request, handler: Callable[[web.Request], Awaita
             log.warning("refused %s %s from origin %r", request.method, request.path, origin)
             return error_response("writes are taken from this console's own pages only (Origin)", 403)
         if request.path != "/api/login":
+            if not guard.accounts:
+                return error_response("this console has no accounts, so it is read-only: fraud_console.py adduser NAME", 403)
             if session is None:
                 return error_response("sign in first", 401)
             token = request.headers.get(CSRF_HEADER, "")
@@ -191,13 +194,14 @@ async def _checked(request: web.Request, handler: Callable[[web.Request], Awaita
                 return error_response("missing or wrong CSRF token: reload the page", 403)
     elif guard.accounts and session is None and request.path not in OPEN_PATHS and not request.path.startswith("/static/"):
         return error_response("sign in first", 401)
-    request["session"] = session
+    if session is not None:
+        request[SESSION] = session
     return await handler(request)
 
 
 def _user(request: web.Request, role: str) -> User:
     """The signed-in user, if they have ``role`` (or above); else an HTTP error."""
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     if session is None and role == VIEWER and not request.app[GUARD].accounts:
         return ANONYMOUS  # no accounts: a read-only console on loopback
     if session is None:
@@ -209,7 +213,7 @@ def _user(request: web.Request, role: str) -> User:
 
 async def session_info(request: web.Request) -> web.Response:
     guard = request.app[GUARD]
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     data: dict[str, Any] = {"accounts": guard.accounts, "user": None, "role": None, "csrf": None}
     if session is not None:
         data.update(user=session.user.name, role=session.user.role, csrf=session.csrf)
@@ -238,7 +242,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     if session is not None:
         request.app[GUARD].sessions.end(session.token)
         await asyncio.to_thread(request.app[CASES].audit, session.user.name, "sign-out")
