@@ -31,6 +31,7 @@ from typing import Any
 VERDICTS = ("fraud", "legit")
 ACTIONS = (
     "sign-in", "sign-in-refused", "sign-out", "claim", "release", "resolve", "list-create", "list-add", "list-remove",
+    "snooze",
 )
 MAX_NOTE_CHARS = 2000
 

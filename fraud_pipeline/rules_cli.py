@@ -47,6 +47,7 @@ from .rules.fields import FIELDS
 from .rules.lists import (
     BLOCK,
     LEVELS,
+    SNOOZE,
     ListBook,
     ListEntry,
     ListSpec,
@@ -221,6 +222,8 @@ def cmd_lists_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_lists_add(settings: Settings, args: argparse.Namespace) -> int:
     book, _ = current_lists(settings)
     spec = _spec(book, args.name)
+    if spec.level == SNOOZE:
+        raise RuleError("", f"{spec.name} is a snooze list: a snooze is made from a resolved case in the console, where it is audited")
     now_ms = int(time.time() * 1000)
     expires = None if args.ttl is None else now_ms + round(args.ttl * 1000)
     records = []
@@ -288,7 +291,7 @@ def _lists_parser(commands: Any) -> None:
     create = sub.add_parser("create", help="create a list (or change its level, field or description)")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--field", required=True, choices=FIELDS, help="the payment field its values are compared with")
-    create.add_argument("--level", required=True, choices=LEVELS,
+    create.add_argument("--level", required=True, choices=[level for level in LEVELS if level != SNOOZE],
                         help="block: decline; review: hold for review; allow: approve; watch: only rules read it (in_list)")
     create.add_argument("--overridable", action="store_true", help="a block list an allow entry can override")
     create.add_argument("--description", default="", help="what the list is for")

@@ -302,7 +302,12 @@ def _resolve(cases: CaseWork, user: User, request: web.Request, data: Any) -> An
         if not isinstance(value, str) or not value:
             raise BadRequest("value: which value of the payment to add to the list")
         action = (str(data["list"]), value, _ttl(data))
-    return cases.resolve(request.match_info["id"], user.name, verdict, note, action).to_dict()
+    snooze = None
+    if data.get("snooze_rule"):
+        seconds = _ttl({"ttl": data.get("snooze_for") or "7d"})
+        assert seconds is not None
+        snooze = (str(data["snooze_rule"]), seconds)
+    return cases.resolve(request.match_info["id"], user.name, verdict, note, action, snooze).to_dict()
 
 
 def _list_add(cases: CaseWork, user: User, request: web.Request, data: Any) -> Any:

@@ -31,7 +31,19 @@ from ..config import Settings
 from ..errors import PipelineError, RuleError
 from ..kafka_io import connect, make_producer
 from ..live_rules import LiveLists
-from ..rules.lists import BLOCK, ListBook, ListEntry, entry_key, entry_record, utc
+from ..rules.lists import (
+    BLOCK,
+    MAX_SNOOZE_S,
+    SNOOZE,
+    SNOOZE_PREFIX,
+    ListBook,
+    ListEntry,
+    ListSpec,
+    entry_key,
+    entry_record,
+    list_record,
+    utc,
+)
 from ..stage import Output
 from .monitor import record_json
 
@@ -275,8 +287,12 @@ class CaseWork:
         return {"ok": True}
 
     def resolve(self, payment_id: str, user: str, verdict: str, note: str,
-                add_to_list: tuple[str, str, float | None] | None = None) -> Label:
-        """Publish the label (and the audit record) of a case the user holds; ``add_to_list``: (list, field value, ttl_s)."""
+                add_to_list: tuple[str, str, float | None] | None = None, snooze: tuple[str, float] | None = None) -> Label:
+        """Publish the label (and the audit record) of a case the user holds.
+
+        ``add_to_list``: (list, field value, ttl_s); ``snooze``: (rule id, seconds): that rule does not count for
+        the case's account for that long (a legit case only, a rule that fired on it, at most MAX_SNOOZE_S).
+        """
         with self._lock:
             case = self._cases.get(payment_id)
             if case is None:
@@ -285,7 +301,19 @@ class CaseWork:
             if holder is None or holder["user"] != user:
                 raise CaseError("claim the case before resolving it", 409)
             decision = case["decision"]
-            rules = [f"{r.get('id')}@{r.get('version')}" for r in decision.get("rules", []) if isinstance(r, dict)]
+            fired = [r for r in decision.get("rules", []) if isinstance(r, dict)]
+            rules = [f"{r.get('id')}@{r.get('version')}" for r in fired]
+            account = case["payment"].get("ACCOUNT")
+        if snooze is not None:
+            rule_id, seconds = snooze
+            if verdict != "legit":
+                raise CaseError("a rule is snoozed for an account only on a case resolved as legit", 400)
+            if rule_id not in {r.get("id") for r in fired if r.get("mode") == "enabled"}:
+                raise CaseError(f"rule {rule_id!r} did not count on this case", 400)
+            if not isinstance(account, str) or not account:
+                raise CaseError("this payment has no ACCOUNT to snooze the rule for", 400)
+            if not 0 < seconds <= MAX_SNOOZE_S:
+                raise CaseError(f"a snooze lasts at most {MAX_SNOOZE_S // 86400} days", 400)
         score = decision.get("score")
         label = Label(payment_id, verdict, user, _now_ms(), note, float(score) if isinstance(score, int | float) else 0.0,
                       str(decision.get("outcome", "review")), tuple(rules), self._ruleset_version())
@@ -295,10 +323,33 @@ class CaseWork:
             self._claims.pop(payment_id, None)
         self.audit(user, "resolve", payment_id, {"verdict": verdict, "note": note, "rules": list(rules),
                                                   "ruleset": label.ruleset})
+        reason = f"case {payment_id}: {note}" if note else f"case {payment_id}"
+        if snooze is not None:
+            assert isinstance(account, str)
+            self._snooze(user, payment_id, snooze[0], account, snooze[1], reason)
         if add_to_list is not None:
             name, value, ttl_s = add_to_list
-            self.add_to_list(user, name, value, ttl_s, f"case {payment_id}: {note}" if note else f"case {payment_id}")
+            self.add_to_list(user, name, value, ttl_s, reason)
         return label
+
+    def _snooze(self, user: str, payment_id: str, rule_id: str, account: str, seconds: float, reason: str) -> None:
+        name = SNOOZE_PREFIX + rule_id
+        with self._lock:
+            known = self.book.specs.get(name)
+        if known is None:
+            spec = ListSpec(name, "ACCOUNT", SNOOZE, description=f"accounts {rule_id} does not count for", rule=rule_id)
+            key, data = list_record(spec)
+            self._write(self._settings.topics.lists, key, data)
+            with self._lock:
+                self.book.apply(key, data)
+        now = _now_ms()
+        entry = ListEntry(name, account, user, reason[:500], now, now + round(seconds * 1000))
+        key, data = entry_record(entry)
+        self._write(self._settings.topics.lists, key, data)
+        with self._lock:
+            self.book.apply(key, data)
+        self.audit(user, "snooze", f"{name}/{account}", {"rule": rule_id, "account": account, "case": payment_id,
+                                                         "expires_ms": entry.expires_ms})
 
     def lists(self) -> list[dict[str, Any]]:
         with self._lock:

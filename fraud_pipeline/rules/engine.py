@@ -47,7 +47,7 @@ from .aggregates import (
 )
 from .conditions import Condition, attribute_name, compile_condition, constant_explanation
 from .definitions import Rule, RuleSet, group_label
-from .lists import APPROVE, DECLINE, ListHit, outcome
+from .lists import APPROVE, DECLINE, SNOOZE, ListHit, outcome
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -65,8 +65,8 @@ class FiredRule:
     reason: str
 
     def describe(self) -> str:
-        shadow = " [shadow]" if self.mode == "shadow" else ""
-        return f"{self.id}@{self.version}{shadow}: {self.reason}"
+        mode = f" [{self.mode}]" if self.mode in ("shadow", "snoozed") else ""
+        return f"{self.id}@{self.version}{mode}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "mode": self.mode, "weight": self.weight, "reason": self.reason}
@@ -102,8 +102,17 @@ class Decision:
         return tuple(f for f in self.fired if f.mode == "enabled")
 
     def with_lists(self, hits: tuple[ListHit, ...]) -> Decision:
-        """This decision with the payment's list hits (a new object: decisions of rules alone are shared)."""
-        return Decision(self.score, self.threshold, self.fired, self.notes, self.review_threshold, hits)
+        """This decision with the payment's list hits (a new object: decisions of rules alone are shared).
+
+        A snooze hit takes its rule out of the score: the rule stays listed, as ``snoozed``.
+        """
+        snoozed = {hit.rule for hit in hits if hit.level == SNOOZE}
+        fired, score = self.fired, self.score
+        if snoozed & {f.id for f in fired if f.mode == "enabled"}:
+            fired = tuple(FiredRule(f.id, f.version, "snoozed", f.weight, f.reason) if f.id in snoozed and f.mode == "enabled"
+                          else f for f in fired)
+            score = sum(f.weight for f in fired if f.mode == "enabled")
+        return Decision(score, self.threshold, fired, self.notes, self.review_threshold, hits)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

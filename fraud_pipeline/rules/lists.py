@@ -1,4 +1,4 @@
-"""Named lists of payment field values, each entry with an optional expiry: block, review, allow, watch.
+"""Named lists of payment field values, each entry with an optional expiry: block, review, allow, watch, snooze.
 
 A list has a name, the payment field its values are compared with (``TO``,
 ``ACCOUNT``, ``DEVICE``, ``CARD``...), and a level: what a payment whose
@@ -9,7 +9,11 @@ field is on the list gets, whatever its rules score:
 - ``review``: at least held for review;
 - ``allow``: approved, overriding reviews, the rules' score and overridable
   blocks (never a block that is not overridable);
-- ``watch``: nothing by itself; rules read it with the ``in_list`` operator.
+- ``watch``: nothing by itself; rules read it with the ``in_list`` operator;
+- ``snooze``: one rule (the list's ``rule``) does not count for the payments
+  whose field is on it (it is listed as ``snoozed`` in the decision). Its
+  entries always expire, within MAX_SNOOZE_S, and are made only from a
+  resolved case in the console (audited), never by ``fraud_rules.py lists``.
 
 The precedence, first match wins (``Decision.outcome``):
 
@@ -41,11 +45,15 @@ from ..errors import RuleError
 from ..payment import Payment
 from .fields import attribute_name, check_field
 
-LEVELS = ("block", "review", "allow", "watch")
-BLOCK, REVIEW, ALLOW, WATCH = LEVELS
+LEVELS = ("block", "review", "allow", "watch", "snooze")
+BLOCK, REVIEW, ALLOW, WATCH, SNOOZE = LEVELS
+MAX_SNOOZE_S = 30 * 86400
+"""The longest a rule may be snoozed for one entity."""
+SNOOZE_PREFIX = "snooze."
+"""Snooze lists are named ``snooze.<rule id>`` (the console makes them)."""
 OUTCOMES = ("approve", "review", "decline")
 APPROVE, REVIEWED, DECLINE = OUTCOMES
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\Z")
 """A list's name: also the first part of its entries' keys, up to a ``/`` it cannot hold."""
 MAX_VALUE_CHARS = 256
 MAX_TEXT_CHARS = 500
@@ -76,7 +84,7 @@ def utc(ms: int) -> str:
 
 def check_name(name: Any, path: str = "name") -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise RuleError(path, f"a list name is 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        raise RuleError(path, f"a list name is 1-80 letters, digits, '.', '_' or '-', got {name!r}")
     return name
 
 
@@ -90,10 +98,13 @@ class ListSpec:
     overridable: bool = False
     """For a block list: an allow entry overrides it."""
     description: str = ""
+    rule: str = ""
+    """For a snooze list: the id of the rule it snoozes."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "field": self.field, "level": self.level, "overridable": self.overridable,
+        data = {"name": self.name, "field": self.field, "level": self.level, "overridable": self.overridable,
                 "description": self.description}
+        return data | {"rule": self.rule} if self.rule else data
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +138,22 @@ class ListHit:
     by: str
     reason: str
     expires_ms: int | None
+    rule: str = ""
+    """A snooze's rule id."""
 
     def describe(self) -> str:
         """``list mule-payees (block): TO=PAYEE-7, added by ana: chargeback 1234, until 2026-12-03T18:00:00Z``."""
         level = f"{self.level}, overridable" if self.level == BLOCK and self.overridable else self.level
+        if self.level == SNOOZE:
+            level = f"snoozes {self.rule}"
         until = f", until {utc(self.expires_ms)}" if self.expires_ms is not None else ""
         why = f": {self.reason}" if self.reason else ""
         return f"list {self.list} ({level}): {self.field}={self.value}, added by {self.by}{why}{until}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"list": self.list, "level": self.level, "field": self.field, "value": self.value,
+        data = {"list": self.list, "level": self.level, "field": self.field, "value": self.value,
                 "overridable": self.overridable, "by": self.by, "reason": self.reason, "expires_ms": self.expires_ms}
+        return data | {"rule": self.rule} if self.rule else data
 
     @classmethod
     def from_dict(cls, data: Any) -> ListHit:
@@ -145,7 +161,7 @@ class ListHit:
         expires = data.get("expires_ms")
         return cls(str(data["list"]), str(data["level"]), str(data["field"]), str(data["value"]),
                    bool(data.get("overridable", False)), str(data.get("by", "")), str(data.get("reason", "")),
-                   None if expires is None else int(expires))
+                   None if expires is None else int(expires), str(data.get("rule", "")))
 
 
 def outcome(score: float, threshold: float, review_threshold: float | None, hits: tuple[ListHit, ...] = ()) -> str:
@@ -196,7 +212,7 @@ def parse_spec(data: Any) -> ListSpec:
     """A list from its data form; RuleError names the field at fault."""
     if not isinstance(data, Mapping):
         raise RuleError("list", f"must be an object, got {type(data).__name__}")
-    _no_other_keys(data, {"name", "field", "level", "overridable", "description"}, "list")
+    _no_other_keys(data, {"name", "field", "level", "overridable", "description", "rule"}, "list")
     name = check_name(data.get("name"), "list.name")
     level = data.get("level")
     if level not in LEVELS:
@@ -206,8 +222,13 @@ def parse_spec(data: Any) -> ListSpec:
         raise RuleError("list.overridable", f"must be true or false, got {overridable!r}")
     if overridable and level != BLOCK:
         raise RuleError("list.overridable", "is for block lists only")
+    rule = data.get("rule", "")
+    if level == SNOOZE and (not isinstance(rule, str) or not NAME.match(rule)):
+        raise RuleError("list.rule", f"a snooze list names the rule it snoozes, got {rule!r}")
+    if level != SNOOZE and rule:
+        raise RuleError("list.rule", "is for snooze lists only")
     return ListSpec(name, check_field(data.get("field"), "list.field"), level, overridable,
-                    _text(data, "description", "list."))
+                    _text(data, "description", "list."), rule)
 
 
 def parse_entry(data: Any) -> ListEntry:
@@ -310,6 +331,10 @@ class ListBook:
         entry = parse_entry(data)
         if (entry.list, entry.value) != (name, item):
             raise RuleError("key", f"the record's key is {text!r} but the entry is {entry.list}/{entry.value}")
+        listed = self.specs.get(name)
+        if listed is not None and listed.level == SNOOZE and (
+                entry.expires_ms is None or entry.expires_ms - entry.added_ms > MAX_SNOOZE_S * 1000):
+            raise RuleError("entry.expires_ms", f"a snooze expires within {MAX_SNOOZE_S // 86400} days of being added")
         self.entries.setdefault(name, {})[item] = entry
         self._index()
         until = f" until {utc(entry.expires_ms)}" if entry.expires_ms is not None else ""
@@ -347,7 +372,7 @@ class ListBook:
             if found is None:
                 found = []
             found.append(ListHit(spec.name, spec.level, spec.field, entry.value, spec.overridable, entry.by,
-                                 entry.reason, entry.expires_ms))
+                                 entry.reason, entry.expires_ms, spec.rule))
         return () if found is None else tuple(found)
 
     def live_entries(self, name: str) -> list[ListEntry]:
@@ -366,7 +391,8 @@ LISTS = ListBook()
 """The process's lists: what ``in_list`` conditions read and a detector applies (fraud_pipeline.live_lists fills it)."""
 
 __all__ = [
-    "ALLOW", "APPROVE", "BLOCK", "DECLINE", "LEVELS", "LISTS", "OUTCOMES", "REVIEW", "REVIEWED", "WATCH",
+    "ALLOW", "APPROVE", "BLOCK", "DECLINE", "LEVELS", "LISTS", "MAX_SNOOZE_S", "OUTCOMES", "REVIEW", "REVIEWED", "SNOOZE",
+    "SNOOZE_PREFIX", "WATCH",
     "ListBook", "ListEntry", "ListHit", "ListSpec", "duration_s", "entry_key", "entry_record", "list_key", "list_record", "outcome",
     "parse_entry", "parse_spec",
 ]

@@ -17,7 +17,9 @@ class RecordHandler(Protocol):
     """What a stage does with each record."""
 
     def begin_batch(self, batch: Batch) -> None:
-        """A batch was polled and is about to be handled."""
+        """A batch was polled and is about to be handled; called after an empty poll too (the detector keeps
+        its rules and lists readers polled while no payment comes, so the first one after a quiet spell sees
+        every change made meanwhile)."""
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         """The consumer now owns exactly these partitions of the source topic (after a rebalance)."""

@@ -122,6 +122,8 @@ def _loop(
                 if metrics is not None:
                     metrics.batch_seconds.observe(handled_at - last_polled_at)
                 last_record_at = handled_at
+            else:
+                handler.begin_batch(batch)
             if checkpoint.due():
                 checkpoint.commit()
             checkpoint.settle()

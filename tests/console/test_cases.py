@@ -148,8 +148,9 @@ def test_analysts_resolve_cases_and_admins_block_payees_from_the_console(
     wait_for_group(pipeline.bootstrap, pipeline.group("detector"), 2, *(cast(Script, d) for d in detectors))
     history = [payment("ACC-C01", amount=20 + n, to="mom") for n in range(3)]
     held = payment("ACC-C01", amount=600, to=HOSTILE)
-    send(raw_producer, pipeline.topics.payments, [*history, held])
-    held_id = held.payment_id or ""
+    regular = payment("ACC-C02", amount=700, to="landlord")
+    send(raw_producer, pipeline.topics.payments, [*history, held, regular])
+    held_id, regular_id = held.payment_id or "", regular.payment_id or ""
 
     port = free_port()
     console = start_console(pipeline, port, "--users", str(users))
@@ -227,6 +228,22 @@ def test_analysts_resolve_cases_and_admins_block_payees_from_the_console(
     wait_for(first, "large@1's precision", lambda: "large@1 1 1 1.000" in first.find_element(By.ID, "precision-table").text, 20)
     assert first.find_element(By.ID, "precision-at-k").text == "1.000"
 
+    # A legit case: ana snoozes the rule for that account; its next large payment is approved, another account's held.
+    open_case(first, regular_id)
+    first.find_element(By.ID, "case-claim-go").click()
+    wait_for(first, "the second claim", lambda: first.find_element(By.ID, "resolve-form").is_displayed(), 20)
+    Select(first.find_element(By.ID, "resolve-verdict")).select_by_value("legit")
+    first.find_element(By.ID, "resolve-note").send_keys("pays the rent")
+    Select(first.find_element(By.ID, "resolve-snooze-rule")).select_by_value("large")
+    snooze_for = first.find_element(By.ID, "resolve-snooze-for")
+    snooze_for.clear()
+    snooze_for.send_keys("1h")
+    first.find_element(By.ID, "resolve-go").click()
+    wait_for(first, "the legit resolution", lambda: "legit · ana" in first.find_element(By.ID, "case-label").text, 20)
+    time.sleep(2.5)  # the detectors read the lists topic about once a second
+    rent, other = payment("ACC-C02", amount=800, to="landlord"), payment("ACC-C03", amount=800, to="landlord")
+    send(raw_producer, pipeline.topics.payments, [rent, other])
+
     # A viewer sees cases but cannot act on them.
     sign_in(second, port, "vic")
     show(second, "cases")
@@ -269,9 +286,12 @@ def test_analysts_resolve_cases_and_admins_block_payees_from_the_console(
         assert detector.returncode == 0, stderr[-3000:]
     decided = routed_by_id(pipeline)
     assert len(decided) >= len(sent_at)
+    list_log = [line for _, err in outputs for line in err.splitlines() if "snooze" in line or "rejected" in line]
+    assert (decided[rent.payment_id or ""], decided[other.payment_id or ""]) == ("approve", "review"), list_log
+    assert snoozed_reason(pipeline, rent.payment_id or "") == "large@1 [snoozed]"
 
     def probes_to(payee: str) -> list[tuple[float, bool]]:
-        return sorted((at, decided[pid]) for pid, (to, at) in sent_at.items() if to == payee)
+        return sorted((at, decided[pid] == "decline") for pid, (to, at) in sent_at.items() if to == payee)
 
     blocked = probes_to("PAYEE-C")
     last_approved = max(at for at, declined in blocked if not declined)
@@ -286,7 +306,7 @@ def test_analysts_resolve_cases_and_admins_block_payees_from_the_console(
     actions = [(a["user"], a["action"], a["target"]) for a in audit]
     for expected in [("ana", "sign-in", ""), ("ana", "claim", held_id), ("ana", "resolve", held_id),
                      ("bob", "sign-in", ""), ("vic", "sign-in", ""), ("ada", "list-add", "mules/PAYEE-C"),
-                     ("ada", "list-add", "mules/PAYEE-T")]:
+                     ("ada", "list-add", "mules/PAYEE-T"), ("ana", "snooze", "snooze.large/ACC-C02")]:
         assert expected in actions
     assert not any(user == "bob" and action in ("claim", "resolve") for user, action, _ in actions)
     console.send_signal(signal.SIGINT)
@@ -309,15 +329,31 @@ def add_from_page(driver: WebDriver, value: str, ttl: str) -> float:
     return time.time()
 
 
-def routed_by_id(pipeline: Pipeline) -> dict[str, bool]:
-    """payment id -> declined (on the fraud topic and not held for review)."""
+def routed_by_id(pipeline: Pipeline) -> dict[str, str]:
+    """payment id -> its outcome: approve, review or decline."""
     out = {}
     for topic in (pipeline.topics.fraud, pipeline.topics.legit):
         for record in read_topic(pipeline.bootstrap, topic):
             value = json.loads(record.value)
             default = "decline" if topic == pipeline.topics.fraud else "approve"
-            out[value["PAYMENT_ID"]] = value["DECISION"].get("outcome", default) == "decline"
+            out[value["PAYMENT_ID"]] = value["DECISION"].get("outcome", default)
     return out
+
+
+def snoozed_reason(pipeline: Pipeline, payment_id: str) -> str:
+    for record in read_topic(pipeline.bootstrap, pipeline.topics.legit):
+        value = json.loads(record.value)
+        if value["PAYMENT_ID"] == payment_id:
+            return " ".join(f"{r['id']}@{r['version']} [{r['mode']}]" for r in value["DECISION"]["rules"])
+    raise AssertionError(f"payment {payment_id} is not on the legit topic")
+
+
+def open_case(driver: WebDriver, payment_id: str) -> None:
+    show(driver, "cases")
+    row = f'#cases-table tr[data-case="{payment_id}"]'
+    wait_for(driver, f"case {payment_id}", lambda: bool(driver.find_elements(By.CSS_SELECTOR, row)), 60)
+    driver.find_element(By.CSS_SELECTOR, row).click()
+    wait_for(driver, "the case's detail", lambda: driver.find_element(By.ID, "case-title").text == f"Case {payment_id}", 20)
 
 
 def test_the_console_refuses_to_serve_beyond_loopback_without_accounts(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -241,3 +241,48 @@ def test_durations() -> None:
     for bad in ("", "0", "-5s", "5w", "400d"):
         with pytest.raises(ValueError, match=r"duration"):
             duration_s(bad)
+
+
+SNOOZE_LARGE = ListSpec("snooze.large", "ACCOUNT", "snooze", rule="large")
+
+
+def test_a_snooze_takes_its_rule_out_of_the_score_for_its_account_until_it_expires() -> None:
+    clock = Clock()
+    book = ListBook(clock)
+    book.apply(*list_record(SNOOZE_LARGE))
+    book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "case p-1", T0, T0 + 3_600_000)))
+    engine = Engine(parse_ruleset({"threshold": 1, "review_threshold": 0.5, "rules": [
+        {"id": "large", "weight": 0.5, "when": {"field": "AMOUNT", "op": ">=", "value": 500}},
+        {"id": "bitcoin", "when": {"field": "PAYMENT_TYPE", "op": "==", "value": "BITCOIN"}},
+    ]}))
+
+    def decide(payment: Payment) -> Decision:
+        decision = engine.decide(payment, T0)
+        hits = book.hits(payment)
+        return decision.with_lists(hits) if hits else decision
+
+    snoozed = decide(pay(account="ACC1", amount=600))
+    assert snoozed.outcome == "approve" and snoozed.score == 0
+    assert [(f.id, f.mode) for f in snoozed.fired] == [("large", "snoozed")]
+    assert snoozed.fired[0].describe() == "large@1 [snoozed]: AMOUNT=600 >= 500"
+    assert Decision.from_dict(json.loads(snoozed.to_json())) == snoozed
+    assert decision_header(snoozed) == ("decision", b"legit score=0 lists=snooze.large")
+    # only that rule, only that account
+    assert decide(pay(account="ACC1", amount=600, payment_type="BITCOIN")).outcome == "decline"
+    assert decide(pay(account="ACC2", amount=600)).outcome == "review"
+    clock.ms += 3_600_000
+    assert decide(pay(account="ACC1", amount=600)).outcome == "review"
+
+
+def test_snooze_lists_are_checked() -> None:
+    book = ListBook(Clock())
+    with pytest.raises(RuleError, match="names the rule it snoozes"):
+        book.apply(b"snooze.x", json.dumps({"name": "snooze.x", "field": "ACCOUNT", "level": "snooze"}).encode())
+    with pytest.raises(RuleError, match="for snooze lists only"):
+        book.apply(b"mules", json.dumps({"name": "mules", "field": "TO", "level": "block", "rule": "large"}).encode())
+    book.apply(*list_record(SNOOZE_LARGE))
+    with pytest.raises(RuleError, match="a snooze expires within 30 days"):
+        book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "", T0)))
+    with pytest.raises(RuleError, match="a snooze expires within 30 days"):
+        book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "", T0, T0 + 31 * 86_400_000)))
+    assert "snooze.large" not in book.entries

@@ -151,6 +151,9 @@ function renderCase(c) {
   if (c.label) label.textContent = `${c.label.verdict} · ${c.label.analyst} · ${iso(c.label.at_ms)} · ${c.label.note || ''}`;
   if (!sameCase) {
     $('resolve-note').value = '';
+    const enabled = (d.rules || []).filter((r) => r.mode === 'enabled');
+    $('resolve-snooze-rule').replaceChildren(el('option', {value: ''}, 'none'),
+      ...enabled.map((r) => el('option', {value: r.id}, `${r.id}@${r.version}`)));
     fillResolveLists(c);
   }
 }
@@ -187,6 +190,10 @@ async function caseAction(path, body) {
 function resolveCase(ev) {
   ev.preventDefault();
   const body = {verdict: $('resolve-verdict').value, note: $('resolve-note').value};
+  if ($('resolve-snooze-rule').value) {
+    body.snooze_rule = $('resolve-snooze-rule').value;
+    body.snooze_for = $('resolve-snooze-for').value;
+  }
   if (may('admin') && $('resolve-list').value) {
     body.list = $('resolve-list').value;
     body.value = $('resolve-value').value;
