@@ -59,7 +59,7 @@ from .rules.lists import (
     utc,
 )
 from .runtime import cli_main, setup_logging
-from .stage import Output
+from .stage import BatchError, Output
 from .topics import prepare_topics
 
 NAME = "fraud_rules"
@@ -94,14 +94,8 @@ def current_rules(settings: Settings, baseline: RuleSet) -> tuple[RuleSet, list[
 
 def publish(settings: Settings, items: list[tuple[str, dict[str, Any] | None]]) -> None:
     """Write ``(rule id, rule data or None for removal)`` records to the rules topic and wait for them."""
-    output = Output(make_producer(settings, NAME))
-    try:
-        for rule_id, data in items:
-            value = None if data is None else json.dumps(data).encode("utf-8")
-            output.send(settings.topics.rules, rule_id.encode("utf-8"), value)
-        output.flush(timeout_s=30)
-    finally:
-        output.producer.close()
+    publish_records(settings, settings.topics.rules, [
+        (rule_id.encode("utf-8"), None if data is None else json.dumps(data).encode("utf-8")) for rule_id, data in items])
 
 
 def _baseline(args: argparse.Namespace) -> RuleSet:
@@ -197,6 +191,8 @@ def publish_records(settings: Settings, topic: str, records: Sequence[tuple[byte
         for key, value in records:
             output.send(topic, key, value)
         output.flush(timeout_s=30)
+    except BatchError as exc:
+        raise PipelineError(f"cannot write to {topic}: {exc}") from None
     finally:
         output.producer.close()
 

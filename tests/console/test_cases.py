@@ -174,6 +174,7 @@ def test_analysts_resolve_cases_and_admins_block_payees_from_the_console(
     history_rows = first.find_elements(By.CSS_SELECTOR, "#case-history tbody tr")
     assert len(history_rows) == 3 and all("approve" in row.text for row in history_rows)
     assert "large@1: AMOUNT=600 >= 500" in first.find_element(By.ID, "case-reasons").text
+    wait_for(first, "the queue showing the claim", lambda: "ana" in first.find_element(By.CSS_SELECTOR, case_row(first, held_id)).text)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert first.save_screenshot(str(SCREENSHOTS / f"{pipeline.client}-case-queue.png"))
 

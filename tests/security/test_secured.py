@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from cryptography import x509
 
 from devcluster import security as cluster_security
 from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
+from fraud_pipeline.console.accounts import save_user
 from tests.chaos.test_chaos import kill_detector_repeatedly
 from tests.integration.conftest import (
     ROOT,
@@ -204,3 +207,35 @@ def test_plaintext_against_the_sasl_ssl_listener_is_a_clear_error(secured_pipeli
     line = error_line(stderr)
     assert "security.protocol" in line, line
     print(f"\n{secured_pipeline.client} PLAINTEXT client, SASL_SSL listener ({took:.1f}s): {line}")
+
+
+def test_the_console_role_writes_lists_labels_and_the_audit_and_nothing_else(secured_pipeline: Pipeline, tmp_path: Path) -> None:
+    """The console's user writes what analysts do: a list entry and the audit trail go through; rules and payments do not."""
+    console_file = secured_pipeline.client_configs["fraud_console"]
+    as_console = dataclasses.replace(secured_pipeline, client_configs={"fraud_rules": console_file})
+    as_console.run("fraud_rules", "lists", "create", "mules", "--field", "TO", "--level", "block")
+    added = as_console.run("fraud_rules", "lists", "add", "mules", "PAYEE-S", "--by", "ada")
+    assert "added 1 value(s) of TO to mules (block): PAYEE-S" in added.stdout
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"id": "big", "when": {"field": "AMOUNT", "op": ">=", "value": 90}}))
+    stderr, _ = refused(secured_pipeline, "fraud_rules", "publish", str(rule), config=console_file)
+    line = error_line(stderr)
+    assert re.search(rf"cannot write to {re.escape(secured_pipeline.topics.rules)}: .*authoriz", line, re.I), stderr[-2000:]
+    stderr, _ = refused(secured_pipeline, "payment_producer", "--count", "1", config=console_file)
+    line = error_line(stderr)
+    assert "not authorized" in line and secured_pipeline.topics.payments in line, line
+
+    # Signing in writes the audit trail with the console's own user.
+    users = tmp_path / "users.json"
+    save_user(users, "ana", "analyst", "correct horse battery")
+    port = free_port()
+    console = start_console(secured_pipeline, port, "--users", str(users))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/login", method="POST", data=json.dumps({"user": "ana", "password": "correct horse battery"}).encode(),
+        headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    audit = [json.loads(r.value) for r in read_topic(secured_pipeline.bootstrap, secured_pipeline.topics.audit)]
+    assert [(a["user"], a["action"]) for a in audit] == [("ana", "sign-in")]
+    console.terminate()
+    console.communicate(timeout=30)

@@ -184,7 +184,7 @@ async function caseAction(path, body) {
   } catch (err) {
     showCaseMessage(err.message, true);
   }
-  await loadCase(currentCase.id);
+  await loadCases();  // the queue and the case as they are now
 }
 
 function resolveCase(ev) {
