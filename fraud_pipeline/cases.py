@@ -24,9 +24,12 @@ Pure Python: no Kafka.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .payment import is_text
 
 VERDICTS = ("fraud", "legit")
 ACTIONS = (
@@ -42,8 +45,8 @@ class RecordError(ValueError):
 
 def _text(data: Mapping[str, Any], key: str, *, required: bool = True) -> str:
     value = data.get(key, "" if not required else None)
-    if not isinstance(value, str) or (required and not value):
-        raise RecordError(f"{key} must be {'non-empty ' if required else ''}text, got {value!r}")
+    if not is_text(value) or (required and not value):
+        raise RecordError(f"{key} must be {'non-empty ' if required else ''}UTF-8 text, got {value!r}")
     return value
 
 
@@ -91,16 +94,23 @@ class Label:
         at_ms, score, rules = data.get("at_ms"), data.get("score", 0.0), data.get("rules", [])
         if not isinstance(at_ms, int) or isinstance(at_ms, bool):
             raise RecordError(f"at_ms must be epoch milliseconds, got {at_ms!r}")
-        if not isinstance(score, int | float) or isinstance(score, bool):
-            raise RecordError(f"score must be a number, got {score!r}")
-        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        if not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(_float(score)):
+            raise RecordError(f"score must be a finite number, got {score!r}")
+        if not isinstance(rules, list) or not all(is_text(r) for r in rules):
             raise RecordError(f"rules must be a list of id@version, got {rules!r}")
         label = cls(_text(data, "payment_id"), verdict, _text(data, "analyst"), at_ms, _text(data, "note", required=False),
                     float(score), _text(data, "outcome", required=False) or "review", tuple(rules),
                     _text(data, "ruleset", required=False))
-        if key is not None and key != label.payment_id.encode("utf-8"):
+        if key is not None and key != label.payment_id.encode("utf-8"):  # valid UTF-8: checked by _text
             raise RecordError(f"the record's key {key!r} is not its payment id {label.payment_id!r}")
         return label
+
+
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond a float's range
+        return math.inf
 
 
 @dataclass(frozen=True)

@@ -410,3 +410,14 @@ def payment_stream(seed: int | None, accounts: int = 1000, entities: bool = True
     extra = entity_rng(seed) if entities else None
     while True:
         yield generate(rng, datetime.datetime.now(pytz.utc), accounts, extra)
+
+
+def is_text(value: Any) -> bool:
+    """A str that is valid UTF-8: no lone surrogate, which JSON lets through and Kafka's encoders refuse."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -53,7 +53,7 @@ def host_names(host: str, port: int, allowed: list[str]) -> set[str]:
     if host not in ("0.0.0.0", "::"):
         names.add(f"[{host}]" if ":" in host else host)
     hosts = {f"{name}:{port}" for name in names if ":" not in name.strip("[]") or name.startswith("[")}
-    hosts |= {name for name in allowed if name.rsplit(":", 1)[-1].isdigit()}
+    hosts |= set(allowed)  # as given: with a port, or without one (a proxy on 80 or 443)
     if port == 80:
         hosts |= names
     return hosts

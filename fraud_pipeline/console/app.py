@@ -26,6 +26,8 @@ import asyncio
 import hmac
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from aiohttp import web
 from ..cases import VERDICTS
 from ..clients import ClientError, NotAuthorizedError
 from ..errors import PipelineError
+from ..payment import is_text
 from ..rules.lists import duration_s
 from .accounts import ADMIN, ANALYST, VIEWER, Session, Sessions, User, authenticate
 from .casework import CaseError, CaseWork
@@ -66,6 +69,9 @@ SECURITY_HEADERS = {
 }
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 OPEN_PATHS = ("/", "/favicon.ico", "/api/session", "/api/login")
+SIGN_IN_FAILURES = 5
+SIGN_IN_WINDOW_S = 300.0
+"""After SIGN_IN_FAILURES failed sign-ins of a name or from an address in this long, it must wait."""
 ANONYMOUS = User("anonymous", VIEWER, "")
 """What a request without a session may reach when accounts are configured (and the static files)."""
 
@@ -77,6 +83,27 @@ class Guard:
         self.hosts = {host.lower() for host in hosts}
         self.users = users
         self.sessions = sessions if sessions is not None else Sessions()
+        self._failures: dict[str, deque[float]] = {}
+        self._failures_lock = threading.Lock()
+
+    def throttled(self, *keys: str) -> bool:
+        """Whether any of these (a user name, a remote address) failed to sign in SIGN_IN_FAILURES times lately."""
+        now = time.monotonic()
+        with self._failures_lock:
+            for key in keys:
+                times = self._failures.get(key)
+                while times and now - times[0] > SIGN_IN_WINDOW_S:
+                    times.popleft()
+                if times is not None and len(times) >= SIGN_IN_FAILURES:
+                    return True
+        return False
+
+    def failed(self, *keys: str) -> None:
+        with self._failures_lock:
+            if len(self._failures) > 10_000:
+                self._failures.clear()
+            for key in keys:
+                self._failures.setdefault(key, deque(maxlen=SIGN_IN_FAILURES)).append(time.monotonic())
 
     @property
     def accounts(self) -> bool:
@@ -103,8 +130,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     monitor, stop, latency = request.app[MONITOR], request.app[STOP], request.app[LATENCY]
+    guard, session = request.app[GUARD], request.get(SESSION)
     try:
         while not stop.is_set():
+            if guard.accounts and (session is None or guard.sessions.get(session.token) is None):
+                break  # signed out, or the session lapsed: the stream ends with it
             state = monitor.state()
             if latency.urls:
                 state["decision_latency"] = latency.state()
@@ -180,7 +210,8 @@ async def _checked(request: web.Request, handler: Callable[[web.Request], Awaita
     session = guard.session(request)
     if request.method in WRITES:
         origin = request.headers.get("Origin")
-        if origin is None or origin.lower() != f"{request.scheme}://{host}":
+        # https too: behind a TLS proxy the console itself is spoken to in http
+        if origin is None or origin.lower() not in (f"http://{host}", f"https://{host}"):
             log.warning("refused %s %s from origin %r", request.method, request.path, origin)
             return error_response("writes are taken from this console's own pages only (Origin)", 403)
         if request.path != "/api/login":
@@ -229,9 +260,14 @@ async def login(request: web.Request) -> web.Response:
         name, password = str(body["user"]), str(body["password"])
     except (ValueError, KeyError, TypeError):
         return error_response("send {\"user\": ..., \"password\": ...}", 400)
+    keys = (f"user:{name[:64]}", f"remote:{request.remote}")
+    if guard.throttled(*keys):
+        return error_response(f"too many failed sign-ins: wait {SIGN_IN_WINDOW_S / 60:.0f} minutes", 429)
     user = await asyncio.to_thread(authenticate, guard.users, name, password)
     if user is None:
-        await asyncio.to_thread(cases.audit, name[:64], "sign-in-refused", "", {"remote": request.remote})
+        guard.failed(*keys)
+        await asyncio.to_thread(cases.audit, name[:64] if is_text(name) else "?", "sign-in-refused", "",
+                                {"remote": request.remote})
         return error_response("wrong user name or password", 401)
     session = guard.sessions.start(user)
     await asyncio.to_thread(cases.audit, user.name, "sign-in", "", {"role": user.role, "remote": request.remote})
@@ -292,14 +328,14 @@ def _resolve(cases: CaseWork, user: User, request: web.Request, data: Any) -> An
     verdict, note = data.get("verdict"), data.get("note", "")
     if verdict not in VERDICTS:
         raise BadRequest(f"verdict must be one of {', '.join(VERDICTS)}")
-    if not isinstance(note, str) or len(note) > 2000:
-        raise BadRequest("note must be text of at most 2000 characters")
+    if not is_text(note) or len(note) > 2000:
+        raise BadRequest("note must be UTF-8 text of at most 2000 characters")
     action = None
     if data.get("list"):
         if not user.may(ADMIN):
             raise CaseError(f"{user.name} is a {user.role}: adding to a list needs admin", 403)
         value = data.get("value")
-        if not isinstance(value, str) or not value:
+        if not is_text(value) or not value:
             raise BadRequest("value: which value of the payment to add to the list")
         action = (str(data["list"]), value, _ttl(data))
     snooze = None
@@ -312,15 +348,15 @@ def _resolve(cases: CaseWork, user: User, request: web.Request, data: Any) -> An
 
 def _list_add(cases: CaseWork, user: User, request: web.Request, data: Any) -> Any:
     value, reason = data.get("value"), data.get("reason", "")
-    if not isinstance(value, str) or not value or not isinstance(reason, str):
-        raise BadRequest("value (text) is required; reason is text")
+    if not is_text(value) or not value or not is_text(reason):
+        raise BadRequest("value (UTF-8 text) is required; reason is UTF-8 text")
     return cases.add_to_list(user.name, request.match_info["name"], value, _ttl(data), reason).to_dict()
 
 
 def _list_remove(cases: CaseWork, user: User, request: web.Request, data: Any) -> Any:
     value = data.get("value")
-    if not isinstance(value, str) or not value:
-        raise BadRequest("value (text) is required")
+    if not is_text(value) or not value:
+        raise BadRequest("value (UTF-8 text) is required")
     cases.remove_from_list(user.name, request.match_info["name"], value)
     return {"ok": True}
 
@@ -348,7 +384,7 @@ async def no_stack_traces(request: web.Request, handler: Callable[[web.Request],
 
 def make_app(monitor: Monitor, view: ClusterView, stop: threading.Event, latency: DecisionLatency | None = None,
              cases: CaseWork | None = None, guard: Guard | None = None) -> web.Application:
-    app = web.Application(middlewares=[no_stack_traces, guarded])
+    app = web.Application(middlewares=[guarded, no_stack_traces])
     app[MONITOR], app[VIEW], app[STOP] = monitor, view, stop
     app[LATENCY] = latency if latency is not None else DecisionLatency([])
     app[GUARD] = guard if guard is not None else Guard({"127.0.0.1", "localhost"}, {})

@@ -91,6 +91,11 @@ def _outcome(decision: dict[str, Any], topic_is_fraud: bool) -> str:
     return "decline" if topic_is_fraud else "approve"
 
 
+def _snooze_list(rule_id: str) -> ListSpec:
+    return ListSpec(SNOOZE_PREFIX + rule_id, "ACCOUNT", SNOOZE, description=f"accounts {rule_id} does not count for",
+                    rule=rule_id)
+
+
 class CaseWork:
     """Reads cases, labels and lists in a thread (``run``); every other method is safe from any thread."""
 
@@ -103,6 +108,8 @@ class CaseWork:
         self._history: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._labels: dict[str, Label] = {}
         self._claims: dict[str, tuple[str, float]] = {}
+        self._resolving: set[str] = set()
+        """Cases being resolved now: a second resolution waits for none, it is refused."""
         self.book = ListBook()
         self._output: Output | None = None
         self._write_lock = threading.Lock()
@@ -129,14 +136,14 @@ class CaseWork:
                     with self._lock:
                         for records in batch.values():
                             for record in records:
-                                self._take_topic_record(record, lists)
+                                self._safely(self._take_topic_record, record, lists)
                     if not self.caught_up.is_set() and self._at_end(topics):
                         self.caught_up.set()
                     batch = routed.poll(0.3, 2000)
                     with self._lock:
                         for records in batch.values():
                             for record in records:
-                                self._take_routed(record)
+                                self._safely(self._take_routed, record)
                     self.error = None
                 except UnknownTopicError as exc:
                     self.error = f"{exc}: waiting for the pipeline to create it"
@@ -172,6 +179,15 @@ class CaseWork:
         assignment = consumer.assignment()
         marks = consumer.watermarks(assignment, 10)
         return all(consumer.position(tp) >= end for tp, (_, end) in marks.items())
+
+    @staticmethod
+    def _safely(take: Callable[..., None], record: Record, *args: Any) -> None:
+        """One record taken in; whatever it holds, it cannot stop the reading thread (it is logged and left out)."""
+        try:
+            take(record, *args)
+        except Exception as exc:
+            log.warning("record %s/%d/%d left out: %s: %s", record.topic, record.partition, record.offset,
+                        type(exc).__name__, exc)
 
     def _rejected(self, record: Record, reason: str) -> None:
         log.warning("list record at offset %d not applied: %s", record.offset, reason)
@@ -297,9 +313,13 @@ class CaseWork:
             case = self._cases.get(payment_id)
             if case is None:
                 raise CaseError(f"no case {payment_id!r}", 404)
+            if payment_id in self._labels or payment_id in self._resolving:
+                raise CaseError("this case is resolved", 409)
             holder = self._claim_of(payment_id)
             if holder is None or holder["user"] != user:
                 raise CaseError("claim the case before resolving it", 409)
+            if add_to_list is not None:
+                self._check_entry(add_to_list[0], add_to_list[1])
             decision = case["decision"]
             fired = [r for r in decision.get("rules", []) if isinstance(r, dict)]
             rules = [f"{r.get('id')}@{r.get('version')}" for r in fired]
@@ -314,6 +334,27 @@ class CaseWork:
                 raise CaseError("this payment has no ACCOUNT to snooze the rule for", 400)
             if not 0 < seconds <= MAX_SNOOZE_S:
                 raise CaseError(f"a snooze lasts at most {MAX_SNOOZE_S // 86400} days", 400)
+            check = ListBook()
+            spec = _snooze_list(rule_id)
+            check.apply(*list_record(spec))
+            now = _now_ms()
+            try:
+                check.apply(*entry_record(ListEntry(spec.name, account, user, "", now, now + round(seconds * 1000))))
+            except RuleError as exc:
+                raise CaseError(f"cannot snooze {rule_id} for this account: {exc}", 400) from None
+        with self._lock:
+            if payment_id in self._resolving:
+                raise CaseError("this case is resolved", 409)
+            self._resolving.add(payment_id)
+        try:
+            return self._resolved(payment_id, user, verdict, note, decision, rules, account, add_to_list, snooze)
+        finally:
+            with self._lock:
+                self._resolving.discard(payment_id)
+
+    def _resolved(self, payment_id: str, user: str, verdict: str, note: str, decision: dict[str, Any], rules: list[str],
+                  account: Any, add_to_list: tuple[str, str, float | None] | None, snooze: tuple[str, float] | None,
+                  ) -> Label:
         score = decision.get("score")
         label = Label(payment_id, verdict, user, _now_ms(), note, float(score) if isinstance(score, int | float) else 0.0,
                       str(decision.get("outcome", "review")), tuple(rules), self._ruleset_version())
@@ -337,8 +378,7 @@ class CaseWork:
         with self._lock:
             known = self.book.specs.get(name)
         if known is None:
-            spec = ListSpec(name, "ACCOUNT", SNOOZE, description=f"accounts {rule_id} does not count for", rule=rule_id)
-            key, data = list_record(spec)
+            key, data = list_record(_snooze_list(rule_id))
             self._write(self._settings.topics.lists, key, data)
             with self._lock:
                 self.book.apply(key, data)
@@ -360,18 +400,27 @@ class CaseWork:
                 for entry in sorted(self.book.entries.get(name, {}).values(), key=lambda e: e.value)]}
                 for name, spec in sorted(self.book.specs.items())]
 
-    def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> ListEntry:
-        with self._lock:
-            spec = self.book.specs.get(name)
+    def _check_entry(self, name: str, value: str, entry: ListEntry | None = None) -> ListSpec:
+        """The list ``name`` if ``value`` (``entry``) may be added to it from the list view or a case; else CaseError."""
+        spec = self.book.specs.get(name)
         if spec is None:
             raise CaseError(f"no list {name!r}", 404)
-        now = _now_ms()
-        entry = ListEntry(name, value, user, reason[:500], now, None if ttl_s is None else now + round(ttl_s * 1000))
-        key, data = entry_record(entry)
+        if spec.level == SNOOZE:
+            raise CaseError(f"{name} is a snooze list: a snooze is made by resolving a case as legit", 400)
+        check = ListBook()
+        check.apply(*list_record(spec))
         try:
-            ListBook().apply(key, data)  # validates it
+            check.apply(*entry_record(entry or ListEntry(name, value, "check", "", _now_ms())))
         except RuleError as exc:
             raise CaseError(str(exc), 400) from None
+        return spec
+
+    def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> ListEntry:
+        now = _now_ms()
+        entry = ListEntry(name, value, user, reason[:500], now, None if ttl_s is None else now + round(ttl_s * 1000))
+        with self._lock:
+            spec = self._check_entry(name, value, entry)
+        key, data = entry_record(entry)
         self._write(self._settings.topics.lists, key, data)
         with self._lock:
             self.book.apply(key, data)  # shown at once; the topic's copy comes back the same

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RuleError
-from ..payment import Payment
+from ..payment import Payment, is_text
 from .fields import attribute_name, check_field
 
 LEVELS = ("block", "review", "allow", "watch", "snooze")
@@ -77,9 +77,19 @@ def duration_s(text: str) -> float:
     return seconds
 
 
+MAX_MILLIS = 253_402_300_799_999
+"""The last millisecond of the year 9999: later instants are refused (and cannot be shown)."""
+
+
 def utc(ms: int) -> str:
-    """An instant as lists show it: ``2026-12-03T18:00:00Z``."""
-    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """An instant as lists show it: ``2026-12-03T18:00:00Z`` (the milliseconds themselves if out of range)."""
+    try:
+        return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
+
+
+
 
 
 def check_name(name: Any, path: str = "name") -> str:
@@ -186,8 +196,8 @@ def outcome(score: float, threshold: float, review_threshold: float | None, hits
 
 def _text(data: Mapping[str, Any], key: str, path: str, *, required: bool = False, limit: int = MAX_TEXT_CHARS) -> str:
     value = data.get(key, "")
-    if not isinstance(value, str) or (required and not value):
-        raise RuleError(f"{path}{key}", f"must be {'non-empty ' if required else ''}text, got {value!r}")
+    if not is_text(value) or (required and not value):
+        raise RuleError(f"{path}{key}", f"must be {'non-empty ' if required else ''}UTF-8 text, got {value!r}")
     if len(value) > limit:
         raise RuleError(f"{path}{key}", f"is at most {limit} characters, got {len(value)}")
     return value
@@ -197,8 +207,8 @@ def _millis(data: Mapping[str, Any], key: str, path: str, *, optional: bool) -> 
     value = data.get(key)
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise RuleError(f"{path}{key}", f"must be a time in epoch milliseconds, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MILLIS:
+        raise RuleError(f"{path}{key}", f"must be a time in epoch milliseconds (up to the year 9999), got {value!r}")
     return value
 
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from fraud_pipeline.console import host_names, loopback
 from fraud_pipeline.console.accounts import load_users, save_user
 from fraud_pipeline.console.app import CONTENT_SECURITY_POLICY, Guard, make_app
 from fraud_pipeline.console.casework import CaseError, CaseWork
@@ -103,3 +104,27 @@ def test_with_accounts_sign_in_roles_origin_and_csrf(tmp_path: Path) -> None:
                               ("vic", "sign-in")]
 
     run(users, check)
+
+
+def test_failed_sign_ins_are_throttled_by_name_and_address(tmp_path: Path) -> None:
+    users = tmp_path / "users.json"
+    save_user(users, "ana", "analyst", PASSWORD)
+
+    async def check(client: TestClient, cases: Cases) -> None:
+        for _ in range(5):
+            wrong = await client.post("/api/login", json={"user": "ana", "password": "guess guess"}, headers=ORIGIN)
+            assert wrong.status == 401
+        throttled = await client.post("/api/login", json={"user": "ana", "password": PASSWORD}, headers=ORIGIN)
+        assert throttled.status == 429 and "too many failed sign-ins" in (await throttled.json())["error"]
+        refused = await client.get("/api/cases", headers=HOST)
+        assert refused.status == 401 and refused.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert cases.done == [("ana", "sign-in-refused")] * 5
+
+    run(users, check)
+
+
+def test_the_host_names_the_console_answers_to() -> None:
+    names = host_names("127.0.0.1", 8080, ["fraud.example.com", "console.lan:8080"])
+    assert {"127.0.0.1:8080", "localhost:8080", "[::1]:8080", "fraud.example.com", "console.lan:8080"} <= names
+    assert "evil.example:8080" not in names and "127.0.0.1:8081" not in names
+    assert loopback("127.0.0.1") and loopback("::1") and loopback("localhost") and not loopback("0.0.0.0")
