@@ -387,14 +387,16 @@ def child_detector(args: argparse.Namespace) -> Progress:
     settings = Settings(
         connection=ConnectionSettings(bootstrap_servers=_servers(args.bootstrap), client=args.client, security=_security()),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
-                             rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected"),
+                             rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected",
+                             lists=f"{args.topic}-lists"),
         create_topics=False,
         consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
         delivery=DeliverySettings(guarantee=args.guarantee, linger_ms=args.linger_ms),
         detector=DetectorSettings(rules_file=args.rules_file, state_dir=tempfile.mkdtemp(prefix="bench-state-")),
         metrics=MetricsSettings(port=metrics_port),
     )
-    ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected]))
+    ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected,
+                                                              settings.topics.lists]))
     stop = threading.Event()
     if metrics_port:
         threading.Thread(target=_scrape_every_second, args=(metrics_port, stop), daemon=True).start()

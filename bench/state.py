@@ -157,7 +157,8 @@ def measure(bootstrap: str, keys: int) -> dict[str, Any]:
         sys.executable, str(ROOT / "fraud_detector.py"), "--client", CONFLUENT, "--bootstrap-servers", bootstrap,
         "--payments-topic", names["in"], "--fraud-topic", names["fraud"], "--legit-topic", names["legit"],
         "--dead-letter-topic", names["dlq"], "--rules-topic", f"{names['in']}-rules",
-        "--rules-rejected-topic", f"{names['in']}-rules-rejected", "--group-id", group, "--guarantee", "at-least-once",
+        "--rules-rejected-topic", f"{names['in']}-rules-rejected", "--lists-topic", f"{names['in']}-lists",
+        "--group-id", group, "--guarantee", "at-least-once",
         "--rules", str(RULES), "--state-dir", str(folder), "--quiet",
     ]
     routed = [names["fraud"], names["legit"]]
