@@ -193,16 +193,15 @@ async def messages(request: web.Request) -> web.Response:
     return await _view_call(lambda view: view.messages(topic, partition, count, offset=offset, time_ms=time_ms))(request)
 
 
-@web.middleware
-async def guarded(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Host, Origin, CSRF and session checks before any handler; the security headers on every response."""
-    response = await _checked(request, handler)
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The security headers on every response, as it is prepared (streams and files too)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    return response
 
 
-async def _checked(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+@web.middleware
+async def guarded(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Host, Origin, CSRF and session checks before any handler."""
     guard = request.app[GUARD]
     host = request.headers.get("Host", "").lower()
     if host not in guard.hosts:
@@ -385,6 +384,7 @@ async def no_stack_traces(request: web.Request, handler: Callable[[web.Request],
 def make_app(monitor: Monitor, view: ClusterView, stop: threading.Event, latency: DecisionLatency | None = None,
              cases: CaseWork | None = None, guard: Guard | None = None) -> web.Application:
     app = web.Application(middlewares=[guarded, no_stack_traces])
+    app.on_response_prepare.append(security_headers)
     app[MONITOR], app[VIEW], app[STOP] = monitor, view, stop
     app[LATENCY] = latency if latency is not None else DecisionLatency([])
     app[GUARD] = guard if guard is not None else Guard({"127.0.0.1", "localhost"}, {})
