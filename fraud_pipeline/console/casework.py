@@ -114,8 +114,6 @@ class CaseWork:
         self._output: Output | None = None
         self._write_lock = threading.Lock()
         self.error: str | None = None
-        self.caught_up = threading.Event()
-        """Set once the labels and lists topics were read to their end (cases keep coming after)."""
 
     # -- the reading thread ---------------------------------------------------
 
@@ -137,8 +135,6 @@ class CaseWork:
                         for records in batch.values():
                             for record in records:
                                 self._safely(self._take_topic_record, record, lists)
-                    if not self.caught_up.is_set() and self._at_end(topics):
-                        self.caught_up.set()
                     batch = routed.poll(0.3, 2000)
                     with self._lock:
                         for records in batch.values():
@@ -174,11 +170,6 @@ class CaseWork:
         starts = consumer.offsets_for_times({tp: int((time.time() - self._case_days * 86400) * 1000) for tp in tps}, 10)
         consumer.assign({tp: marks[tp][1] if (start := starts.get(tp)) is None else start for tp in tps})
         return consumer
-
-    def _at_end(self, consumer: Consumer) -> bool:
-        assignment = consumer.assignment()
-        marks = consumer.watermarks(assignment, 10)
-        return all(consumer.position(tp) >= end for tp, (_, end) in marks.items())
 
     @staticmethod
     def _safely(take: Callable[..., None], record: Record, *args: Any) -> None:
