@@ -32,15 +32,15 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .clients import ClientError, Record
+from .clients import ClientError, Consumer, Record
 from .config import Settings, build_parser, settings_from_args
 from .errors import PipelineError
 from .kafka_io import make_producer, make_topic_reader
-from .live_rules import LiveLists, LiveRules
+from .live_rules import LiveLists, LiveRules, LiveTopic, Reject
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import group_label, read_document
 from .rules.fields import FIELDS
@@ -76,20 +76,31 @@ def rules_in_file(path: str) -> list[Rule]:
     return rules
 
 
-def current_rules(settings: Settings, baseline: RuleSet) -> tuple[RuleSet, list[str]]:
-    """The rule set running detectors hold now, and the topic's records they reject."""
+Live = TypeVar("Live", bound=LiveTopic)
+
+
+def _read_to_end(settings: Settings, topic: str, client_id: str, follow: Callable[[Consumer, Reject], Live],
+                 ) -> tuple[Live, list[str]]:
+    """A compacted topic read to its end as running detectors read it, and the records they reject."""
     rejected: list[str] = []
 
     def note(record: Record, reason: str) -> None:
         rejected.append(f"offset {record.offset}: {reason}")
 
-    reader = make_topic_reader(settings, settings.topics.rules, f"{NAME}-list")
+    reader = make_topic_reader(settings, topic, client_id)
     try:
-        live = LiveRules(baseline, reader, note)
+        live = follow(reader, note)
         live.catch_up()
-        return live.current, rejected
+        return live, rejected
     finally:
         reader.close()
+
+
+def current_rules(settings: Settings, baseline: RuleSet) -> tuple[RuleSet, list[str]]:
+    """The rule set running detectors hold now, and the topic's records they reject."""
+    live, rejected = _read_to_end(settings, settings.topics.rules, f"{NAME}-list",
+                                  lambda reader, note: LiveRules(baseline, reader, note))
+    return live.current, rejected
 
 
 def publish(settings: Settings, items: list[tuple[str, dict[str, Any] | None]]) -> None:
@@ -170,18 +181,9 @@ def ttl(text: str) -> float:
 
 def current_lists(settings: Settings) -> tuple[ListBook, list[str]]:
     """The lists and entries running detectors hold now, and the topic's records they reject."""
-    rejected: list[str] = []
-
-    def note(record: Record, reason: str) -> None:
-        rejected.append(f"offset {record.offset}: {reason}")
-
-    reader = make_topic_reader(settings, settings.topics.lists, f"{NAME}-lists")
-    try:
-        live = LiveLists(reader, note, ListBook())
-        live.catch_up()
-        return live.book, rejected
-    finally:
-        reader.close()
+    live, rejected = _read_to_end(settings, settings.topics.lists, f"{NAME}-lists",
+                                  lambda reader, note: LiveLists(reader, note, ListBook()))
+    return live.book, rejected
 
 
 def publish_records(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:

@@ -34,22 +34,12 @@ from selenium.webdriver.support.ui import Select
 
 from tests.console.test_console import CHROMEDRIVER, CHROMIUM, SCREENSHOTS, show, wait_for
 from tests.integration.conftest import ROOT, Pipeline, Script, read_topic, start_console, wait_for_group
+from tests.integration.test_lists import REVIEW_RULES
 from tests.integration.test_rules import payment, send
 from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
-REVIEW_RULES = """\
-threshold: 1
-review_threshold: 0.5
-rules:
-  - id: bitcoin
-    when: {field: PAYMENT_TYPE, op: "==", value: BITCOIN}
-  - id: large
-    weight: 0.5
-    description: 500 or more is looked at by an analyst
-    when: {field: AMOUNT, op: ">=", value: 500}
-"""
 HOSTILE = '<img src=x onerror="window.__injected=1">'
 PASSWORD = "correct horse battery"
 USERS = {"ana": "analyst", "bob": "analyst", "ada": "admin", "vic": "viewer"}
