@@ -377,7 +377,6 @@ def child_detector(args: argparse.Namespace) -> Progress:
         Settings,
         TopicSettings,
     )
-    from fraud_pipeline.detector import Detector
     from fraud_pipeline.detector import run as detector_run
     from fraud_pipeline.runtime import setup_logging
     from fraud_pipeline.topics import ensure_topics, pipeline_topics
@@ -403,7 +402,9 @@ def child_detector(args: argparse.Namespace) -> Progress:
     progress = Progress()
 
     class Counted:
-        def __init__(self, inner: Detector) -> None:
+        """The deciding stage, its payments routed counted (a decider handles tickets and answers)."""
+
+        def __init__(self, inner: Any) -> None:
             self.inner = inner
             self.batch = 0
             self.sealed: deque[int] = deque()
@@ -417,12 +418,13 @@ def child_detector(args: argparse.Namespace) -> Progress:
         def restore(self, consumer: Any, budget_s: float) -> None:
             self.inner.restore(consumer, budget_s)
 
-        def prepare_commit(self, offsets: dict[int, int]) -> None:
-            self.inner.prepare_commit(offsets)
+        def prepare_commit(self, offsets: dict[int, int]) -> Any:
+            return self.inner.prepare_commit(offsets)
 
         def handle(self, record: Any) -> None:
+            before = self.inner.decided
             self.inner.handle(record)
-            self.batch += 1
+            self.batch += self.inner.decided - before
 
         def seal(self) -> None:
             self.inner.seal()

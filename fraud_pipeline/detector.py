@@ -29,113 +29,79 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from functools import lru_cache
-from typing import NamedTuple
 
-from .clients import Batch, Consumer, Record
+from .clients import Batch, Record
 from .config import EXACTLY_ONCE, Settings, build_parser, require
 from .errors import PipelineError
-from .features import (
-    Chain,
-    FeatureStage,
-    Hop,
-    carried,
-    decision_topic,
-    plan,
-    refuse_new_groups,
-    rekeyed_groups,
-    rules_of,
-    stage_settings,
-    stop_all_on_failure,
-    with_carried,
-)
 from .kafka_io import make_groupless_consumer, make_producer, make_topic_reader, read_span
 from .live_rules import LiveLists, LiveRules, describe
 from .metrics import Metrics
 from .metrics import start as start_metrics
-from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time, with_field
-from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Decision, Engine, RuleError, RuleSet, decode_entity, encode_entity, load_ruleset
+from .payment import MAX_CLOCK_SKEW_MS, InvalidPayment, decode, event_time
+from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Engine, RuleError, RuleSet, load_ruleset
 from .rules.definitions import group_label
-from .rules.lists import APPROVE, DECLINE, LISTS, REVIEWED
+from .rules.lists import LISTS
+from .rules.order import refuse_new_groups
 from .runtime import Summary, cli_main, run_cli
 from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
-from .state import PartitionStates, changelog_topic
-from .topics import prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
+from .state import PartitionStates
+from .topics import describe_topics, prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
+from .topology import (
+    DEFAULT_GROUP,
+    Anchor,
+    Chain,
+    Decider,
+    KeyStage,
+    Plan,
+    Router,
+    StagePlan,
+    StateHandler,
+    decision_header,
+    decode_state,
+    encode_state,
+    plan,
+    stage_settings,
+)
 
 NAME = "fraud_detector"
-DEFAULT_GROUP = "fraud-detector"
 log = logging.getLogger(NAME)
 
 Replay = Callable[[int, int, int], Iterator[Record]]
 """``replay(partition, since_ms, until_offset)``: the source partition's records in that span."""
 
-
-@lru_cache(maxsize=4096)
-def decision_header(decision: Decision) -> tuple[str, bytes]:
-    """The ``decision`` header, e.g. ``fraud score=2 rules=burst@1,large-to-stranger@1 shadow=bitcoin@1``.
-
-    One header, not one per item: kafka-python encodes headers in Python, and
-    each one costs about 4 µs per record.
-    """
-    outcome = decision.outcome
-    parts = ["fraud" if outcome == DECLINE else "review" if outcome == REVIEWED else "legit", f"score={decision.score:g}"]
-    for mode, name in (("enabled", "rules"), ("shadow", "shadow")):
-        refs = [f"{f.id}@{f.version}" for f in decision.fired if f.mode == mode]
-        if refs:
-            parts.append(f"{name}={','.join(refs)}")
-    if decision.listed:
-        parts.append(f"lists={','.join(sorted({hit.list for hit in decision.listed}))}")
-    return ("decision", " ".join(parts).encode())
+__all__ = ["DEFAULT_GROUP", "NAME", "Detector", "decision_header", "main", "run"]
 
 
-class Route(NamedTuple):
-    """Where a decision sends a payment, and the parts of its routed record and printed line that do not vary."""
+class Detector(StateHandler):
+    """Decides and routes each payment record read from the payments; unreadable records go to the dead-letter topic.
 
-    topic: str
-    suffix: bytes
-    """What replaces the value's closing brace: ``, "DECISION": {...}}`` (payment.with_field's)."""
-    header: tuple[str, bytes]
-    line: str
-    """The printed line up to the payment type: ``fraud_payments True ``."""
-
-
-ROUTES_KEPT = 4096
-"""Routes of distinct decisions kept (then the detector starts over)."""
-
-
-class Detector:
-    """Decides and routes each payment record; unreadable records go to the dead-letter topic.
-
-    The rules' state is kept per input partition in a PartitionStates (local
-    stores backed by a changelog topic, fraud_pipeline.state): restored when
-    a partition is gained, its changes committed with the routed records.
-    Only on the first start of a group whose changelog did not exist yet
+    The single-stage detector, when no rule reads a key other than the
+    account (else the decision path of fraud_pipeline.topology). The rules'
+    state is kept per input partition in a PartitionStates (local stores
+    backed by a changelog topic, fraud_pipeline.state): restored when a
+    partition is gained, its changes committed with the routed records. Only
+    on the first start of a group whose changelog did not exist yet
     (``replay``) is a partition's state rebuilt from the input instead.
     """
 
     def __init__(
         self, output: Output, settings: Settings, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
-        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *, rekeyed: bool = False,
+        states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *,
         lists: LiveLists | None = None,
     ) -> None:
-        self._output = output
-        self._fraud_topic = settings.topics.fraud
-        self._legit_topic = settings.topics.legit
+        super().__init__(output, lines, states)
         self._dead_letters = dead_letters
-        self._lines = lines
         self._rules = rules
         self._lists = lists
         self._book = lists.book if lists is not None else LISTS
-        self._states = states
         self._replay = replay
         self._unreplayed: set[int] = set()
-        self._rekeyed = rekeyed
-        """Reading the decision's repartition topic (features.py): key, time and upstream reasons come in headers."""
-        self._routes: dict[bytes, Route] = {}
-        """Per decision's JSON (a bytes object keeps its hash): its route."""
         self._ruleset = rules.current
-        self._engine = Engine(rules_of(rules.current, None) if rekeyed else rules.current)
+        self._engine = Engine(rules.current)
         self._metrics = metrics if metrics is not None and metrics.enabled else None
+        self._router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
+        self.decided = 0
+        """Payments routed, dead letters included (the bench counts them)."""
         if self._metrics is not None:
             self._metrics.window_keys = states.tables
             self._metrics.rules = _rule_refs(self._ruleset)
@@ -145,7 +111,7 @@ class Detector:
             self._lists.refresh()
         if self._rules.refresh():
             self._ruleset = self._rules.current
-            self._use(Engine(rules_of(self._ruleset, None) if self._rekeyed else self._ruleset))
+            self._use(Engine(self._ruleset))
         if self._unreplayed:
             for tp, records in batch.items():
                 if records and tp.partition in self._unreplayed:
@@ -159,81 +125,41 @@ class Detector:
             self._metrics.rules = _rule_refs(self._ruleset)
 
     def partitions_assigned(self, partitions: set[int]) -> None:
-        new = self._states.assigned(partitions)
         self._unreplayed &= partitions
+        super().partitions_assigned(partitions)
+
+    def gained(self, partitions: set[int]) -> None:
         if self._replay is not None:
-            self._unreplayed |= new
-
-    # The state's side of the loop (stage.StateOwner).
-
-    def waiting(self) -> set[int]:
-        return self._states.waiting()
-
-    def restore(self, consumer: Consumer, budget_s: float) -> None:
-        self._states.restore(consumer, budget_s)
-
-    def prepare_commit(self, offsets: dict[int, int]) -> None:
-        self._states.send_changes(self._send_change, offsets)
-
-    def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
-        self._output.send(topic, key, value, None, partition)
+            self._unreplayed |= partitions
 
     def seal(self) -> None:
-        self._states.seal()
-        self._lines.seal()
+        super().seal()
         if self._metrics is not None:
             self._metrics.sealed()
 
     def emit(self) -> None:
-        self._states.committed()
-        self._lines.emit()
+        super().emit()
         if self._metrics is not None:
             self._metrics.acknowledged()
 
     def discard(self) -> None:
-        self._states.discard()
-        self._lines.discard()
+        super().discard()
         if self._metrics is not None:
             self._metrics.rolled_back()
 
     def handle(self, record: Record) -> None:
+        self.decided += 1
         payment = decode_or_reject(record, self._dead_letters, self._lines)
         if payment is None:
             return
-        key, timestamp = record.key, record.timestamp
-        if self._rekeyed:
-            _, key, timestamp, fired, notes = carried(record)
-        at = event_time(payment, timestamp, int(time.time() * 1000))
+        at = event_time(payment, record.timestamp, int(time.time() * 1000))
         # A stateless engine is given the table too: it notes there that the history is no longer recorded.
-        table = self._states.tables.get(record.partition)
-        decision = self._engine.decide(payment, at, table)
-        if self._rekeyed:
-            decision = with_carried(decision, self._ruleset, fired, notes)
+        decision = self._engine.decide(payment, at, self._states.tables.get(record.partition))
         if self._book.leveled:
             hits = self._book.hits(payment)
             if hits:
                 decision = decision.with_lists(hits)
-        route = self._routes.get(decision.to_json())
-        if route is None:
-            route = self._route(decision)
-        topic = route.topic
-        # payment.with_field(value, "DECISION", decision.to_json()), its constant part made once per decision
-        value = (record.value or b"").rstrip()[:-1] + route.suffix
-        self._output.send(topic, key, value, [route.header], self._output.partition_for(topic, record.partition))
-        if self._metrics is not None:
-            self._metrics.decided(timestamp, route.header, decision.fired)
-        self._lines.add(topic, route.line + payment.payment_type)
-
-    def _route(self, decision: Decision) -> Route:
-        outcome = decision.outcome
-        topic = self._legit_topic if outcome == APPROVE else self._fraud_topic
-        decision_json = decision.to_json()
-        route = Route(topic, with_field(b"}", "DECISION", decision_json), decision_header(decision),
-                      f"{topic} {'Review' if outcome == REVIEWED else outcome == DECLINE} ")
-        if len(self._routes) >= ROUTES_KEPT:
-            self._routes.clear()
-        self._routes[decision_json] = route
-        return route
+        self._router.send(decision, record.key, record.value, record.partition, record.timestamp, payment.payment_type)
 
     def _rebuild(self, first: Record) -> None:
         """The fallback when no changelog existed: a partition's state from its payments of the longest window before ``first``."""
@@ -317,12 +243,12 @@ def _replay(settings: Settings) -> Replay:
 
 @contextmanager
 def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionStates]:
-    """The detector's state stores (under --state-dir), restored from ``changelog``; closed on the way out."""
+    """A stage's state stores (under --state-dir), restored from ``changelog``; closed on the way out."""
     group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
     state_dir = require(settings.detector, "detector").state_dir
     reader = make_groupless_consumer(settings, f"{NAME}-restore")
     exactly_once = settings.delivery is not None and settings.delivery.guarantee == EXACTLY_ONCE
-    states = PartitionStates(state_dir, group_id, settings.topics.payments, changelog, reader, encode_entity, decode_entity,
+    states = PartitionStates(state_dir, group_id, settings.topics.payments, changelog, reader, encode_state, decode_state,
                              exactly_once=exactly_once)
     try:
         yield states
@@ -330,31 +256,31 @@ def partition_states(settings: Settings, changelog: str) -> Iterator[PartitionSt
         states.close()
 
 
-def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], RecordHandler] | None = None) -> int:
-    """The detector until stopped or idle; ``watch`` wraps the deciding stage's handler (the bench counts what it routes)."""
+def run(settings: Settings, stop: threading.Event, watch: Callable[[RecordHandler], RecordHandler] | None = None) -> int:
+    """The detector until stopped or idle; ``watch`` wraps the deciding stage's handler (the bench counts what it routes).
+
+    One stage, or the decision path's three (fraud_pipeline.topology.plan), wired here.
+    """
     topics = settings.topics
     prepare_topics(settings, reads=[topics.payments, topics.rules, topics.lists],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
-    group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
     metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}
     with live_rules(settings) as (rules, lists):
-        groups = rekeyed_groups(rules.current)
-        hops = plan(settings, groups)
-        source = decision_topic(settings) if hops else topics.payments
-        decider = stage_settings(settings, source, f"{group_id}-by-ACCOUNT", "decide") if hops else settings
-        decider_group = require(decider.consumer, "consumer").group_id or DEFAULT_GROUP
-        if hops:
-            prepare_internal_topics(settings, [hop.target for hop in hops])
-            log.info("rules grouped by %s: re-keyed through %s", ", ".join(group_label(g) for g in groups),
-                     " -> ".join([topics.payments, *(hop.target for hop in hops)]))
-        changelog = changelog_topic(decider_group, source)
-        created = prepare_changelog(decider, source, changelog)
-        limits = retention_limits(decider, source, changelog)
-        refuse = refuse_new_groups(groups)
+        layout = plan(settings, rules.current)
+        if layout.rekeyed:
+            partitions = describe_topics(settings, [topics.payments])[topics.payments][0]
+            prepare_internal_topics(settings, layout.internal_topics, partitions)
+            log.info("rules grouped by %s: %s", ", ".join(group_label(g) for g in layout.groups), layout.describe())
+        created = {stage.name: prepare_changelog(stage_settings(settings, stage, quiet=False), stage.source, stage.changelog)
+                   for stage in layout.stages}
+        limits = [retention_limits(settings, stage.source, stage.changelog) for stage in layout.stages if stage.name != "decide"
+                  ] or [retention_limits(settings, layout.payments, layout.stages[0].changelog)]
+        refuse = refuse_new_groups(layout.groups)
 
         def check(ruleset: RuleSet) -> None:
-            limits.check(ruleset)
+            for limit in limits:
+                limit.check(ruleset)
             refuse(ruleset)
 
         try:
@@ -362,76 +288,99 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[Detector], R
         except RuleError as exc:
             raise PipelineError(f"rules refused: {exc}") from None
         rules.check = check
-        with ExitStack() as stack:
-            status = [0] * (len(hops) + 1)
-            chain = Chain(stop, len(hops) + 1, require(settings.consumer, "consumer").idle_timeout_s)
-            stages: list[tuple[threading.Thread, Summary]] = []
-            for n, hop in enumerate(hops):
-                stages.append(_start_hop(stack, settings, hop, rules, chain, n, stop, status, stages[-1] if stages else None))
-            threads = [thread for thread, _ in stages]
-            states = stack.enter_context(partition_states(decider, changelog))
-            if created and not hops:
-                short = limits.replay_short(rules.current)
-                log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the "
-                            "input this once (their state is then in the changelog)%s", changelog, f"; {short}" if short else "")
-            replay = _replay(settings) if created and not hops else None
-            summary = Summary(NAME, "payments")
-            if hops:
-                decider = _idle(decider, None)
-                last = stages[-1][1]
-                chain.follow(len(hops), threads[-1], lambda: summary.total, lambda: last.counts["forwarded"])
-            status[-1] = run_stage(
-                decider, name=NAME, source_topic=source, stop=chain.stops[-1], summary=summary,
-                make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
-                    output, decider, dead_letters, lines, rules, states, replay, metrics, rekeyed=bool(hops), lists=lists)),
-                metrics=metrics,
-            )
-            if status[-1]:
-                stop.set()
-            for thread in threads:
-                thread.join()
-        return max(status)
+        if not layout.rekeyed:
+            return _run_single(settings, layout.stages[0], stop, rules, lists, metrics, watch,
+                               limits[0].replay_short(rules.current) if created["decide"] else None, created["decide"])
+        return _run_path(settings, layout, partitions, stop, rules, lists, metrics, watch)
 
 
-def _idle(settings: Settings, idle_timeout_s: float | None) -> Settings:
-    return replace(settings, consumer=replace(require(settings.consumer, "consumer"), idle_timeout_s=idle_timeout_s))
-
-
-def _same(detector: Detector) -> RecordHandler:
-    return detector
-
-
-def _start_hop(stack: ExitStack, settings: Settings, hop: Hop, rules: LiveRules, chain: Chain, index: int,
-               stop: threading.Event, status: list[int], upstream: tuple[threading.Thread, Summary] | None,
-               ) -> tuple[threading.Thread, Summary]:
-    """One stage before the decision (features.py), in a thread of its own; its stores close with ``stack``.
-
-    ``upstream``: the stage before it, whose end (and what it forwarded) this one's idle end waits for.
-    """
-    label = "re-key" if hop.fields is None else group_label(hop.fields)
-    hop_settings = _idle(stage_settings(settings, hop.source, hop.group_id, "rekey" if hop.fields is None else f"by-{label}"),
-                         chain.idle_timeout_s(index))
-    states = None
-    if hop.fields is not None:
-        changelog = changelog_topic(hop.group_id, hop.source)
-        prepare_changelog(hop_settings, hop.source, changelog)
-        states = stack.enter_context(partition_states(hop_settings, changelog))
-    partitions = settings.topics.payments_partitions
-    summary = Summary(f"{NAME}[{label}]", "payments")
-
-    def run_hop() -> int:
+def _run_single(settings: Settings, stage: StagePlan, stop: threading.Event, rules: LiveRules, lists: LiveLists,
+                metrics: Metrics, watch: Callable[[RecordHandler], RecordHandler] | None, short: str | None,
+                created: bool) -> int:
+    with partition_states(settings, stage.changelog) as states:
+        if created:
+            log.warning("changelog %s did not exist: partitions whose input was read before are rebuilt from the "
+                        "input this once (their state is then in the changelog)%s", stage.changelog, f"; {short}" if short else "")
+        replay = _replay(settings) if created else None
         return run_stage(
-            hop_settings, name=f"{NAME}[{label}]", source_topic=hop.source, stop=chain.stops[index], summary=summary,
-            make_handler=lambda output, dead_letters, lines: FeatureStage(
-                hop, output, dead_letters, lines, lambda: rules.current, states, partitions),
+            settings, name=NAME, source_topic=stage.source, stop=stop, summary=Summary(NAME, "payments"),
+            make_handler=lambda output, dead_letters, lines: (watch or _same)(Detector(
+                output, settings, dead_letters, lines, rules, states, replay, metrics, lists=lists)),
+            metrics=metrics,
         )
 
-    thread = threading.Thread(target=stop_all_on_failure, args=(stop, status, index, run_hop), name=f"stage-{label}", daemon=True)
-    if upstream is not None:
-        before, sent = upstream
-        chain.follow(index, before, lambda: summary.total, lambda: sent.counts["forwarded"])
-    thread.start()
-    return thread, summary
+
+def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading.Event, rules: LiveRules,
+              lists: LiveLists, metrics: Metrics, watch: Callable[[RecordHandler], RecordHandler] | None) -> int:
+    """The anchor and the key stage in threads of their own, the decider in this one; all stop together."""
+    anchor_plan, keys_plan, decide_plan = layout.stages
+    idle_timeout_s = require(settings.consumer, "consumer").idle_timeout_s
+    chain = Chain(stop, 3, idle_timeout_s)
+    made: dict[str, StateHandler] = {}
+    summaries = [Summary(f"{NAME}[anchor]", "payments"), Summary(f"{NAME}[keys]", "probes"), Summary(NAME, "payments")]
+    with ExitStack() as stack:
+        def stage_of(index: int, stage: StagePlan) -> Settings:
+            each = stage_settings(settings, stage, quiet=stage.name != "decide")
+            return replace(each, consumer=replace(require(each.consumer, "consumer"), idle_timeout_s=chain.idle_timeout_s(index)))
+
+        anchor_settings, keys_settings, decide_settings = (stage_of(n, stage) for n, stage in enumerate(layout.stages))
+        anchor_states = stack.enter_context(partition_states(anchor_settings, anchor_plan.changelog))
+        keys_states = stack.enter_context(partition_states(keys_settings, keys_plan.changelog))
+        decide_states = stack.enter_context(partition_states(decide_settings, decide_plan.changelog))
+        markers = Output(make_producer(settings, f"{NAME}-markers"))
+        stack.callback(markers.producer.close)
+        if metrics.enabled:
+            metrics.window_keys = anchor_states.tables
+            metrics.rules = _rule_refs(rules.current)
+
+        def anchor_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
+            made["anchor"] = anchor = Anchor(layout, output, dead_letters, lines, lambda: rules.current, anchor_states,
+                                             partitions, markers)
+            return anchor
+
+        def keys_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
+            made["keys"] = keys = KeyStage(layout, output, dead_letters, lines, lambda: rules.current, keys_states,
+                                           partitions, metrics)
+            return keys
+
+        def decide_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
+            def on_rules(ruleset: RuleSet) -> None:
+                if metrics.enabled:
+                    metrics.rules = _rule_refs(ruleset)
+
+            router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
+            made["decide"] = decider = Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules)
+            return (watch or _same)(decider)
+
+        threads = []
+        for index, (stage, each, factory) in enumerate(((anchor_plan, anchor_settings, anchor_handler),
+                                                        (keys_plan, keys_settings, keys_handler))):
+            def run_one(index: int = index, stage: StagePlan = stage, each: Settings = each,
+                        factory: Callable[[Output, DeadLetters, LineBuffer], RecordHandler] = factory) -> int:
+                return run_stage(each, name=summaries[index].name, source_topic=stage.source, stop=chain.stops[index],
+                                 summary=summaries[index], make_handler=factory)
+
+            thread = threading.Thread(target=chain.run, args=(index, run_one), name=f"stage-{stage.name}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        anchor_sent = summaries[0].counts
+        chain.follow(1, threads[0], lambda: _read(made, "keys"), lambda: anchor_sent["probe"] + anchor_sent["marker"])
+        chain.follow(2, threads[1], lambda: _read(made, "decide"),
+                     lambda: anchor_sent["forwarded"] + summaries[1].counts["answer"])
+        chain.run(2, lambda: run_stage(decide_settings, name=NAME, source_topic=decide_plan.source, stop=chain.stops[2],
+                                       summary=summaries[2], make_handler=decide_handler, metrics=metrics))
+        for thread in threads:
+            thread.join()
+    return max(chain.status)
+
+
+def _read(made: dict[str, StateHandler], name: str) -> int:
+    stage = made.get(name)
+    return stage.read if isinstance(stage, KeyStage | Decider) else 0
+
+
+def _same(handler: RecordHandler) -> RecordHandler:
+    return handler
 
 
 @cli_main

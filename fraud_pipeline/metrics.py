@@ -20,7 +20,9 @@ ending in ``_total``, durations in seconds.
   records acknowledged), ``send_offsets`` (the input offsets added), ``commit``;
 - ``fraud_consumer_lag{topic, partition}``: end offset (of the last fetch) minus position, every 5 s;
 - ``fraud_window_keys{partition}``: keys held by the detector's windows;
-- ``fraud_rules_info{rule, version, mode}``: 1 for each rule in force.
+- ``fraud_rules_info{rule, version, mode}``: 1 for each rule in force;
+- ``fraud_late_probes_total``: probes of rules over other keys that came after their partition's marker had
+  passed them (decided all the same, in the order they came; fraud_pipeline.topology.keys).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Metrics:
         self.lag: dict[tuple[str, int], int] = {}
         self.window_keys: Mapping[int, Sized] = {}
         self.rules: list[tuple[str, int, str]] = []
+        self.late_probes = 0
         self._lag_checked = 0.0
 
     def decided(self, timestamp_ms: int, key: object, fired: Iterable[Any]) -> None:
@@ -176,6 +179,9 @@ class Metrics:
         for result, count in sorted(snapshot(self.transactions).items()):
             transactions.add_metric([result], count)
         yield transactions
+        late = CounterMetricFamily("fraud_late_probes", "Probes that came after their partition's marker had passed them")
+        late.add_metric([], self.late_probes)
+        yield late
         lag = GaugeMetricFamily("fraud_consumer_lag", "End offset minus the consumer's position", labels=["topic", "partition"])
         for (topic, partition), value in sorted(snapshot(self.lag).items()):
             lag.add_metric([topic, str(partition)], value)

@@ -231,14 +231,22 @@ def prepare_changelog(settings: Settings, source_topic: str, changelog: str) -> 
     return created
 
 
-def prepare_internal_topics(settings: Settings, names: Iterable[str]) -> None:
-    """Create the detector's repartition topics if missing: partitioned as its input (fraud_pipeline.features)."""
+def prepare_internal_topics(settings: Settings, names: Iterable[str], partitions: int) -> None:
+    """Create the topics between the detector's stages if missing, with ``partitions`` (its input's count).
+
+    PipelineError when one exists with another count: a payment's ticket and answers meet on its own partition.
+    """
     topics = settings.topics
-    specs = [TopicSpec(name, topics.payments_partitions, topics.replication_factor,
+    names = list(names)
+    specs = [TopicSpec(name, partitions, topics.replication_factor,
                        min(topics.min_insync_replicas, topics.replication_factor)) for name in names]
     for name, state in ensure_topics(settings, specs, {spec.name: "read and write" for spec in specs}).items():
         if state == "created":
-            log.info("created topic %s", name)
+            log.info("created topic %s (%d partitions like %s)", name, partitions, topics.payments)
+    for name, (found, _) in describe_topics(settings, names).items():
+        if found != partitions:
+            raise PipelineError(f"topic {name} has {found} partitions but {topics.payments} has {partitions}: delete it "
+                                "(and the detector's state folders and changelogs) to start the decision path afresh")
 
 
 def _retention_ms(configs: Mapping[str, str]) -> int | None:

@@ -69,6 +69,9 @@ class Checkpoint:
         """Failed attempts in a row; a unit made durable resets it."""
         self.revoke_failures: list[Exception] = []
         """Failures of the commit before a hand-over, raised again after the poll it happened in."""
+        self.held: dict[TopicPartition, int] = {}
+        """Per partition, the offset the last commit went back to when the handler held records back (see
+        handler.StateOwner.prepare_commit): what a roll-back rewinds to at the latest, read since or not."""
 
     @property
     def open(self) -> bool:
@@ -89,7 +92,8 @@ class Checkpoint:
         if not self.first:
             self.opened_at = time.monotonic()
         for tp, records in batch.items():
-            self.first.setdefault(tp, records[0].offset)
+            first = records[0].offset
+            self.first.setdefault(tp, min(first, self.held.get(tp, first)))
             self.next[tp] = records[-1].offset + 1
             self.records += len(records)
 
@@ -119,10 +123,18 @@ class Checkpoint:
     def commit(self) -> None:
         """Seal what is pending and hand it to the Delivery, which makes it durable and commits its offsets (at once
         or in a later ``settle``); BatchError or ClientError leaves it pending, to roll back."""
+        offsets = dict(self.next)
         if self._state is not None:
-            self._state.prepare_commit({tp.partition: offset for tp, offset in self.next.items()})
+            kept = self._state.prepare_commit({tp.partition: offset for tp, offset in offsets.items()})
+            if kept is not None:
+                for tp, offset in offsets.items():
+                    at = kept.get(tp.partition, offset)
+                    if at < offset:
+                        self.held[tp] = offsets[tp] = at
+                    else:
+                        self.held.pop(tp, None)
         self._handler.seal()
-        self._delivery.complete(self._consumer, dict(self.first), dict(self.next), self._durable)
+        self._delivery.complete(self._consumer, dict(self.first), offsets, self._durable)
         self._clear()
 
     def _durable(self) -> None:
@@ -189,8 +201,14 @@ class Checkpoint:
     def _undo(self) -> None:
         """Roll back what is pending: the Delivery first (a commit under way may still go through and print its lines),
         then the handler's lines and state."""
+        rewind = dict(self.first)
+        if self.held:
+            owned = self._consumer.assignment()
+            for tp, offset in self.held.items():
+                if tp in owned:
+                    rewind[tp] = min(offset, rewind.get(tp, offset))
         try:
-            self._delivery.roll_back(self._consumer, self.first)
+            self._delivery.roll_back(self._consumer, rewind)
         finally:
             self._handler.discard()
             self._clear()

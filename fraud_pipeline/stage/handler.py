@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TextIO, runtime_checkable
 
 from ..clients import Batch, Consumer, Record
@@ -53,8 +53,24 @@ class StateOwner(Protocol):
     def restore(self, consumer: Consumer, budget_s: float) -> None:
         """Work on restoring the waiting partitions for at most ``budget_s``; position ``consumer`` on those ready."""
 
-    def prepare_commit(self, offsets: dict[int, int]) -> None:
-        """Send the state's changes since the last commit, and the next input ``offsets`` they go with."""
+    def prepare_commit(self, offsets: dict[int, int]) -> Mapping[int, int] | None:
+        """Send the state's changes since the last commit, and the next input ``offsets`` they go with.
+
+        May return lower offsets for some partitions: records read but held back (waiting for others), which the
+        commit then goes back to, so that they are read again after a restart or a roll-back.
+        """
+
+
+@runtime_checkable
+class IdleAware(Protocol):
+    """A handler told when nothing is pending: no record came, nothing is uncommitted, no commit is under way."""
+
+    def idle(self, consumer: Consumer) -> None:
+        """Everything handled is committed; the consumer has no new record."""
+
+
+def idle_aware(handler: RecordHandler) -> IdleAware | None:
+    return handler if callable(getattr(type(handler), "idle", None)) else None  # type: ignore[return-value]
 
 
 def state_owner(handler: RecordHandler) -> StateOwner | None:

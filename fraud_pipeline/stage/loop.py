@@ -12,7 +12,7 @@ from ..kafka_io import MAX_POLL_RECORDS
 from ..metrics import Metrics
 from .checkpoint import Checkpoint
 from .delivery import Delivery
-from .handler import RecordHandler, state_owner
+from .handler import RecordHandler, idle_aware, state_owner
 from .output import BatchError
 
 POLL_TIMEOUT_S = 0.5
@@ -95,6 +95,7 @@ def _loop(
 ) -> str:
     last_record_at = time.monotonic()
     state = state_owner(handler)
+    idle = idle_aware(handler)
     while not stop.is_set():
         waiting = state.waiting() if state is not None else set()
         try:
@@ -134,6 +135,8 @@ def _loop(
             last_record_at = time.monotonic()
             continue
         if not batch and not checkpoint.open and not checkpoint.settling:
+            if idle is not None:
+                idle.idle(consumer)
             if not consumer.assignment():
                 # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
                 last_record_at = time.monotonic()

@@ -114,3 +114,30 @@ def test_the_runtime_imports_none_of_the_tools_beside_it() -> None:
                 for path in sources() if path.relative_to(ROOT).parts[0] == "fraud_pipeline"
                 for target in imported_files(path) if target.relative_to(ROOT).parts[0] in ("devcluster", "bench")]
     assert not reaching, reaching
+
+
+def diagram_floors(page: Path = PAGE) -> dict[str, int]:
+    """``{room's last name: floor}`` from the mermaid picture: each ``subgraph F<n>`` and the rooms drawn in it."""
+    rooms: dict[str, int] = {}
+    floor: int | None = None
+    for line in page.read_text().splitlines():
+        start = re.match(r"\s*subgraph F(\d+)\[", line)
+        if start:
+            floor = int(start.group(1))
+            continue
+        if line.strip() == "end":
+            floor = None
+        elif floor is not None:
+            for label in re.findall(r'\w+\["([^"]+)"\]', line):
+                for name in re.split(r" · |<br/>", label):
+                    rooms[name.strip()] = floor
+    return rooms
+
+
+def test_the_picture_shows_the_same_floors_as_the_table() -> None:
+    drawn = diagram_floors()
+    assert drawn, "no picture of the layers"
+    table = {room.rstrip("/").rsplit("/", 1)[-1] + ("/" if room.endswith("/") else ""): floor
+             for room, floor in floors().items()}
+    assert drawn == table, {name: (drawn.get(name), table.get(name)) for name in drawn.keys() | table.keys()
+                            if drawn.get(name) != table.get(name)}

@@ -1,0 +1,77 @@
+"""The state side every stage of the detector shares: its partitions' stores, their changelog, its buffered lines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..clients import Batch, Consumer
+from ..stage import LineBuffer, Output
+from ..state import PartitionStates
+
+
+class StateHandler:
+    """A RecordHandler's state methods over a PartitionStates (stage.StateOwner), for a subclass's ``handle``.
+
+    A subclass keeps in memory only what it can read again from its tables:
+    ``forget`` drops it whenever the tables change under it (partitions
+    gained or lost, a roll-back), and ``save`` puts it back into the tables
+    before each commit. ``hold_back`` lowers the offsets a commit goes back
+    to for records read but not yet done with (a stage that waits for other
+    records), so that they are read again after a restart.
+    """
+
+    def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates) -> None:
+        self._output = output
+        self._lines = lines
+        self._states = states
+
+    def begin_batch(self, batch: Batch) -> None:
+        pass
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        self.gained(self._states.assigned(partitions))
+        self.forget()
+
+    def waiting(self) -> set[int]:
+        return self._states.waiting()
+
+    def restore(self, consumer: Consumer, budget_s: float) -> None:
+        self._states.restore(consumer, budget_s)
+
+    def prepare_commit(self, offsets: dict[int, int]) -> Mapping[int, int]:
+        """Save, then send the state's changes with the offsets the commit goes back to (returned)."""
+        self.save()
+        offsets = self.hold_back(offsets)
+        self._states.send_changes(self._send_change, offsets)
+        return offsets
+
+    def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
+        self._output.send(topic, key, value, None, partition)
+
+    def seal(self) -> None:
+        self._states.seal()
+        self._lines.seal()
+
+    def emit(self) -> None:
+        self._states.committed()
+        self._lines.emit()
+
+    def discard(self) -> None:
+        self._states.discard()
+        self._lines.discard()
+        self.forget()
+
+    # What a subclass adds.
+
+    def gained(self, partitions: set[int]) -> None:
+        """These partitions are new to the stage (their state is being restored)."""
+
+    def forget(self) -> None:
+        """The tables changed under the stage (see the class): drop what it keeps in memory of them."""
+
+    def save(self) -> None:
+        """Put what the stage keeps in memory into its tables, to go with the commit."""
+
+    def hold_back(self, offsets: dict[int, int]) -> dict[int, int]:
+        """The next input offsets a commit goes back to; by default ``offsets``, after everything read."""
+        return offsets
