@@ -23,17 +23,15 @@ scenarios of regulars, the regulars' 28 days of history
 (``scenarios.history``) come first, the same at every rate, and are decided
 and reported like any payment (scenario ``history``).
 
-Each payment is decided in order by one Engine at its event time (its
-TIMESTAMP_MS, else the record's time stamp). Tables: keys that include
-ACCOUNT (the record key: ``ACCOUNT``, ``ACCOUNT,TO``, ...) are held in one
-MemoryTable per partition, as the detector holds them; keys without ACCOUNT
-(``DEVICE``, ``TO``, ``CARD``, ...) are held in one table shared by all
-partitions: the streaming detector computes them across partitions by
-re-keying, so each such key sees every partition's payments, and a single
-global view is the correct model of it (``PartitionView``). The partition's
-bookkeeping (its event-time watermark) stays per partition. Records that
-cannot be read or have no label are counted and reported, never silently
-dropped.
+Each payment is decided as the detector decides it (fraud_pipeline.rules.order,
+``reference``): the account's rules in each partition's offset order, one
+table per partition; the rules over other keys (``DEVICE``, ``TO``...) on
+``--partitions`` key partitions, each taking its payments in (sequence time,
+partition, offset) order, one table per key partition. So the backtest's
+decisions are the live detector's over the same records (the tests hold the
+two together). Records that cannot be read or have no label are counted and
+reported, never silently dropped. Lists are live settings of the detector:
+the backtest decides by the rules alone.
 
 Labels: the source's own (the generator's, the file's, the topic's headers),
 or with ``--labels-topic`` the analysts' verdicts from the labels topic
@@ -77,7 +75,8 @@ from .clients import ClientError
 from .config import Settings, add_connection_arguments, connection_settings, positive_float, positive_int
 from .errors import ConfigError, PipelineError
 from .payment import InvalidPayment, Payment, decode, event_time
-from .rules import META_KEY, ORIGINAL, RULESETS_DIR, Decision, Engine, Entity, MemoryTable, RuleError, RuleSet, load_ruleset
+from .rules import ORIGINAL, RULESETS_DIR, Decision, RuleError, RuleSet, load_ruleset
+from .rules.order import reference
 from .runtime import Progress, config_error
 from .scenarios import (
     FRAUD,
@@ -354,49 +353,30 @@ class Report:
         return Tally(self.overall.payments, self.overall.fraud, self.rule_alerts[rule_id], self.rule_true_alerts[rule_id])
 
 
-_RECORD_KEY_PREFIXES = (b"ACCOUNT=", b"ACCOUNT,")
+KEY_PARTITIONS = 6
+"""The key partitions rules over other keys are decided on, by default: the payments topic's default count."""
 
 
-class PartitionView:
-    """One partition's tables: its own for the record key's keys (and its watermark), a shared one for the others.
-
-    A group key that includes ACCOUNT (``ACCOUNT=...``, ``ACCOUNT,TO=...``) is
-    only ever written by its account's partition; any other key (``DEVICE=...``,
-    ``TO=...``) is read and written in ``shared``, the global view the
-    re-keyed streaming detector has of it.
-    """
-
-    __slots__ = ("own", "shared")
-
-    def __init__(self, own: MemoryTable, shared: MemoryTable) -> None:
-        self.own = own
-        self.shared = shared
-
-    def _table(self, key: bytes) -> MemoryTable:
-        return self.own if key == META_KEY or key.startswith(_RECORD_KEY_PREFIXES) else self.shared
-
-    def get(self, key: bytes) -> Entity | None:
-        return self._table(key).get(key)
-
-    def put(self, key: bytes, value: Entity) -> None:
-        self._table(key).put(key, value)
+def decided(examples: Iterable[Example], ruleset: RuleSet, partitions: int = KEY_PARTITIONS) -> list[tuple[Example, Decision]]:
+    """Each example with its decision, as the detector decides it (rules.order.reference); offsets per partition in order."""
+    kept = list(examples)
+    offsets: Counter[int] = Counter()
+    items = []
+    for example in kept:
+        items.append((example.partition, offsets[example.partition], example.payment, example.event_ms))
+        offsets[example.partition] += 1
+    decisions = reference(items, ruleset, partitions)
+    return [(example, decisions[(item[0], item[1])]) for example, item in zip(kept, items, strict=True)]
 
 
 def backtest(
     examples: Iterable[Example], ruleset: RuleSet, skipped: Skipped | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, partitions: int = KEY_PARTITIONS,
 ) -> Report:
-    """Decide each example in order with one engine: a table per partition, one shared for non-ACCOUNT keys."""
-    engine = Engine(ruleset)
+    """Decide the examples as the detector does (``decided``) and report on them."""
     report = Report(ruleset, skipped=skipped if skipped is not None else Skipped())
-    shared = MemoryTable()
-    states: dict[int, PartitionView] = {}
-    decide = engine.decide
-    for n, example in enumerate(examples, 1):
-        state = states.get(example.partition)
-        if state is None:
-            state = states[example.partition] = PartitionView(MemoryTable(), shared)
-        report.record(example, decide(example.payment, example.event_ms, state))
+    for n, (example, decision) in enumerate(decided(examples, ruleset, partitions), 1):
+        report.record(example, decision)
         if progress is not None and n % 1000 == 0:
             progress(n)
     if progress is not None:
@@ -612,6 +592,9 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                         "instead of their own; payments without one are left out (uses the Kafka connection options)")
     labels.add_argument("--alert-budget", type=positive_int, default=100, metavar="K",
                         help="Precision@K: the share of fraud among the K highest-scored payments (default: %(default)s)")
+    source.add_argument("--partitions", type=positive_int, default=KEY_PARTITIONS, metavar="N",
+                        help="the key partitions rules over other keys are decided on, as the detector's internal topics "
+                             "(the payments topic's count; default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--save", type=Path, metavar="FILE", help="also write the labelled payments as JSON lines (readable with --input)")
     out.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
@@ -652,7 +635,7 @@ def _run_one(args: argparse.Namespace, ruleset: RuleSet, rules_name: str, rate: 
     progress = Progress("backtest", total)
     save = args.save.open("w", encoding="utf-8") if args.save is not None else None
     try:
-        report = backtest(saving(examples, save) if save else examples, ruleset, skipped, progress)
+        report = backtest(saving(examples, save) if save else examples, ruleset, skipped, progress, args.partitions)
     finally:
         if save:
             save.close()
