@@ -64,6 +64,8 @@ class Anchor(StateHandler):
         """Per partition: its sequence time (None: no payment yet), as read; saved into its table before a commit."""
         self._marked: dict[int, int] = {}
         """Per partition: the last marker sent."""
+        self._saved: dict[int, int] = {}
+        """Per partition: the sequence time last put into its table."""
         self._last_read: dict[int, float] = {}
         self._idle_checked = 0.0
         self._current()
@@ -81,6 +83,7 @@ class Anchor(StateHandler):
     def forget(self) -> None:
         self._seq.clear()
         self._marked.clear()
+        self._saved.clear()
 
     def _sequence(self, partition: int) -> int | None:
         if partition in self._seq:
@@ -112,10 +115,11 @@ class Anchor(StateHandler):
     def save(self) -> None:
         """The sequence times into the tables, and a marker of each that moved to every key partition."""
         for partition, seq in self._seq.items():
-            if seq is None or partition not in self._states.tables:
+            if seq is None or partition not in self._states.tables or self._saved.get(partition) == seq:
                 continue
+            self._saved[partition] = seq
             self._states.tables[partition].put(PROGRESS_KEY, Progress(seq=seq))
-            if self._marked.get(partition) != seq:
+            if seq > self._marked.get(partition, -1):
                 self._marked[partition] = seq
                 marker = encode_marker(partition, seq)
                 for target in range(self._partitions):
