@@ -89,7 +89,7 @@ class Detector(StateHandler):
         states: PartitionStates, replay: Replay | None = None, metrics: Metrics | None = None, *,
         lists: LiveLists | None = None,
     ) -> None:
-        super().__init__(output, lines, states)
+        super().__init__(output, lines, states, metrics)
         self._dead_letters = dead_letters
         self._rules = rules
         self._lists = lists
@@ -98,7 +98,6 @@ class Detector(StateHandler):
         self._unreplayed: set[int] = set()
         self._ruleset = rules.current
         self._engine = Engine(rules.current)
-        self._metrics = metrics if metrics is not None and metrics.enabled else None
         self._router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
         self.decided = 0
         """Payments routed, dead letters included (the bench counts them)."""
@@ -131,21 +130,6 @@ class Detector(StateHandler):
     def gained(self, partitions: set[int]) -> None:
         if self._replay is not None:
             self._unreplayed |= partitions
-
-    def seal(self) -> None:
-        super().seal()
-        if self._metrics is not None:
-            self._metrics.sealed()
-
-    def emit(self) -> None:
-        super().emit()
-        if self._metrics is not None:
-            self._metrics.acknowledged()
-
-    def discard(self) -> None:
-        super().discard()
-        if self._metrics is not None:
-            self._metrics.rolled_back()
 
     def handle(self, record: Record) -> None:
         self.decided += 1
@@ -349,7 +333,8 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
                     metrics.rules = _rule_refs(ruleset)
 
             router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
-            made["decide"] = decider = Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules)
+            made["decide"] = decider = Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules,
+                                               metrics)
             return (watch or _same)(decider)
 
         threads = []

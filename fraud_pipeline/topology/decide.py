@@ -23,6 +23,7 @@ import orjson
 
 from ..clients import Record
 from ..live_rules import LiveLists, LiveRules
+from ..metrics import Metrics
 from ..payment import InvalidPayment, decode
 from ..rules import RuleSet
 from ..rules.lists import LISTS
@@ -77,8 +78,8 @@ class Decider(StateHandler):
 
     def __init__(self, output: Output, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
                  lists: LiveLists | None, states: PartitionStates, router: Router,
-                 on_rules: Callable[[RuleSet], None] = lambda ruleset: None) -> None:
-        super().__init__(output, lines, states)
+                 on_rules: Callable[[RuleSet], None] = lambda ruleset: None, metrics: Metrics | None = None) -> None:
+        super().__init__(output, lines, states, metrics)
         self._dead_letters = dead_letters
         self._rules = rules
         self._lists = lists

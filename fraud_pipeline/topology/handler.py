@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..clients import Batch, Consumer
+from ..metrics import Metrics
 from ..stage import LineBuffer, Output
 from ..state import PartitionStates
 
@@ -20,10 +21,12 @@ class StateHandler:
     records), so that they are read again after a restart.
     """
 
-    def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates) -> None:
+    def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates, metrics: Metrics | None = None) -> None:
         self._output = output
         self._lines = lines
         self._states = states
+        self._metrics = metrics if metrics is not None and metrics.enabled else None
+        """The decisions' metrics, for the stage that routes them (each unit's latency once it is durable)."""
 
     def begin_batch(self, batch: Batch) -> None:
         pass
@@ -51,14 +54,20 @@ class StateHandler:
     def seal(self) -> None:
         self._states.seal()
         self._lines.seal()
+        if self._metrics is not None:
+            self._metrics.sealed()
 
     def emit(self) -> None:
         self._states.committed()
         self._lines.emit()
+        if self._metrics is not None:
+            self._metrics.acknowledged()
 
     def discard(self) -> None:
         self._states.discard()
         self._lines.discard()
+        if self._metrics is not None:
+            self._metrics.rolled_back()
         self.forget()
 
     # What a subclass adds.

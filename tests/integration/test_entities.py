@@ -40,7 +40,7 @@ def test_a_device_shared_by_accounts_on_every_partition_is_counted_whole(
     detector = pipeline.start("fraud_detector", "--rules", str(rules), "--idle-timeout", "8", "--quiet",
                               "--state-dir", str(tmp_path / "s"), group="detector")
     group = pipeline.group("detector")
-    for stage in (group, f"{group}-by-DEVICE", f"{group}-by-TO", f"{group}-by-ACCOUNT"):
+    for stage in (group, f"{group}-keys", f"{group}-decide"):
         wait_for_group(pipeline.bootstrap, stage, 1, detector)
     # 12 accounts (their payments spread over the 6 partitions) on one device, 6 others on a device each.
     shared = [dataclasses.replace(payment(f"ACC-D{n:02d}", to=f"mule-{n % 2}"), device="dev-shared") for n in range(12)]
@@ -54,7 +54,7 @@ def test_a_device_shared_by_accounts_on_every_partition_is_counted_whole(
     _, stderr = detector.communicate(timeout=120)
     assert detector.returncode == 0, stderr[-3000:]
     assert summary_count(stderr, "fraud_detector") == len(sent)
-    assert "re-keyed through" in stderr
+    assert "-> anchor ->" in stderr and "keys (DEVICE, TO)" in stderr
 
     routed = {}
     latency_ms = []
@@ -81,11 +81,10 @@ def test_a_device_shared_by_accounts_on_every_partition_is_counted_whole(
     assert not any(fraud for p in alone for fraud, _, _ in [routed[p.payment_id]])
     # The payee rule (shadow) ran in its own stage and its reasons reached the decision too.
     assert any(r["id"] == "busy-payee" for _, d, _ in routed.values() for r in d["rules"])
-    # The account's rule decided with them: the burst's 4th and 5th payments to reach the account's stage (the hops
-    # by device may reorder them).
-    bursts = sorted(r["reason"] for p in sent for r in routed[p.payment_id][1]["rules"] if r["id"] == "burst")
-    assert [reason.split(" ")[0] for reason in bursts] == ["count=4", "count=5"], bursts
-    assert all(reason.endswith("(ACCOUNT=ACC-B00)") for reason in bursts), bursts
-    assert sum(routed[p.payment_id][0] for p in burst) == 2
-    figures.append(dict(test=f"re-keyed by DEVICE and TO: 3 hops ({pipeline.client})", payments=len(sent),
+    # The account's rule decided with them, in the account's order: the burst's 4th and 5th payments fire it.
+    bursts = [[r["reason"] for r in routed[p.payment_id][1]["rules"] if r["id"] == "burst"] for p in burst]
+    assert bursts[:3] == [[], [], []] and [reasons[0].split(" ")[0] for reasons in bursts[3:]] == ["count=4", "count=5"], bursts
+    assert all(reasons[0].endswith("(ACCOUNT=ACC-B00)") for reasons in bursts[3:]), bursts
+    assert [routed[p.payment_id][0] for p in burst] == [False, False, False, True, True]
+    figures.append(dict(test=f"rules over DEVICE and TO: anchor, keys, decide ({pipeline.client})", payments=len(sent),
                         send_to_routed_p50_ms=statistics.median(latency_ms), send_to_routed_max_ms=max(latency_ms)))

@@ -1,0 +1,78 @@
+"""Same payments, same decisions: three detector groups on the real cluster, one killed, and the backtest agree."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from fraud_pipeline.rules import load_ruleset
+from tests.decisions import differences, expected, routed
+from tests.integration.conftest import ROOT, Pipeline, fresh_pipeline, kafka_python_connection
+
+RECOMMENDED = ROOT / "fraud_pipeline" / "rules" / "sets" / "recommended.yaml"
+COUNT = 20_000
+
+
+def routed_so_far(bootstrap: str, topics: list[str]) -> int:
+    """Records in the routed topics (end offsets: transaction markers included), without reading them."""
+    consumer = KafkaConsumer(**kafka_python_connection(bootstrap))
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+    finally:
+        consumer.close()
+
+
+def detector(pipeline: Pipeline, name: str, client: str, tmp_path: Path, *extra: str) -> Any:
+    return pipeline.start("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir", str(tmp_path / name),
+                          "--fraud-topic", f"{pipeline.topics.fraud}-{name}", "--legit-topic", f"{pipeline.topics.legit}-{name}",
+                          *extra, group=name, client=client)
+
+
+def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, tmp_path: Path,
+                                                                   figures: list[dict[str, Any]]) -> None:
+    with fresh_pipeline(cluster, "kafka-python") as pipeline:
+        pipeline.run("payment_producer", "--count", str(COUNT), "--rate", "0", "--seed", "7", "--accounts", "20000",
+                     "--scenarios", "default", "--quiet")
+        outputs = {name: [f"{pipeline.topics.fraud}-{name}", f"{pipeline.topics.legit}-{name}"]
+                   for name in ("kafka-python", "confluent", "killed")}
+        runs = [detector(pipeline, name, client, tmp_path, "--idle-timeout", "8")
+                for name, client in (("kafka-python", "kafka-python"), ("confluent", "confluent"))]
+        # The third group, on kafka-python, killed -9 twice while it routes, then run to the end.
+        kills = []
+        for _ in range(2):
+            before = routed_so_far(cluster, outputs["killed"])
+            doomed = detector(pipeline, "killed", "kafka-python", tmp_path)
+            deadline = time.monotonic() + 120
+            while routed_so_far(cluster, outputs["killed"]) < before + 2000:
+                assert doomed.poll() is None and time.monotonic() < deadline, doomed.stderr_so_far()[-3000:]
+                time.sleep(0.2)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(30)
+            kills.append(routed_so_far(cluster, outputs["killed"]))
+        assert kills[-1] < COUNT, f"the second kill came after the end: {kills}"  # mid-stream, not after it
+        runs.append(detector(pipeline, "killed", "kafka-python", tmp_path, "--idle-timeout", "8"))
+        for run in runs:
+            _, stderr = run.communicate(timeout=300)
+            assert run.returncode == 0, stderr[-3000:]
+
+        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
+        assert len(wanted) == COUNT
+        outcomes = {outcome for outcome, _, _ in wanted.values()}
+        assert outcomes == {"approve", "decline"}, outcomes
+        key_rules = sum(1 for _, _, fired in wanted.values() if {"device-card-testing@1", "mule-fan-in@1"} & set(fired))
+        account_rules = sum(1 for _, _, fired in wanted.values() if {"burst@1", "small-then-large@1"} & set(fired))
+        assert key_rules > 0 and account_rules > 0, (key_rules, account_rules)
+        found = {name: routed(cluster, topics) for name, topics in outputs.items()}
+        for name, decisions in found.items():
+            differ = differences(decisions, wanted)
+            assert not differ, f"{name}: {len(differ)} payments routed other than once or decided otherwise, e.g. " \
+                               f"{list(differ.items())[:3]}"
+        figures.append(dict(test="one decision path: 3 groups (kafka-python, confluent, killed -9 twice) and the backtest",
+                            payments=COUNT, declined=sum(1 for o, _, _ in wanted.values() if o == "decline"),
+                            key_rule_payments=key_rules, routed_at_kills=kills, differing=0))
