@@ -13,7 +13,12 @@ the whole topic with a new consumer group. kafka-python (the default client):
   detector_alo              our detector, --guarantee at-least-once, --quiet
   detector_eos              our detector, exactly-once, --quiet
   detector_x2               two at-least-once detector processes in one group
-  detector_rules            at-least-once with the recommended rules (rules/sets/recommended.yaml)
+  detector_rules            at-least-once with the recommended rules (rules/sets/recommended.yaml): the decision
+                            path's three stages (fraud_pipeline.topology), the payments' state in stores kept between
+                            the runs of a scenario (--state-dir), its CPU user and system apart, the stage processes
+                            included, its changelogs' bytes and its memory
+  detector_chain            the plain chain: the same three stages and hops with almost no rules (bench/chain.yaml):
+                            the ceiling of detector_rules
   detector_metrics          detector_alo with Prometheus metrics on, scraped every second
 
 and the same on confluent-kafka (librdkafka), the detector with --client confluent:
@@ -24,6 +29,7 @@ and the same on confluent-kafka (librdkafka), the detector with --client conflue
   confluent_detector_eos    ... exactly-once
   confluent_detector_x2     two at-least-once confluent detector processes in one group
   confluent_detector_rules  at-least-once with the recommended rules
+  confluent_detector_chain  the plain chain
   confluent_detector_metrics  at-least-once, metrics on and scraped every second
 
 then Kafka's Java ProducerPerformance / ConsumerPerformance on the same cluster.
@@ -75,6 +81,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import state as state_bench
 from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
@@ -88,17 +96,20 @@ from fraud_pipeline.security import Security
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
-KINDS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules", "detector_metrics")
+KINDS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules", "detector_chain",
+         "detector_metrics")
 """The kafka-python scenarios; each but seed_loop also runs on confluent-kafka as ``confluent_<kind>``."""
 PREFIX = "confluent_"
 SCENARIOS = (*KINDS, *(PREFIX + kind for kind in KINDS if kind != "seed_loop"))
 RECOMMENDED = ROOT / "fraud_pipeline" / "rules" / "sets" / "recommended.yaml"
+CHAIN = ROOT / "bench" / "chain.yaml"
 IDLE_S = 3.0
 DETECTOR_ARGS = {
     "detector_alo": ["--guarantee", "at-least-once"],
     "detector_eos": ["--guarantee", "exactly-once"],
     "detector_x2": ["--guarantee", "at-least-once"],  # as (c): the ratio is the second process's gain
     "detector_rules": ["--guarantee", "at-least-once", "--rules-file", str(RECOMMENDED)],
+    "detector_chain": ["--guarantee", "at-least-once", "--rules-file", str(CHAIN)],
     "detector_metrics": ["--guarantee", "at-least-once", "--metrics"],
 }
 PROCESSES = {"detector_x2": 2}
@@ -116,6 +127,7 @@ class LatencyKind:
     client: str
     guarantee: str | None
     label: str
+    rules: Path | None = None
 
 
 LATENCY_KINDS = {
@@ -123,6 +135,8 @@ LATENCY_KINDS = {
     "detector_alo": LatencyKind("detector", KAFKA_PYTHON, "at-least-once", "kafka-python detector, at-least-once"),
     "confluent": LatencyKind("detector", CONFLUENT, "exactly-once", "confluent detector, exactly-once"),
     "confluent_alo": LatencyKind("detector", CONFLUENT, "at-least-once", "confluent detector, at-least-once"),
+    "confluent_rules": LatencyKind("detector", CONFLUENT, "exactly-once", "confluent detector, exactly-once, recommended rules",
+                                   RECOMMENDED),
     "passthrough": LatencyKind("passthrough", KAFKA_PYTHON, None, "kafka-python passthrough (two hops)"),
     "python_one_hop": LatencyKind(None, CONFLUENT, None, "Python one hop: the paced producer straight to the reader (the floor)"),
 }
@@ -137,8 +151,13 @@ GOALS: dict[str, tuple[str, float]] = {
     "confluent_alo/confluent_passthrough": ("≥", 0.6),
     "confluent_eos/confluent_alo": ("≥", 0.8),
     "confluent_rules/confluent_alo": ("≥", 0.6),
-    "confluent_rules_vs_alo_no_rules": ("≥", 0.6),
-    "rules_vs_alo_no_rules": ("≥", 0.5),
+    "confluent_rules_vs_alo_no_rules": ("≥", 0.4),
+    "rules_vs_alo_no_rules": ("≥", 0.4),
+    "confluent_rules_vs_plain_chain": ("≥", 0.8),
+    "rules_vs_plain_chain": ("≥", 0.8),
+    "confluent_rules_cpu/plain_chain_cpu": ("≤", 1.5),
+    "rules_cpu/plain_chain_cpu": ("≤", 1.5),
+    "confluent_alo/confluent_eos": ("≥", 1),
     "metrics/alo": ("≥", 0.95),
     "confluent_metrics/confluent_alo": ("≥", 0.95),
     "p99/passthrough_p99": ("≤", 1.5),
@@ -155,6 +174,13 @@ GOALS: dict[str, tuple[str, float]] = {
 RULES_RATIOS = {
     "confluent_rules_vs_alo_no_rules": ("confluent_detector_rules", "confluent_detector_alo"),
     "rules_vs_alo_no_rules": ("detector_rules", "detector_alo"),
+    "confluent_rules_vs_plain_chain": ("confluent_detector_rules", "confluent_detector_chain"),
+    "rules_vs_plain_chain": ("detector_rules", "detector_chain"),
+    "confluent_alo/confluent_eos": ("confluent_detector_alo", "confluent_detector_eos"),
+}
+CPU_RATIOS = {
+    "confluent_rules_cpu/plain_chain_cpu": ("confluent_detector_rules", "confluent_detector_chain"),
+    "rules_cpu/plain_chain_cpu": ("detector_rules", "detector_chain"),
 }
 """The rules detector (state store, re-keying stages) against the at-least-once one without rules, on each client."""
 THROUGHPUT_RATIOS = {
@@ -171,9 +197,34 @@ THROUGHPUT_RATIOS = {
 }
 
 
+def _cpu() -> tuple[float, float]:
+    """User and system seconds of this process and its children: the detector's stage processes, running or ended."""
+    user = system = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # children: those ended and waited for
+        usage = resource.getrusage(who)
+        user, system = user + usage.ru_utime, system + usage.ru_stime
+    for child in psutil.Process().children(recursive=True):  # those still running
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        user, system = user + times.user, system + times.system
+    return user, system
+
+
 def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return sum(_cpu())
+
+
+def _rss_mb() -> float:
+    """The resident memory of this process and its children, MB."""
+    total = 0
+    for process in (psutil.Process(), *psutil.Process().children(recursive=True)):
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 1e6
 
 
 def _servers(bootstrap: str) -> tuple[str, ...]:
@@ -232,18 +283,23 @@ class Progress:
     records: int = 0
     first_at: float = 0.0
     last_at: float = 0.0
-    cpu_at_first: float = 0.0
+    cpu_at_first: tuple[float, float] = (0.0, 0.0)
+    cpu_at_last: tuple[float, float] | None = None
+    """User and system seconds when the last record was counted (set by a scenario whose processes end later)."""
+    extra: dict[str, float] = field(default_factory=dict)
 
     def seen(self, n: int) -> None:
         now = time.time()
         if not self.records:
-            self.first_at, self.cpu_at_first = now, _cpu_s()
+            self.first_at, self.cpu_at_first = now, _cpu()
         self.records += n
         self.last_at = now
 
     def result(self) -> dict[str, float]:
-        return {"records": self.records, "first_at": self.first_at, "last_at": self.last_at,
-                "cpu_s": _cpu_s() - self.cpu_at_first}
+        user, system = self.cpu_at_last or _cpu()
+        user, system = user - self.cpu_at_first[0], system - self.cpu_at_first[1]
+        return {"records": self.records, "first_at": self.first_at, "last_at": self.last_at, "cpu_s": user + system,
+                "cpu_user_s": user, "cpu_system_s": system, **self.extra}
 
 
 class Histogram:
@@ -434,7 +490,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
         def emit(self) -> None:
             self.inner.emit()
             progress.seen(self.sealed.popleft())
-            if progress.records >= args.count:
+            if progress.records >= args.count and not stop.is_set():
+                progress.cpu_at_last = _cpu()  # before the stage processes wind down
                 stop.set()
 
         def discard(self) -> None:
@@ -442,14 +499,34 @@ def child_detector(args: argparse.Namespace) -> Progress:
             self.batch = 0
             self.sealed.clear()
 
-    # The detector's own run (its state store, and the re-keying stages the rules need), the deciding stage counted.
+    def sample_memory() -> None:
+        while not stop.wait(0.5):
+            progress.extra["rss_mb"] = max(progress.extra.get("rss_mb", 0.0), _rss_mb())
+
+    threading.Thread(target=sample_memory, daemon=True).start()
+    # The detector's own run (its state store, and the stages the rules need), the deciding stage counted.
     try:
         status = detector_run(settings, stop, watch=Counted)
     finally:
         shutil.rmtree(settings.detector.state_dir, ignore_errors=True)  # type: ignore[union-attr]
     if status:
         raise BenchError(f"bench: the detector ({args.client}, {args.guarantee}) failed")
+    if args.rules_file:
+        progress.extra["changelog_bytes"] = float(_changelog_bytes(settings, args.group))
     return progress
+
+
+def _changelog_bytes(settings: Any, group: str) -> int:
+    """The bytes (keys and values) a detector group wrote to its changelogs: every stage's."""
+    from fraud_pipeline.kafka_io import read_span
+    from fraud_pipeline.topics import describe_topics
+
+    names = [f"{group}-{settings.topics.payments}-changelog", f"{group}-keys-changelog", f"{group}-decide-changelog"]
+    total = 0
+    for name in describe_topics(settings, names):
+        for record in read_span(settings, name):
+            total += len(record.key or b"") + len(record.value or b"")
+    return total
 
 
 def _free_port() -> int:
@@ -566,14 +643,14 @@ def stage_topics(topic: str) -> dict[str, int]:
     return {f"{topic}-rules": 1, f"{topic}-rules-rejected": 1}
 
 
-def preload(bootstrap: str, topic: str, count: int) -> int:
+def preload(bootstrap: str, topic: str, count: int, accounts: int = 1000) -> int:
     from fraud_pipeline.payment import encode, payment_stream
 
     producer = _tools(bootstrap).producer("bench-preload", linger_ms=20)
     failures: list[Exception] = []
     producer.on_error(failures.append)
     bar = Bar("preload", count)
-    stream = payment_stream(seed=7)
+    stream = payment_stream(seed=7, accounts=accounts)
     size = 0
     try:
         for i in range(count):
@@ -645,7 +722,13 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
         raise BenchError(f"bench: {scenario} read {records} of {count} records")
     span = max(r["last_at"] for r in busy) - min(r["first_at"] for r in busy)
     cpu = sum(r["cpu_s"] for r in results)
-    return {"msgs_per_s": records / span, "cpu_us_per_msg": cpu * 1e6 / records}
+    found = {"msgs_per_s": records / span, "cpu_us_per_msg": cpu * 1e6 / records,
+             "cpu_user_us_per_msg": sum(r["cpu_user_s"] for r in results) * 1e6 / records,
+             "cpu_system_us_per_msg": sum(r["cpu_system_s"] for r in results) * 1e6 / records,
+             "rss_mb": max(r.get("rss_mb", 0.0) for r in results)}
+    if any("changelog_bytes" in r for r in results):
+        found["changelog_bytes_per_msg"] = sum(r.get("changelog_bytes", 0.0) for r in results) / records
+    return found
 
 
 def _classpath() -> str:
@@ -721,6 +804,8 @@ def latency_run(bootstrap: str, kind: str, rate: float, seconds: float, warmup: 
                   "--linger-ms", str(linger_ms)]
     if spec.guarantee:
         stage_args += ["--guarantee", spec.guarantee]
+    if spec.rules is not None:
+        stage_args += ["--rules-file", str(spec.rules)]
     read_topics = {None: [names["in"]], "passthrough": [names["out"]]}.get(spec.child, [names["fraud"], names["legit"]])
     # librdkafka, read_committed, outside any group: every partition of the output from its start.
     # consume() waits for its whole batch or its timeout, so the reader blocks for one record,
@@ -884,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="client properties file (TLS, SASL) for every client of the bench, as the scripts take it "
                         "[env KAFKA_CLIENT_CONFIG]; KAFKA_SASL_PASSWORD and the other KAFKA_* variables apply too")
     parser.add_argument("--count", type=int, default=200_000, help="payments preloaded and read per run (default 200000)")
+    parser.add_argument("--accounts", type=int, default=100_000,
+                        help="accounts the preloaded payments come from (default 100000): the rules' state grows with them")
     parser.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating; the median counts (default 3)")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios to run, for a quick look: {', '.join(SCENARIOS)} "
                         "(default: all, with the Java tools and the latency runs; the JSON needs all)")
@@ -938,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
               "legit": f"bench-legit-{run_id}", "dlq": f"bench-dlq-{run_id}", "java": f"bench-java-{run_id}"}
     create_topics(args.bootstrap, {topics["in"]: 6, topics["out"]: 6, topics["fraud"]: 2, topics["legit"]: 2,
                                    topics["dlq"]: 1, topics["java"]: 6, **stage_topics(topics["in"])})
-    record_size = preload(args.bootstrap, topics["in"], args.count)
+    record_size = preload(args.bootstrap, topics["in"], args.count, args.accounts)
     common = ["--bootstrap", args.bootstrap, "--topic", topics["in"], "--out", topics["out"], "--fraud", topics["fraud"],
               "--legit", topics["legit"], "--dlq", topics["dlq"], "--linger-ms", str(args.linger_ms)]
 
@@ -979,6 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
     state = state_bench.measure(args.bootstrap, args.state_keys) if args.state_keys > 0 else {}
     ratios = compute_ratios(rate, latency, floor)
     ratios |= {name: rate[a] / rate[b] for name, (a, b) in RULES_RATIOS.items() if a in rate and b in rate}
+    ratios |= {name: medians[a]["cpu_us_per_msg"] / medians[b]["cpu_us_per_msg"] for name, (a, b) in CPU_RATIOS.items()
+               if a in medians and b in medians}
     print(throughput_table(medians, {"ProducerPerformance": java["kafka_producer_perf"],
                                      "ConsumerPerformance": java["kafka_consumer_perf"]}))
     if floor is not None:
@@ -986,7 +1075,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + ratio_table(ratios))
     if state:
         print("\nstate store, " + ", ".join(f"{k}={v:,.2f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in state.items()))
-    report: dict[str, Any] = {f"{name}_msgs_per_s": rate[name] for name in SCENARIOS}
+    report: dict[str, Any] = {f"{name}_msgs_per_s": rate[name] for name in SCENARIOS if name in rate}
+    for prefix in ("", PREFIX):
+        if f"{prefix}detector_chain" in rate:
+            report[f"{prefix}plain_chain_msgs_per_s"] = rate[f"{prefix}detector_chain"]
+        rules = medians.get(f"{prefix}detector_rules")
+        if rules is not None:
+            report[f"{prefix}rules_cpu_us_per_payment"] = {"user": rules["cpu_user_us_per_msg"],
+                                                           "system": rules["cpu_system_us_per_msg"]}
+            report[f"{prefix}rules_changelog_bytes_per_payment"] = rules.get("changelog_bytes_per_msg")
+            report[f"{prefix}rules_rss_mb"] = rules["rss_mb"]
+    report["accounts"] = args.accounts
     report |= state
     report |= {
         "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
@@ -1018,6 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
             "confluent_latency_max_ms": latency["confluent"].max_us / 1000,
             "confluent_alo_latency_p50_ms": pct("confluent_alo", 50),
             "confluent_alo_latency_p99_ms": pct("confluent_alo", 99),
+            "confluent_rules_latency_p50_ms": pct("confluent_rules", 50),
+            "confluent_rules_latency_p99_ms": pct("confluent_rules", 99),
             "passthrough_latency_p50_ms": pct("passthrough", 50),
             "passthrough_latency_p99_ms": pct("passthrough", 99),
             "java_one_hop_p50_ms": floor["p50_ms"],

@@ -24,11 +24,18 @@ routed records and the input offsets.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
 
 from .clients import Batch, Record
 from .config import EXACTLY_ONCE, Settings, build_parser, require
@@ -42,10 +49,10 @@ from .rules import ALLOWED_LATENESS_MS, ORIGINAL, Engine, RuleError, RuleSet, lo
 from .rules.definitions import group_label
 from .rules.lists import LISTS
 from .rules.order import refuse_new_groups
-from .runtime import Summary, cli_main, run_cli
+from .runtime import Summary, cli_main, run_cli, setup_logging
 from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
 from .state import PartitionStates
-from .topics import describe_topics, prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
+from .topics import RetentionLimits, describe_topics, prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
 from .topology import (
     DEFAULT_GROUP,
     Anchor,
@@ -258,15 +265,8 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[RecordHandle
             log.info("rules grouped by %s: %s", ", ".join(group_label(g) for g in layout.groups), layout.describe())
         created = {stage.name: prepare_changelog(stage_settings(settings, stage, quiet=False), stage.source, stage.changelog)
                    for stage in layout.stages}
-        limits = [retention_limits(settings, stage.source, stage.changelog) for stage in layout.stages if stage.name != "decide"
-                  ] or [retention_limits(settings, layout.payments, layout.stages[0].changelog)]
-        refuse = refuse_new_groups(layout.groups)
-
-        def check(ruleset: RuleSet) -> None:
-            for limit in limits:
-                limit.check(ruleset)
-            refuse(ruleset)
-
+        check = RulesCheck(tuple(retention_limits(settings, stage.source, stage.changelog) for stage in layout.stages
+                                 if stage.name != "decide" or not layout.rekeyed), layout.groups)
         try:
             check(rules.current)
         except RuleError as exc:
@@ -274,8 +274,23 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[RecordHandle
         rules.check = check
         if not layout.rekeyed:
             return _run_single(settings, layout.stages[0], stop, rules, lists, metrics, watch,
-                               limits[0].replay_short(rules.current) if created["decide"] else None, created["decide"])
-        return _run_path(settings, layout, partitions, stop, rules, lists, metrics, watch)
+                               check.limits[0].replay_short(rules.current) if created["decide"] else None, created["decide"])
+        return _run_path(settings, layout, partitions, stop, rules, lists, metrics, watch, check)
+
+
+@dataclass(frozen=True)
+class RulesCheck:
+    """What a rule set must meet on a running detector (picklable: the stage processes check it too)."""
+
+    limits: tuple[RetentionLimits, ...]
+    """No window longer than a changelog keeps."""
+    groups: tuple[tuple[str, ...], ...]
+    """The keys the detector re-keys by: a rule over another key needs a restart."""
+
+    def __call__(self, ruleset: RuleSet) -> None:
+        for limit in self.limits:
+            limit.check(ruleset)
+        refuse_new_groups(self.groups)(ruleset)
 
 
 def _run_single(settings: Settings, stage: StagePlan, stop: threading.Event, rules: LiveRules, lists: LiveLists,
@@ -294,38 +309,35 @@ def _run_single(settings: Settings, stage: StagePlan, stop: threading.Event, rul
         )
 
 
+COUNTERS = ("to_keys", "tickets", "keys_read", "answers", "late")
+"""What the stage processes tell the detector's process (shared counters): records sent to the key stage (probes
+and markers) and tickets sent to the decider by the anchor; records read, answers sent and late probes of the key
+stage. The idle end of each stage after the first compares what it read with what was sent to it."""
+
+
 def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading.Event, rules: LiveRules,
-              lists: LiveLists, metrics: Metrics, watch: Callable[[RecordHandler], RecordHandler] | None) -> int:
-    """The anchor and the key stage in threads of their own, the decider in this one; all stop together."""
-    anchor_plan, keys_plan, decide_plan = layout.stages
+              lists: LiveLists, metrics: Metrics, watch: Callable[[RecordHandler], RecordHandler] | None,
+              check: RulesCheck) -> int:
+    """The anchor and the key stage each in a process of its own (one interpreter lock each), the decider in this one.
+
+    All stop together: on a stop request, on a failure of any, or (with an idle timeout) one after the other once
+    each has had everything upstream. A stage process whose detector process is gone (killed) exits at once.
+    """
+    decide_plan = layout.stages[2]
     idle_timeout_s = require(settings.consumer, "consumer").idle_timeout_s
-    chain = Chain(stop, 3, idle_timeout_s)
-    made: dict[str, StateHandler] = {}
-    summaries = [Summary(f"{NAME}[anchor]", "payments"), Summary(f"{NAME}[keys]", "probes"), Summary(NAME, "payments")]
-    with ExitStack() as stack:
-        def stage_of(index: int, stage: StagePlan) -> Settings:
-            each = stage_settings(settings, stage, quiet=stage.name != "decide")
-            return replace(each, consumer=replace(require(each.consumer, "consumer"), idle_timeout_s=chain.idle_timeout_s(index)))
-
-        anchor_settings, keys_settings, decide_settings = (stage_of(n, stage) for n, stage in enumerate(layout.stages))
-        anchor_states = stack.enter_context(partition_states(anchor_settings, anchor_plan.changelog))
-        keys_states = stack.enter_context(partition_states(keys_settings, keys_plan.changelog))
-        decide_states = stack.enter_context(partition_states(decide_settings, decide_plan.changelog))
-        markers = Output(make_producer(settings, f"{NAME}-markers"))
-        stack.callback(markers.producer.close)
+    context = multiprocessing.get_context("spawn")  # not forked: the Kafka clients of this process run threads
+    chain = Chain(stop, 3, idle_timeout_s, events=[context.Event(), context.Event(), threading.Event()])
+    counters = {name: context.Value("q", 0, lock=False) for name in COUNTERS}
+    children = [context.Process(target=_stage_process, name=f"{NAME}[{stage.name}]", daemon=True,
+                                args=(stage.name, settings, layout, partitions, chain.idle_timeout_s(index),
+                                      chain.stops[index], counters, os.getpid(), check))
+                for index, stage in enumerate(layout.stages[:2])]
+    decide_settings = _stage_settings(settings, decide_plan, None)
+    decider: list[Decider] = []
+    with partition_states(decide_settings, decide_plan.changelog) as decide_states:
         if metrics.enabled:
-            metrics.window_keys = anchor_states.tables
             metrics.rules = _rule_refs(rules.current)
-
-        def anchor_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
-            made["anchor"] = anchor = Anchor(layout, output, dead_letters, lines, lambda: rules.current, anchor_states,
-                                             partitions, markers)
-            return anchor
-
-        def keys_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
-            made["keys"] = keys = KeyStage(layout, output, dead_letters, lines, lambda: rules.current, keys_states,
-                                           partitions, metrics)
-            return keys
+            metrics.late_probes_of = lambda: int(counters["late"].value)
 
         def decide_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
             def on_rules(ruleset: RuleSet) -> None:
@@ -333,35 +345,96 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
                     metrics.rules = _rule_refs(ruleset)
 
             router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
-            made["decide"] = decider = Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules,
-                                               metrics)
-            return (watch or _same)(decider)
+            decider.append(Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules, metrics))
+            return (watch or _same)(decider[0])
 
-        threads = []
-        for index, (stage, each, factory) in enumerate(((anchor_plan, anchor_settings, anchor_handler),
-                                                        (keys_plan, keys_settings, keys_handler))):
-            def run_one(index: int = index, stage: StagePlan = stage, each: Settings = each,
-                        factory: Callable[[Output, DeadLetters, LineBuffer], RecordHandler] = factory) -> int:
-                return run_stage(each, name=summaries[index].name, source_topic=stage.source, stop=chain.stops[index],
-                                 summary=summaries[index], make_handler=factory)
+        def run_child(child: multiprocessing.process.BaseProcess) -> int:
+            child.start()
+            child.join()
+            return 0 if child.exitcode == 0 else 1
 
-            thread = threading.Thread(target=chain.run, args=(index, run_one), name=f"stage-{stage.name}", daemon=True)
-            thread.start()
-            threads.append(thread)
-        anchor_sent = summaries[0].counts
-        chain.follow(1, threads[0], lambda: _read(made, "keys"), lambda: anchor_sent["probe"] + anchor_sent["marker"])
-        chain.follow(2, threads[1], lambda: _read(made, "decide"),
-                     lambda: anchor_sent["forwarded"] + summaries[1].counts["answer"])
-        chain.run(2, lambda: run_stage(decide_settings, name=NAME, source_topic=decide_plan.source, stop=chain.stops[2],
-                                       summary=summaries[2], make_handler=decide_handler, metrics=metrics))
+        threads = [threading.Thread(target=chain.run, args=(index, partial(run_child, child)), name=str(child.name),
+                                    daemon=True) for index, child in enumerate(children)]
         for thread in threads:
-            thread.join()
+            thread.start()
+        chain.follow(1, threads[0], lambda: int(counters["keys_read"].value), lambda: int(counters["to_keys"].value))
+        chain.follow(2, threads[1], lambda: decider[0].read if decider else 0,
+                     lambda: int(counters["tickets"].value + counters["answers"].value))
+        try:
+            chain.run(2, lambda: run_stage(decide_settings, name=NAME, source_topic=decide_plan.source, stop=chain.stops[2],
+                                           summary=Summary(NAME, "payments"), make_handler=decide_handler, metrics=metrics))
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
     return max(chain.status)
 
 
-def _read(made: dict[str, StateHandler], name: str) -> int:
-    stage = made.get(name)
-    return stage.read if isinstance(stage, KeyStage | Decider) else 0
+def _stage_settings(settings: Settings, stage: StagePlan, idle_timeout_s: float | None) -> Settings:
+    each = stage_settings(settings, stage, quiet=stage.name != "decide")
+    return replace(each, consumer=replace(require(each.consumer, "consumer"), idle_timeout_s=idle_timeout_s))
+
+
+def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int, idle_timeout_s: float | None,
+                   stop: threading.Event, counters: dict[str, Any], parent: int, check: RulesCheck) -> None:
+    """A stage of the decision path in a process of its own (the anchor or the key stage); exits with its status."""
+    label = f"{NAME}[{name}]"
+    setup_logging(label)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the detector's process relays it
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def orphaned() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent:  # the detector was killed: so is this stage, as a thread of it would be
+                os._exit(1)
+
+    threading.Thread(target=orphaned, name="orphaned", daemon=True).start()
+    stage = next(each for each in layout.stages if each.name == name)
+    each = _stage_settings(settings, stage, idle_timeout_s)
+    summary = Summary(label, "records")
+    made: list[Anchor | KeyStage] = []
+
+    def publish() -> None:
+        counts = summary.counts
+        if name == "anchor":
+            counters["to_keys"].value = counts["probe"] + counts["marker"]
+            counters["tickets"].value = counts["forwarded"]
+        elif made and isinstance(made[0], KeyStage):
+            keys = made[0]
+            counters["keys_read"].value, counters["answers"].value, counters["late"].value = keys.read, counts["answer"], keys.late
+
+    def publishing() -> None:
+        while not stop.wait(0.1):
+            publish()
+
+    status = 1
+    try:
+        with ExitStack() as stack:
+            rules, _ = stack.enter_context(live_rules(settings, check))
+            states = stack.enter_context(partition_states(each, stage.changelog))
+
+            def current() -> RuleSet:
+                rules.refresh()
+                return rules.current
+
+            def handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
+                if name == "anchor":
+                    markers = Output(make_producer(settings, f"{NAME}-markers"))
+                    stack.callback(markers.producer.close)
+                    made.append(Anchor(layout, output, dead_letters, lines, current, states, partitions, markers))
+                else:
+                    made.append(KeyStage(layout, output, dead_letters, lines, current, states, partitions))
+                return made[-1]
+
+            threading.Thread(target=publishing, name="counters", daemon=True).start()
+            status = run_stage(each, name=label, source_topic=stage.source, stop=stop, summary=summary, make_handler=handler)
+    except PipelineError as exc:
+        logging.getLogger(label).error("%s", exc)
+    except Exception:
+        logging.getLogger(label).exception("stage failed")
+    finally:
+        publish()
+    sys.exit(status)
 
 
 def _same(handler: RecordHandler) -> RecordHandler:

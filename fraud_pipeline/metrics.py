@@ -31,7 +31,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -113,6 +113,8 @@ class Metrics:
         self.window_keys: Mapping[int, Sized] = {}
         self.rules: list[tuple[str, int, str]] = []
         self.late_probes = 0
+        self.late_probes_of: Callable[[], int] | None = None
+        """Where the late probes are counted when the key stage runs in another process."""
         self._lag_checked = 0.0
 
     def decided(self, timestamp_ms: int, key: object, fired: Iterable[Any]) -> None:
@@ -180,7 +182,7 @@ class Metrics:
             transactions.add_metric([result], count)
         yield transactions
         late = CounterMetricFamily("fraud_late_probes", "Probes that came after their partition's marker had passed them")
-        late.add_metric([], self.late_probes)
+        late.add_metric([], self.late_probes if self.late_probes_of is None else self.late_probes_of())
         yield late
         lag = GaugeMetricFamily("fraud_consumer_lag", "End offset minus the consumer's position", labels=["topic", "partition"])
         for (topic, partition), value in sorted(snapshot(self.lag).items()):

@@ -40,8 +40,6 @@ IDLE_AFTER_S = 0.5
 IDLE_MARGIN_MS = 2_000
 """How far behind the clock a quiet partition's marker stays: a payment sent to it later, with an event time
 up to this much older than when it is read, still comes in order."""
-UNKNOWN_END_S = 5.0
-"""A partition whose end offset the client has not learnt is taken as read to its end after this long quiet."""
 
 
 class Anchor(StateHandler):
@@ -141,7 +139,7 @@ class Anchor(StateHandler):
         for partition in owned:
             quiet = now - self._last_read.setdefault(partition, now)
             lag = lags.get(TopicPartition(self._plan.payments, partition))
-            if quiet < IDLE_AFTER_S or (lag is None and quiet < UNKNOWN_END_S) or (lag is not None and lag > 0):
+            if quiet < IDLE_AFTER_S or lag != 0:  # not read to its end, or its end not known yet (not fetched)
                 continue
             seq = self._sequence(partition)
             mark = clock if seq is None else max(seq, clock)

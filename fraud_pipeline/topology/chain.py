@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("fraud_detector")
 
@@ -14,8 +15,10 @@ class Chain:
     out on its own, and each later one once the stage before it has ended and it has had no record for that long
     itself, having handled all that was sent to it, so that none ends before what is upstream of it has reached it."""
 
-    def __init__(self, stop: threading.Event, stages: int, idle_timeout_s: float | None) -> None:
-        self.stops = [threading.Event() for _ in range(stages)]
+    def __init__(self, stop: threading.Event, stages: int, idle_timeout_s: float | None,
+                 events: list[Any] | None = None) -> None:
+        self.stops: list[threading.Event] = events or [threading.Event() for _ in range(stages)]
+        """Each stage's stop event (``events``: of another process's stages, multiprocessing's)."""
         self.status = [0] * stages
         self._stop = stop
         self._idle_timeout_s = idle_timeout_s

@@ -197,6 +197,7 @@ class KeyStage(StateHandler):
             notes = decision.notes
             if probe.late:
                 self.late += 1
+                self._lines.add("late", None)
                 if self._metrics is not None:
                     self._metrics.late_probes += 1
                 notes = (*notes, f"{','.join(group.fields)}: came after its partition's marker had passed it: taken at "
