@@ -93,11 +93,12 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(DETECTOR, "READ", topics.lists),
             *(topic(DETECTOR, "WRITE", name) for name in (topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected)),
             group(DETECTOR, groups.detector),
-            # Its own internal topics, named after its group: the state's changelogs and the re-keying
-            # topics (fraud_pipeline.state, fraud_pipeline.features), which it creates; the groups of its
-            # re-keying stages; the retention of its input, checked against the rules' windows.
+            # Its own internal topics, named after its group: the state's changelogs and the topics between its
+            # stages (fraud_pipeline.state, fraud_pipeline.topology), which it creates, and whose records it
+            # deletes once read (DELETE: delete-records); the groups of its stages; the retention of its input,
+            # checked against the rules' windows.
             *(Acl(f"User:{DETECTOR}", op, "TOPIC", f"{groups.detector}-", prefixed=True)
-              for op in ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS")),
+              for op in ("CREATE", "READ", "WRITE", "DELETE", "DESCRIBE_CONFIGS")),
             Acl(f"User:{DETECTOR}", "READ", "GROUP", f"{groups.detector}-", prefixed=True),
             topic(DETECTOR, "DESCRIBE_CONFIGS", topics.payments),
             Acl(f"User:{DETECTOR}", "WRITE", "TRANSACTIONAL_ID", groups.detector, prefixed=True),

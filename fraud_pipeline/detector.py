@@ -52,7 +52,15 @@ from .rules.order import refuse_new_groups
 from .runtime import Summary, cli_main, run_cli, setup_logging
 from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
 from .state import PartitionStates
-from .topics import RetentionLimits, describe_topics, prepare_changelog, prepare_internal_topics, prepare_topics, retention_limits
+from .topics import (
+    RetentionLimits,
+    delete_records,
+    describe_topics,
+    prepare_changelog,
+    prepare_internal_topics,
+    prepare_topics,
+    retention_limits,
+)
 from .topology import (
     DEFAULT_GROUP,
     Anchor,
@@ -60,6 +68,7 @@ from .topology import (
     Decider,
     KeyStage,
     Plan,
+    Purger,
     Router,
     StagePlan,
     StateHandler,
@@ -345,7 +354,8 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
                     metrics.rules = _rule_refs(ruleset)
 
             router = Router(output, settings.topics.fraud, settings.topics.legit, lines, metrics)
-            decider.append(Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules, metrics))
+            decider.append(Decider(output, dead_letters, lines, rules, lists, decide_states, router, on_rules, metrics,
+                                   Purger(layout.answers, partial(delete_records, settings))))
             return (watch or _same)(decider[0])
 
         def run_child(child: multiprocessing.process.BaseProcess) -> int:
@@ -423,7 +433,8 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
                     stack.callback(markers.producer.close)
                     made.append(Anchor(layout, output, dead_letters, lines, current, states, partitions, markers))
                 else:
-                    made.append(KeyStage(layout, output, dead_letters, lines, current, states, partitions))
+                    made.append(KeyStage(layout, output, dead_letters, lines, current, states, partitions,
+                                         purger=Purger(layout.probes, partial(delete_records, settings))))
                 return made[-1]
 
             threading.Thread(target=publishing, name="counters", daemon=True).start()

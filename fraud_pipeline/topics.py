@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicSpec
+from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicPartition, TopicSpec
 from .config import Settings, TopicSettings, build_parser, settings_from_args
 from .errors import PipelineError
 from .kafka_io import connect, retrying
@@ -247,6 +247,15 @@ def prepare_internal_topics(settings: Settings, names: Iterable[str], partitions
         if found != partitions:
             raise PipelineError(f"topic {name} has {found} partitions but {topics.payments} has {partitions}: delete it "
                                 "(and the detector's state folders and changelogs) to start the decision path afresh")
+
+
+def delete_records(settings: Settings, offsets: Mapping[TopicPartition, int]) -> None:
+    """Delete each partition's records before its offset (an internal topic's, once its reader committed past them)."""
+    admin = _admin(settings)
+    try:
+        admin.delete_records(offsets)
+    finally:
+        admin.close()
 
 
 def _retention_ms(configs: Mapping[str, str]) -> int | None:

@@ -139,6 +139,9 @@ class Admin(Protocol):
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics (those missing are ignored)."""
 
+    def delete_records(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Delete each partition's records before its offset (what every reader has committed past)."""
+
     def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
         """Each named topic's effective configuration (defaults included); topics missing are left out."""
 

@@ -635,6 +635,14 @@ class Admin:
             except KafkaException as exc:
                 raise classify(exc, f"delete topic {name}") from exc
 
+    def delete_records(self, offsets: Mapping[TopicPartition, int]) -> None:
+        asked = [RdTP(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        for tp, future in self._admin.delete_records(asked, operation_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise classify(exc, f"delete records of {tp.topic} [{tp.partition}]") from exc
+
     def create_acls(self, acls: Iterable[Acl]) -> None:
         bindings = [
             AclBinding(ResourceType[acl.resource_type], acl.resource_name,

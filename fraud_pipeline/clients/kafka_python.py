@@ -605,6 +605,13 @@ class Admin:
             except kerr.KafkaError as exc:
                 raise classify(exc, "delete topics") from exc
 
+    def delete_records(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            self._admin.delete_records({KafkaTP(tp.topic, tp.partition): offset for tp, offset in offsets.items()},
+                                       timeout_ms=30_000)
+        except kerr.KafkaError as exc:
+            raise classify(exc, "delete records") from exc
+
     def create_acls(self, acls: Iterable[Acl]) -> None:
         entries = [
             ACL(acl.principal, "*", ACLOperation[acl.operation], ACLPermissionType.ALLOW,

@@ -9,6 +9,7 @@ One module per concern:
     keys      KeyStage: the rules over other keys, each key partition in the defined order
     decide    Decider: tickets and answers joined, each payment decided in its partition's offset order
     route     Router: a decision to the fraud or legit topic, its header and its line
+    purge     Purger: the internal topics' records deleted once their reader committed past them
     chain     Chain: the stages stop together, or one after the other when idle
 
 The order they decide in is defined, and decided whole by one function, in
@@ -22,9 +23,10 @@ from .handler import StateHandler
 from .keys import KeyStage
 from .plan import DEFAULT_GROUP, Plan, StagePlan, plan, stage_settings
 from .progress import decode_state, encode_state
+from .purge import Purger
 from .route import Router, decision_header
 
 __all__ = [
-    "DEFAULT_GROUP", "Anchor", "Chain", "Decider", "KeyStage", "Plan", "Router", "StagePlan",
+    "DEFAULT_GROUP", "Anchor", "Chain", "Decider", "KeyStage", "Plan", "Purger", "Router", "StagePlan",
     "StateHandler", "decision_header", "decode_state", "encode_state", "plan", "stage_settings",
 ]

@@ -33,6 +33,7 @@ from ..state import PartitionStates
 from .anchor import TICKET
 from .handler import StateHandler
 from .progress import PROGRESS_KEY, Progress
+from .purge import Purger
 from .route import Router
 
 log = logging.getLogger("fraud_detector")
@@ -78,8 +79,9 @@ class Decider(StateHandler):
 
     def __init__(self, output: Output, dead_letters: DeadLetters, lines: LineBuffer, rules: LiveRules,
                  lists: LiveLists | None, states: PartitionStates, router: Router,
-                 on_rules: Callable[[RuleSet], None] = lambda ruleset: None, metrics: Metrics | None = None) -> None:
-        super().__init__(output, lines, states, metrics)
+                 on_rules: Callable[[RuleSet], None] = lambda ruleset: None, metrics: Metrics | None = None,
+                 purger: Purger | None = None) -> None:
+        super().__init__(output, lines, states, metrics, purger)
         self._dead_letters = dead_letters
         self._rules = rules
         self._lists = lists

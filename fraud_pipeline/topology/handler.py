@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 
 from ..clients import Batch, Consumer
 from ..metrics import Metrics
 from ..stage import LineBuffer, Output
 from ..state import PartitionStates
+from .purge import Purger
 
 
 class StateHandler:
@@ -21,8 +23,13 @@ class StateHandler:
     records), so that they are read again after a restart.
     """
 
-    def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates, metrics: Metrics | None = None) -> None:
+    def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates, metrics: Metrics | None = None,
+                 purger: Purger | None = None) -> None:
         self._output = output
+        self._purger = purger
+        """Deletes the input's records once committed past (an internal topic's: its reader is this stage)."""
+        self._units: deque[Mapping[int, int]] = deque()
+        """The offsets of each commit sealed and not yet durable, oldest first."""
         self._lines = lines
         self._states = states
         self._metrics = metrics if metrics is not None and metrics.enabled else None
@@ -46,6 +53,7 @@ class StateHandler:
         self.save()
         offsets = self.hold_back(offsets)
         self._states.send_changes(self._send_change, offsets)
+        self._units.append(offsets)
         return offsets
 
     def _send_change(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
@@ -60,10 +68,15 @@ class StateHandler:
     def emit(self) -> None:
         self._states.committed()
         self._lines.emit()
+        if self._units:
+            durable = self._units.popleft()
+            if self._purger is not None:
+                self._purger.committed(durable)
         if self._metrics is not None:
             self._metrics.acknowledged()
 
     def discard(self) -> None:
+        self._units.clear()
         self._states.discard()
         self._lines.discard()
         if self._metrics is not None:

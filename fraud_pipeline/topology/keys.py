@@ -37,6 +37,7 @@ from ..state import PartitionStates
 from .handler import StateHandler
 from .plan import Plan
 from .progress import PROGRESS_KEY, Progress
+from .purge import Purger
 
 log = logging.getLogger("fraud_detector")
 
@@ -115,8 +116,8 @@ class KeyStage(StateHandler):
 
     def __init__(self, plan: Plan, output: Output, dead_letters: DeadLetters, lines: LineBuffer,
                  ruleset_of: Callable[[], RuleSet], states: PartitionStates, origins: int,
-                 metrics: Metrics | None = None) -> None:
-        super().__init__(output, lines, states)
+                 metrics: Metrics | None = None, purger: Purger | None = None) -> None:
+        super().__init__(output, lines, states, purger=purger)
         self._plan = plan
         self._dead_letters = dead_letters
         self._ruleset_of = ruleset_of

@@ -37,9 +37,11 @@ def test_each_role_gets_what_its_script_does_and_nothing_more() -> None:
         "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected", "fraud-detector-"}
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {
         "payments", "fraud_rules", "fraud_lists", "fraud-detector-"}
-    # the detector creates only its own internal topics (<group>-...: changelogs, re-keying topics)
+    # the detector creates only its own internal topics (<group>-...: changelogs, the topics between its stages)
     assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "CREATE"} == {("fraud-detector-", True)}
     assert {name for op, kind, name, _ in detector if op == "DESCRIBE_CONFIGS"} == {"fraud-detector-", "payments"}
+    # it deletes the records of its own internal topics once read (delete-records), nothing else
+    assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "DELETE"} == {("fraud-detector-", True)}
     # nobody else but the admin (a super user, no ACL needed) may create, alter or delete anything
     every = {op for role, acls in cluster_security.role_acls().items() for op in (a.operation for a in acls) if role != "fraud-detector"}
     assert every <= {"READ", "WRITE", "DESCRIBE", "IDEMPOTENT_WRITE"}

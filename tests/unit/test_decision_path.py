@@ -14,8 +14,9 @@ makes over the same records.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ import orjson
 import pytest
 
 from fraud_pipeline.backtest import generated
-from fraud_pipeline.clients import Record, TopicPartition
+from fraud_pipeline.clients import NotAuthorizedError, Record, TopicPartition
 from fraud_pipeline.live_rules import LiveRules
 from fraud_pipeline.payment import decode, encode
 from fraud_pipeline.rules import Decision, RuleSet, load_ruleset
@@ -31,7 +32,7 @@ from fraud_pipeline.rules.order import partition_of, reference, rekeyed_groups
 from fraud_pipeline.runtime import Summary
 from fraud_pipeline.stage import DeadLetters, LineBuffer
 from fraud_pipeline.state import PartitionStates
-from fraud_pipeline.topology import Anchor, Decider, KeyStage, Plan, Router, StagePlan, decode_state, encode_state
+from fraud_pipeline.topology import Anchor, Decider, KeyStage, Plan, Purger, Router, StagePlan, decode_state, encode_state
 from fraud_pipeline.topology import anchor as anchor_module
 
 RECOMMENDED = load_ruleset(Path(__file__).resolve().parents[2] / "fraud_pipeline/rules/sets/recommended.yaml")
@@ -318,3 +319,37 @@ def test_a_probe_after_its_partitions_marker_is_decided_and_says_it_came_late(tm
     found = run_path(topics, RECOMMENDED, tmp_path / "again", random.Random(4), faults=False)
     assert len(found["late-1"]) == 1
     assert any("came after its partition's marker" in note for note in found["late-1"][0].notes), found["late-1"][0].notes
+
+
+def test_the_internal_topics_are_purged_up_to_what_their_reader_committed() -> None:
+    deleted: list[dict[TopicPartition, int]] = []
+    purger = Purger("g-probes", lambda offsets: deleted.append(dict(offsets)), every_s=0.0)
+    purger.committed({0: 10, 1: 4})
+    _wait(lambda: purger.purged == 1)
+    purger.committed({1: 9})
+    _wait(lambda: purger.purged == 2)
+    assert deleted == [{TopicPartition("g-probes", 0): 10, TopicPartition("g-probes", 1): 4},
+                       {TopicPartition("g-probes", 0): 10, TopicPartition("g-probes", 1): 9}]
+
+
+def test_a_purge_refused_is_said_once_and_not_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    def refuse(offsets: Mapping[TopicPartition, int]) -> None:
+        calls.append(1)
+        raise NotAuthorizedError("not authorized to delete records", "g-probes")
+
+    purger = Purger("g-probes", refuse, every_s=0.0)
+    purger.committed({0: 10})
+    _wait(lambda: purger.refused)
+    purger.committed({0: 20})
+    time.sleep(0.1)
+    assert calls == [1]
+    assert "keeps them until its retention ends" in caplog.text
+
+
+def _wait(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not done():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
