@@ -158,6 +158,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "confluent_rules_cpu/plain_chain_cpu": ("≤", 1.5),
     "rules_cpu/plain_chain_cpu": ("≤", 1.5),
     "confluent_alo/confluent_eos": ("≥", 1),
+    "confluent_rules_p50/confluent_eos_p50": ("≤", 2),
     "metrics/alo": ("≥", 0.95),
     "confluent_metrics/confluent_alo": ("≥", 0.95),
     "p99/passthrough_p99": ("≤", 1.5),
@@ -195,6 +196,13 @@ THROUGHPUT_RATIOS = {
     "metrics/alo": ("detector_metrics", "detector_alo"),
     "confluent_metrics/confluent_alo": ("confluent_detector_metrics", "confluent_detector_alo"),
 }
+
+
+def _rules_ratios(rate: dict[str, float], medians: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The rules path against the detector without rules and against the plain chain: throughput, then CPU."""
+    found = {name: rate[a] / rate[b] for name, (a, b) in RULES_RATIOS.items() if a in rate and b in rate}
+    return found | {name: medians[a]["cpu_us_per_msg"] / medians[b]["cpu_us_per_msg"] for name, (a, b) in CPU_RATIOS.items()
+                    if a in medians and b in medians}
 
 
 def _cpu() -> tuple[float, float]:
@@ -1040,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
         medians = {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
         rate = {name: stats["msgs_per_s"] for name, stats in medians.items()}
         print(throughput_table(medians, {}))
-        ratios = compute_ratios(rate, {}, None)
+        ratios = compute_ratios(rate, {}, None) | _rules_ratios(rate, medians)
         if ratios:
             print("\n" + ratio_table(ratios))
         return 0
@@ -1064,10 +1072,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      linger_ms=args.linger_ms)
         floor = java_latency(args.bootstrap, rate_lat, min(args.latency_seconds, 30), record_size)
     state = state_bench.measure(args.bootstrap, args.state_keys) if args.state_keys > 0 else {}
-    ratios = compute_ratios(rate, latency, floor)
-    ratios |= {name: rate[a] / rate[b] for name, (a, b) in RULES_RATIOS.items() if a in rate and b in rate}
-    ratios |= {name: medians[a]["cpu_us_per_msg"] / medians[b]["cpu_us_per_msg"] for name, (a, b) in CPU_RATIOS.items()
-               if a in medians and b in medians}
+    ratios = compute_ratios(rate, latency, floor) | _rules_ratios(rate, medians)
+    if "confluent_rules" in latency and "confluent" in latency:
+        ratios["confluent_rules_p50/confluent_eos_p50"] = (latency["confluent_rules"].percentile_ms(50)
+                                                           / max(latency["confluent"].percentile_ms(50), 1e-3))
     print(throughput_table(medians, {"ProducerPerformance": java["kafka_producer_perf"],
                                      "ConsumerPerformance": java["kafka_consumer_perf"]}))
     if floor is not None:

@@ -86,8 +86,8 @@ class Anchor(StateHandler):
     def _sequence(self, partition: int) -> int | None:
         if partition in self._seq:
             return self._seq[partition]
-        progress = self._states.tables[partition].get(PROGRESS_KEY)
-        seq = self._seq[partition] = progress.seq if isinstance(progress, Progress) else None
+        progress = self.progress(partition)
+        seq = self._seq[partition] = progress.seq if progress is not None else None
         return seq
 
     def handle(self, record: Record) -> None:

@@ -108,8 +108,8 @@ class Decider(StateHandler):
     def _lane(self, partition: int) -> _Lane:
         lane = self._lanes.get(partition)
         if lane is None:
-            progress = self._states.tables[partition].get(PROGRESS_KEY)
-            done = progress.done.get(partition) if isinstance(progress, Progress) else None
+            progress = self.progress(partition)
+            done = progress.done.get(partition) if progress is not None else None
             lane = self._lanes[partition] = _Lane(done[0] if done is not None else -1)
         return lane
 

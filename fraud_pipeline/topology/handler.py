@@ -9,6 +9,7 @@ from ..clients import Batch, Consumer
 from ..metrics import Metrics
 from ..stage import LineBuffer, Output
 from ..state import PartitionStates
+from .progress import PROGRESS_KEY, Progress
 from .purge import Purger
 
 
@@ -82,6 +83,11 @@ class StateHandler:
         if self._metrics is not None:
             self._metrics.rolled_back()
         self.forget()
+
+    def progress(self, partition: int) -> Progress | None:
+        """The partition's Progress as its table holds it (None: none committed yet)."""
+        found = self._states.tables[partition].get(PROGRESS_KEY)
+        return found if isinstance(found, Progress) else None
 
     # What a subclass adds.
 

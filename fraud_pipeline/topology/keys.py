@@ -148,8 +148,7 @@ class KeyStage(StateHandler):
     def _lane(self, partition: int) -> _Lane:
         lane = self._lanes.get(partition)
         if lane is None:
-            progress = self._states.tables[partition].get(PROGRESS_KEY)
-            lane = self._lanes[partition] = _Lane(self._origins, progress if isinstance(progress, Progress) else None)
+            lane = self._lanes[partition] = _Lane(self._origins, self.progress(partition))
         return lane
 
     def handle(self, record: Record) -> None:
