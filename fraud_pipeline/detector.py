@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sized
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -336,7 +336,8 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
     idle_timeout_s = require(settings.consumer, "consumer").idle_timeout_s
     context = multiprocessing.get_context("spawn")  # not forked: the Kafka clients of this process run threads
     chain = Chain(stop, 3, idle_timeout_s, events=[context.Event(), context.Event(), threading.Event()])
-    counters = {name: context.Value("q", 0, lock=False) for name in COUNTERS}
+    counters: dict[str, Any] = {name: context.Value("q", 0, lock=False) for name in COUNTERS}
+    counters["keys"] = context.Array("q", partitions, lock=False)  # the anchor's window keys, per payments partition
     children = [context.Process(target=_stage_process, name=f"{NAME}[{stage.name}]", daemon=True,
                                 args=(stage.name, settings, layout, partitions, chain.idle_timeout_s(index),
                                       chain.stops[index], counters, os.getpid(), check))
@@ -347,6 +348,7 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
         if metrics.enabled:
             metrics.rules = _rule_refs(rules.current)
             metrics.late_probes_of = lambda: int(counters["late"].value)
+            metrics.window_keys = _KeysOf(counters["keys"])
 
         def decide_handler(output: Output, dead_letters: DeadLetters, lines: LineBuffer) -> RecordHandler:
             def on_rules(ruleset: RuleSet) -> None:
@@ -380,6 +382,22 @@ def _run_path(settings: Settings, layout: Plan, partitions: int, stop: threading
     return max(chain.status)
 
 
+class _KeysOf(Mapping[int, Sized]):
+    """The anchor's window keys per payments partition as its process publishes them (-1: not owned), for the metrics."""
+
+    def __init__(self, counts: Any) -> None:
+        self._counts = counts
+
+    def __getitem__(self, partition: int) -> Sized:
+        return range(max(int(self._counts[partition]), 0))
+
+    def __iter__(self) -> Iterator[int]:
+        return (p for p in range(len(self._counts)) if self._counts[p] >= 0)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def _stage_settings(settings: Settings, stage: StagePlan, idle_timeout_s: float | None) -> Settings:
     each = stage_settings(settings, stage, quiet=stage.name != "decide")
     return replace(each, consumer=replace(require(each.consumer, "consumer"), idle_timeout_s=idle_timeout_s))
@@ -409,6 +427,12 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
         if name == "anchor":
             counters["to_keys"].value = counts["probe"] + counts["marker"]
             counters["tickets"].value = counts["forwarded"]
+            for partition in range(len(counters["keys"])):
+                table = states.tables.get(partition) if states is not None else None
+                try:
+                    counters["keys"][partition] = len(table) if table is not None else -1
+                except Exception:  # its store closed meanwhile (a rebalance): the next round tells
+                    counters["keys"][partition] = -1
         elif made and isinstance(made[0], KeyStage):
             keys = made[0]
             counters["keys_read"].value, counters["answers"].value, counters["late"].value = keys.read, counts["answer"], keys.late
@@ -418,6 +442,7 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
             publish()
 
     status = 1
+    states: PartitionStates | None = None
     try:
         with ExitStack() as stack:
             rules, _ = stack.enter_context(live_rules(settings, check))
