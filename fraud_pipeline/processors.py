@@ -31,14 +31,14 @@ import re
 import threading
 from collections.abc import Callable
 
-from .clients import Batch, Record
+from .clients import Record
 from .config import Settings, TopicSettings, add_processor_arguments, build_parser, require
 from .metrics import start as start_metrics
 from .payment import MAX_RECORD_BYTES, Payment
 from .rules import Decision
 from .rules.lists import REVIEWED
 from .runtime import Summary, cli_main, run_cli
-from .stage import DeadLetters, LineBuffer, decode_or_reject, run_stage
+from .stage import DeadLetters, LineBuffer, LineHandler, decode_or_reject, run_stage
 from .topics import prepare_topics
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
@@ -91,7 +91,7 @@ def legit_line(payment: Payment) -> str:
     return "[ALERT] unable to process payments"
 
 
-class Processor:
+class Processor(LineHandler):
     """Prints one line per payment; unreadable records go to the dead-letter topic.
 
     Any PAYMENT_TYPE is accepted here, so the legit processor can print the
@@ -100,18 +100,9 @@ class Processor:
     """
 
     def __init__(self, line: Callable[[Payment], str], dead_letters: DeadLetters, lines: LineBuffer) -> None:
+        super().__init__(lines)
         self._line = line
         self._dead_letters = dead_letters
-        self._lines = lines
-        self.seal = lines.seal
-        self.emit = lines.emit
-        self.discard = lines.discard
-
-    def begin_batch(self, batch: Batch) -> None:
-        pass
-
-    def partitions_assigned(self, partitions: set[int]) -> None:
-        pass  # a processor keeps no state per partition
 
     def handle(self, record: Record) -> None:
         payment = decode_or_reject(record, self._dead_letters, self._lines, known_types_only=False, max_bytes=ROUTED_MAX_BYTES)

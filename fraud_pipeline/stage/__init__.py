@@ -33,12 +33,13 @@ The package, one module per concern:
 """
 
 from .delivery import AtLeastOnce, Delivery, ExactlyOnce
-from .handler import HandlerFactory, LineBuffer, RecordHandler, decode_or_reject
+from .handler import HandlerFactory, LineBuffer, LineHandler, RecordHandler, decode_or_reject
 from .loop import Assignment, run_consumer
 from .output import BatchError, DeadLetters, Output
 from .runner import run_stage
 
 __all__ = [
-    "Assignment", "AtLeastOnce", "BatchError", "DeadLetters", "Delivery", "ExactlyOnce", "HandlerFactory", "LineBuffer", "Output",
+    "Assignment", "AtLeastOnce", "BatchError", "DeadLetters", "Delivery", "ExactlyOnce", "HandlerFactory", "LineBuffer",
+    "LineHandler", "Output",
     "RecordHandler", "decode_or_reject", "run_consumer", "run_stage",
 ]

@@ -37,6 +37,31 @@ class RecordHandler(Protocol):
         """Everything not emitted was rolled back: forget its buffered lines."""
 
 
+class LineHandler:
+    """The RecordHandler methods of a stage that keeps no state of its own: its lines go with each unit.
+
+    The processors use it as it is; the detector's stages extend it with their state (topology.StateHandler).
+    """
+
+    def __init__(self, lines: LineBuffer) -> None:
+        self._lines = lines
+
+    def begin_batch(self, batch: Batch) -> None:
+        pass
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        pass
+
+    def seal(self) -> None:
+        self._lines.seal()
+
+    def emit(self) -> None:
+        self._lines.emit()
+
+    def discard(self) -> None:
+        self._lines.discard()
+
+
 @runtime_checkable
 class StateOwner(Protocol):
     """A handler that keeps state per source partition, backed by a changelog (the detector).

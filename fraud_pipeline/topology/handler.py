@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-from ..clients import Batch, Consumer
+from ..clients import Consumer
 from ..metrics import Metrics
-from ..stage import LineBuffer, Output
+from ..stage import LineBuffer, LineHandler, Output
 from ..state import PartitionStates
 from .progress import PROGRESS_KEY, Progress
 from .purge import Purger
 
 
-class StateHandler:
+class StateHandler(LineHandler):
     """A RecordHandler's state methods over a PartitionStates (stage.StateOwner), for a subclass's ``handle``.
 
     A subclass keeps in memory only what it can read again from its tables:
@@ -26,18 +26,15 @@ class StateHandler:
 
     def __init__(self, output: Output, lines: LineBuffer, states: PartitionStates, metrics: Metrics | None = None,
                  purger: Purger | None = None) -> None:
+        super().__init__(lines)
         self._output = output
         self._purger = purger
         """Deletes the input's records once committed past (an internal topic's: its reader is this stage)."""
         self._units: deque[Mapping[int, int]] = deque()
         """The offsets of each commit sealed and not yet durable, oldest first."""
-        self._lines = lines
         self._states = states
         self._metrics = metrics if metrics is not None and metrics.enabled else None
         """The decisions' metrics, for the stage that routes them (each unit's latency once it is durable)."""
-
-    def begin_batch(self, batch: Batch) -> None:
-        pass
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         self.gained(self._states.assigned(partitions))
