@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
 from kafka.structs import TopicPartition
 
 from fraud_pipeline.backtest import generated
@@ -23,13 +24,24 @@ COUNT = 20_000
 
 
 def routed_so_far(bootstrap: str, topics: list[str]) -> int:
-    """Records in the routed topics (end offsets: transaction markers included), without reading them."""
-    consumer = KafkaConsumer(**kafka_python_connection(bootstrap))
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
-    finally:
-        consumer.close()
+    """Records in the routed topics (end offsets: transaction markers included), without reading them.
+
+    Asked again while the brokers are too busy to answer in time (three detector groups run beside it).
+    """
+    for _ in range(30):
+        try:
+            consumer = KafkaConsumer(**kafka_python_connection(bootstrap))
+        except kerr.KafkaError:
+            time.sleep(1)
+            continue
+        try:
+            partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+            return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+        except kerr.KafkaError:
+            time.sleep(1)
+        finally:
+            consumer.close()
+    raise AssertionError(f"the end offsets of {topics} could not be read in 30 attempts")
 
 
 def detector(pipeline: Pipeline, name: str, client: str, tmp_path: Path, *extra: str) -> Any:
@@ -63,7 +75,7 @@ def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, 
             deadline = time.monotonic() + 120
             while routed_so_far(cluster, outputs["killed"]) < before + 2000:
                 assert doomed.poll() is None and time.monotonic() < deadline, doomed.stderr_so_far()[-3000:]
-                time.sleep(0.2)
+                time.sleep(0.5)
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(30)
             kills.append(routed_so_far(cluster, outputs["killed"]))
