@@ -69,10 +69,6 @@ class Plan:
         """The topics between stages (partitioned as the payments; purged up to what their readers committed)."""
         return (self.probes, self.answers) if self.groups else ()
 
-    @property
-    def changelogs(self) -> tuple[str, ...]:
-        return tuple(stage.changelog for stage in self.stages)
-
     def describe(self) -> str:
         if not self.groups:
             return f"{self.payments} -> decide"
