@@ -81,6 +81,9 @@ class Consumer(Protocol):
 class Producer(Protocol):
     """An idempotent producer with ``acks=all``; transactional when built with a transactional id."""
 
+    reports_each_send: bool
+    """Whether ``settled`` counts sends one by one as their answers come in (else all or nothing: settle by ``flush``)."""
+
     def on_error(self, handler: OnError) -> None:
         """Who hears of a send that failed for good (from ``send``, ``poll`` or ``flush``)."""
 
@@ -100,7 +103,8 @@ class Producer(Protocol):
 
     def settled(self) -> int:
         """How many of the records queued so far are settled, counted from the first: each one before is acknowledged
-        or failed (a failure reached the error handler first). Never waits: serves the delivery reports already in."""
+        or failed (a failure reached the error handler first). Never waits: serves the delivery reports already in.
+        Without ``reports_each_send``: every one once none is in flight, else 0."""
 
     def init_transactions(self, timeout_s: float) -> None:
         """Register the transactional id: aborts what a predecessor left open and fences it."""

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
-from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer as RdConsumer
@@ -363,22 +361,16 @@ def _partitions(client: RdConsumer | RdProducer, topic: str, timeout_s: float) -
 class Producer:
     """confluent-kafka's Producer behind the seam."""
 
+    reports_each_send = False
+    """Delivery reports for failures only: a success costs no Python call, so ``settled`` is all or nothing and a
+    stage settles its sends by flushing them (stage.FlushedAtLeastOnce; a transaction's commit flushes too)."""
+
     def __init__(self, config: dict[str, Any], errors: _ErrorLog) -> None:
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
         errors.on_fatal = self._failed
-        # Without transactions, a delivery report per record: each settles its send (see ``settled``). A transaction's
-        # records are settled by its commit: reports for failures only, a success costs no Python call.
-        self._tracked = "transactional.id" not in config
-        self._producer = RdProducer({**config, "error_cb": errors,
-                                     "on_delivery": self._reported if self._tracked else self._report_failure,
-                                     "delivery.report.only.error": not self._tracked})
+        self._producer = RdProducer({**config, "error_cb": errors, "on_delivery": self._report_failure,
+                                     "delivery.report.only.error": True})
         self._sends = 0
-        self._settled = 0
-        self._unsettled: deque[tuple[str, int] | int] = deque()
-        """Per record queued and not yet settled, oldest first: its topic and partition, or its sequence number when
-        the client chose its partition."""
-        self._reports: dict[tuple[str, int] | int, int] = {}
-        """Reports in and not yet matched with a record: per topic and partition, how many; per sequence number, 1."""
         self._counts: dict[str, int] = {}
         self._stuck: FencedError | None = None
         """Set when a transactional call did not return: every later one raises it."""
@@ -388,23 +380,6 @@ class Producer:
 
     def _failed(self, exc: Exception) -> None:
         self._on_error(exc)
-
-    def _reported(self, err: KafkaError | None, message: Message) -> None:
-        """The report of a record sent to a partition of our choosing: counted under its topic and partition.
-
-        librdkafka reports a partition's records in the order they were queued,
-        so the n-th report of a partition is that of its n-th record.
-        """
-        if err is not None:
-            self._report_failure(err, message)  # first: ``settled`` never passes a send before its failure is heard of
-        key = (message.topic() or "", message.partition() or 0)  # the binding types them optional; never None here
-        self._reports[key] = self._reports.get(key, 0) + 1
-
-    def _delivered(self, sequence: int, err: KafkaError | None, message: Message) -> None:
-        """The report of a record whose partition the client chose: its own callback, by sequence number."""
-        if err is not None:
-            self._report_failure(err, message)
-        self._reports[sequence] = 1
 
     def _report_failure(self, err: KafkaError | None, message: Message) -> None:
         if err is None:
@@ -418,15 +393,12 @@ class Producer:
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
     ) -> None:
         producer: Any = self._producer  # headers: the binding's stubs want str values too
-        sequence = self._sends
-        # None: the producer's own callback (per record when tracked: counted by partition; else failures only)
-        report = partial(self._delivered, sequence) if self._tracked and partition is None else None
         for _ in range(600):  # a full local queue: serve reports and try again, for at most a minute
             try:
                 if partition is None:
-                    producer.produce(topic, value, key, headers=headers, on_delivery=report)
+                    producer.produce(topic, value, key, headers=headers)
                 else:
-                    producer.produce(topic, value, key, partition, headers=headers, on_delivery=report)
+                    producer.produce(topic, value, key, partition, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -436,8 +408,6 @@ class Producer:
         else:
             self._on_error(RetriableError(f"send to {topic}: the local queue stayed full for a minute"))
             return
-        if self._tracked:  # its report comes from a later poll or flush, on this thread
-            self._unsettled.append(sequence if partition is None else (topic, partition))
         self._sends += 1
         if self._sends % POLL_EVERY == 0:
             producer.poll(0)
@@ -446,24 +416,9 @@ class Producer:
         return self._sends
 
     def settled(self) -> int:
-        if not self._tracked:  # without per-record reports: all of them once none is in flight
-            self._producer.poll(0)
-            return self._sends if len(self._producer) == 0 else 0
-        unsettled, reports = self._unsettled, self._reports
-        if unsettled:
-            self._producer.poll(0)
-        while unsettled:  # the oldest records whose reports are in, in the order they were sent
-            key = unsettled[0]
-            count = reports.get(key)
-            if not count:
-                break
-            if count == 1:
-                del reports[key]
-            else:
-                reports[key] = count - 1
-            unsettled.popleft()
-            self._settled += 1
-        return self._settled
+        """All of them once none is in flight, else none (failures are reported before they leave the queue)."""
+        self._producer.poll(0)
+        return self._sends if len(self._producer) == 0 else 0
 
     def partition_count(self, topic: str, timeout_s: float) -> int:
         count = self._counts.get(topic)

@@ -375,6 +375,9 @@ class Consumer:
 class Producer:
     """kafka-python's KafkaProducer behind the seam."""
 
+    reports_each_send = True
+    """Each send's future answers on the sender thread: ``settled`` counts them as they come (stage.AtLeastOnce)."""
+
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)

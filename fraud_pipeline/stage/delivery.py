@@ -105,15 +105,7 @@ class AtLeastOnce:
             offsets, self._unconfirmed = self._unconfirmed | offsets, {}
         elif offsets:
             self._unconfirmed |= offsets
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets, asynchronous=not wait)
-        except FatalError:
-            raise
-        except ClientError as exc:
-            # The output is out: reading these records again would only repeat it, so carry on.
-            log.warning("offset commit failed, the batch may be delivered again: %s", exc)
+        _commit_offsets(consumer, offsets, wait=wait)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
         # oldest first: each partition goes back to its first record not yet settled
@@ -123,12 +115,104 @@ class AtLeastOnce:
         _seek(consumer, rewind)
 
 
+class FlushedAtLeastOnce:
+    """At least once for a producer whose successes cost no report (librdkafka's): flushed per unit, not per record.
+
+    Kafka Streams' at-least-once commit: each commit interval's sends are
+    flushed, then printed, then its offsets committed. The flush runs on a
+    helper thread while the loop reads on, its sends held meanwhile (as
+    ExactlyOnce holds them through a commit), so no delivered record calls
+    back into Python: only a failure is reported, and it rolls back every
+    unit not yet committed. The hand-over and the end wait for the flush and
+    commit synchronously.
+    """
+
+    name = "at-least-once"
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+        self._flushing: _Commit | None = None
+        self._failed: _Commit | None = None
+        """The last unit whose flush failed, until it is rolled back."""
+        self._unconfirmed: dict[TopicPartition, int] = {}
+        """Offsets committed without waiting since the last synchronous commit: committed again when one waits."""
+
+    def begin(self) -> None:
+        pass
+
+    @property
+    def pending(self) -> bool:
+        return self._flushing is not None or self._failed is not None
+
+    @property
+    def busy(self) -> bool:
+        return self._flushing is not None
+
+    def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
+                 emit: Callable[[], None]) -> None:
+        self._finish(consumer, wait=True)  # the unit before, then this one's held sends
+        unit = _Commit(first, emit, offsets=offsets)
+        self._flushing = unit
+        self._output.hold()
+        threading.Thread(target=self._flush, args=(unit,), daemon=True, name="at-least-once-flush").start()
+
+    def _flush(self, unit: _Commit) -> None:
+        """On the helper thread: every send of the unit acknowledged, or its failure noted."""
+        try:
+            self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
+        except BaseException as exc:  # raised again on the loop's thread
+            unit.error = exc
+        finally:
+            unit.done.set()
+
+    def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
+        self._finish(consumer, wait=wait)
+
+    def _finish(self, consumer: Consumer, *, wait: bool) -> None:
+        """If the flush under way is through (``wait``: once it is), print the unit, queue the held sends and commit
+        its offsets; raise its error if it failed."""
+        unit = self._flushing
+        if unit is None or not unit.done.wait(None if wait else 0):
+            if wait and self._unconfirmed:
+                self._commit(consumer, {}, wait=True)
+            return
+        self._flushing = None
+        if unit.error is not None:
+            self._failed = unit
+            raise unit.error
+        unit.emit()
+        self._output.release(send=True)
+        self._commit(consumer, unit.offsets, wait=wait)
+
+    def _commit(self, consumer: Consumer, offsets: dict[TopicPartition, int], *, wait: bool) -> None:
+        if wait:
+            offsets, self._unconfirmed = self._unconfirmed | offsets, {}
+        else:
+            self._unconfirmed |= offsets
+        _commit_offsets(consumer, offsets, wait=wait)
+
+    def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
+        try:
+            self._finish(consumer, wait=True)
+        except FatalError:
+            raise
+        except (BatchError, ClientError):  # noted as failed: its records are read again below
+            pass
+        failed, self._failed = self._failed, None
+        rewind = _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
+        self._output.release(send=False)
+        self._output.forget_failures()
+        _seek(consumer, rewind)
+
+
 @dataclass
 class _Commit:
-    """A transaction being committed on a helper thread while the loop reads on."""
+    """A transaction being committed, or a unit flushed, on a helper thread while the loop reads on."""
 
     first: dict[TopicPartition, int]
     emit: Callable[[], None]
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """The input offsets committed after it (at least once; a transaction commits its own)."""
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     steps: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -312,6 +396,19 @@ class ExactlyOnce:
                 log.warning("init_transactions failed (%s); trying again with a new producer", exc)
                 self._tally["retried"] += 1
                 self._swap_producer()
+
+
+def _commit_offsets(consumer: Consumer, offsets: dict[TopicPartition, int], *, wait: bool) -> None:
+    """Commit the offsets of output already acknowledged (``wait``: synchronously); a failure is only logged."""
+    if not offsets:
+        return
+    try:
+        consumer.commit(offsets, asynchronous=not wait)
+    except FatalError:
+        raise
+    except ClientError as exc:
+        # The output is out: reading these records again would only repeat it, so carry on.
+        log.warning("offset commit failed, the batch may be delivered again: %s", exc)
 
 
 def _first_of(*offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:

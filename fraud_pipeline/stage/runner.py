@@ -14,7 +14,7 @@ from ..errors import PipelineError
 from ..kafka_io import make_consumer, make_producer
 from ..metrics import Metrics
 from ..runtime import Summary, instance_slot
-from .delivery import AtLeastOnce, Delivery, ExactlyOnce
+from .delivery import AtLeastOnce, Delivery, ExactlyOnce, FlushedAtLeastOnce
 from .handler import HandlerFactory, LineBuffer
 from .loop import Assignment, run_consumer
 from .output import DeadLetters, Output
@@ -67,7 +67,8 @@ def run_stage(
                         ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id),
                                     metrics.transactions if metrics is not None else None,
                                     metrics.transaction_seconds if metrics is not None else None)
-                        if exactly_once else AtLeastOnce(output)
+                        if exactly_once
+                        else AtLeastOnce(output) if output.producer.reports_each_send else FlushedAtLeastOnce(output)
                     )
                 except FatalError as exc:
                     raise PipelineError(f"transactions are not allowed for this detector: {exc}") from exc

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections import deque
 from unittest.mock import MagicMock
 
 import pytest
@@ -330,63 +329,24 @@ def test_kafka_python_sends_settle_in_order_whatever_order_their_answers_come_in
     assert producer.settled() == 3
 
 
-def bare_confluent_producer(raw: MagicMock, *, tracked: bool) -> confluent.Producer:
-    """A confluent Producer on a mocked librdkafka producer: its delivery reports are played by hand."""
-    producer = confluent.Producer.__new__(confluent.Producer)
-    producer._producer, producer._sends, producer._settled, producer._tracked = raw, 0, 0, tracked
-    producer._unsettled, producer._reports = deque(), {}
-    return producer
-
-
-def report_of(topic: str, partition: int) -> MagicMock:
-    message = MagicMock()
-    message.topic.return_value, message.partition.return_value = topic, partition
-    return message
-
-
-def test_confluent_sends_settle_by_their_own_delivery_reports() -> None:
+def test_confluent_sends_settle_only_when_none_is_in_flight_and_only_failures_call_back() -> None:
+    """No Python call per delivered record: failure reports only, and a stage settles the sends by flushing them."""
     raw = MagicMock()
-    producer = bare_confluent_producer(raw, tracked=True)
+    producer = confluent.Producer.__new__(confluent.Producer)
+    producer._producer, producer._sends = raw, 0
     failures: list[Exception] = []
     producer.on_error(failures.append)
-    for n in range(4):  # to partitions 0, 1, 0, 1: the producer's own callback reports them, partition by partition
-        producer.send("legit_payments", None, b"%d" % n, None, n % 2)
-    assert all(call.kwargs["on_delivery"] is None for call in raw.produce.call_args_list)
-    assert (producer.sent(), producer.settled()) == (4, 0)
-    producer._reported(None, report_of("legit_payments", 1))  # the second's report came first: nothing settled yet
-    assert producer.settled() == 0
-    producer._reported(KafkaError(KafkaError._MSG_TIMED_OUT), report_of("legit_payments", 0))  # the first failed
-    assert producer.settled() == 2 and len(failures) == 1  # heard of, and settled
-    producer._reported(None, report_of("legit_payments", 1))  # the fourth: the third still out
-    assert producer.settled() == 2
-    producer._reported(None, report_of("legit_payments", 0))
-    assert producer.settled() == 4
-    raw.poll.assert_called_with(0)  # asking serves the reports already in
-
-
-def test_confluent_sends_whose_partition_the_client_chooses_settle_by_a_report_of_their_own() -> None:
-    raw = MagicMock()
-    producer = bare_confluent_producer(raw, tracked=True)
-    producer.send("dead_letters", b"k", b"v")
     producer.send("legit_payments", None, b"v", None, 0)
-    own = raw.produce.call_args_list[0].kwargs["on_delivery"]
-    assert own is not None and raw.produce.call_args_list[1].kwargs["on_delivery"] is None
-    producer._reported(None, report_of("legit_payments", 0))
-    assert producer.settled() == 0  # the first is still out
-    own(None, MagicMock())
-    assert producer.settled() == 2
-
-
-def test_confluent_transactional_sends_settle_only_when_none_is_in_flight() -> None:
-    """A transactional producer asks for failure reports only (its commit settles its records): all or nothing."""
-    raw = MagicMock()
-    producer = bare_confluent_producer(raw, tracked=False)
-    producer.send("legit_payments", None, b"v")
-    assert raw.produce.call_args.kwargs["on_delivery"] is None  # the producer's own failure callback
+    producer.send("dead_letters", b"k", b"v")
+    assert all("on_delivery" not in call.kwargs for call in raw.produce.call_args_list)
     raw.__len__.return_value = 1
-    assert producer.settled() == 0
+    assert (producer.sent(), producer.settled()) == (2, 0)
     raw.__len__.return_value = 0
-    assert producer.settled() == 1
+    assert producer.settled() == 2
+    producer._report_failure(None, MagicMock())  # a success, were one reported: nothing
+    producer._report_failure(KafkaError(KafkaError._MSG_TIMED_OUT), MagicMock())
+    assert len(failures) == 1
+    assert not confluent.Producer.reports_each_send and kafka_python.Producer.reports_each_send
 
 
 def test_kafka_python_partition_count_waits_for_the_topics_metadata() -> None:

@@ -37,6 +37,7 @@ from fraud_pipeline.stage import (
     BatchError,
     DeadLetters,
     ExactlyOnce,
+    FlushedAtLeastOnce,
     LineBuffer,
     Output,
     checkpoint,
@@ -374,6 +375,58 @@ def test_a_failed_send_rolls_back_every_unit_not_yet_acknowledged() -> None:
     assert events == ["a", "b", "failed", "discard", "a", "b", "emit"]
     consumer.seek.assert_called_once_with(TP, 5)  # back to a, the oldest record not acknowledged
     assert consumer.commit.call_args_list == [call({TP: 7}, asynchronous=True), call({TP: 7}, asynchronous=False)]
+
+
+def test_flushed_at_least_once_holds_sends_while_a_unit_flushes_then_prints_and_commits_it() -> None:
+    """librdkafka's at least once: no report per record; each unit flushed on a helper thread, the loop reading on."""
+    consumer = _consumer_with({TP: [record(b"a"), record(b"b", offset=1)]}, {TP: [record(b"c", offset=2)]})
+    events: list[str] = []
+    flushing = threading.Event()
+    release = threading.Event()
+    producer = settling_producer()
+    producer.send.side_effect = lambda topic, key, value, *rest: events.append(f"send {value.decode()}")
+
+    def flush(timeout_s: float | None = None) -> None:
+        flushing.set()
+        assert release.wait(5), "the loop never read on"
+        events.append("flushed")
+
+    producer.flush.side_effect = flush
+    output = Output(producer)
+    relay = Relay(events, output)
+    consumer.commit.side_effect = lambda offsets, asynchronous: events.append(f"commit {offsets[TP]} {'async' if asynchronous else 'sync'}")
+    polls = consumer.poll.side_effect
+
+    def poll(*args: Any) -> Any:
+        batch = next(polls)
+        if not batch:  # c was read and handled while a and b flush: the flush may end
+            release.set()
+        return batch
+
+    consumer.poll.side_effect = poll
+    reason = run_consumer(consumer, relay, FlushedAtLeastOnce(output), stop=threading.Event(), idle_timeout_s=0.05,
+                          commit_interval_s=0)
+    assert reason == "idle timeout"
+    # c is handled while a and b flush; its send waits for that flush, then a and b are printed and committed
+    assert events.index("c") < events.index("flushed") < events.index("send c")
+    assert flushing.is_set()
+    assert events[events.index("flushed"):events.index("send c") + 2] == ["flushed", "emit", "send c", "commit 2 async"]
+    assert events[-3:] == ["emit", "commit 3 async", "commit 3 sync"]
+
+
+def test_flushed_at_least_once_rolls_back_a_unit_whose_flush_failed() -> None:
+    consumer = _consumer_with({TP: [record(b"a", offset=5)]}, {TP: [record(b"a", offset=5)]})
+    producer = settling_producer()
+    output = Output(producer)
+    (on_error,) = producer.on_error.call_args.args
+    failures = [RetriableError("send failed")]
+    producer.flush.side_effect = lambda timeout_s=None: failures and on_error(failures.pop())
+    events: list[str] = []
+    run_consumer(consumer, Recorder(events), FlushedAtLeastOnce(output), stop=threading.Event(), idle_timeout_s=0.05,
+                 commit_interval_s=0)
+    assert events == ["a", "discard", "a", "emit"]
+    consumer.seek.assert_called_once_with(TP, 5)
+    assert consumer.commit.call_args_list == [call({TP: 6}, asynchronous=True), call({TP: 6}, asynchronous=False)]
 
 
 def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
