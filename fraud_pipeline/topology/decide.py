@@ -40,7 +40,8 @@ log = logging.getLogger("fraud_detector")
 
 
 class _Ticket:
-    __slots__ = ("answers", "fired", "key", "notes", "offset", "payment_type", "position", "probes", "timestamp", "value")
+    __slots__ = ("answers", "fired", "first", "key", "notes", "offset", "payment_type", "position", "probes", "timestamp",
+                 "value")
 
     def __init__(self, record: Record, data: list[Any]) -> None:
         offset, timestamp, probes, payment_type, fired, notes = data
@@ -53,6 +54,8 @@ class _Ticket:
         self.key = record.key
         self.value = record.value
         self.position = record.offset
+        self.first = record.offset
+        """Its position, or that of an answer of it read before it (at-least-once): where a commit goes back to."""
         self.answers: dict[int, tuple[Fired, tuple[str, ...], int]] = {}
         """Per group: what fired, the notes, and the answer's offset in the answers topic."""
 
@@ -65,12 +68,29 @@ class _Lane:
         self.by_offset: dict[int, _Ticket] = {}
         self.early: dict[int, dict[int, tuple[Fired, tuple[str, ...], int]]] = {}
         """Answers read before their ticket (at-least-once: the two are not one transaction)."""
+        self.joined_early: dict[int, _Ticket] = {}
+        """Waiting tickets that took in answers read before them: the only ones whose ``first`` is not their position."""
+
+    def take(self, ticket: _Ticket) -> None:
+        """A ticket read: it waits, with the answers of it read before it."""
+        early = self.early.pop(ticket.offset, None)
+        if early:
+            ticket.answers.update(early)
+            ticket.first = min(ticket.position, *(answer[2] for answer in early.values()))
+            self.joined_early[ticket.offset] = ticket
+        self.tickets.append(ticket)
+        self.by_offset[ticket.offset] = ticket
 
     def first_position(self) -> int | None:
+        """The first position in the answers partition still needed: every other waiting one comes after it.
+
+        Answers read after their ticket come after it; tickets wait in position order. So the
+        first needed is the first ticket's, or an answer read before its ticket.
+        """
         positions = [answer[2] for answers in self.early.values() for answer in answers.values()]
         if self.tickets:
             positions.append(self.tickets[0].position)
-            positions += [answer[2] for ticket in self.tickets for answer in ticket.answers.values()]
+            positions += [ticket.first for ticket in self.joined_early.values()]
         return min(positions) if positions else None
 
 
@@ -122,9 +142,7 @@ class Decider(StateHandler):
                 ticket = _Ticket(record, orjson.loads(header))
                 if ticket.offset <= lane.decided or ticket.offset in lane.by_offset:
                     return  # decided already, or read twice (at-least-once)
-                ticket.answers.update(lane.early.pop(ticket.offset, {}))
-                lane.tickets.append(ticket)
-                lane.by_offset[ticket.offset] = ticket
+                lane.take(ticket)
             else:
                 offset, group, fired, notes = orjson.loads(record.value or b"")
                 offset, group = int(offset), int(group)
@@ -147,6 +165,7 @@ class Decider(StateHandler):
         while tickets and len(tickets[0].answers) >= tickets[0].probes:
             ticket = tickets.popleft()
             del lane.by_offset[ticket.offset]
+            lane.joined_early.pop(ticket.offset, None)
             fired, notes = ticket.fired, ticket.notes
             for group in sorted(ticket.answers):
                 more, more_notes, _ = ticket.answers[group]
