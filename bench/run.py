@@ -14,8 +14,8 @@ the whole topic with a new consumer group. kafka-python (the default client):
   detector_eos              our detector, exactly-once, --quiet
   detector_x2               two at-least-once detector processes in one group
   detector_rules            at-least-once with the recommended rules (rules/sets/recommended.yaml): the decision
-                            path's three stages (fraud_pipeline.topology), the payments' state in stores kept between
-                            the runs of a scenario (--state-dir), its CPU user and system apart, the stage processes
+                            path's three stages (fraud_pipeline.topology), the payments' state in a new state folder
+                            per run (each run is a new group), its CPU user and system apart, the stage processes
                             included, its changelogs' bytes and its memory
   detector_chain            the plain chain: the same three stages and hops with almost no rules (bench/chain.yaml):
                             the ceiling of detector_rules

@@ -12,6 +12,7 @@ Why RocksDB: bench/store_choice.py measures it against LMDB on a million keys
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,8 @@ from pathlib import Path
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 OFFSET_KEY = b"\xff\xffchangelog.offset"
 """The changelog offset the store covers; ``\\xff`` keys are the store's own (entities never start with it)."""
@@ -92,12 +95,29 @@ class PartitionStore:
 
 
 def _open(path: Path) -> Rdict:
+    """Open the store at ``path``, waiting for another process's lock; a damaged store is rebuilt.
+
+    The store only caches what the changelog holds, so a store RocksDB finds
+    damaged (its files truncated, garbled or missing: "Corruption") is set
+    aside and opened empty: the restore then replays the whole changelog,
+    as Kafka Streams wipes a corrupted task's state. Any other failure
+    (no space, no permission) stops the stage with RocksDB's reason.
+    """
     path.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + LOCK_WAIT_S
+    rebuilt = False
     while True:
         try:
             return Rdict(str(path), _options(), access_type=AccessType.read_write())
         except Exception as exc:  # rocksdict raises plain Exception with RocksDB's message
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise PipelineError(f"cannot open the state store {path}: {exc}") from None
-            time.sleep(0.2)
+            reason = str(exc)
+            if "lock" in reason.lower() and time.monotonic() <= deadline:
+                time.sleep(0.2)
+                continue
+            if reason.startswith("Corruption") and not rebuilt:
+                log.warning("the state store %s is damaged (%s): rebuilding it from its changelog", path, reason[:300])
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True, exist_ok=True)
+                rebuilt = True
+                continue
+            raise PipelineError(f"cannot open the state store {path}: {reason}") from None

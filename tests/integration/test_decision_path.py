@@ -14,6 +14,8 @@ from kafka import errors as kerr
 from kafka.structs import TopicPartition
 
 from fraud_pipeline.backtest import generated
+from fraud_pipeline.config import ConnectionSettings, Settings
+from fraud_pipeline.kafka_io import read_span
 from fraud_pipeline.payment import encode
 from fraud_pipeline.rules import load_ruleset
 from tests.decisions import differences, expected, routed
@@ -44,10 +46,16 @@ def routed_so_far(bootstrap: str, topics: list[str]) -> int:
     raise AssertionError(f"the end offsets of {topics} could not be read in 30 attempts")
 
 
+BAD_RECORDS = (b"{not json", b"", b'{"PAYMENT_TYPE": "BITCOIN"}',
+               b'{"DATE": "01/22/2023", "TIME": "11:50:50", "PAYMENT_TYPE": "VISA", "AMOUNT": "many", "TO": "x"}',
+               b"\xff\xfe", b"[1, 2, 3]")
+"""Values no stage can read as a payment: not JSON, empty, fields missing or of the wrong type, not UTF-8, not an object."""
+
+
 def detector(pipeline: Pipeline, name: str, client: str, tmp_path: Path, *extra: str) -> Any:
     return pipeline.start("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir", str(tmp_path / name),
                           "--fraud-topic", f"{pipeline.topics.fraud}-{name}", "--legit-topic", f"{pipeline.topics.legit}-{name}",
-                          *extra, group=name, client=client)
+                          "--dead-letter-topic", f"{pipeline.topics.dead_letter}-{name}", *extra, group=name, client=client)
 
 
 def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, tmp_path: Path,
@@ -55,11 +63,18 @@ def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, 
     with fresh_pipeline(cluster, "kafka-python") as pipeline:
         # The backtest's seeded scenarios on a simulated clock (20 payments/s over 2,000 accounts: every pattern of the
         # recommended rules occurs), sent at once, keyed by account as the producer keys them.
+        # Among them, records no stage can read, each keyed like a payment: dead-lettered by the anchor, once per
+        # group, and the payments around them decided as if they were not there.
         producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
+        bad = 0
         try:
-            for example in islice(generated(COUNT, 7, "default", 20, 2000), COUNT):
+            for n, example in enumerate(islice(generated(COUNT, 7, "default", 20, 2000), COUNT)):
                 payment = example.payment
-                producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
+                key = (payment.account or "").encode()
+                if n % 1000 == 500:
+                    producer.send(pipeline.topics.payments, key=key, value=BAD_RECORDS[bad % len(BAD_RECORDS)])
+                    bad += 1
+                producer.send(pipeline.topics.payments, key=key, value=encode(payment))
             producer.flush()
         finally:
             producer.close()
@@ -99,6 +114,83 @@ def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, 
             differ = differences(decisions, wanted)
             assert not differ, f"{name}: {len(differ)} payments routed other than once or decided otherwise, e.g. " \
                                f"{list(differ.items())[:3]}"
+            dead = sorted(record.value or b"" for record in read_span(Settings(ConnectionSettings(tuple(cluster.split(",")))),
+                                                                      f"{pipeline.topics.dead_letter}-{name}"))
+            assert dead == sorted(BAD_RECORDS[n % len(BAD_RECORDS)] for n in range(bad)), f"{name}: dead letters {dead}"
         figures.append(dict(test="one decision path: 3 groups (kafka-python, confluent, killed -9 twice) and the backtest",
-                            payments=COUNT, declined=sum(1 for o, _, _ in wanted.values() if o == "decline"),
+                            payments=COUNT, unreadable=bad, declined=sum(1 for o, _, _ in wanted.values() if o == "decline"),
                             key_rule_payments=key_rules, routed_at_kills=kills, differing=0))
+
+
+def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_path: Path,
+                                                             figures: list[dict[str, Any]]) -> None:
+    """Every store of a stopped detector garbled, more payments sent: the restart rebuilds each store from its changelog
+    and decides every payment as the backtest does (the windows span the damage)."""
+    first, then = 6_000, 4_000
+    examples = list(islice(generated(first + then, 11, "default", 20, 2000), first + then))
+    with fresh_pipeline(cluster, "kafka-python") as pipeline:
+        producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
+
+        def send(part: list[Any]) -> None:
+            for example in part:
+                payment = example.payment
+                producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
+            producer.flush()
+
+        try:
+            send(examples[:first])
+            run = detector(pipeline, "damaged", "confluent", tmp_path, "--idle-timeout", "8")
+            _, stderr = run.communicate(timeout=300)
+            assert run.returncode == 0, stderr[-3000:]
+            garbled = 0
+            for path in (tmp_path / "damaged").rglob("*"):
+                if path.is_file() and path.name != "LOCK":
+                    path.write_bytes(b"\x00garbled" * max(path.stat().st_size // 8, 1))
+                    garbled += 1
+            assert garbled, "no store files to damage"
+            send(examples[first:])
+        finally:
+            producer.close()
+        run = detector(pipeline, "damaged", "confluent", tmp_path, "--idle-timeout", "8")
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-3000:]
+        rebuilt = [line for line in stderr.splitlines() if "is damaged" in line and "rebuilding it from its changelog" in line]
+        assert rebuilt, stderr[-3000:]
+        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
+        assert len(wanted) == first + then
+        decisions = routed(cluster, [f"{pipeline.topics.fraud}-damaged", f"{pipeline.topics.legit}-damaged"])
+        differ = differences(decisions, wanted)
+        assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+        figures.append(dict(test="damaged state stores rebuilt from their changelogs", payments=first + then,
+                            files_garbled=garbled, stores_rebuilt=len(rebuilt), differing=0))
+
+
+def test_two_detectors_on_one_state_folder_decide_as_one(cluster: str, tmp_path: Path, figures: list[dict[str, Any]]) -> None:
+    """Two detectors of one group started in one folder (as two processes on one host with the default state folder):
+    each keeps the stores of its own partitions there; together they decide every payment as the backtest does."""
+    count = 8_000
+    with fresh_pipeline(cluster, "kafka-python") as pipeline:
+        producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
+        try:
+            for example in islice(generated(count, 13, "default", 20, 2000), count):
+                payment = example.payment
+                producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
+            producer.flush()
+        finally:
+            producer.close()
+        shared = tmp_path / "shared"
+        runs = [pipeline.start("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir", str(shared),
+                               "--fraud-topic", f"{pipeline.topics.fraud}-two", "--legit-topic", f"{pipeline.topics.legit}-two",
+                               "--idle-timeout", "10", group="two", client=client)
+                for client in ("confluent", "kafka-python")]
+        handled = []
+        for run in runs:
+            _, stderr = run.communicate(timeout=300)
+            assert run.returncode == 0, stderr[-3000:]
+            summary = [line for line in stderr.splitlines() if line.startswith("fraud_detector:")]
+            handled.append(summary[-1] if summary else "")
+        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
+        decisions = routed(cluster, [f"{pipeline.topics.fraud}-two", f"{pipeline.topics.legit}-two"])
+        differ = differences(decisions, wanted)
+        assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+        figures.append(dict(test="two detectors, one state folder", payments=count, summaries=handled, differing=0))

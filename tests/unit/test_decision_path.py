@@ -64,8 +64,8 @@ class Transaction:
         self.sends: list[tuple[str, bytes | None, bytes | None, Any, int]] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None, partition: int | None = None) -> None:
-        assert partition is not None
-        self.sends.append((topic, key, value, headers, partition))
+        assert partition is not None or topic == "dlq"  # the stages choose every partition but the dead letters'
+        self.sends.append((topic, key, value, headers, partition or 0))
 
     def partition_for(self, topic: str, source_partition: int) -> int:
         return source_partition % PARTITIONS
@@ -198,18 +198,30 @@ class Stage:
         self.states.close()
 
 
-def payments_topic(seed: int, count: int, accounts: int) -> Topics:
+UNREADABLE = (b"{not json", b"", b'{"PAYMENT_TYPE": "BITCOIN"}', b"[1, 2]")
+"""Values no stage can read as a payment, among the payments: dead-lettered by the anchor, decided by no one."""
+
+
+def payments_topic(seed: int, count: int, accounts: int, unreadable_every: int = 0) -> Topics:
     topics = Topics()
-    for example in generated(count, seed, MIX, 20, accounts):
+    for n, example in enumerate(generated(count, seed, MIX, 20, accounts)):
         payment = example.payment
         assert payment.account is not None
-        topics.append("payments", partition_of(payment.account.encode(), PARTITIONS), payment.account.encode(),
-                      encode(payment), (), example.event_ms)
+        key = payment.account.encode()
+        partition = partition_of(key, PARTITIONS)
+        if unreadable_every and n % unreadable_every == unreadable_every - 1:
+            topics.append("payments", partition, key, UNREADABLE[n % len(UNREADABLE)], (), example.event_ms)
+        topics.append("payments", partition, key, encode(payment), (), example.event_ms)
     return topics
 
 
+def readable(topics: Topics) -> int:
+    return sum(1 for log in topics.logs["payments"].values() for r in log if r.value not in UNREADABLE)
+
+
 def wanted(topics: Topics, ruleset: RuleSet) -> dict[str, Decision]:
-    items = [(p, r.offset, decode(r.value), r.timestamp) for p, log in topics.logs["payments"].items() for r in log]
+    items = [(p, r.offset, decode(r.value), r.timestamp) for p, log in topics.logs["payments"].items() for r in log
+             if r.value not in UNREADABLE]
     decisions = reference(items, ruleset, PARTITIONS)
     return {str(payment.payment_id): decisions[(p, o)] for p, o, payment, _ in items}
 
@@ -238,7 +250,7 @@ def run_path(topics: Topics, ruleset: RuleSet, tmp_path: Path, rng: random.Rando
     for kind in sources:
         stages[(kind, 0)].assign({p for p in range(PARTITIONS) if p % 2 == 0})
         stages[(kind, 1)].assign({p for p in range(PARTITIONS) if p % 2 == 1})
-    total = len([r for log in topics.logs["payments"].values() for r in log])
+    total = readable(topics)
     clock = [10**13]
     anchor_module.time = cast(Any, type("Clock", (), {"monotonic": staticmethod(lambda: clock[0] / 1000),
                                                         "time": staticmethod(lambda: clock[0] / 1000)}))
@@ -294,7 +306,7 @@ def run_path(topics: Topics, ruleset: RuleSet, tmp_path: Path, rng: random.Rando
 @pytest.mark.parametrize("seed", range(12))
 def test_the_stages_decide_as_one_engine_through_aborts_kills_and_rebalances(seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
-    topics = payments_topic(seed, 1500, 200)
+    topics = payments_topic(seed, 1500, 200, unreadable_every=97)
     want = wanted(topics, RECOMMENDED)
     fired = {f.id for decision in want.values() for f in decision.fired}
     assert {"burst", "small-then-large", "device-card-testing"} <= fired, fired  # the account's rules and another key's
@@ -306,6 +318,9 @@ def test_the_stages_decide_as_one_engine_through_aborts_kills_and_rebalances(see
     differ = {pid: (found[pid][0], want[pid]) for pid in want if pid in found and found[pid][0] != want[pid]}
     assert not differ, next(iter(differ.items()))
     assert found.keys() == want.keys()
+    dead = sorted(r.value or b"" for log in topics.logs["dlq"].values() for r in log)
+    sent = sorted(r.value or b"" for log in topics.logs["payments"].values() for r in log if r.value in UNREADABLE)
+    assert dead == sent and len(sent) >= 10  # each unreadable record dead-lettered once, through every fault
 
 
 def test_a_probe_after_its_partitions_marker_is_decided_and_says_it_came_late(tmp_path: Path) -> None:
