@@ -7,11 +7,15 @@ all without interruption; then, on the same input:
 
 - one detector is killed (kill -9) inside an open transaction and started
   again on its local store, then killed again and started without it (the
-  changelog alone): every payment's ``decision`` header and reasons equal the
-  reference's, none lost, none twice;
+  changelog alone); both kills land in the live payments, where the rules
+  fire on what the state holds (in the history every account pays once and
+  no rule can fire, whatever the state): every payment's ``decision`` header
+  and reasons equal the reference's, none lost, none twice, and the last
+  start restored its partitions from the changelog;
 - two detectors share the group, each with its own state folder (two
-  machines); one is killed: the survivor restores the moved partitions from
-  the changelog, and its decisions match the reference's too.
+  machines); once the second owns partitions, it is killed: the survivor
+  restores the moved partitions from the changelog, and its decisions match
+  the reference's too.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from tests.integration.conftest import Pipeline, read_topic
 pytestmark = [pytest.mark.chaos, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 ACCOUNTS = 100_000
-LIVE = 12_000
-LIVE_ACCOUNTS = 1_500
+LIVE = 40_000
+LIVE_ACCOUNTS = 5_000
+LIVE_SPAN_MS = 60_000
 DAY_MS = 24 * 3600 * 1000
 RULES = Path(__file__).with_name("day_rules.yaml")
 COMMIT_INTERVAL_MS = "1000"
@@ -56,7 +61,7 @@ def history_and_live(seed: int) -> Iterator[Payment]:
     for n, account in enumerate(order):
         yield _payment(rng, f"h{n}", account, int(start + n * step))
     for n in range(LIVE):
-        yield _payment(rng, f"l{n}", rng.randrange(LIVE_ACCOUNTS), now - 60_000 + n * 5)
+        yield _payment(rng, f"l{n}", rng.randrange(LIVE_ACCOUNTS), now - LIVE_SPAN_MS + n * LIVE_SPAN_MS // LIVE)
 
 
 def _payment(rng: random.Random, pid: str, account: int, at_ms: int) -> Payment:
@@ -140,19 +145,23 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     probe = dataclasses.replace(pipeline, topics=dataclasses.replace(
         pipeline.topics, fraud=f"{pipeline.topics.fraud}-killed", legit=f"{pipeline.topics.legit}-killed"))
     kills = []
-    first = wait_for_progress(pipeline, "killed", total // 3, proc, timeout_s=300)
+    history = total - LIVE
+    first = wait_for_progress(pipeline, "killed", history + LIVE // 8, proc, timeout_s=300)
     wait_for_open_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
     save_log(f"killed-{pipeline.client}-1", proc.communicate(timeout=10)[1])
-    kills.append(first)
+    kills.append(committed_total(pipeline, "killed"))
     restarted = time.monotonic()
     proc = detector(pipeline, "killed", "killed", state)
-    second = wait_for_progress(pipeline, "killed", max(first, 2 * total // 3), proc, timeout_s=300)
+    second = wait_for_progress(pipeline, "killed", max(first, history + 3 * LIVE // 8), proc, timeout_s=300)
     run["first_commit_after_kill_local_s"] = round(time.monotonic() - restarted, 1)
     wait_for_open_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
     save_log(f"killed-{pipeline.client}-2", proc.communicate(timeout=10)[1])
-    kills.append(second)
+    kills.append(committed_total(pipeline, "killed"))
+    run["killed_after_committed"] = kills
+    # Both kills in the live payments: past the history, before the end.
+    assert all(history < committed < total for committed in kills), run
     shutil.rmtree(state)  # the machine's disk is gone: the changelog alone
     restarted = time.monotonic()
     proc = detector(pipeline, "killed", "killed", state)
@@ -162,7 +171,7 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     save_log(f"killed-{pipeline.client}-last", log)
     run["killed_committed"] = committed_total(pipeline, "killed")
     run["restored_from_changelog"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
-    run["killed_after_committed"] = kills
+    assert run["restored_from_changelog"] > 0, log[-3000:]  # its store gone, the state came from the changelog
     run.update({f"killed_{k}": v for k, v in compare(pipeline, "killed", reference, total).items()})
 
     pair_part(pipeline, tmp, run, reference, total, figures)
@@ -174,6 +183,10 @@ def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], reference: dic
     a = detector(pipeline, "pair", "pair", tmp / "machine-a")
     b = detector(pipeline, "pair", "pair", tmp / "machine-b")
     wait_for_progress(pipeline, "pair", total // 3, a, timeout_s=300)
+    deadline = time.monotonic() + 120
+    while " ready: " not in b.stderr_so_far():  # b owns partitions (their stores restored) before it is killed
+        assert b.poll() is None and time.monotonic() < deadline, b.stderr_so_far()[-3000:]
+        time.sleep(0.2)
     b.send_signal(signal.SIGKILL)
     save_log(f"pair-{pipeline.client}-killed", b.communicate(timeout=10)[1])
     log = finish(a, "surviving detector", timeout=600)
