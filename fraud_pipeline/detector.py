@@ -51,7 +51,7 @@ from .rules.lists import LISTS
 from .rules.order import refuse_new_groups
 from .runtime import Summary, cli_main, run_cli, setup_logging
 from .stage import BatchError, DeadLetters, LineBuffer, Output, RecordHandler, decode_or_reject, run_stage
-from .state import PartitionStates
+from .state import PartitionStates, own_folder
 from .topics import (
     RetentionLimits,
     delete_records,
@@ -284,7 +284,9 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[RecordHandle
         if not layout.rekeyed:
             return _run_single(settings, layout.stages[0], stop, rules, lists, metrics, watch,
                                check.limits[0].replay_short(rules.current) if created["decide"] else None, created["decide"])
-        return _run_path(settings, layout, partitions, stop, rules, lists, metrics, watch, check)
+        group_id = require(settings.consumer, "consumer").group_id or DEFAULT_GROUP
+        with own_folder(require(settings.detector, "detector").state_dir, group_id):
+            return _run_path(settings, layout, partitions, stop, rules, lists, metrics, watch, check)
 
 
 @dataclass(frozen=True)

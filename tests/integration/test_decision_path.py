@@ -180,3 +180,23 @@ def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_p
         figures.append(dict(test="damaged state stores rebuilt from their changelogs", payments=count,
                             sent_at_stop=stopped_at, files_garbled=garbled, stores_rebuilt=len(rebuilt), differing=0))
 
+
+
+def test_a_second_detector_of_the_group_on_the_same_state_folder_is_refused(cluster: str, tmp_path: Path) -> None:
+    """Two detectors of one group with rules over other keys need a state folder each (docs/state.md): the second
+    started on the first's folder stops at once, exit 1, saying so; the first goes on."""
+    with fresh_pipeline(cluster, "kafka-python") as pipeline:
+        first = detector(pipeline, "folder", "confluent", tmp_path)
+        deadline = time.monotonic() + 60
+        while "reading " not in first.stderr_so_far():  # its stages are up, the folder is its
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr_so_far()[-3000:]
+            time.sleep(0.2)
+        second = detector(pipeline, "folder", "kafka-python", tmp_path)
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 1, stderr[-3000:]
+        assert f"the state folder {tmp_path / 'folder'} is in use by another detector of group" in stderr, stderr[-3000:]
+        assert "give each detector of a group its own --state-dir" in stderr
+        assert first.poll() is None, first.stderr_so_far()[-3000:]
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+        assert first.returncode == 0, stderr[-3000:]
