@@ -8,6 +8,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from ..clients import ClientError, Consumer, FatalError, Producer, TopicPartition
@@ -115,7 +116,69 @@ class AtLeastOnce:
         _seek(consumer, rewind)
 
 
-class FlushedAtLeastOnce:
+class _OnHelperThread:
+    """A Delivery whose unit is made durable on a helper thread while the loop reads on, its later sends held meanwhile.
+
+    One unit is under way at a time; the next waits for it (``busy``). A unit whose work failed is kept
+    until it is rolled back (``pending``), and its first offsets are where the rewind goes back to.
+    """
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+        self._under_way: _Commit | None = None
+        self._failed: _Commit | None = None
+        """The last unit whose work failed, until it is rolled back."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether a unit is under way, or its work failed and is not rolled back yet."""
+        return self._under_way is not None or self._failed is not None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a unit is under way: the next commit waits for it."""
+        return self._under_way is not None
+
+    def _start(self, unit: _Commit, work: Callable[[], None], name: str) -> None:
+        """Hold the sends from now on and run ``work`` for ``unit`` on a helper thread."""
+        self._under_way = unit
+        self._output.hold()
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # raised again on the loop's thread
+                unit.error = exc
+            finally:
+                unit.done.set()
+
+        threading.Thread(target=run, daemon=True, name=name).start()
+
+    def _take(self, *, wait: bool) -> _Commit | None:
+        """The unit under way if its work is through (``wait``: once it is), else None; its error if it failed."""
+        unit = self._under_way
+        if unit is None or not unit.done.wait(None if wait else 0):
+            return None
+        self._under_way = None
+        if unit.error is not None:
+            self._failed = unit
+            raise unit.error
+        return unit
+
+    def _rewind(self, first_offsets: dict[TopicPartition, int], finish: Callable[[], None]) -> dict[TopicPartition, int]:
+        """Rolling back: ``finish`` the unit under way (through: it is emitted), drop the held sends; where to go back."""
+        try:
+            finish()
+        except FatalError:
+            raise
+        except (BatchError, ClientError):  # noted as failed: its records are read again
+            pass
+        failed, self._failed = self._failed, None
+        self._output.release(send=False)
+        return _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
+
+
+class FlushedAtLeastOnce(_OnHelperThread):
     """At least once for a producer whose successes cost no report (librdkafka's): flushed per unit, not per record.
 
     Kafka Streams' at-least-once commit: each commit interval's sends are
@@ -130,40 +193,18 @@ class FlushedAtLeastOnce:
     name = "at-least-once"
 
     def __init__(self, output: Output) -> None:
-        self._output = output
-        self._flushing: _Commit | None = None
-        self._failed: _Commit | None = None
-        """The last unit whose flush failed, until it is rolled back."""
+        super().__init__(output)
         self._unconfirmed: dict[TopicPartition, int] = {}
         """Offsets committed without waiting since the last synchronous commit: committed again when one waits."""
 
     def begin(self) -> None:
         pass
 
-    @property
-    def pending(self) -> bool:
-        return self._flushing is not None or self._failed is not None
-
-    @property
-    def busy(self) -> bool:
-        return self._flushing is not None
-
     def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
                  emit: Callable[[], None]) -> None:
         self._finish(consumer, wait=True)  # the unit before, then this one's held sends
-        unit = _Commit(first, emit, offsets=offsets)
-        self._flushing = unit
-        self._output.hold()
-        threading.Thread(target=self._flush, args=(unit,), daemon=True, name="at-least-once-flush").start()
-
-    def _flush(self, unit: _Commit) -> None:
-        """On the helper thread: every send of the unit acknowledged, or its failure noted."""
-        try:
-            self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
-        except BaseException as exc:  # raised again on the loop's thread
-            unit.error = exc
-        finally:
-            unit.done.set()
+        self._start(_Commit(first, emit, offsets=offsets), partial(self._output.flush, TRANSACTION_STEP_TIMEOUT_S),
+                    "at-least-once-flush")
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
         self._finish(consumer, wait=wait)
@@ -171,20 +212,12 @@ class FlushedAtLeastOnce:
     def _finish(self, consumer: Consumer, *, wait: bool) -> None:
         """If the flush under way is through (``wait``: once it is), print the unit, queue the held sends and commit
         its offsets; raise its error if it failed."""
-        unit = self._flushing
-        if unit is None or not unit.done.wait(None if wait else 0):
-            if wait and self._unconfirmed:
-                self._commit(consumer, {}, wait=True)
-            return
-        self._flushing = None
-        if unit.error is not None:
-            self._failed = unit
-            raise unit.error
-        unit.emit()
-        self._output.release(send=True)
-        self._commit(consumer, unit.offsets, wait=wait)
-
-    def _commit(self, consumer: Consumer, offsets: dict[TopicPartition, int], *, wait: bool) -> None:
+        unit = self._take(wait=wait)
+        offsets: dict[TopicPartition, int] = {}
+        if unit is not None:
+            unit.emit()
+            self._output.release(send=True)
+            offsets = unit.offsets
         if wait:
             offsets, self._unconfirmed = self._unconfirmed | offsets, {}
         else:
@@ -192,15 +225,7 @@ class FlushedAtLeastOnce:
         _commit_offsets(consumer, offsets, wait=wait)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
-        try:
-            self._finish(consumer, wait=True)
-        except FatalError:
-            raise
-        except (BatchError, ClientError):  # noted as failed: its records are read again below
-            pass
-        failed, self._failed = self._failed, None
-        rewind = _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
-        self._output.release(send=False)
+        rewind = self._rewind(first_offsets, partial(self._finish, consumer, wait=True))
         self._output.forget_failures()
         _seek(consumer, rewind)
 
@@ -219,7 +244,7 @@ class _Commit:
     """Seconds of each of metrics.TRANSACTION_STEPS, in order."""
 
 
-class ExactlyOnce:
+class ExactlyOnce(_OnHelperThread):
     """One Kafka transaction per commit interval: routed records and input offsets commit together.
 
     The loop does not stop reading while a transaction commits: the flush,
@@ -234,15 +259,12 @@ class ExactlyOnce:
 
     def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None,
                  steps: Mapping[str, Histogram] | None = None) -> None:
-        self._output = output
+        super().__init__(output)
         self._new_producer = new_producer
         self._tally: Counter[str] = Counter() if tally is None else tally
         """Transactions by result: committed, aborted, retried (a new producer)."""
         self._steps = steps
         """Seconds each commit step took, by step (metrics.TRANSACTION_STEPS)."""
-        self._committing: _Commit | None = None
-        self._failed: _Commit | None = None
-        """The last commit that failed, until its records are rolled back."""
         self._open = False
         """A transaction is begun and neither committed nor aborted."""
         self._begin_held = False
@@ -250,21 +272,11 @@ class ExactlyOnce:
         self._init_transactions()
 
     def begin(self) -> None:
-        if self._committing is not None:
+        if self._under_way is not None:
             self._begin_held = True
         else:
             self._open = True  # a failed begin is aborted too, or its producer replaced
             self._output.producer.begin_transaction()
-
-    @property
-    def pending(self) -> bool:
-        """Whether a transaction is being committed, or its commit failed and is not rolled back yet."""
-        return self._committing is not None or self._failed is not None
-
-    @property
-    def busy(self) -> bool:
-        """Whether a transaction is being committed: the next commit waits for it."""
-        return self._committing is not None
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
         self._finish(wait=wait)
@@ -273,40 +285,28 @@ class ExactlyOnce:
                  emit: Callable[[], None]) -> None:
         self._finish(wait=True)  # the commit before, then this transaction's held sends
         commit = _Commit(first, emit)
-        group = consumer.group_metadata()
-        self._committing = commit
-        self._output.hold()
-        threading.Thread(target=self._commit, args=(commit, self._output.producer, offsets, group), daemon=True,
-                         name="transaction-commit").start()
+        self._start(commit, partial(self._commit, commit, self._output.producer, offsets, consumer.group_metadata()),
+                    "transaction-commit")
 
     def _commit(self, commit: _Commit, producer: Producer, offsets: dict[TopicPartition, int], group: object) -> None:
         """On the helper thread: make the transaction's records durable, add the offsets, commit."""
-        try:
-            # Every record must be acknowledged before the commit: kafka-python 3.0
-            # can commit a transaction whose sends are still pending, and a send
-            # that then fails would be lost.
-            started = time.monotonic()
-            self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
-            flushed = time.monotonic()
-            producer.send_offsets_to_transaction(offsets, group, TRANSACTION_STEP_TIMEOUT_S)
-            offsets_sent = time.monotonic()
-            producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
-            commit.steps = (flushed - started, offsets_sent - flushed, time.monotonic() - offsets_sent)
-        except BaseException as exc:  # raised again on the loop's thread
-            commit.error = exc
-        finally:
-            commit.done.set()
+        # Every record must be acknowledged before the commit: kafka-python 3.0
+        # can commit a transaction whose sends are still pending, and a send
+        # that then fails would be lost.
+        started = time.monotonic()
+        self._output.flush(timeout_s=TRANSACTION_STEP_TIMEOUT_S)
+        flushed = time.monotonic()
+        producer.send_offsets_to_transaction(offsets, group, TRANSACTION_STEP_TIMEOUT_S)
+        offsets_sent = time.monotonic()
+        producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
+        commit.steps = (flushed - started, offsets_sent - flushed, time.monotonic() - offsets_sent)
 
     def _finish(self, *, wait: bool) -> None:
         """If the commit under way is through (``wait``: once it is), emit it and begin the next transaction with its
         held sends; raise its error if it failed."""
-        commit = self._committing
-        if commit is None or not commit.done.wait(None if wait else 0):
+        commit = self._take(wait=wait)
+        if commit is None:
             return
-        self._committing = None
-        if commit.error is not None:
-            self._failed = commit
-            raise commit.error
         self._open = False
         if self._steps is not None:
             for step, seconds in zip(TRANSACTION_STEPS, commit.steps, strict=True):
@@ -329,16 +329,8 @@ class ExactlyOnce:
         from what the group committed, not from the first offsets: what did
         commit is not committed twice.
         """
-        try:
-            self._finish(wait=True)
-        except FatalError:
-            raise
-        except (BatchError, ClientError):  # noted as failed: its records are read again below
-            pass
-        failed, self._failed = self._failed, None
-        rewind = _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
+        rewind = self._rewind(first_offsets, partial(self._finish, wait=True))
         self._begin_held = False
-        self._output.release(send=False)
         self._tally["aborted"] += 1
         if self._output.stalled:
             # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
