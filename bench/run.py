@@ -19,6 +19,10 @@ the whole topic with a new consumer group. kafka-python (the default client):
                             included, its changelogs' bytes and its memory
   detector_chain            the plain chain: the same three stages and hops with almost no rules (bench/chain.yaml):
                             the ceiling of detector_rules
+  detector_rules_warm       detector_rules on a state folder that persists, as a deployed detector's: a first
+                            process decides the first half of the topic and stops; a second, of the same group on the
+                            same folder, decides the rest, and its figures count (the stores it opens hold the first
+                            half's accounts; it restores only the changelogs' tails)
   detector_metrics          detector_alo with Prometheus metrics on, scraped every second
 
 and the same on confluent-kafka (librdkafka), the detector with --client confluent:
@@ -30,6 +34,7 @@ and the same on confluent-kafka (librdkafka), the detector with --client conflue
   confluent_detector_x2     two at-least-once confluent detector processes in one group
   confluent_detector_rules  at-least-once with the recommended rules
   confluent_detector_chain  the plain chain
+  confluent_detector_rules_warm  the recommended rules on a state folder that persists
   confluent_detector_metrics  at-least-once, metrics on and scraped every second
 
 then Kafka's Java ProducerPerformance / ConsumerPerformance on the same cluster.
@@ -97,7 +102,7 @@ from fraud_pipeline.security import Security
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "bench-latest.json"
 KINDS = ("passthrough", "seed_loop", "detector_alo", "detector_eos", "detector_x2", "detector_rules", "detector_chain",
-         "detector_metrics")
+         "detector_rules_warm", "detector_metrics")
 """The kafka-python scenarios; each but seed_loop also runs on confluent-kafka as ``confluent_<kind>``."""
 PREFIX = "confluent_"
 SCENARIOS = (*KINDS, *(PREFIX + kind for kind in KINDS if kind != "seed_loop"))
@@ -110,9 +115,12 @@ DETECTOR_ARGS = {
     "detector_x2": ["--guarantee", "at-least-once"],  # as (c): the ratio is the second process's gain
     "detector_rules": ["--guarantee", "at-least-once", "--rules-file", str(RECOMMENDED)],
     "detector_chain": ["--guarantee", "at-least-once", "--rules-file", str(CHAIN)],
+    "detector_rules_warm": ["--guarantee", "at-least-once", "--rules-file", str(RECOMMENDED)],
     "detector_metrics": ["--guarantee", "at-least-once", "--metrics"],
 }
 PROCESSES = {"detector_x2": 2}
+WARM = "detector_rules_warm"
+"""The scenario run as two processes in turn on one state folder: the second one's figures count."""
 
 
 class BenchError(PipelineError):
@@ -455,7 +463,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
         create_topics=False,
         consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
         delivery=DeliverySettings(guarantee=args.guarantee, linger_ms=args.linger_ms),
-        detector=DetectorSettings(rules_file=args.rules_file, state_dir=tempfile.mkdtemp(prefix="bench-state-")),
+        detector=DetectorSettings(rules_file=args.rules_file,
+                                  state_dir=args.state_dir or tempfile.mkdtemp(prefix="bench-state-")),
         metrics=MetricsSettings(port=metrics_port),
     )
     ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected,
@@ -516,7 +525,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
     try:
         status = detector_run(settings, stop, watch=Counted)
     finally:
-        shutil.rmtree(settings.detector.state_dir, ignore_errors=True)  # type: ignore[union-attr]
+        if not args.state_dir:  # a folder of its own: this run's alone
+            shutil.rmtree(settings.detector.state_dir, ignore_errors=True)  # type: ignore[union-attr]
     if status:
         raise BenchError(f"bench: the detector ({args.client}, {args.guarantee}) failed")
     if args.rules_file:
@@ -651,14 +661,14 @@ def stage_topics(topic: str) -> dict[str, int]:
     return {f"{topic}-rules": 1, f"{topic}-rules-rejected": 1}
 
 
-def preload(bootstrap: str, topic: str, count: int, accounts: int = 1000) -> int:
+def preload(bootstrap: str, topic: str, count: int, accounts: int = 1000, seed: int = 7) -> int:
     from fraud_pipeline.payment import encode, payment_stream
 
     producer = _tools(bootstrap).producer("bench-preload", linger_ms=20)
     failures: list[Exception] = []
     producer.on_error(failures.append)
     bar = Bar("preload", count)
-    stream = payment_stream(seed=7, accounts=accounts)
+    stream = payment_stream(seed=seed, accounts=accounts)
     size = 0
     try:
         for i in range(count):
@@ -701,13 +711,15 @@ def split(scenario: str) -> tuple[str, str]:
     return KAFKA_PYTHON, scenario
 
 
-def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
+def measure(scenario: str, common: list[str], count: int, accounts: int) -> dict[str, float]:
     client, kind = split(scenario)
     group = f"bench-{scenario}-{uuid.uuid4().hex[:8]}"
     if kind in DETECTOR_ARGS:
         child, child_args = "detector", [*common, "--client", client, *DETECTOR_ARGS[kind]]
     else:
         child, child_args = ("confluent_passthrough" if client == CONFLUENT else kind), common
+    if kind == WARM:
+        return _warm(child_args, group, count, accounts)
     results: list[dict[str, Any]] = [{} for _ in range(PROCESSES.get(kind, 1))]
 
     def one(i: int) -> None:
@@ -728,6 +740,35 @@ def measure(scenario: str, common: list[str], count: int) -> dict[str, float]:
     records = sum(r["records"] for r in busy)
     if records < count or not busy:
         raise BenchError(f"bench: {scenario} read {records} of {count} records")
+    return _figures(results, busy, records)
+
+
+def _warm(child_args: list[str], group: str, count: int, accounts: int) -> dict[str, float]:
+    """Two detectors in turn, one group, one state folder, on a topic of their own: the first decides ``count`` payments
+    of ``accounts`` accounts and stops; ``count`` more of the same accounts are sent; the second decides them from the
+    stores the first left (a restart's restore: the changelogs' tails only). The second one's figures."""
+    bootstrap = child_args[child_args.index("--bootstrap") + 1]
+    topic = f"bench-warm-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: 6, **stage_topics(topic)})
+    folder = tempfile.mkdtemp(prefix="bench-warm-")
+    args = [*child_args, "--state-dir", folder]
+    args[args.index("--topic") + 1] = topic
+    try:
+        preload(bootstrap, topic, count, accounts)
+        first = run_child("detector", args, group, count)
+        preload(bootstrap, topic, count, accounts, seed=8)  # the same accounts' next payments
+        second = run_child("detector", args, group, count)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if second["records"] < count:
+        raise BenchError(f"bench: {WARM} decided {second['records']} of {count} payments after its restart")
+    found = _figures([second], [second], second["records"])
+    found["changelog_bytes_per_msg"] = (second["changelog_bytes"] - first["changelog_bytes"]) / second["records"]
+    return found
+
+
+def _figures(results: list[dict[str, Any]], busy: list[dict[str, Any]], records: int) -> dict[str, float]:
+    """Throughput over the busy processes' span, CPU and memory over all of them."""
     span = max(r["last_at"] for r in busy) - min(r["first_at"] for r in busy)
     cpu = sum(r["cpu_s"] for r in results)
     found = {"msgs_per_s": records / span, "cpu_us_per_msg": cpu * 1e6 / records,
@@ -996,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the detectors' --linger-ms, throughput and latency runs alike (default: %(default)s, the detector's)")
     parser.add_argument("--state-keys", type=int, default=1_000_000,
                         help="accounts in the state store's restore and memory run (bench/state.py; default 1000000, 0 skips)")
-    for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file"):
+    for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file", "state-dir"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=(KAFKA_PYTHON, CONFLUENT), default=KAFKA_PYTHON, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -1041,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = Bar("runs", args.runs * len(chosen) + (args.runs if args.only is None else 0))
     for run in range(args.runs):
         for name in random.Random(run).sample(chosen, len(chosen)):  # alternate, in a new order each round
-            samples[name].append(measure(name, common, args.count))
+            samples[name].append(measure(name, common, args.count, args.accounts))
             bar.step(note=f"{name}: {samples[name][-1]['msgs_per_s']:,.0f} msgs/s")
     if args.only is not None:
         bar.close()
@@ -1093,6 +1134,11 @@ def main(argv: list[str] | None = None) -> int:
                                                            "system": rules["cpu_system_us_per_msg"]}
             report[f"{prefix}rules_changelog_bytes_per_payment"] = rules.get("changelog_bytes_per_msg")
             report[f"{prefix}rules_rss_mb"] = rules["rss_mb"]
+        warm = medians.get(f"{prefix}{WARM}")
+        if warm is not None:
+            report[f"{prefix}rules_warm_cpu_us_per_payment"] = {"user": warm["cpu_user_us_per_msg"],
+                                                                "system": warm["cpu_system_us_per_msg"]}
+            report[f"{prefix}rules_warm_rss_mb"] = warm["rss_mb"]
     report["accounts"] = args.accounts
     report |= state
     report |= {
