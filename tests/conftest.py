@@ -1,9 +1,10 @@
 """What every test folder shares: the figures a failure test reports, and which tests may run side by side.
 
-``make test`` runs two pytest workers (pytest-xdist) that take whole clusters
-(``ByCluster``): every test on the open cluster runs in one worker, one at a
-time (the broker-kill test kills its brokers), while the other runs the unit
-tests, then every test on the secured cluster.
+``make test`` runs three pytest workers (pytest-xdist) that take whole clusters
+(``ByCluster``): the failure tests run in one worker on a cluster of their own
+(tests/chaos/conftest.py: the broker-kill test kills its brokers), the other
+tests on the open cluster in a second, one at a time, while the third runs the
+unit tests, then every test on the secured cluster.
 """
 
 from __future__ import annotations
@@ -15,26 +16,31 @@ from typing import Any
 import pytest
 from xdist.scheduler import LoadScopeScheduling
 
-NO_CLUSTER, OPEN, SECURED = "no-cluster", "open-cluster", "secured-cluster"
+NO_CLUSTER, OPEN, CHAOS, SECURED = "no-cluster", "open-cluster", "failure-tests-cluster", "secured-cluster"
 REQUIRE_CLUSTERS = "REQUIRE_CLUSTER_TESTS"
 """Set (by .ci/run): the run fails unless tests on both clusters passed and none of them was skipped."""
 
 
 def cluster_of(nodeid: str) -> str:
-    """Which cluster a test uses, by its folder: none (unit tests), the open one, or the secured one."""
+    """Which cluster a test uses, by its folder: none (unit tests), the open one, the failure tests' or the secured one."""
     if nodeid.startswith("tests/unit/"):
         return NO_CLUSTER
+    if nodeid.startswith("tests/chaos/"):
+        return CHAOS
     return SECURED if nodeid.startswith("tests/security/") else OPEN
 
 
 class ByCluster(LoadScopeScheduling):
     """xdist's scheduling by scope, the scope being the cluster: each worker runs all the tests of one cluster in turn.
 
-    (xdist's own ``--dist loadgroup`` marks do not group tests under pytest 9, which names nodes differently.)
+    The unit tests and the secured cluster's share a scope (one worker, one after the other): with three workers the
+    failure tests, the open cluster's and those two take about as long each. (xdist's own ``--dist loadgroup`` marks
+    do not group tests under pytest 9, which names nodes differently.)
     """
 
     def _split_scope(self, nodeid: str) -> str:
-        return cluster_of(nodeid)
+        cluster = cluster_of(nodeid)
+        return "unit-then-secured" if cluster in (NO_CLUSTER, SECURED) else cluster
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByCluster:
@@ -71,7 +77,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stats = reporter.stats if reporter is not None else {}
     skipped = sorted({r.nodeid for r in stats.get("skipped", []) if cluster_of(r.nodeid) != NO_CLUSTER})
     ran = {cluster_of(r.nodeid) for r in stats.get("passed", []) if r.when == "call"}
-    missing = sorted({OPEN, SECURED} - ran)
+    missing = sorted({OPEN, CHAOS, SECURED} - ran)
     if not (skipped or missing):
         return
     if reporter is not None:

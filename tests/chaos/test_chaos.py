@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from fraud_pipeline.clients import KAFKA_PYTHON, Admin, backend
 from fraud_pipeline.state import changelog_topic
+from tests.chaos.conftest import cluster_command
 from tests.integration.conftest import ROOT, Pipeline, confluent_connection, for_each_client, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
@@ -205,13 +206,6 @@ def test_detector_kill9_at_least_once(pipelines: dict[str, Pipeline], figures: l
     for_each_client(pipelines, lambda pipeline: kill_detector_repeatedly(pipeline, "at-least-once", 202, figures))
 
 
-def cluster_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "devcluster", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=180)
-    assert not check or done.returncode == 0, f"devcluster {' '.join(args)}: {done.stdout}{done.stderr}"
-    return done
-
-
 def java_hash(text: str) -> int:
     """Java's ``String.hashCode`` (ASCII text), which Kafka uses to place a group or a transactional id."""
     h = 0
@@ -332,7 +326,7 @@ def test_each_broker_killed_in_turn(pipeline: Pipeline, figures: list[dict[str, 
     """
     pipelines = {pipeline.client: pipeline}
     status = cluster_command("status", check=False)
-    assert status.returncode == 0, f"this test kills brokers of the project's own cluster (make cluster-up):\n{status.stdout}"
+    assert status.returncode == 0, f"this test kills brokers of the failure tests' own cluster:\n{status.stdout}"
     # A failure leaves the detector's stacks and whole log in results/chaos/. Fixed here, each once seen:
     # a confluent detector hung on SIGTERM in librdkafka's send_offsets_to_transaction past its timeout
     # (librdkafka issue 5456; now set aside by the watchdog in clients/confluent.py), and a kafka-python

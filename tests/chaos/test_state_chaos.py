@@ -2,15 +2,17 @@
 
 Each client in turn, on its own pipeline. The input is written first
 (a day of history for every account, then the live payments), so every run
-reads the same records in the same order. A reference detector decides them
-all without interruption; then, on the same input:
+reads the same records in the same order. The reference is the single
+engine's decisions over the same records, computed in-process (the
+backtest's, tests/decisions.py), independent of any cluster run; then, on the
+same input:
 
 - one detector is killed (kill -9) inside an open transaction and started
   again on its local store, then killed again and started without it (the
   changelog alone); both kills land in the live payments, where the rules
   fire on what the state holds (in the history every account pays once and
-  no rule can fire, whatever the state): every payment's ``decision`` header
-  and reasons equal the reference's, none lost, none twice, and the last
+  no rule can fire, whatever the state): every payment's decision (outcome,
+  score, rules fired) equals the reference's, none lost, none twice, and the last
   start restored its partitions from the changelog;
 - two detectors share the group, each with its own state folder (two
   machines); once the second owns partitions, it is killed: the survivor
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import random
 import shutil
 import signal
@@ -36,8 +37,10 @@ import pytest
 from fraud_pipeline.clients import CONFLUENT, backend
 from fraud_pipeline.clients.security import Security
 from fraud_pipeline.payment import Payment, encode, seoul_date_time
+from fraud_pipeline.rules import load_ruleset
 from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_open_transaction, wait_for_progress
-from tests.integration.conftest import Pipeline, read_topic
+from tests.decisions import Verdict, differences, expected, routed
+from tests.integration.conftest import Pipeline
 
 pytestmark = [pytest.mark.chaos, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
@@ -48,12 +51,20 @@ LIVE_SPAN_MS = 60_000
 DAY_MS = 24 * 3600 * 1000
 RULES = Path(__file__).with_name("day_rules.yaml")
 COMMIT_INTERVAL_MS = "1000"
+SEED = 17
+PARTITIONS = 6
+"""The payments topic's partitions (the pipeline fixture's)."""
+
+
+NOW_MS: dict[int, int] = {}
+"""The clock of each seed's input, fixed at its first use: both clients' runs get the same payments, so one reference."""
 
 
 def history_and_live(seed: int) -> Iterator[Payment]:
-    """One payment per account spread over the last 23 h (in time order), then LIVE payments of the first LIVE_ACCOUNTS."""
+    """One payment per account spread over the 23 h before the first use of ``seed`` (in time order), then LIVE
+    payments of the first LIVE_ACCOUNTS in the last minute before it."""
     rng = random.Random(seed)
-    now = int(time.time() * 1000)
+    now = NOW_MS.setdefault(seed, int(time.time() * 1000))
     start = now - 23 * 3600 * 1000
     step = (now - 120_000 - start) / ACCOUNTS
     order = list(range(ACCOUNTS))
@@ -81,61 +92,67 @@ def write_input(pipeline: Pipeline, seed: int) -> int:
     return count
 
 
-def decisions(pipeline: Pipeline, fraud: str, legit: str) -> dict[str, tuple[str, list[str]]]:
-    """Per payment id, the ``decision`` header and the reasons; AssertionError on an id routed twice."""
-    found: dict[str, tuple[str, list[str]]] = {}
-    for record in read_topic(pipeline.bootstrap, fraud, timeout_s=120) + read_topic(pipeline.bootstrap, legit, timeout_s=120):
-        value = json.loads(record.value)
-        header = dict(record.headers)["decision"].decode()
-        assert value["PAYMENT_ID"] not in found, f"{value['PAYMENT_ID']} routed twice"
-        found[value["PAYMENT_ID"]] = (header, [r["reason"] for r in value["DECISION"]["rules"]])
-    return found
+REFERENCES: dict[int, dict[str, Verdict]] = {}
+
+
+def reference(bootstrap: str, payments_topic: str, seed: int) -> dict[str, Verdict]:
+    """Per payment id, the single engine's decision over the input's records, computed in-process (tests/decisions.py):
+    the same for both clients' runs (the same payments, NOW_MS, on the same partitions), so computed once per seed."""
+    if seed not in REFERENCES:
+        REFERENCES[seed] = expected(bootstrap, payments_topic, load_ruleset(RULES), PARTITIONS)
+    return REFERENCES[seed]
 
 
 def detector(pipeline: Pipeline, group: str, tag: str, state_dir: Path, *extra: str) -> Any:
-    # idle 30 s: longer than a killed member's session (10 s) and the restore of what moves to the survivor
+    """A detector of the rules; stopped by ``stop_when_done`` once its group has committed every payment."""
     return pipeline.start(
-        "fraud_detector", "--quiet", "--rules", str(RULES), "--state-dir", str(state_dir), "--idle-timeout", "30",
+        "fraud_detector", "--quiet", "--rules", str(RULES), "--state-dir", str(state_dir),
         "--commit-interval-ms", COMMIT_INTERVAL_MS, "--fraud-topic", f"{pipeline.topics.fraud}-{tag}",
         "--legit-topic", f"{pipeline.topics.legit}-{tag}", *extra, group=group,
     )
 
 
-def compare(pipeline: Pipeline, tag: str, reference: dict[str, tuple[str, list[str]]], total: int) -> dict[str, int]:
-    """Every payment's decision against the reference's: 0 lost, 0 different (routed twice fails in ``decisions``).
+def stop_when_done(pipeline: Pipeline, group: str, total: int, proc: Any, what: str) -> str:
+    """Wait until the group has committed all ``total`` payments, then stop the detector (SIGTERM); its log."""
+    wait_for_progress(pipeline, group, total - 1, proc, timeout_s=600)
+    proc.send_signal(signal.SIGTERM)
+    return finish(proc, what, timeout=120)
+
+
+def compare(pipeline: Pipeline, tag: str, wanted: dict[str, Verdict], total: int) -> dict[str, int]:
+    """Every payment's decision (outcome, score, rules fired) against the reference's: 0 lost, 0 routed twice, 0 different.
 
     A member killed inside a transaction that no one restarts leaves it open until the transaction
     timeout (60 s) aborts it; until then a read_committed reader stops before it: read again until then.
     """
     deadline = time.monotonic() + 90
     while True:
-        got = decisions(pipeline, f"{pipeline.topics.fraud}-{tag}", f"{pipeline.topics.legit}-{tag}")
+        got = routed(pipeline.bootstrap, [f"{pipeline.topics.fraud}-{tag}", f"{pipeline.topics.legit}-{tag}"])
         if len(got) >= total or time.monotonic() > deadline:
             break
         time.sleep(5)
-    differ = [pid for pid in reference if pid in got and got[pid] != reference[pid]]
-    figures = dict(lost=total - len(got), differ=len(differ), fraud=sum(h.startswith("fraud") for h, _ in got.values()))
-    if len(got) < total:
+    wrong = differences(got, wanted)
+    figures = dict(lost=sum(not found for found, _ in wrong.values()), twice=sum(len(found) > 1 for found, _ in wrong.values()),
+                   differ=sum(len(found) == 1 for found, _ in wrong.values()),
+                   fraud=sum(found[0][0] != "approve" for found in got.values()))
+    if figures["lost"]:
         figures["committed"] = committed_total(pipeline, tag)
-        save_log(f"state-lost-{tag}-{pipeline.client}", "\n".join(sorted(set(reference) - set(got))))
-    if differ:
-        save_log(f"state-differ-{tag}-{pipeline.client}", "\n".join(f"{pid}\n  got {got[pid]}\n  ref {reference[pid]}"
-                                                                  for pid in differ))
-    assert figures["lost"] == 0 and not differ, (figures, [(pid, got[pid], reference[pid]) for pid in differ[:3]])
+    if wrong:
+        save_log(f"state-wrong-{tag}-{pipeline.client}", "\n".join(f"{pid}\n  got {found}\n  ref {ref}"
+                                                                 for pid, (found, ref) in sorted(wrong.items())))
+    assert not wrong, (figures, sorted(wrong.items())[:3])
     return figures
 
 
 def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]]) -> None:
-    total = write_input(pipeline, 17)
+    total = write_input(pipeline, SEED)
     run: dict[str, Any] = dict(test=f"state: kill -9 and hand-over, 24 h windows ({pipeline.client})", payments=total,
                                accounts=ACCOUNTS)
     started = time.monotonic()
-    reference_proc = detector(pipeline, "reference", "ref", tmp / "reference")
-    finish(reference_proc, "reference detector", timeout=600)
+    wanted = reference(pipeline.bootstrap, pipeline.topics.payments, SEED)
     run["reference_s"] = round(time.monotonic() - started, 1)
-    reference = decisions(pipeline, f"{pipeline.topics.fraud}-ref", f"{pipeline.topics.legit}-ref")
-    assert len(reference) == total
-    run["reference_fraud"] = sum(h.startswith("fraud") for h, _ in reference.values())
+    assert len(wanted) == total
+    run["reference_fraud"] = sum(outcome != "approve" for outcome, _, _ in wanted.values())
     assert 0 < run["reference_fraud"] < total
 
     # One detector, killed twice inside a transaction: on its local store, then on the changelog alone.
@@ -167,17 +184,17 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     proc = detector(pipeline, "killed", "killed", state)
     wait_for_progress(pipeline, "killed", second, proc, timeout_s=300)
     run["first_commit_after_kill_changelog_s"] = round(time.monotonic() - restarted, 1)
-    log = finish(proc, "detector after the kills", timeout=600)
+    log = stop_when_done(pipeline, "killed", total, proc, "detector after the kills")
     save_log(f"killed-{pipeline.client}-last", log)
     run["killed_committed"] = committed_total(pipeline, "killed")
     run["restored_from_changelog"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
     assert run["restored_from_changelog"] > 0, log[-3000:]  # its store gone, the state came from the changelog
-    run.update({f"killed_{k}": v for k, v in compare(pipeline, "killed", reference, total).items()})
+    run.update({f"killed_{k}": v for k, v in compare(pipeline, "killed", wanted, total).items()})
 
-    pair_part(pipeline, tmp, run, reference, total, figures)
+    pair_part(pipeline, tmp, run, wanted, total, figures)
 
 
-def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], reference: dict[str, tuple[str, list[str]]], total: int,
+def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], wanted: dict[str, Verdict], total: int,
               figures: list[dict[str, Any]]) -> None:
     # Two detectors, two state folders (two machines); one killed: the survivor restores its partitions.
     a = detector(pipeline, "pair", "pair", tmp / "machine-a")
@@ -189,12 +206,12 @@ def pair_part(pipeline: Pipeline, tmp: Path, run: dict[str, Any], reference: dic
         time.sleep(0.2)
     b.send_signal(signal.SIGKILL)
     save_log(f"pair-{pipeline.client}-killed", b.communicate(timeout=10)[1])
-    log = finish(a, "surviving detector", timeout=600)
+    log = stop_when_done(pipeline, "pair", total, a, "surviving detector")
     save_log(f"pair-{pipeline.client}-survivor", log)
     run["survivor_restores"] = sum("change(s) from changelog" in line and " ready: 0 " not in line for line in log.splitlines())
     assert run["survivor_restores"] > 0, log[-3000:]
     assert committed_total(pipeline, "pair") == total
-    run.update({f"pair_{k}": v for k, v in compare(pipeline, "pair", reference, total).items()})
+    run.update({f"pair_{k}": v for k, v in compare(pipeline, "pair", wanted, total).items()})
     figures.append(run)
 
 
