@@ -124,3 +124,100 @@ def memory_states(folder: str | None = None) -> Any:
 
     return PartitionStates(folder or tempfile.mkdtemp(prefix="states-"), "g", "payments", TOPIC, LogReader(ChangelogLog()),  # type: ignore[arg-type]
                            encode_entity, decode_entity)
+
+
+class TransactionalLog:
+    """Changelog partitions as a broker keeps them: every record at its own offset, each producer's transaction open until
+    it commits or aborts (a marker then takes an offset in each partition it wrote), aborted records kept but never read,
+    and compaction (each key's last committed record below the last stable offset kept, the rest removed, offsets kept).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[tuple[bytes, bytes | None] | None]] = {}
+        """Per partition, by offset: a record (key, value), or None (a marker, an aborted or a compacted-away record)."""
+        self._aborted: set[tuple[int, int]] = set()
+        self._open: dict[str, dict[int, list[int]]] = {}
+        """Per producer, the offsets of its open transaction's records, by partition."""
+        self.markers = 0
+
+    def sender(self, producer: str) -> Any:
+        """``send(topic, key, value, partition)`` into ``producer``'s transaction."""
+        def send(topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
+            assert topic == TOPIC and key is not None
+            log = self.entries.setdefault(partition, [])
+            self._open.setdefault(producer, {}).setdefault(partition, []).append(len(log))
+            log.append((key, value))
+        return send
+
+    def _end(self, producer: str, aborted: bool) -> None:
+        for partition, offsets in self._open.pop(producer, {}).items():
+            if aborted:
+                self._aborted.update((partition, offset) for offset in offsets)
+            self.entries[partition].append(None)  # the marker
+            self.markers += 1
+
+    def commit(self, producer: str) -> None:
+        self._end(producer, aborted=False)
+
+    def abort(self, producer: str) -> None:
+        """The transaction aborted (or fenced: the next producer with the transactional id aborts it)."""
+        self._end(producer, aborted=True)
+
+    def stable(self, partition: int) -> int:
+        """The last stable offset: a read_committed reader reads up to the first record of an open transaction."""
+        open_offsets = [offsets[0] for by_partition in self._open.values() if (offsets := by_partition.get(partition))]
+        return min(open_offsets, default=len(self.entries.get(partition, [])))
+
+    def readable(self, partition: int, offset: int) -> tuple[bytes, bytes | None] | None:
+        entry = self.entries.get(partition, [])[offset]
+        return None if entry is None or (partition, offset) in self._aborted else entry
+
+    def compact(self) -> None:
+        """The log cleaner: below the last stable offset, only each key's last committed record is left (tombstones kept)."""
+        for partition, log in self.entries.items():
+            last: dict[bytes, int] = {}
+            stable = self.stable(partition)
+            for offset in range(stable):
+                entry = self.readable(partition, offset)
+                if entry is not None:
+                    last[entry[0]] = offset
+            keep = set(last.values())
+            for offset in range(stable):
+                if offset not in keep:
+                    log[offset] = None
+
+
+class TransactionalReader:
+    """A groupless read_committed consumer of a TransactionalLog: its position passes markers, aborted and removed records."""
+
+    def __init__(self, log: TransactionalLog) -> None:
+        self._log = log
+        self._positions: dict[TopicPartition, int] = {}
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._positions = dict(offsets)
+
+    def poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        batch = {}
+        for tp, position in self._positions.items():
+            stable = self._log.stable(tp.partition)
+            records = []
+            while position < stable and len(records) < 5:  # small chunks: many steps
+                entry = self._log.readable(tp.partition, position)
+                if entry is not None:
+                    records.append(Record(tp.topic, tp.partition, position, entry[0], entry[1], (), 0))
+                position += 1
+            self._positions[tp] = position
+            if records:
+                batch[tp] = records
+        return batch
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._positions.get(tp, 0)
+
+    def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        """(0, the last stable offset): compaction never moves a log's start."""
+        return {tp: (0, self._log.stable(tp.partition)) for tp in partitions}
+
+    def close(self) -> None:
+        pass

@@ -8,14 +8,17 @@ decisions after it are identical.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fraud_pipeline.clients import TopicPartition
 from fraud_pipeline.payment import Payment
 from fraud_pipeline.rules import Decision, Engine, MemoryTable, decode_entity, encode_entity, parse_ruleset
 from fraud_pipeline.state import PartitionStates, PartitionStore
@@ -23,7 +26,7 @@ from fraud_pipeline.state import partitions as partitions_module
 from fraud_pipeline.state.changelog import Restorer
 from fraud_pipeline.state.partitions import INPUT_OFFSET_KEY
 from fraud_pipeline.state.table import PartitionTable
-from tests.unit.records import TOPIC, ChangelogLog, GroupConsumer, LogReader
+from tests.unit.records import TOPIC, ChangelogLog, GroupConsumer, LogReader, TransactionalLog, TransactionalReader
 
 RULES = parse_ruleset({
     "threshold": 1,
@@ -135,6 +138,182 @@ def test_restored_state_and_decisions_equal_an_uninterrupted_run(tmp_path_factor
     assert [decided[i] for i in range(len(stream))] == expected_decisions
     assert snapshot(current.tables[0].store) == expected_state
     current.close()
+
+
+PARTITIONS = 3
+ACCOUNTS = 9
+MEMBER_EXAMPLES = int(os.environ.get("STATE_EXAMPLES", "200"))
+"""Examples of the two-member property (``STATE_EXAMPLES=2000 make unit`` for a longer search)."""
+
+
+def partitioned(seed: int, count: int) -> list[list[tuple[Payment, int]]]:
+    """``count`` payments of ACCOUNTS accounts, each account's on partition ``account % PARTITIONS`` (as keyed)."""
+    rng = random.Random(seed)
+    at = 1_700_000_000_000
+    streams: list[list[tuple[Payment, int]]] = [[] for _ in range(PARTITIONS)]
+    for n in range(count):
+        at += rng.choice((100, 2_000, 30_000, 600_000))
+        account = rng.randrange(ACCOUNTS)
+        streams[account % PARTITIONS].append(
+            (Payment("01/01/2024", "00:00:00", "VISA", rng.choice((1, 3, 40, 95, 200)), rng.choice(("me", "mom", "x", "y")),
+                     f"p{n}", f"ACC{account}", at), at))
+    return streams
+
+
+class SharedGroup:
+    """The consumer group's committed input offsets, shared by its members."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[int, int] = {}
+
+
+@dataclass
+class Member:
+    """One detector of the group: its own state folder, transactional producer, consumer position and open transaction."""
+
+    name: str
+    folder: Path
+    log: TransactionalLog
+    group: SharedGroup
+    states: PartitionStates = field(init=False)
+    engine: Engine = field(default_factory=lambda: Engine(RULES))
+    next: dict[int, int] = field(default_factory=dict)
+    """The consumer's position per owned partition."""
+    pending: dict[tuple[int, int], Decision] = field(default_factory=dict)
+    """Decisions of the open transaction, by (partition, offset)."""
+
+    def __post_init__(self) -> None:
+        self.states = PartitionStates(self.folder, "g", "payments", TOPIC, TransactionalReader(self.log), encode_entity,  # type: ignore[arg-type]
+                                      decode_entity)
+
+    # The consumer calls PartitionStates makes: the group's committed offsets, this member's position and seeks.
+    def committed(self, partitions: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        return {tp: self.group.committed_offsets.get(tp.partition) for tp in partitions}
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.next[tp.partition]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.next[tp.partition] = offset
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self.states.tables)
+
+    def own(self, partitions: set[int]) -> None:
+        """A rebalance: own exactly ``partitions``; the new ones are read from the group's committed offset, once restored."""
+        for partition in self.states.assigned(partitions):
+            self.next[partition] = self.group.committed_offsets.get(partition, 0)
+        for partition in set(self.next) - partitions:
+            del self.next[partition]
+        while self.states.waiting():
+            self.states.restore(self, 1.0)  # type: ignore[arg-type]
+
+    def handle(self, streams: list[list[tuple[Payment, int]]], partition: int, n: int) -> None:
+        if partition not in self.owned:
+            return
+        start = self.next[partition]
+        for offset, (payment, at) in enumerate(streams[partition][start:start + n], start):
+            self.pending[(partition, offset)] = self.engine.decide(payment, at, self.states.tables[partition])
+            self.next[partition] = offset + 1
+
+    def commit(self, decided: dict[tuple[int, int], Decision]) -> None:
+        """The transaction: the changes, the input offsets and the routed decisions together."""
+        self.states.send_changes(self.log.sender(self.name), dict(self.next))
+        self.log.commit(self.name)
+        self.group.committed_offsets.update(self.next)
+        decided.update(self.pending)
+        self.pending.clear()
+        self.states.committed()
+
+    def abort(self) -> None:
+        self.states.send_changes(self.log.sender(self.name), dict(self.next))
+        self.log.abort(self.name)
+        self.pending.clear()
+        self.states.discard()
+        for partition in self.owned:
+            self.next[partition] = self.group.committed_offsets.get(partition, 0)  # the stage seeks back to them
+        while self.states.waiting():
+            self.states.restore(self, 1.0)  # type: ignore[arg-type]
+
+    def crash(self, lose_store: bool) -> Member:
+        """kill -9 with the transaction open (the next producer of the transactional id aborts it); a new process on the
+        same folder (or on a new disk) takes the same partitions."""
+        self.log.abort(self.name)
+        owned = self.owned
+        for table in self.states.tables.values():
+            table.store.close()
+        if lose_store:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        again = Member(self.name, self.folder, self.log, self.group)
+        again.own(owned)
+        return again
+
+
+MEMBER_ACTIONS = ["handle", "handle", "handle", "commit", "abort", "crash", "crash-and-lose-store", "move", "move-dirty",
+                  "compact"]
+
+
+@settings(max_examples=MEMBER_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    steps=st.lists(st.tuples(st.sampled_from(MEMBER_ACTIONS), st.integers(0, 1), st.integers(0, PARTITIONS - 1),
+                             st.integers(1, 8)), min_size=1, max_size=25),
+    checkpoint=st.booleans(),
+)
+def test_two_members_through_crashes_aborts_moves_and_compaction_decide_as_one_engine(
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, seed: int,
+        steps: list[tuple[str, int, int, int]], checkpoint: bool) -> None:
+    """Two detectors of one group, each with its own state folder, over three partitions: partitions move between them
+    (after a commit, or with the old owner's transaction aborted), members crash (with or without their store) and
+    abort, the changelog carries transaction markers and aborted records and is compacted. Every payment's committed
+    decision equals one engine's over its partition in offset order, and every partition's final store equals that
+    engine's state."""
+    monkeypatch.setattr(partitions_module, "OFFSET_CHECKPOINT_S", 0.0 if checkpoint else 3600.0)
+    folder = tmp_path_factory.mktemp("members")
+    streams = partitioned(seed, 40)
+    engine = Engine(RULES)
+    tables = [MemoryTable(round_trip=True) for _ in range(PARTITIONS)]
+    expected = {(partition, offset): engine.decide(payment, at, tables[partition])
+                for partition, stream in enumerate(streams) for offset, (payment, at) in enumerate(stream)}
+    log = TransactionalLog()
+    group = SharedGroup()
+    members = [Member(name, folder / name, log, group) for name in ("a", "b")]
+    members[0].own({0, 2})
+    members[1].own({1})
+    decided: dict[tuple[int, int], Decision] = {}
+    for action, who, partition, n in steps:
+        member = members[who]
+        if action == "handle":
+            member.handle(streams, partition, n)
+        elif action == "commit":
+            member.commit(decided)
+        elif action == "abort":
+            member.abort()
+        elif action.startswith("crash"):
+            members[who] = member.crash(lose_store=action == "crash-and-lose-store")
+        elif action.startswith("move"):
+            owner = next(m for m in members if partition in m.owned)
+            other = members[1 - members.index(owner)]
+            if action == "move":
+                owner.commit(decided)  # a cooperative hand-over: the unit is committed before the partition is revoked
+            else:
+                owner.abort()  # the owner's transaction aborted (fenced) as the partition moves
+            owner.own(owner.owned - {partition})
+            other.own(other.owned | {partition})
+        elif action == "compact":
+            log.compact()
+    for member in members:  # everything read and committed
+        for partition in member.owned:
+            member.handle(streams, partition, len(streams[partition]))
+        member.commit(decided)
+    assert {p for m in members for p in m.owned} == set(range(PARTITIONS))
+    assert decided == expected
+    for member in members:
+        for partition in member.owned:
+            wanted = {key: encoded for key in tables[partition] if (encoded := tables[partition].encoded(key)) is not None}
+            assert snapshot(member.states.tables[partition].store) == wanted
+        member.states.close()
 
 
 def test_a_store_is_never_ahead_of_kafka_and_an_abort_undoes_only_what_it_touched(tmp_path: Path) -> None:
