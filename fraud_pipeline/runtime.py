@@ -54,7 +54,10 @@ def install_stop_handlers() -> threading.Event:
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # Set from another thread: the handler runs in the main thread between two of its bytecodes, which may be
+        # inside stop.wait() holding the event's lock (taken again after a timed wait); set here, it would wait for
+        # that lock forever (seen: a producer that never stopped on SIGTERM).
+        threading.Thread(target=stop.set, name="stop-request", daemon=True).start()
         # From now on the default action applies: a second Ctrl-C ends the process at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 

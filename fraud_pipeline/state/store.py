@@ -67,7 +67,13 @@ class PartitionStore:
                 batch.put(key, value)
         if changelog_offset is not None:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
-        self._db.write(batch)
+        try:
+            self._db.write(batch)
+        except Exception as exc:  # rocksdict raises plain Exception with RocksDB's message ("IO error: No space left ...")
+            raise PipelineError(
+                f"cannot write the state store {self.path}: {str(exc)[:300]}. What it was to hold is committed in its "
+                "changelog: free the disk, then start the detector again (the store catches up from the changelog)"
+            ) from None
 
     def items(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Entries from ``start`` in key order (the store's own keys left out)."""

@@ -20,7 +20,7 @@ from fraud_pipeline.kafka_io import read_span
 from fraud_pipeline.payment import encode
 from fraud_pipeline.rules import load_ruleset
 from tests.decisions import differences, expected, routed
-from tests.integration.conftest import ROOT, Pipeline, fresh_pipeline, kafka_python_connection
+from tests.integration.conftest import ROOT, Pipeline, Script, fresh_pipeline, kafka_python_connection
 
 RECOMMENDED = ROOT / "fraud_pipeline" / "rules" / "sets" / "recommended.yaml"
 COUNT = 20_000
@@ -123,6 +123,21 @@ def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, 
                             key_rule_payments=key_rules, routed_at_kills=kills, differing=0))
 
 
+def paced_sender(pipeline: Pipeline, producer: KafkaProducer, count: int, sent: list[int]) -> threading.Thread:
+    """A thread sending ``count`` seeded scenario payments at 2,000 a second, slower than the detector (it never waits
+    long enough to go quiet); ``sent[0]`` counts them."""
+    def paced() -> None:
+        for n, example in enumerate(islice(generated(count, 11, "default", 20, 2000), count)):
+            payment = example.payment
+            producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
+            sent[0] = n + 1
+            if n % 100 == 99:
+                time.sleep(0.05)
+        producer.flush()
+
+    return threading.Thread(target=paced, daemon=True)
+
+
 def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_path: Path,
                                                              figures: list[dict[str, Any]]) -> None:
     """A detector stopped mid-stream, every file of its stores garbled: the restart rebuilds each store from its
@@ -136,17 +151,7 @@ def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_p
         outputs = [f"{pipeline.topics.fraud}-damaged", f"{pipeline.topics.legit}-damaged"]
         producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
         sent = [0]
-
-        def paced() -> None:  # 2,000 a second, slower than the detector: it never waits long enough to go quiet
-            for n, example in enumerate(islice(generated(count, 11, "default", 20, 2000), count)):
-                payment = example.payment
-                producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
-                sent[0] = n + 1
-                if n % 100 == 99:
-                    time.sleep(0.05)
-            producer.flush()
-
-        sender = threading.Thread(target=paced, daemon=True)
+        sender = paced_sender(pipeline, producer, count, sent)
         run = detector(pipeline, "damaged", "confluent", tmp_path)
         try:
             sender.start()
@@ -200,3 +205,49 @@ def test_a_second_detector_of_the_group_on_the_same_state_folder_is_refused(clus
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=60)
         assert first.returncode == 0, stderr[-3000:]
+
+
+FILE_SIZE_LIMIT = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (262144, 262144)); "
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+"""Run a script with no file past 256 KiB: to RocksDB as a full disk ("File too large" for "No space left on device")."""
+
+
+def test_a_store_that_cannot_write_stops_the_detector_and_the_restart_loses_nothing(cluster: str, tmp_path: Path,
+                                                                                    figures: list[dict[str, Any]]) -> None:
+    """A detector whose disk takes no more (its files limited to 256 KiB) stops with a clear error and a non-zero exit
+    once a store cannot write; started again with room, it decides every payment once, as the backtest does: what the
+    stores could not hold was committed in their changelogs."""
+    count = 20_000
+    with fresh_pipeline(cluster, "kafka-python") as pipeline:
+        outputs = [f"{pipeline.topics.fraud}-full", f"{pipeline.topics.legit}-full"]
+        producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
+        sent = [0]
+        sender = paced_sender(pipeline, producer, count, sent)
+        command = pipeline.command("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir",
+                                   str(tmp_path / "full"), "--fraud-topic", outputs[0], "--legit-topic", outputs[1],
+                                   "--dead-letter-topic", f"{pipeline.topics.dead_letter}-full", group="full",
+                                   client="confluent")
+        full = Script([command[0], "-c", FILE_SIZE_LIMIT, *command[1:]])
+        pipeline.started.append(full)
+        try:
+            sender.start()
+            _, stderr = full.communicate(timeout=300)
+            assert full.returncode != 0, stderr[-3000:]
+            assert "cannot write the state store" in stderr and "free the disk, then start the detector again" in stderr, \
+                stderr[-3000:]
+            failed_at = sent[0]
+            assert failed_at < count, f"the store failed only after the last payment was sent: {failed_at}"
+            routed_before = routed_so_far(cluster, outputs)
+            assert routed_before > 0, "the store failed before a commit: the test shows nothing"
+            run = detector(pipeline, "full", "confluent", tmp_path, "--idle-timeout", "8")
+            sender.join(120)
+        finally:
+            producer.close()
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-3000:]
+        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
+        assert len(wanted) == count
+        differ = differences(routed(cluster, outputs), wanted)
+        assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+        figures.append(dict(test="a state store that cannot write (full disk)", payments=count, sent_at_failure=failed_at,
+                            routed_records_before=routed_before, differing=0))

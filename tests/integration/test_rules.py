@@ -7,6 +7,7 @@ import datetime
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -14,10 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
 from fraud_pipeline.payment import Payment, encode, seoul_date_time
-from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_group
+from fraud_pipeline.state import changelog_topic
+from tests.integration.conftest import ROOT, Pipeline, kafka_python_connection, read_topic, summary_count, wait_for_group
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +190,78 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
         fraud, decision = decided[p.payment_id or ""]
         assert fraud, f"4th payment of {p.account} not flagged: {decision}"
         assert decision["rules"][0]["reason"] == f"count=4 in 120s > 3 (ACCOUNT={p.account})"
+
+
+DAY_RULES = """\
+threshold: 1
+rules:
+  - id: day-total
+    description: more than 1,000 in a day from one account
+    aggregate: {function: sum, field: AMOUNT, group_by: ACCOUNT, window_s: 86400, op: ">", value: 1000}
+"""
+
+
+def made_changelog(pipeline: Pipeline, group: str, partitions: int, configs: dict[str, str]) -> str:
+    """Create the changelog a detector of ``group`` with rules over the account would make, as given; its name."""
+    name = changelog_topic(pipeline.group(group), pipeline.topics.payments)
+    admin = KafkaAdminClient(**kafka_python_connection(pipeline.bootstrap))
+    try:
+        admin.create_topics([NewTopic(name, partitions, 3, topic_configs=configs)])
+    finally:
+        admin.close()
+    return name
+
+
+def refused(pipeline: Pipeline, group: str, rules: Path, state: Path) -> str:
+    """Start a detector that must refuse to run: its exit status non-zero, within 60 s; what it printed."""
+    done = subprocess.run(pipeline.command("fraud_detector", "--rules", str(rules), "--state-dir", str(state), group=group),
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode != 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_a_changelog_with_another_partition_count_than_its_input_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Each changelog partition holds the state of the input partition of its number: a changelog laid out otherwise
+    (the input re-partitioned since) stops the detector at start, saying what to do."""
+    rules = tmp_path / "day.yaml"
+    rules.write_text(DAY_RULES)
+    name = made_changelog(pipeline, "relaid", 3, {"cleanup.policy": "compact"})
+    stderr = refused(pipeline, "relaid", rules, tmp_path / "state")
+    assert f"changelog {name} has 3 partitions but its input {pipeline.topics.payments} has 6" in stderr, stderr[-3000:]
+    assert f"delete {name} and the detectors' state folders" in stderr
+
+
+def test_a_window_longer_than_the_changelog_keeps_is_refused_at_start_and_when_published(
+    pipeline: Pipeline, raw_producer: KafkaProducer, tmp_path: Path,
+) -> None:
+    """A changelog that deletes records after an hour cannot hold a day's window: a detector started with a day's rule
+    refuses to run; one started with an hour's rule runs, and a day's rule published to it is rejected (on the rejected
+    rules topic, with the reason), the running set unchanged."""
+    day = tmp_path / "day.yaml"
+    day.write_text(DAY_RULES)
+    name = made_changelog(pipeline, "short", 6, {"cleanup.policy": "compact,delete", "retention.ms": "3600000"})
+    stderr = refused(pipeline, "short", day, tmp_path / "state")
+    assert f"its window of 86400s is longer than topic {name} keeps (retention.ms=3600000)" in stderr, stderr[-3000:]
+
+    hour = tmp_path / "hour.yaml"
+    hour.write_text(DAY_RULES.replace("window_s: 86400", "window_s: 1800").replace("in a day", "in half an hour"))
+    detector = pipeline.start("fraud_detector", "--rules", str(hour), "--state-dir", str(tmp_path / "state"),
+                              "--idle-timeout", "6", "--quiet", group="short")
+    try:
+        wait_for_group(pipeline.bootstrap, pipeline.group("short"), 1, detector)
+        rule = {"id": "day-total", "description": "a day's total",
+                "aggregate": {"function": "sum", "field": "AMOUNT", "group_by": "ACCOUNT", "window_s": 86400, "op": ">",
+                              "value": 1000}}
+        raw_producer.send(pipeline.topics.rules, key=b"day-total", value=json.dumps(rule).encode())
+        raw_producer.flush()
+        deadline = time.monotonic() + 30
+        while "rejected rule record" not in detector.stderr_so_far():
+            assert detector.poll() is None and time.monotonic() < deadline, detector.stderr_so_far()[-3000:]
+            time.sleep(0.2)
+    finally:
+        _, stderr = detector.communicate(timeout=60)
+    assert detector.returncode == 0, stderr[-3000:]
+    rejected = read_topic(pipeline.bootstrap, pipeline.topics.rules_rejected)
+    errors = {r.key: dict(r.headers)["error"].decode() for r in rejected}
+    assert set(errors) == {b"day-total"}
+    assert f"its window of 86400s is longer than topic {name} keeps" in errors[b"day-total"]

@@ -913,3 +913,32 @@ def test_a_close_that_blocks_holds_up_the_exit_only_so_long(monkeypatch: pytest.
     assert time.monotonic() - started < 2
     assert "the consumer did not close within" in caplog.text
     release.set()
+
+
+STOP_WHILE_THE_EVENT_IS_HELD = """
+import os, signal, sys, threading
+from fraud_pipeline.runtime import install_stop_handlers
+stop = install_stop_handlers()
+threading.Timer(10, lambda: (print("the stop request never landed", flush=True), os._exit(3))).start()
+# The race a loop's stop.wait() runs into: the signal's handler runs in the main thread while it holds the event's
+# own lock (between taking it back after a timed wait and leaving the wait). Held here on purpose, the signal sent,
+# then a call, at whose end the interpreter runs the handler.
+with stop._cond:
+    os.kill(os.getpid(), signal.SIGTERM)
+    len("a call: the handler runs here")
+print("handler returned", flush=True)
+print("stopped" if stop.wait(5) else "not stopped", flush=True)
+os._exit(0)
+"""
+
+
+def test_a_stop_signal_landing_while_the_loop_holds_the_stop_events_lock_still_stops_it() -> None:
+    """Seen once: a producer that never stopped on SIGTERM, its handler waiting for the stop event's lock, which the
+    interrupted main thread held itself (inside Event.wait). The handler now sets the event from another thread."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_EVENT_IS_HELD], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.splitlines() == ["handler returned", "stopped"], (done.returncode, done.stdout, done.stderr[-2000:])

@@ -493,3 +493,40 @@ def test_a_key_the_store_lacks_is_looked_up_once_until_the_store_changes(tmp_pat
     table.forget_cache()
     assert table.get(b"k") is None and lookups == [b"k", b"k"]
     store.close()
+
+
+FULL_DISK_WRITER = """
+import resource, sys
+from pathlib import Path
+from fraud_pipeline.errors import PipelineError
+from fraud_pipeline.state.store import PartitionStore
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))  # no file past 256 KiB: as a full disk to RocksDB
+store = PartitionStore(Path(sys.argv[1]))
+written = 0
+try:
+    for n in range(100_000):
+        store.write({b"k%d" % n: bytes(200)}, n)
+        written = n + 1
+except PipelineError as exc:
+    print(written, exc)
+"""
+
+
+def test_a_store_that_cannot_write_says_so_and_keeps_what_it_wrote(tmp_path: Path) -> None:
+    """A disk that takes no more (a file-size limit stands in for it: RocksDB gets "File too large" where a full disk
+    gives "No space left on device"): the write fails with a PipelineError naming the store and what to do, and the
+    store, opened again without the limit, holds every write that succeeded."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(tmp_path / "p0")], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    written, message = done.stdout.strip().split(" ", 1)
+    assert 0 < int(written) < 100_000
+    assert f"cannot write the state store {tmp_path / 'p0'}: IO error" in message
+    assert "free the disk, then start the detector again" in message
+    store = PartitionStore(tmp_path / "p0")
+    assert store.changelog_offset() == int(written) - 1
+    assert store.get(b"k%d" % (int(written) - 1)) == bytes(200)
+    store.close()
