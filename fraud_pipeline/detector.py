@@ -418,7 +418,8 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
             if os.getppid() != parent:  # the detector was killed: so is this stage, as a thread of it would be
                 os._exit(1)
 
-    threading.Thread(target=orphaned, name="orphaned", daemon=True).start()
+    waiting = [threading.Thread(target=orphaned, name="orphaned", daemon=True)]
+    waiting[0].start()
     stage = next(each for each in layout.stages if each.name == name)
     each = _stage_settings(settings, stage, idle_timeout_s)
     summary = Summary(label, "records")
@@ -464,7 +465,8 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
                                          purger=Purger(layout.probes, partial(delete_records, settings))))
                 return made[-1]
 
-            threading.Thread(target=publishing, name="counters", daemon=True).start()
+            waiting.append(threading.Thread(target=publishing, name="counters", daemon=True))
+            waiting[-1].start()
             status = run_stage(each, name=label, source_topic=stage.source, stop=stop, summary=summary, make_handler=handler)
     except PipelineError as exc:
         logging.getLogger(label).error("%s", exc)
@@ -472,6 +474,12 @@ def _stage_process(name: str, settings: Settings, layout: Plan, partitions: int,
         logging.getLogger(label).exception("stage failed")
     finally:
         publish()
+        # Its threads leave their waits on the stop event before the process ends: one that ended inside
+        # multiprocessing's Event.wait would leave the event's condition counting a sleeper that never wakes, and
+        # the next set() (the detector stopping the others) would wait for it forever (seen after a stage failed).
+        stop.set()
+        for thread in waiting:
+            thread.join(2.0)
     sys.exit(status)
 
 

@@ -631,7 +631,7 @@ class Admin:
         except kerr.KafkaError as exc:
             raise classify(exc, "describe topic configs") from exc
         # kafka-python 3.0 keys the answer by the resource type's lower-case name ("topic")
-        topics = next((found[key] for key in ("topic", "TOPIC", ConfigResourceType.TOPIC) if key in found), {})
+        topics: dict[str, Any] = next((found[key] for key in ("topic", "TOPIC", ConfigResourceType.TOPIC) if key in found), {})
         return {
             name: {key: str(entry.get("value") if isinstance(entry, dict) else entry) for key, entry in configs.items()}
             for name, configs in topics.items()

@@ -97,7 +97,10 @@ class PartitionStore:
         self._db = _open(self.path)
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:  # a store whose write failed says so again at close: already reported, nothing to lose
+            log.debug("closing the state store %s: %s", self.path, exc)
 
 
 def _open(path: Path) -> Rdict:

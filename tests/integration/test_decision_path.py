@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -231,7 +232,10 @@ def test_a_store_that_cannot_write_stops_the_detector_and_the_restart_loses_noth
         pipeline.started.append(full)
         try:
             sender.start()
-            _, stderr = full.communicate(timeout=300)
+            try:
+                _, stderr = full.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the detector did not stop: {full.stderr_so_far()[-4000:]}") from None
             assert full.returncode != 0, stderr[-3000:]
             assert "cannot write the state store" in stderr and "free the disk, then start the detector again" in stderr, \
                 stderr[-3000:]
