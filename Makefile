@@ -15,7 +15,7 @@ ADMIN_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .clust
 CONSOLE_CONFIG := $(if $(filter sasl_ssl,$(KAFKA_SECURITY)),--client-config .cluster/security/console.properties,)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars java lock-jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean
+.PHONY: help venv jars java lock-jars cluster-up cluster-down cluster-status topics demo console test unit chaos bench backtest lint clean soak
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -74,6 +74,17 @@ test: venv ## all tests: unit, integration, console (headless Chromium), chaos a
 
 chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals, state (on a cluster of their own, on 9291-9293)
 	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
+
+SOAK_RUNS ?= 10
+soak: venv ## the failure tests under the conditions a defect was once seen in (both clients at once), SOAK_RUNS times (default 10): each run's outcome and figures, logs in results/soak/
+	@mkdir -p results/soak; passed=0; \
+	for n in $$(seq 1 $(SOAK_RUNS)); do \
+	  if $(PY) -m pytest -m soak tests/chaos -p no:cacheprovider $(PYTEST_ARGS) > results/soak/run-$$n.log 2>&1; then \
+	    passed=$$((passed + 1)); outcome=passed; else outcome=FAILED; fi; \
+	  echo "soak run $$n/$(SOAK_RUNS): $$outcome: $$(tail -1 results/soak/run-$$n.log)"; \
+	  grep "^test=" results/soak/run-$$n.log || true; \
+	done; \
+	echo "soak: $$passed of $(SOAK_RUNS) runs passed (logs in results/soak/)"; [ $$passed = $(SOAK_RUNS) ]
 
 bench: venv ## throughput benchmark on the local cluster (BENCH_ARGS="--count 200000 --runs 3"); writes results/bench-latest.json
 	$(call with_cluster,$(PY) -m bench.run $(BENCH_ARGS))

@@ -40,7 +40,7 @@ from fraud_pipeline.payment import Payment, encode, seoul_date_time
 from fraud_pipeline.rules import load_ruleset
 from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_open_transaction, wait_for_progress
 from tests.decisions import Verdict, differences, expected, routed
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import Pipeline, for_each_client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
@@ -220,3 +220,9 @@ def test_state_survives_kill9_and_hand_over(pipeline: Pipeline, tmp_path: Path, 
     a part of the input not routed: a defect not yet reproduced nor explained (see the closing figures'
     ``killed_committed``), until then run one client at a time."""
     state_survives(pipeline, tmp_path, figures)
+
+
+@pytest.mark.soak
+def test_state_both_clients_at_once(pipelines: dict[str, Pipeline], tmp_path: Path, figures: list[dict[str, Any]]) -> None:
+    """The conditions a kafka-python lane once lost part of its input under: both clients' runs at once."""
+    for_each_client(pipelines, lambda pipeline: state_survives(pipeline, tmp_path / pipeline.client, figures))
