@@ -139,6 +139,14 @@ def paced_sender(pipeline: Pipeline, producer: KafkaProducer, count: int, sent: 
     return threading.Thread(target=paced, daemon=True)
 
 
+def decided_as_the_backtest(cluster: str, pipeline: Pipeline, outputs: list[str], count: int) -> None:
+    """Each of the ``count`` payments routed once to ``outputs``, decided as the backtest decides the payments topic."""
+    wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
+    assert len(wanted) == count
+    differ = differences(routed(cluster, outputs), wanted)
+    assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+
+
 def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_path: Path,
                                                              figures: list[dict[str, Any]]) -> None:
     """A detector stopped mid-stream, every file of its stores garbled: the restart rebuilds each store from its
@@ -179,10 +187,7 @@ def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_p
         assert run.returncode == 0, stderr[-3000:]
         rebuilt = [line for line in stderr.splitlines() if "is damaged" in line and "rebuilding it from its changelog" in line]
         assert rebuilt, stderr[-3000:]
-        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
-        assert len(wanted) == count
-        differ = differences(routed(cluster, outputs), wanted)
-        assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+        decided_as_the_backtest(cluster, pipeline, outputs, count)
         figures.append(dict(test="damaged state stores rebuilt from their changelogs", payments=count,
                             sent_at_stop=stopped_at, files_garbled=garbled, stores_rebuilt=len(rebuilt), differing=0))
 
@@ -249,9 +254,6 @@ def test_a_store_that_cannot_write_stops_the_detector_and_the_restart_loses_noth
             producer.close()
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr[-3000:]
-        wanted = expected(cluster, pipeline.topics.payments, load_ruleset(RECOMMENDED), 6)
-        assert len(wanted) == count
-        differ = differences(routed(cluster, outputs), wanted)
-        assert not differ, f"{len(differ)} payments routed other than once or decided otherwise, e.g. {list(differ.items())[:3]}"
+        decided_as_the_backtest(cluster, pipeline, outputs, count)
         figures.append(dict(test="a state store that cannot write (full disk)", payments=count, sent_at_failure=failed_at,
                             routed_records_before=routed_before, differing=0))

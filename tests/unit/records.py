@@ -68,15 +68,28 @@ class ChangelogLog:
         self.open.clear()
 
 
-class LogReader:
-    """A groupless consumer of ChangelogLog (the seam's calls a Restorer makes)."""
+class _Positions:
+    """What a groupless consumer keeps: the position of each partition assigned."""
 
-    def __init__(self, log: ChangelogLog) -> None:
-        self._log = log
+    def __init__(self) -> None:
         self._positions: dict[TopicPartition, int] = {}
 
     def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._positions = dict(offsets)
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._positions.get(tp, 0)
+
+    def close(self) -> None:
+        pass
+
+
+class LogReader(_Positions):
+    """A groupless consumer of ChangelogLog (the seam's calls a Restorer makes)."""
+
+    def __init__(self, log: ChangelogLog) -> None:
+        super().__init__()
+        self._log = log
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
         batch = {}
@@ -87,14 +100,8 @@ class LogReader:
                 self._positions[tp] = position + len(records)
         return batch
 
-    def position(self, tp: TopicPartition) -> int:
-        return self._positions.get(tp, 0)
-
     def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
         return {tp: (0, len(self._log.records.get(tp.partition, []))) for tp in partitions}
-
-    def close(self) -> None:
-        pass
 
 
 class GroupConsumer:
@@ -187,15 +194,12 @@ class TransactionalLog:
                     log[offset] = None
 
 
-class TransactionalReader:
+class TransactionalReader(_Positions):
     """A groupless read_committed consumer of a TransactionalLog: its position passes markers, aborted and removed records."""
 
     def __init__(self, log: TransactionalLog) -> None:
+        super().__init__()
         self._log = log
-        self._positions: dict[TopicPartition, int] = {}
-
-    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._positions = dict(offsets)
 
     def poll(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
         batch = {}
@@ -212,12 +216,6 @@ class TransactionalReader:
                 batch[tp] = records
         return batch
 
-    def position(self, tp: TopicPartition) -> int:
-        return self._positions.get(tp, 0)
-
     def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
         """(0, the last stable offset): compaction never moves a log's start."""
         return {tp: (0, self._log.stable(tp.partition)) for tp in partitions}
-
-    def close(self) -> None:
-        pass
