@@ -532,8 +532,24 @@ def test_a_failed_commit_rereads_its_records_and_those_read_meanwhile() -> None:
 
 
 def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None:
-    # the commit timed out on our side but completed at the coordinator: the group committed offset 4
-    consumer = _consumer_with({TP: [record(b"a", offset=3)]}, {TP: [record(b"b", offset=4)]})
+    """The commit timed out on our side but completed at the coordinator (the group committed offset 4): the roll-back
+    reads on from 4, so ``a`` is never handled again and ``b`` is routed once.
+
+    The loop reads on while the commit is under way, so ``b`` may be handled before the roll-back too (a busy machine
+    made that order the common one): the consumer here reads from its position, which the seek moves, as a real
+    one does, and both orders are right."""
+    log = {3: record(b"a", offset=3), 4: record(b"b", offset=4)}
+    position = [3]
+
+    def poll(*args: Any, **kwargs: Any) -> dict:  # type: ignore[type-arg]
+        if position[0] not in log:
+            return {}
+        position[0] += 1
+        return {TP: [log[position[0] - 1]]}
+
+    consumer = _consumer_with()
+    consumer.poll.side_effect = poll
+    consumer.seek.side_effect = lambda tp, offset: position.__setitem__(0, offset)
     consumer.committed.return_value = {TP: 4}
     producer = settling_producer()
     producer.commit_transaction.side_effect = [RetriableError("no answer from the coordinator"), None]
@@ -542,7 +558,7 @@ def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None
     run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     consumer.committed.assert_called_once_with({TP: 3}, TRANSACTION_STEP_TIMEOUT_S)
     consumer.seek.assert_called_once_with(TP, 4)
-    assert events == ["a", "discard", "b", "emit"]
+    assert events in (["a", "discard", "b", "emit"], ["a", "b", "discard", "b", "emit"])
 
 
 def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
