@@ -11,6 +11,7 @@ import argparse
 import fcntl
 import functools
 import logging
+import queue
 import re
 import signal
 import socket
@@ -52,12 +53,20 @@ def install_stop_handlers() -> threading.Event:
     Loops check the event between polls, then drain, flush, commit and close.
     """
     stop = threading.Event()
+    # The handler runs in the main thread between two of its bytecodes, which may be inside stop.wait() holding the
+    # event's lock (taken back after a timed wait): stop.set() there would wait for that lock forever (seen: a producer
+    # that never stopped on SIGTERM). It hands the signal to a thread instead, through a SimpleQueue, whose put() is
+    # reentrant (made to be called from such places).
+    requests: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def relay() -> None:
+        requests.get()
+        stop.set()
+
+    threading.Thread(target=relay, name="stop-request", daemon=True).start()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        # Set from another thread: the handler runs in the main thread between two of its bytecodes, which may be
-        # inside stop.wait() holding the event's lock (taken again after a timed wait); set here, it would wait for
-        # that lock forever (seen: a producer that never stopped on SIGTERM).
-        threading.Thread(target=stop.set, name="stop-request", daemon=True).start()
+        requests.put(signum)
         # From now on the default action applies: a second Ctrl-C ends the process at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -950,7 +950,7 @@ os._exit(0)
 
 def test_a_stop_signal_landing_while_the_loop_holds_the_stop_events_lock_still_stops_it() -> None:
     """Seen once: a producer that never stopped on SIGTERM, its handler waiting for the stop event's lock, which the
-    interrupted main thread held itself (inside Event.wait). The handler now sets the event from another thread."""
+    interrupted main thread held itself (inside Event.wait). The handler now hands the signal to a thread that sets it."""
     import subprocess
     import sys
     from pathlib import Path
