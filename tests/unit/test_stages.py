@@ -261,8 +261,39 @@ def test_producer_stops_when_asked() -> None:
 
 
 def _consumer_with(*batches: dict) -> MagicMock:  # type: ignore[type-arg]
+    """A consumer whose polls return ``batches`` in turn, then nothing; read as a partition's log from its position.
+
+    A record already read is not returned again unless a seek moved the position back before it: a batch given
+    twice stands for a re-read after a roll-back, which the loop may do before or after reading the next batch (it
+    reads on while a commit is under way); once the batches are spent, a seek back re-reads the log from there.
+    """
     consumer = MagicMock(spec_set=Consumer)
-    consumer.poll.side_effect = itertools.chain(batches, itertools.repeat({}))
+    plan = list(batches)
+    log: dict[Any, dict[int, Any]] = {}
+    for batch in batches:
+        for tp, records in batch.items():
+            log.setdefault(tp, {}).update({r.offset: r for r in records})
+    position: dict[Any, int] = {}
+    seeked: set[Any] = set()
+
+    def poll(*args: Any, **kwargs: Any) -> dict:  # type: ignore[type-arg]
+        if plan:
+            batch = plan.pop(0)
+        else:  # spent: what a seek moved back to is read again
+            batch = {tp: [r for offset, r in sorted(log[tp].items()) if offset >= position.get(tp, 0)] for tp in seeked}
+            seeked.clear()
+        found = {tp: [r for r in records if r.offset >= position.get(tp, 0)] for tp, records in batch.items()}
+        found = {tp: records for tp, records in found.items() if records}
+        for tp, records in found.items():
+            position[tp] = records[-1].offset + 1
+        return found
+
+    def seek(tp: Any, offset: int) -> None:
+        position[tp] = offset
+        seeked.add(tp)
+
+    consumer.poll.side_effect = poll
+    consumer.seek.side_effect = seek
     consumer.assignment.return_value = {TP}
     consumer.committed.return_value = {TP: None}  # the group has committed nothing yet
     return consumer
@@ -319,7 +350,7 @@ class LaggingAcks:
 
         def poll(*args: Any) -> Any:
             self.acked = self.count
-            return next(polls)
+            return polls()
 
         consumer.poll.side_effect = poll
 
@@ -398,7 +429,7 @@ def test_flushed_at_least_once_holds_sends_while_a_unit_flushes_then_prints_and_
     polls = consumer.poll.side_effect
 
     def poll(*args: Any) -> Any:
-        batch = next(polls)
+        batch = polls()
         if not batch:  # c was read and handled while a and b flush: the flush may end
             release.set()
         return batch
@@ -756,11 +787,14 @@ def test_a_commit_comes_early_once_commit_records_are_pending(monkeypatch: pytes
     started = clock.now
     run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=120, commit_interval_s=60,
                  commit_records=3)
-    assert events == [
+    # The loop reads on while the commit is under way (its sends held for the next transaction): "d" may be handled
+    # before the first commit's calls on a busy machine; it is committed with the second, whichever the order.
+    assert [event for event in events if event != "d"] == [
         "init_transactions",
         "begin_transaction", "a", "b", "c", "offsets [(0, 3)] meta", "commit_transaction", "emit",
-        "begin_transaction", "d", "offsets [(0, 4)] meta", "commit_transaction", "emit",
+        "begin_transaction", "offsets [(0, 4)] meta", "commit_transaction", "emit",
     ]
+    assert events.index("c") < events.index("d") < events.index("offsets [(0, 4)] meta")
     assert clock.now - started >= 60  # the second commit waited for its interval
 
 
