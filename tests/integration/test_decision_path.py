@@ -54,10 +54,15 @@ BAD_RECORDS = (b"{not json", b"", b'{"PAYMENT_TYPE": "BITCOIN"}',
 """Values no stage can read as a payment: not JSON, empty, fields missing or of the wrong type, not UTF-8, not an object."""
 
 
+def detector_args(pipeline: Pipeline, name: str, tmp_path: Path, *extra: str) -> tuple[str, ...]:
+    """A detector of group ``name`` with the recommended rules, its own state folder and routed topics."""
+    return ("--rules", str(RECOMMENDED), "--quiet", "--state-dir", str(tmp_path / name),
+            "--fraud-topic", f"{pipeline.topics.fraud}-{name}", "--legit-topic", f"{pipeline.topics.legit}-{name}",
+            "--dead-letter-topic", f"{pipeline.topics.dead_letter}-{name}", *extra)
+
+
 def detector(pipeline: Pipeline, name: str, client: str, tmp_path: Path, *extra: str) -> Any:
-    return pipeline.start("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir", str(tmp_path / name),
-                          "--fraud-topic", f"{pipeline.topics.fraud}-{name}", "--legit-topic", f"{pipeline.topics.legit}-{name}",
-                          "--dead-letter-topic", f"{pipeline.topics.dead_letter}-{name}", *extra, group=name, client=client)
+    return pipeline.start("fraud_detector", *detector_args(pipeline, name, tmp_path, *extra), group=name, client=client)
 
 
 def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, tmp_path: Path,
@@ -124,17 +129,29 @@ def test_three_groups_and_the_backtest_decide_every_payment_alike(cluster: str, 
                             key_rule_payments=key_rules, routed_at_kills=kills, differing=0))
 
 
-def paced_sender(pipeline: Pipeline, producer: KafkaProducer, count: int, sent: list[int]) -> threading.Thread:
+def wait_until_reading(run: Any, stages: int = 1) -> None:
+    """Wait until ``stages`` of the detector's stages are reading (their "reading ..." lines), within 60 s."""
+    deadline = time.monotonic() + 60
+    while run.stderr_so_far().count(" reading ") < stages:
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr_so_far()[-3000:]
+        time.sleep(0.2)
+
+
+def paced_sender(pipeline: Pipeline, count: int, sent: list[int]) -> threading.Thread:
     """A thread sending ``count`` seeded scenario payments at 2,000 a second, slower than the detector (it never waits
-    long enough to go quiet); ``sent[0]`` counts them."""
+    long enough to go quiet), on a producer of its own; ``sent[0]`` counts them."""
     def paced() -> None:
-        for n, example in enumerate(islice(generated(count, 11, "default", 20, 2000), count)):
-            payment = example.payment
-            producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
-            sent[0] = n + 1
-            if n % 100 == 99:
-                time.sleep(0.05)
-        producer.flush()
+        producer = KafkaProducer(**kafka_python_connection(pipeline.bootstrap), acks="all")
+        try:
+            for n, example in enumerate(islice(generated(count, 11, "default", 20, 2000), count)):
+                payment = example.payment
+                producer.send(pipeline.topics.payments, key=(payment.account or "").encode(), value=encode(payment))
+                sent[0] = n + 1
+                if n % 100 == 99:
+                    time.sleep(0.05)
+            producer.flush()
+        finally:
+            producer.close()
 
     return threading.Thread(target=paced, daemon=True)
 
@@ -158,31 +175,28 @@ def test_a_damaged_state_store_is_rebuilt_from_its_changelog(cluster: str, tmp_p
     count = 20_000
     with fresh_pipeline(cluster, "kafka-python") as pipeline:
         outputs = [f"{pipeline.topics.fraud}-damaged", f"{pipeline.topics.legit}-damaged"]
-        producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
         sent = [0]
-        sender = paced_sender(pipeline, producer, count, sent)
+        sender = paced_sender(pipeline, count, sent)
         run = detector(pipeline, "damaged", "confluent", tmp_path)
-        try:
-            sender.start()
-            deadline = time.monotonic() + 120
-            while routed_so_far(cluster, outputs) < 3000:
-                assert run.poll() is None and time.monotonic() < deadline, run.stderr_so_far()[-3000:]
-                time.sleep(0.2)
-            run.send_signal(signal.SIGTERM)
-            _, stderr = run.communicate(timeout=60)
-            assert run.returncode == 0, stderr[-3000:]
-            stopped_at = sent[0]
-            assert stopped_at < count, f"the stop came after the last payment was sent: {stopped_at}"
-            garbled = 0
-            for path in (tmp_path / "damaged").rglob("*"):
-                if path.is_file() and path.name != "LOCK":
-                    path.write_bytes(b"\x00garbled" * max(path.stat().st_size // 8, 1))
-                    garbled += 1
-            assert garbled, "no store files to damage"
-            run = detector(pipeline, "damaged", "confluent", tmp_path, "--idle-timeout", "8")
-            sender.join(120)
-        finally:
-            producer.close()
+        wait_until_reading(run, stages=3)  # the payments flow once the three stages read: their start-up is not the race
+        sender.start()
+        deadline = time.monotonic() + 120
+        while routed_so_far(cluster, outputs) < 3000:
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr_so_far()[-3000:]
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr[-3000:]
+        stopped_at = sent[0]
+        assert stopped_at < count, f"the stop came after the last payment was sent: {stopped_at}"
+        garbled = 0
+        for path in (tmp_path / "damaged").rglob("*"):
+            if path.is_file() and path.name != "LOCK":
+                path.write_bytes(b"\x00garbled" * max(path.stat().st_size // 8, 1))
+                garbled += 1
+        assert garbled, "no store files to damage"
+        run = detector(pipeline, "damaged", "confluent", tmp_path, "--idle-timeout", "8")
+        sender.join(120)
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr[-3000:]
         rebuilt = [line for line in stderr.splitlines() if "is damaged" in line and "rebuilding it from its changelog" in line]
@@ -198,10 +212,7 @@ def test_a_second_detector_of_the_group_on_the_same_state_folder_is_refused(clus
     started on the first's folder stops at once, exit 1, saying so; the first goes on."""
     with fresh_pipeline(cluster, "kafka-python") as pipeline:
         first = detector(pipeline, "folder", "confluent", tmp_path)
-        deadline = time.monotonic() + 60
-        while "reading " not in first.stderr_so_far():  # its stages are up, the folder is its
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr_so_far()[-3000:]
-            time.sleep(0.2)
+        wait_until_reading(first)  # its stages are up, the folder is its
         second = detector(pipeline, "folder", "kafka-python", tmp_path)
         _, stderr = second.communicate(timeout=60)
         assert second.returncode == 1, stderr[-3000:]
@@ -226,32 +237,26 @@ def test_a_store_that_cannot_write_stops_the_detector_and_the_restart_loses_noth
     count = 20_000
     with fresh_pipeline(cluster, "kafka-python") as pipeline:
         outputs = [f"{pipeline.topics.fraud}-full", f"{pipeline.topics.legit}-full"]
-        producer = KafkaProducer(**kafka_python_connection(cluster), acks="all")
         sent = [0]
-        sender = paced_sender(pipeline, producer, count, sent)
-        command = pipeline.command("fraud_detector", "--rules", str(RECOMMENDED), "--quiet", "--state-dir",
-                                   str(tmp_path / "full"), "--fraud-topic", outputs[0], "--legit-topic", outputs[1],
-                                   "--dead-letter-topic", f"{pipeline.topics.dead_letter}-full", group="full",
-                                   client="confluent")
+        sender = paced_sender(pipeline, count, sent)
+        command = pipeline.command("fraud_detector", *detector_args(pipeline, "full", tmp_path), group="full", client="confluent")
         full = Script([command[0], "-c", FILE_SIZE_LIMIT, *command[1:]])
         pipeline.started.append(full)
+        wait_until_reading(full, stages=3)
+        sender.start()
         try:
-            sender.start()
-            try:
-                _, stderr = full.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"the detector did not stop: {full.stderr_so_far()[-4000:]}") from None
-            assert full.returncode != 0, stderr[-3000:]
-            assert "cannot write the state store" in stderr and "free the disk, then start the detector again" in stderr, \
-                stderr[-3000:]
-            failed_at = sent[0]
-            assert failed_at < count, f"the store failed only after the last payment was sent: {failed_at}"
-            routed_before = routed_so_far(cluster, outputs)
-            assert routed_before > 0, "the store failed before a commit: the test shows nothing"
-            run = detector(pipeline, "full", "confluent", tmp_path, "--idle-timeout", "8")
-            sender.join(120)
-        finally:
-            producer.close()
+            _, stderr = full.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the detector did not stop: {full.stderr_so_far()[-4000:]}") from None
+        assert full.returncode != 0, stderr[-3000:]
+        assert "cannot write the state store" in stderr and "free the disk, then start the detector again" in stderr, \
+            stderr[-3000:]
+        failed_at = sent[0]
+        assert failed_at < count, f"the store failed only after the last payment was sent: {failed_at}"
+        routed_before = routed_so_far(cluster, outputs)
+        assert routed_before > 0, "the store failed before a commit: the test shows nothing"
+        run = detector(pipeline, "full", "confluent", tmp_path, "--idle-timeout", "8")
+        sender.join(120)
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr[-3000:]
         decided_as_the_backtest(cluster, pipeline, outputs, count)
