@@ -135,6 +135,8 @@ class DeliverySettings:
     """Exactly-once: the producer's transactional id; None derives a stable one per host and slot."""
     linger_ms: int = 5
     """How long the producer of the routed records waits to fill a batch (``linger.ms``): latency against throughput."""
+    trace_transactions: bool = False
+    """Exactly-once: log each transaction's steps (begun, first record sent, committing with its offsets, its end)."""
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,11 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
         "this long when payments are few; with a backlog, longer batches route more per second (docs/performance.md, "
         "\"Batching\") [env DETECTOR_LINGER_MS] (default: %(default)s)",
     )
+    delivery.add_argument(
+        "--trace-transactions", action="store_true", default=DeliverySettings.trace_transactions,
+        help="exactly-once: log a line at each step of each transaction (begun, first record sent, committing with "
+        "its input offsets, committed or aborted) under fraud_pipeline.transactions; to tell where a crash fell",
+    )
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -522,7 +529,8 @@ def producer_settings(args: argparse.Namespace) -> ProducerSettings:
 def delivery_settings(args: argparse.Namespace) -> DeliverySettings:
     """The ``delivery`` section from the flags of add_delivery_arguments."""
     guarantee = cast(Guarantee, _chosen(args.guarantee, "DETECTOR_GUARANTEE", GUARANTEES))
-    return DeliverySettings(guarantee=guarantee, transactional_id=args.transactional_id, linger_ms=args.linger_ms)
+    return DeliverySettings(guarantee=guarantee, transactional_id=args.transactional_id, linger_ms=args.linger_ms,
+                            trace_transactions=args.trace_transactions)
 
 
 def detector_settings(args: argparse.Namespace) -> DetectorSettings:

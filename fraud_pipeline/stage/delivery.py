@@ -19,6 +19,8 @@ from .output import BatchError, Output
 
 # The package's logger, "fraud_pipeline.stage", for every module of it: log lines name it as before the split.
 log = logging.getLogger(__package__)
+trace = logging.getLogger("fraud_pipeline.transactions")
+"""The transactions' trace (``--trace-transactions``)."""
 
 
 class Delivery(Protocol):
@@ -165,8 +167,10 @@ class _OnHelperThread:
             raise unit.error
         return unit
 
-    def _rewind(self, first_offsets: dict[TopicPartition, int], finish: Callable[[], None]) -> dict[TopicPartition, int]:
-        """Rolling back: ``finish`` the unit under way (through: it is emitted), drop the held sends; where to go back."""
+    def _rewind(self, first_offsets: dict[TopicPartition, int],
+                finish: Callable[[], None]) -> tuple[dict[TopicPartition, int], _Commit | None]:
+        """Rolling back: ``finish`` the unit under way (through: it is emitted), drop the held sends; where to go back,
+        and the unit whose work failed, if one did."""
         try:
             finish()
         except FatalError:
@@ -175,7 +179,7 @@ class _OnHelperThread:
             pass
         failed, self._failed = self._failed, None
         self._output.release(send=False)
-        return _first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)
+        return (_first_of(failed.first, first_offsets) if failed is not None else dict(first_offsets)), failed
 
 
 class FlushedAtLeastOnce(_OnHelperThread):
@@ -225,7 +229,7 @@ class FlushedAtLeastOnce(_OnHelperThread):
         _commit_offsets(consumer, offsets, wait=wait)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
-        rewind = self._rewind(first_offsets, partial(self._finish, consumer, wait=True))
+        rewind, _ = self._rewind(first_offsets, partial(self._finish, consumer, wait=True))
         self._output.forget_failures()
         _seek(consumer, rewind)
 
@@ -237,11 +241,13 @@ class _Commit:
     first: dict[TopicPartition, int]
     emit: Callable[[], None]
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    """The input offsets committed after it (at least once; a transaction commits its own)."""
+    """The input offsets committed after it (at least once) or with it (a transaction)."""
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     steps: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Seconds of each of metrics.TRANSACTION_STEPS, in order."""
+    number: int = 0
+    """The transaction's number in this process (exactly once), for the trace."""
 
 
 class ExactlyOnce(_OnHelperThread):
@@ -258,8 +264,12 @@ class ExactlyOnce(_OnHelperThread):
     name = "exactly-once"
 
     def __init__(self, output: Output, new_producer: Callable[[], Producer], tally: Counter[str] | None = None,
-                 steps: Mapping[str, Histogram] | None = None) -> None:
+                 steps: Mapping[str, Histogram] | None = None, *, trace: bool = False) -> None:
         super().__init__(output)
+        self._trace = trace
+        """Log each transaction's steps (``--trace-transactions``): begun, first record sent, committing, its end."""
+        self._number = 0
+        """Transactions begun by this process."""
         self._new_producer = new_producer
         self._tally: Counter[str] = Counter() if tally is None else tally
         """Transactions by result: committed, aborted, retried (a new producer)."""
@@ -277,6 +287,15 @@ class ExactlyOnce(_OnHelperThread):
         else:
             self._open = True  # a failed begin is aborted too, or its producer replaced
             self._output.producer.begin_transaction()
+            self._began()
+
+    def _began(self) -> None:
+        """A transaction was begun: number it, and trace it and its first record."""
+        self._number += 1
+        if self._trace:
+            number = self._number
+            trace.info("transaction %d begun", number)
+            self._output.watch_first_send(lambda: trace.info("transaction %d: first record sent", number))
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
         self._finish(wait=wait)
@@ -284,7 +303,9 @@ class ExactlyOnce(_OnHelperThread):
     def complete(self, consumer: Consumer, first: dict[TopicPartition, int], offsets: dict[TopicPartition, int],
                  emit: Callable[[], None]) -> None:
         self._finish(wait=True)  # the commit before, then this transaction's held sends
-        commit = _Commit(first, emit)
+        commit = _Commit(first, emit, offsets=offsets, number=self._number)
+        if self._trace:
+            trace.info("transaction %d committing, input offsets %s", commit.number, _described(offsets))
         self._start(commit, partial(self._commit, commit, self._output.producer, offsets, consumer.group_metadata()),
                     "transaction-commit")
 
@@ -300,6 +321,8 @@ class ExactlyOnce(_OnHelperThread):
         offsets_sent = time.monotonic()
         producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
         commit.steps = (flushed - started, offsets_sent - flushed, time.monotonic() - offsets_sent)
+        if self._trace:
+            trace.info("transaction %d committed", commit.number)
 
     def _finish(self, *, wait: bool) -> None:
         """If the commit under way is through (``wait``: once it is), emit it and begin the next transaction with its
@@ -317,6 +340,7 @@ class ExactlyOnce(_OnHelperThread):
             self._begin_held = False
             self._open = True
             self._output.producer.begin_transaction()
+            self._began()
         self._output.release(send=True)
 
     def roll_back(self, consumer: Consumer, first_offsets: dict[TopicPartition, int]) -> None:
@@ -327,11 +351,11 @@ class ExactlyOnce(_OnHelperThread):
         out on our side may still have completed at the coordinator (a new
         producer's init_transactions waits for it), so the records are read again
         from what the group committed, not from the first offsets: what did
-        commit is not committed twice.
+        commit is not committed twice, and its lines are printed (the group's
+        offsets on partitions still ours show it, as nobody else commits them).
         """
-        rewind = self._rewind(first_offsets, partial(self._finish, wait=True))
+        rewind, failed = self._rewind(first_offsets, partial(self._finish, wait=True))
         self._begin_held = False
-        self._tally["aborted"] += 1
         if self._output.stalled:
             # Sends still retried by the client would hold up the next transaction too (seen with kafka-python
             # after the transaction coordinator's broker died): start afresh instead of aborting.
@@ -346,6 +370,16 @@ class ExactlyOnce(_OnHelperThread):
         self._open = False
         self._output.forget_failures()
         committed = consumer.committed(rewind, TRANSACTION_STEP_TIMEOUT_S)
+        number = failed.number if failed is not None else self._number
+        if failed is not None and _went_through(failed, committed, consumer.assignment()):
+            log.warning("transaction %d, whose commit failed, went through at its coordinator (the group's offsets show "
+                        "it): its records are not read again", number)
+            self._tally["committed"] += 1
+            failed.emit()
+        else:
+            self._tally["aborted"] += 1
+            if self._trace:
+                trace.info("transaction %d aborted; reading again from %s", number, _described(committed))
         resume = {}
         for tp, first in rewind.items():
             done = committed.get(tp)
@@ -401,6 +435,19 @@ def _commit_offsets(consumer: Consumer, offsets: dict[TopicPartition, int], *, w
     except ClientError as exc:
         # The output is out: reading these records again would only repeat it, so carry on.
         log.warning("offset commit failed, the batch may be delivered again: %s", exc)
+
+
+def _went_through(commit: _Commit, committed: Mapping[TopicPartition, int | None], owned: set[TopicPartition]) -> bool:
+    """Whether the group's ``committed`` offsets show that ``commit``'s transaction committed: they reached its offsets
+    on every partition of it still ``owned`` (no other member commits those) where it moves past its first record read
+    (the commit before it went no further than that record; a held-back offset may not move at all)."""
+    mine = [tp for tp, offset in commit.offsets.items() if tp in owned and offset > commit.first.get(tp, offset)]
+    return bool(mine) and all((done := committed.get(tp)) is not None and done >= commit.offsets[tp] for tp in mine)
+
+
+def _described(offsets: Mapping[TopicPartition, int | None]) -> str:
+    """Offsets as ``topic[partition]=offset``, sorted, for the trace."""
+    return " ".join(f"{tp.topic}[{tp.partition}]={offset}" for tp, offset in sorted(offsets.items()))
 
 
 def _first_of(*offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ..clients import ClientError, FatalError, Headers, Producer, Record, RetriableError
 from ..kafka_io import METADATA_TIMEOUT_S, record_source
@@ -30,6 +31,8 @@ class Output:
         self._failure: Exception | None = None
         self._partitions: dict[str, int] = {}
         self._held: list[tuple[str, bytes | None, bytes | None, Headers | None, int | None]] | None = None
+        self._first_send: Callable[[], None] | None = None
+        """Called once at the next record queued to the producer (``watch_first_send``)."""
         self.producer = producer
         self.send = producer.send
 
@@ -43,6 +46,7 @@ class Output:
         self._producer = producer
         self.stalled = False
         self._held = None
+        self._first_send = None
         self.send = producer.send
         producer.on_error(lambda exc: self._on_error(producer, exc))
 
@@ -99,6 +103,20 @@ class Output:
         """The batch was rolled back: its failed sends no longer matter."""
         self._failure = None
 
+    def watch_first_send(self, note: Callable[[], None]) -> None:
+        """Call ``note`` once, right after the next record is queued to the producer (a held one when released)."""
+        self._first_send = note
+        if self._held is None:
+            self.send = self._send_first
+
+    def _send_first(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
+                    partition: int | None = None) -> None:
+        self.send = self._producer.send
+        note, self._first_send = self._first_send, None
+        self._producer.send(topic, key, value, headers, partition)
+        if note is not None:
+            note()
+
     def hold(self) -> None:
         """Keep every send from now on instead of queueing it (a transaction is being committed): see ``release``."""
         self._held = []
@@ -112,7 +130,7 @@ class Output:
     def release(self, *, send: bool) -> None:
         """Stop holding sends; queue the held ones in order (``send``) or drop them (rolled back)."""
         held, self._held = self._held or [], None
-        self.send = self._producer.send
+        self.send = self._producer.send if self._first_send is None else self._send_first
         if send:
             for args in held:
                 self.send(*args)

@@ -66,7 +66,8 @@ def run_stage(
                     delivery: Delivery = (
                         ExactlyOnce(output, lambda: make_producer(settings, name, transactional_id),
                                     metrics.transactions if metrics is not None else None,
-                                    metrics.transaction_seconds if metrics is not None else None)
+                                    metrics.transaction_seconds if metrics is not None else None,
+                                    trace=delivery_settings is not None and delivery_settings.trace_transactions)
                         if exactly_once
                         else AtLeastOnce(output) if output.producer.reports_each_send else FlushedAtLeastOnce(output)
                     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from fraud_pipeline.rules import load_ruleset
 from fraud_pipeline.state import changelog_topic
 from tests.chaos.conftest import cluster_command
 from tests.decisions import differences, expected, routed
-from tests.integration.conftest import ROOT, Pipeline, confluent_connection, for_each_client, read_topic, summary_count
+from tests.integration.conftest import ROOT, Pipeline, Script, confluent_connection, for_each_client, read_topic, summary_count
 from tests.integration.test_pipeline import expected_payments
 
 pytestmark = [
@@ -141,41 +142,61 @@ def finish(proc: subprocess.Popen[str], what: str, timeout: float = 240) -> str:
     return stderr
 
 
+KILLS = 3
+"""Kills that must each hurt, per kill test and client."""
+MAX_KILLS = 6
+"""Exactly-once: kills tried at most; one that the trace shows outside an open transaction does not count."""
+
+
 def kill_detector_repeatedly(
     pipeline: Pipeline, guarantee: str, seed: int, figures: list[dict[str, Any]], rate: str = "450", over: str = "",
 ) -> None:
-    """Kill -9 the detector three times while ``rate`` payments/s flow; the run's figures go to ``figures`` before its checks.
+    """Kill -9 the detector while ``rate`` payments/s flow until three kills hurt; the run's figures go to ``figures``
+    before its checks.
 
-    The payments flow until the detector started after the third kill has committed: each restart
-    waits up to the session timeout (10 s) for the killed member to leave the group, then restores
-    its state, so how long three kills take depends on the machine. Then the producer is stopped
-    and what it sent is what must arrive.
+    Exactly-once: the detector traces its transactions (``--trace-transactions``); the kill comes once the trace says
+    a transaction holds records and its commit has not begun, and the killed run's whole trace must end so (a kill
+    that landed elsewhere, possible on a loaded machine, is not counted: another is tried, up to MAX_KILLS).
+    At-least-once: each kill must be followed by payments routed twice from around where it fell (sent, offsets not
+    yet committed). The payments flow until the detector started after the last kill has committed: each restart
+    waits up to the session timeout (10 s) for the killed member to leave the group, then restores its state, so how
+    long the kills take depends on the machine. Then the producer is stopped and what it sent is what must arrive.
     """
     rng = random.Random(seed)
+    exactly_once = guarantee == "exactly-once"
     producer = start_producer(pipeline, seed, rate=rate, count=OPEN_ENDED)
     # Transactions of a second: each kill lands inside an open one, whose records must then be aborted.
     interval_ms = str(int(KILL_COMMIT_INTERVAL_S * 1000))
-    args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", interval_ms)
+    args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", interval_ms,
+            *(("--trace-transactions",) if exactly_once else ()))
     detector = pipeline.start("fraud_detector", *args, group="detector")
     kills, committed, killed_at, open_at_kill = 0, 0, [], []
-    for _ in range(3):
+    while len(killed_at) < KILLS:
+        assert kills < MAX_KILLS, f"{kills} kills, only {len(killed_at)} inside an open transaction: {open_at_kill}"
         # kill only once this detector is committing, at a random moment after that,
         # and (exactly-once) while a transaction of it holds records
         committed = wait_for_progress(pipeline, "detector", committed, detector)
         time.sleep(rng.uniform(0.05, 1.5))
-        if guarantee == "exactly-once":
-            open_at_kill.append(wait_for_open_transaction(pipeline, detector))
+        if exactly_once:
+            wait_for_open_transaction(detector)
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
-        detector.communicate(timeout=10)
+        log = detector.communicate(timeout=10)[1]
         kills += 1
-        killed_at.append(committed)
+        if exactly_once:
+            # The killed run's own trace: which transaction was open, and whether records had joined it.
+            where = transaction_at_end(log)
+            open_at_kill.append(where)
+            if where.startswith("open"):
+                killed_at.append(committed)
+        else:
+            killed_at.append(committed)
         detector = pipeline.start("fraud_detector", *args, group="detector")
     committed = wait_for_progress(pipeline, "detector", committed, detector)
-    assert producer.poll() is None, "the payments stopped flowing before the third restart committed"
+    assert producer.poll() is None, "the payments stopped flowing before the last restart committed"
     sent = stop_producer(producer)
     finish(detector, "fraud_detector")
-    lost, duplicated, dead, _ = verdict(pipeline, seed, sent)
+    lost, duplicated, dead, seen = verdict(pipeline, seed, sent)
     aborted = (
         len(read_topic(pipeline.bootstrap, pipeline.topics.fraud, committed_only=False))
         + len(read_topic(pipeline.bootstrap, pipeline.topics.legit, committed_only=False))
@@ -185,18 +206,62 @@ def kill_detector_repeatedly(
         test=f"detector kill -9{over} ({guarantee}, {pipeline.client})", sent=sent, kills=kills, killed_after_committed=killed_at,
         lost=lost, duplicated=duplicated, dead_lettered=dead, aborted_records=aborted,
     )
-    if open_at_kill:
-        run.update(open_records_at_kill=open_at_kill)
+    if exactly_once:
+        run.update(transaction_at_kill=open_at_kill)
+    else:
+        run.update(duplicated_per_kill=duplicates_per_kill(seed, sent, seen, killed_at))
     figures.append(run)
     assert lost == 0, run
     assert dead == 0, run
-    if guarantee == "exactly-once":
+    if exactly_once:
         assert duplicated == 0, run
-        # It hurt: a kill landed inside an open transaction, whose records a read_uncommitted reader still sees.
-        assert aborted > 0, f"no kill landed inside an open transaction: {run}"
+        # It hurt: the kills fell inside open transactions, whose records a read_uncommitted reader still sees.
+        assert aborted > 0, f"no aborted records after {len(killed_at)} kills inside open transactions: {run}"
     else:
-        # It hurt: a kill landed while routed payments waited for their offsets' commit, routed again after the restart.
-        assert duplicated > 0, f"no kill landed between a send and its offsets' commit: {run}"
+        # It hurt: each kill landed while routed payments waited for their offsets' commit, routed again after the restart.
+        assert all(run["duplicated_per_kill"]), f"a kill that routed nothing twice: {run}"
+
+
+TRACE = re.compile(r"fraud_pipeline\.transactions: transaction (\d+)(?::)? (begun|first record sent|committing|committed|aborted)")
+
+
+def transaction_at_end(log: str) -> str:
+    """Where the last transaction of a detector's ``--trace-transactions`` log stands: "open, with records (n)",
+    "open, empty (n)", "committing (n)" (its end unknown), "ended (n)", or "no transaction"."""
+    steps = TRACE.findall(log)
+    if not steps:
+        return "no transaction"
+    number, step = steps[-1]
+    return {"first record sent": f"open, with records ({number})", "begun": f"open, empty ({number})",
+            "committing": f"committing ({number})"}.get(step, f"ended ({number})")
+
+
+def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
+    """Wait until the detector's trace says a transaction holds records and its commit has not begun: seen within a
+    tenth of a commit interval of its line (a commit begins about an interval after its transaction)."""
+    deadline = time.monotonic() + timeout_s
+    seen, since = "", time.monotonic()
+    while True:
+        assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
+        now = transaction_at_end(proc.stderr_so_far())
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif now.startswith("open, with records") and time.monotonic() - since < KILL_COMMIT_INTERVAL_S / 10:
+            return
+        assert time.monotonic() < deadline, f"no transaction holding records in {timeout_s:.0f}s (the trace: {seen})"
+        time.sleep(0.005)
+
+
+def duplicates_per_kill(seed: int, sent: int, seen: Counter[str], killed_at: list[int]) -> list[int]:
+    """Payments routed twice, each counted for the kill it fell nearest to: the group had committed about as many
+    payments as came before it in the stream (the detector keeps up with the producer)."""
+    order = {p.payment_id: i for i, p in enumerate(expected_payments(seed, sent, 1000))}
+    per_kill = [0] * len(killed_at)
+    for payment_id, copies in seen.items():
+        if copies > 1:
+            nearest = min(range(len(killed_at)), key=lambda k: abs(killed_at[k] - order[payment_id]))
+            per_kill[nearest] += copies - 1
+    return per_kill
 
 
 def test_detector_kill9_exactly_once(pipelines: dict[str, Pipeline], figures: list[dict[str, Any]]) -> None:
@@ -448,8 +513,9 @@ def brokers_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[st
                           lane.pipeline.topics.payments_partitions)
         wrong = differences(routed(lane.pipeline.bootstrap, [lane.pipeline.topics.fraud, lane.pipeline.topics.legit]), wanted)
         figures.append(dict(test=f"brokers killed in turn ({client})", sent=sent[client], lost=lost, duplicated=duplicated,
-                            dead_lettered=dead, differing=len(wrong), rounds=rounds, detector_runs=len(lane.logs),
-                            detector_rollbacks=sum(log.count("rolling back") for log in lane.logs)))
+                            dead_lettered=dead, differing=len(wrong), handled=handled, rounds=rounds, detector_runs=len(lane.logs),
+                            detector_rollbacks=sum(log.count("rolling back") for log in lane.logs),
+                            commits_through_after_failure=sum(log.count("went through at its coordinator") for log in lane.logs)))
         if (lost, duplicated, dead) != (0, 0, 0) or handled != sent[client]:
             saved = save_log(f"broker-kill-{lane.pipeline.suffix}", "\n\n".join(lane.logs))
             missing = expected_ids(seed, sent[client]) - set(seen)
@@ -474,7 +540,7 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
     return committed
 
 
-def wait_for_open_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:
+def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:
     """Wait until a transaction of the detector is young and taking records; return how many it holds.
 
     Young: the stable offsets of fraud + legit moved (a commit ended) less than half a commit interval

@@ -38,7 +38,7 @@ from fraud_pipeline.clients import CONFLUENT, backend
 from fraud_pipeline.clients.security import Security
 from fraud_pipeline.payment import Payment, encode, seoul_date_time
 from fraud_pipeline.rules import load_ruleset
-from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_open_transaction, wait_for_progress
+from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_progress, wait_for_young_transaction
 from tests.decisions import Verdict, differences, expected, routed
 from tests.integration.conftest import Pipeline, for_each_client
 
@@ -164,7 +164,7 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     kills = []
     history = total - LIVE
     first = wait_for_progress(pipeline, "killed", history + LIVE // 8, proc, timeout_s=300)
-    wait_for_open_transaction(probe, proc)
+    wait_for_young_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
     save_log(f"killed-{pipeline.client}-1", proc.communicate(timeout=10)[1])
     kills.append(committed_total(pipeline, "killed"))
@@ -172,7 +172,7 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     proc = detector(pipeline, "killed", "killed", state)
     second = wait_for_progress(pipeline, "killed", max(first, history + 3 * LIVE // 8), proc, timeout_s=300)
     run["first_commit_after_kill_local_s"] = round(time.monotonic() - restarted, 1)
-    wait_for_open_transaction(probe, proc)
+    wait_for_young_transaction(probe, proc)
     proc.send_signal(signal.SIGKILL)
     save_log(f"killed-{pipeline.client}-2", proc.communicate(timeout=10)[1])
     kills.append(committed_total(pipeline, "killed"))

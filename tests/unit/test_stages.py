@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import itertools
 import json
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from unittest.mock import MagicMock, call
 
@@ -502,7 +505,8 @@ class Relay(Recorder):
         self.handled[record.value].set()
 
 
-def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None]) -> tuple[Relay, ExactlyOnce]:
+def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None], *,
+              trace: bool = False) -> tuple[Relay, ExactlyOnce]:
     """A Relay and an ExactlyOnce delivery whose producer logs its sends and transactional calls into ``events``, and
     whose commit_transaction returns (or raises its outcome) only once ``value`` was handled meanwhile."""
     producer = _transactional_producer(events)
@@ -520,7 +524,7 @@ def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None])
         events.append("commit_transaction")
 
     producer.commit_transaction.side_effect = commit_transaction
-    return relay, ExactlyOnce(output, lambda: pytest.fail("no new producer needed: the abort works"))
+    return relay, ExactlyOnce(output, lambda: pytest.fail("no new producer needed: the abort works"), trace=trace)
 
 
 def test_records_read_while_a_transaction_commits_are_handled_and_sent_in_the_next_one() -> None:
@@ -534,6 +538,42 @@ def test_records_read_while_a_transaction_commits_are_handled_and_sent_in_the_ne
         "b",  # read and handled while a's transaction commits; its send waits for the next transaction
         "commit_transaction", "emit", "begin_transaction", "send b",
         "offsets [(0, 2)] meta", "committing", "commit_transaction", "emit",
+    ]
+
+
+@contextlib.contextmanager
+def _traced_into(events: list[str]) -> Iterator[None]:
+    """The transactions' trace lines go into ``events`` too, in order with the rest."""
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda entry: events.append(entry.getMessage())  # type: ignore[method-assign]
+    trace = logging.getLogger("fraud_pipeline.transactions")
+    level = trace.level
+    trace.addHandler(handler)
+    trace.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        trace.removeHandler(handler)
+        trace.setLevel(level)
+
+
+def test_the_transaction_trace_shows_each_step_and_where_records_joined() -> None:
+    """``--trace-transactions``: a kill after "first record sent" and before "committing" fell inside an open
+    transaction holding records (the kill tests read it so); a record held through a commit joins the next one."""
+    consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
+    consumer.group_metadata.return_value = "meta"
+    events: list[str] = []
+    relay, delivery = _relaying(events, b"b", [None], trace=True)
+    with _traced_into(events):
+        run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
+    assert events == [
+        "init_transactions", "begin_transaction", "transaction 1 begun", "a", "send a", "transaction 1: first record sent",
+        "transaction 1 committing, input offsets payments[0]=1", "offsets [(0, 1)] meta", "committing",
+        "b",  # read while transaction 1 commits: held, and the first record of transaction 2
+        "commit_transaction", "transaction 1 committed", "emit", "begin_transaction", "transaction 2 begun",
+        "send b", "transaction 2: first record sent",
+        "transaction 2 committing, input offsets payments[0]=2", "offsets [(0, 2)] meta", "committing", "commit_transaction",
+        "transaction 2 committed", "emit",
     ]
 
 
@@ -564,7 +604,8 @@ def test_a_failed_commit_rereads_its_records_and_those_read_meanwhile() -> None:
 
 def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None:
     """The commit timed out on our side but completed at the coordinator (the group committed offset 4): the roll-back
-    reads on from 4, so ``a`` is never handled again and ``b`` is routed once.
+    reads on from 4, so ``a`` is never handled again and ``b`` is routed once; ``a``'s unit is emitted (its lines
+    printed and counted, its state written), as the group's offsets show it committed.
 
     The loop reads on while the commit is under way, so ``b`` may be handled before the roll-back too (a busy machine
     made that order the common one): the consumer here reads from its position, which the seek moves, as a real
@@ -589,7 +630,8 @@ def test_a_batch_whose_timed_out_commit_went_through_is_not_read_again() -> None
     run_consumer(consumer, Recorder(events), delivery, stop=threading.Event(), idle_timeout_s=0.05, commit_interval_s=0)
     consumer.committed.assert_called_once_with({TP: 3}, TRANSACTION_STEP_TIMEOUT_S)
     consumer.seek.assert_called_once_with(TP, 4)
-    assert events in (["a", "discard", "b", "emit"], ["a", "b", "discard", "b", "emit"])
+    assert events in (["a", "emit", "discard", "b", "emit"], ["a", "b", "emit", "discard", "b", "emit"])
+    assert delivery._tally == {"committed": 2}
 
 
 def test_exactly_once_replaces_a_producer_that_cannot_abort() -> None:
