@@ -6,8 +6,13 @@ and messages, ``casework`` keeps the case queue, labels and lists,
 ``accounts`` the users and their sessions, ``app`` serves the page
 (``static/``) and its API.
 
-    python fraud_console.py [--host H] [--port P] [--users FILE]
+    python fraud_console.py [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM | --trusted-proxy ADDRESS]
     python fraud_console.py adduser NAME --role viewer|analyst|admin [--users FILE] [--password-stdin]
+    python fraud_console.py passwd NAME [--users FILE] [--password-stdin]
+    python fraud_console.py removeuser NAME [--users FILE]
+
+A running console reads the users file again when it changes (or on SIGHUP): a removed or changed user's sessions
+end within seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import argparse
 import asyncio
 import getpass
 import ipaddress
+import logging
 import os
+import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -27,7 +35,7 @@ from ..config import Settings, build_parser, non_negative_int
 from ..errors import ConfigError, PipelineError
 from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
 from ..runtime import cli_main, run_cli
-from .accounts import ROLES, load_users, save_user
+from .accounts import ROLES, load_users, remove_user, save_user
 from .app import Guard, make_app
 from .casework import CaseWork
 from .cluster_view import ClusterView
@@ -36,6 +44,10 @@ from .monitor import Monitor
 
 NAME = "fraud_console"
 DEFAULT_USERS_FILE = "console-users.json"
+USERS_CHECK_S = 1.0
+"""How often the console looks whether the users file changed."""
+
+log = logging.getLogger(NAME)
 
 
 def loopback(host: str) -> bool:
@@ -59,9 +71,20 @@ def host_names(host: str, port: int, allowed: list[str]) -> set[str]:
     return hosts
 
 
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context of the certificate chain and key given (TLS 1.2 or later); ConfigError if they do not load."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from None
+    return context
+
+
 def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_file: str | None,
         detector_metrics: list[str] | None = None, users_file: str = DEFAULT_USERS_FILE,
-        allowed_hosts: list[str] | None = None) -> int:
+        allowed_hosts: list[str] | None = None, tls: tuple[str, str] | None = None, trusted_proxy: str | None = None) -> int:
     try:
         baseline: RuleSet = ORIGINAL if rules_file is None else load_ruleset(rules_file)
     except RuleError as exc:
@@ -70,9 +93,14 @@ def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_f
     if not users and not loopback(host):
         raise ConfigError(f"refusing to serve on {host} without accounts: anyone who reaches it could act as an "
                           f"analyst; add one with `fraud_console.py adduser NAME --role admin` (users file {users_file})")
+    if tls is None and trusted_proxy is None and not loopback(host):
+        raise ConfigError(f"refusing to serve on {host} in plain http: passwords and session cookies would cross the "
+                          f"network in clear; give --tls-cert and --tls-key, or --trusted-proxy ADDRESS of the TLS "
+                          f"proxy in front")
+    context = tls_context(*tls) if tls is not None else None
     monitor = Monitor(settings, baseline)
     cases = CaseWork(settings, lambda: monitor.ruleset().version)
-    guard = Guard(host_names(host, port, allowed_hosts or []), users)
+    guard = Guard(host_names(host, port, allowed_hosts or []), users, tls=context is not None, trusted_proxy=trusted_proxy)
     view = ClusterView(settings)
     try:
         latency = DecisionLatency(detector_metrics or [])  # the flag's are checked; the environment's are not yet
@@ -85,28 +113,69 @@ def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_f
     scraper = threading.Thread(target=latency.run, args=(stop,), name="console-latency", daemon=True)
     if latency.urls:
         scraper.start()
+    reload = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+    watcher = threading.Thread(target=watch_users, args=(Path(users_file), guard, stop, reload), name="console-users",
+                               daemon=True)
+    if users:
+        watcher.start()
     try:
         accounts = f"{len(users)} account(s) from {users_file}" if users else "no accounts: read-only"
-        asyncio.run(_serve(make_app(monitor, view, stop, latency, cases, guard), host, port, stop, accounts))
+        scheme = "https" if context is not None else "http"
+        app = make_app(monitor, view, stop, latency, cases, guard)
+        asyncio.run(_serve(app, host, port, stop, f"{scheme}://{host}:{port}/ ({accounts}", context))
     finally:
         stop.set()
         reader.join(10)
         case_reader.join(10)
         if latency.urls:
             scraper.join(10)
+        if users:
+            watcher.join(10)
+        guard.hashers.shutdown(wait=False, cancel_futures=True)
         view.close()
     return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, stop: threading.Event, accounts: str) -> None:
+def watch_users(path: Path, guard: Guard, stop: threading.Event, reload: threading.Event) -> None:
+    """Read the users file again when it changes (or on SIGHUP): a removed or changed user's sessions end. A file
+    that cannot be read then leaves no one signed in, until it is fixed."""
+
+    def version() -> tuple[int, int, int] | None:
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_mtime_ns, found.st_size
+
+    seen = version()
+    while not stop.wait(USERS_CHECK_S):
+        now = version()
+        if now == seen and not reload.is_set():
+            continue
+        reload.clear()
+        seen = now
+        try:
+            users = load_users(path)
+        except ConfigError as exc:
+            log.error("%s: no one can sign in until it is fixed", exc)
+            users = {}
+        ended = guard.use_users(users)
+        log.info("users file %s read again: %d account(s)%s", path, len(users),
+                 f"; sessions ended for {', '.join(ended)}" if ended else "")
+
+
+async def _serve(app: web.Application, host: str, port: int, stop: threading.Event, where: str,
+                 context: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
         except OSError as exc:
             raise PipelineError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
-        print(f"{NAME}: http://{host}:{port}/ ({accounts}; Ctrl-C to stop)", flush=True)
+        print(f"{NAME}: {where}; Ctrl-C to stop)", flush=True)
         while not stop.is_set():
             await asyncio.sleep(0.2)
     finally:
@@ -120,24 +189,35 @@ def _metrics_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def adduser(argv: list[str]) -> int:
-    """``fraud_console.py adduser NAME --role ROLE``: add or change a user in the users file."""
-    parser = argparse.ArgumentParser(prog=f"{NAME} adduser", description="Add a console user, or change one's role "
-                                     "and password, in the users file (salted scrypt hashes, mode 0600).")
+def _users_parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{NAME} {command}", description=description)
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--role", choices=ROLES, default="analyst",
-                        help="viewer: sees; analyst: resolves cases; admin: also edits lists (default: %(default)s)")
     parser.add_argument("--users", default=os.environ.get("CONSOLE_USERS") or DEFAULT_USERS_FILE, metavar="FILE",
                         help="the users file [env CONSOLE_USERS] (default: %(default)s)")
+    return parser
+
+
+def _password(name: str, from_stdin: bool) -> str | None:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        print("error: the passwords differ", file=sys.stderr)
+        return None
+    return password
+
+
+def adduser(argv: list[str]) -> int:
+    """``fraud_console.py adduser NAME --role ROLE``: add or change a user in the users file."""
+    parser = _users_parser("adduser", "Add a console user, or change one's role and password, in the users file "
+                           "(salted scrypt hashes, mode 0600). A running console ends the sessions of a changed user.")
+    parser.add_argument("--role", choices=ROLES, default="analyst",
+                        help="viewer: sees; analyst: resolves cases; admin: also edits lists (default: %(default)s)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            print("error: the passwords differ", file=sys.stderr)
-            return 2
+    password = _password(args.name, args.password_stdin)
+    if password is None:
+        return 2
     try:
         new = save_user(Path(args.users), args.name, args.role, password)
     except ConfigError as exc:
@@ -147,11 +227,47 @@ def adduser(argv: list[str]) -> int:
     return 0
 
 
+def passwd(argv: list[str]) -> int:
+    """``fraud_console.py passwd NAME``: a new password for a user; their sessions end."""
+    parser = _users_parser("passwd", "Give a console user a new password; a running console ends their sessions.")
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    args = parser.parse_args(argv)
+    try:
+        user = load_users(Path(args.users)).get(args.name)
+        if user is None:
+            raise ConfigError(f"no user {args.name!r} in {args.users}: add one with adduser")
+        password = _password(args.name, args.password_stdin)
+        if password is None:
+            return 2
+        save_user(Path(args.users), args.name, user.role, password)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"changed the password of {args.name} in {args.users}")
+    return 0
+
+
+def removeuser(argv: list[str]) -> int:
+    """``fraud_console.py removeuser NAME``: remove a user; a running console ends their sessions."""
+    args = _users_parser("removeuser", "Remove a console user; a running console ends their sessions within "
+                         "seconds.").parse_args(argv)
+    try:
+        remove_user(Path(args.users), args.name)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"removed {args.name} from {args.users}")
+    return 0
+
+
+USER_COMMANDS = {"adduser": adduser, "passwd": passwd, "removeuser": removeuser}
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["adduser"]:
-        return adduser(argv[1:])
+    if argv[:1] and argv[0] in USER_COMMANDS:
+        return USER_COMMANDS[argv[0]](argv[1:])
     parser = build_parser(
         NAME,
         "A live web page of the fraud pipeline (payments/s, fraud rate, alerts with their reasons, rules and "
@@ -183,6 +299,24 @@ def main(argv: list[str] | None = None) -> int:
     web_group.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
                            help="a Host name the console also answers to (behind a proxy, or on a LAN name); "
                            "repeat for several (default: its loopback names only)")
+    web_group.add_argument("--tls-cert", default=os.environ.get("CONSOLE_TLS_CERT") or None, metavar="PEM",
+                           help="serve https with this certificate chain (with --tls-key); needed, or --trusted-proxy, "
+                           "to serve beyond loopback [env CONSOLE_TLS_CERT] (default: http on loopback)")
+    web_group.add_argument("--tls-key", default=os.environ.get("CONSOLE_TLS_KEY") or None, metavar="PEM",
+                           help="the certificate's private key [env CONSOLE_TLS_KEY]")
+    web_group.add_argument("--trusted-proxy", default=os.environ.get("CONSOLE_TRUSTED_PROXY") or None, metavar="ADDRESS",
+                           help="the address of the TLS proxy in front: its X-Forwarded-Proto and X-Forwarded-For are "
+                           "believed (from it only), so cookies are Secure and sign-ins are throttled per client "
+                           "[env CONSOLE_TRUSTED_PROXY] (default: none)")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.trusted_proxy is not None:
+        try:
+            ipaddress.ip_address(args.trusted_proxy)
+        except ValueError:
+            parser.error(f"--trusted-proxy: an IP address, not {args.trusted_proxy!r}")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert is not None else None
     return run_cli(NAME, args, lambda settings, stop: run(settings, stop, args.host, args.port, args.rules_file,
-                                                           args.detector_metrics, args.users, args.allowed_host))
+                                                           args.detector_metrics, args.users, args.allowed_host,
+                                                           tls, args.trusted_proxy))

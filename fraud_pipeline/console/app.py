@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,48 +71,147 @@ SECURITY_HEADERS = {
 }
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 OPEN_PATHS = ("/", "/favicon.ico", "/api/session", "/api/login")
+POLLS = ("/api/events", "/api/session", "/api/cases")
+"""What the page asks for by itself, on a timer: not a sign that the user is there."""
 SIGN_IN_FAILURES = 5
 SIGN_IN_WINDOW_S = 300.0
-"""After SIGN_IN_FAILURES failed sign-ins of a name or from an address in this long, it must wait."""
+"""After SIGN_IN_FAILURES sign-in attempts of a name or from an address in this long (a success not counted), it must wait."""
+THROTTLE_KEYS = 10_000
+"""Names and addresses the throttle remembers; past it the oldest not locked out are forgotten (locked ones last)."""
+HASHERS = 2
+"""Threads that check passwords (scrypt, about 50 ms of a core each), apart from every other worker."""
+HASH_QUEUE = 8
+"""Sign-ins waiting for a hasher at most; more are answered 503 at once."""
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body taken; a larger one is answered 413 before it is read."""
+MAX_REASON_CHARS = 2000
+"""Notes and reasons, as they reach the audit trail."""
+HSTS = "max-age=31536000"
 ANONYMOUS = User("anonymous", VIEWER, "")
 """What a request without a session may reach when accounts are configured (and the static files)."""
 
 
-class Guard:
-    """Who may reach the console: its Host names, its users and their sessions."""
+class Throttle:
+    """Sign-in attempts per key (``user:NAME``, ``remote:ADDRESS``), each counted before its password is checked.
 
-    def __init__(self, hosts: set[str], users: dict[str, User], sessions: Sessions | None = None) -> None:
+    ``admit`` refuses a key with SIGN_IN_FAILURES attempts in the window, and a name with an attempt in flight;
+    ``settle`` takes back a successful attempt. At most THROTTLE_KEYS keys are kept: the least recently tried that
+    are not locked out are forgotten first, so junk names cannot push a locked one out.
+    """
+
+    def __init__(self, limit: int = SIGN_IN_FAILURES, window_s: float = SIGN_IN_WINDOW_S, keys: int = THROTTLE_KEYS) -> None:
+        self._limit, self._window_s, self._keys = limit, window_s, keys
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        times = self._attempts.get(key)
+        while times and now - times[0] > self._window_s:
+            times.popleft()
+        return times
+
+    def admit(self, name_key: str, *keys: str) -> str | None:
+        """Count an attempt under every key, or say why not (throttled, or the name's attempt under way)."""
+        now = time.monotonic()
+        with self._lock:
+            if any((times := self._recent(key, now)) is not None and len(times) >= self._limit for key in (name_key, *keys)):
+                return f"too many sign-in attempts: wait {self._window_s / 60:.0f} minutes"
+            if name_key in self._in_flight:
+                return "a sign-in of this name is under way: try again in a moment"
+            self._in_flight.add(name_key)
+            for key in (name_key, *keys):
+                self._attempts.setdefault(key, deque(maxlen=self._limit)).append(now)
+                self._attempts.move_to_end(key)
+            self._evict(now)
+        return None
+
+    def settle(self, name_key: str, *keys: str, succeeded: bool) -> None:
+        """The attempt is over; a success is taken back from the count."""
+        with self._lock:
+            self._in_flight.discard(name_key)
+            if succeeded:
+                for key in (name_key, *keys):
+                    times = self._attempts.get(key)
+                    if times:
+                        times.pop()
+
+    def _evict(self, now: float) -> None:
+        if len(self._attempts) <= self._keys:
+            return
+        for key in [k for k in self._attempts if k not in self._in_flight]:  # oldest first
+            times = self._recent(key, now)
+            if times is None or len(times) < self._limit:
+                del self._attempts[key]
+                if len(self._attempts) <= self._keys:
+                    return
+        while len(self._attempts) > self._keys:  # all locked out: the oldest lock goes (it is the nearest its end)
+            self._attempts.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._attempts)
+
+
+def address_key(address: str | None) -> str:
+    """The throttle's key of a client address: an IPv6 address by its /64 (one host's whole range), IPv4 as it is."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return f"remote:{address}"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return f"remote:{parsed.ipv4_mapped}"
+        return f"remote:{ipaddress.ip_network(f'{parsed}/64', strict=False)}"
+    return f"remote:{parsed}"
+
+
+class Guard:
+    """Who may reach the console: its Host names, its users and their sessions, the sign-in throttle, and how a
+    request came (https or not, from which client: a trusted proxy's headers are believed, no one else's)."""
+
+    def __init__(self, hosts: set[str], users: dict[str, User], sessions: Sessions | None = None, *,
+                 tls: bool = False, trusted_proxy: str | None = None) -> None:
         self.hosts = {host.lower() for host in hosts}
         self.users = users
+        self.accounts = bool(users)
+        """Accounts were configured at start: the console stays signed-in only, even if the file empties later."""
         self.sessions = sessions if sessions is not None else Sessions()
-        self._failures: dict[str, deque[float]] = {}
-        self._failures_lock = threading.Lock()
+        self.throttle = Throttle()
+        self.tls = tls
+        self.trusted_proxy = trusted_proxy
+        self.hashers = ThreadPoolExecutor(HASHERS, thread_name_prefix="console-scrypt")
+        self.hashing = 0
+        """Sign-ins waiting for, or in, a hasher (on the event loop's thread only)."""
 
-    def throttled(self, *keys: str) -> bool:
-        """Whether any of these (a user name, a remote address) failed to sign in SIGN_IN_FAILURES times lately."""
-        now = time.monotonic()
-        with self._failures_lock:
-            for key in keys:
-                times = self._failures.get(key)
-                while times and now - times[0] > SIGN_IN_WINDOW_S:
-                    times.popleft()
-                if times is not None and len(times) >= SIGN_IN_FAILURES:
-                    return True
-        return False
+    def use_users(self, users: dict[str, User]) -> list[str]:
+        """The users file changed: these users from now on; the names whose sessions ended (removed or changed)."""
+        self.users = users
+        return self.sessions.keep_only(users)
 
-    def failed(self, *keys: str) -> None:
-        with self._failures_lock:
-            if len(self._failures) > 10_000:
-                self._failures.clear()
-            for key in keys:
-                self._failures.setdefault(key, deque(maxlen=SIGN_IN_FAILURES)).append(time.monotonic())
+    def from_proxy(self, request: web.Request) -> bool:
+        return self.trusted_proxy is not None and request.remote == self.trusted_proxy
 
-    @property
-    def accounts(self) -> bool:
-        return bool(self.users)
+    def https(self, request: web.Request) -> bool:
+        """Whether the browser speaks https to the console: served so, or so says the trusted proxy."""
+        if self.tls:
+            return True
+        return self.from_proxy(request) and request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
-    def session(self, request: web.Request) -> Session | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE))
+    def client(self, request: web.Request) -> str | None:
+        """The client's address: the trusted proxy's last X-Forwarded-For entry (the one it added), else the peer's."""
+        if self.from_proxy(request):
+            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+            if forwarded:
+                return forwarded
+        return request.remote
+
+    def cookie(self, request: web.Request) -> str:
+        """The session cookie's name: ``__Host-`` prefixed (Secure, no Domain, Path=/) over https."""
+        return f"__Host-{SESSION_COOKIE}" if self.https(request) else SESSION_COOKIE
+
+    def session(self, request: web.Request, *, touch: bool = True) -> Session | None:
+        return self.sessions.get(request.cookies.get(self.cookie(request)), touch=touch)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -133,7 +234,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     guard, session = request.app[GUARD], request.get(SESSION)
     try:
         while not stop.is_set():
-            if guard.accounts and (session is None or guard.sessions.get(session.token) is None):
+            if guard.accounts and (session is None or guard.sessions.get(session.token, touch=False) is None):
                 break  # signed out, or the session lapsed: the stream ends with it
             state = monitor.state()
             if latency.urls:
@@ -197,6 +298,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     """The security headers on every response, as it is prepared (streams and files too)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.app[GUARD].https(request):
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
 
 
 @web.middleware
@@ -206,11 +309,12 @@ async def guarded(request: web.Request, handler: Callable[[web.Request], Awaitab
     host = request.headers.get("Host", "").lower()
     if host not in guard.hosts:
         return error_response(f"this console does not answer to the host {host!r}", 421)
-    session = guard.session(request)
+    # The event stream and the page's polls are not the user's doing: they do not keep an idle session alive.
+    session = guard.session(request, touch=request.method in WRITES or request.path not in POLLS)
     if request.method in WRITES:
         origin = request.headers.get("Origin")
-        # https too: behind a TLS proxy the console itself is spoken to in http
-        if origin is None or origin.lower() not in (f"http://{host}", f"https://{host}"):
+        # The console's own scheme only: an https console (served so, or behind the trusted proxy) refuses http.
+        if origin is None or origin.lower() != f"{'https' if guard.https(request) else 'http'}://{host}":
             log.warning("refused %s %s from origin %r", request.method, request.path, origin)
             return error_response("writes are taken from this console's own pages only (Origin)", 403)
         if request.path != "/api/login":
@@ -259,20 +363,31 @@ async def login(request: web.Request) -> web.Response:
         name, password = str(body["user"]), str(body["password"])
     except (ValueError, KeyError, TypeError):
         return error_response("send {\"user\": ..., \"password\": ...}", 400)
-    keys = (f"user:{name[:64]}", f"remote:{request.remote}")
-    if guard.throttled(*keys):
-        return error_response(f"too many failed sign-ins: wait {SIGN_IN_WINDOW_S / 60:.0f} minutes", 429)
-    user = await asyncio.to_thread(authenticate, guard.users, name, password)
+    client = guard.client(request)
+    name_key, keys = f"user:{name[:64]}", (address_key(client),)
+    refusal = guard.throttle.admit(name_key, *keys)  # counted now, before the password is checked
+    if refusal is not None:
+        return error_response(refusal, 429)
+    user = None
+    try:
+        if guard.hashing >= HASHERS + HASH_QUEUE:
+            return error_response("too many sign-ins at once: try again in a moment", 503)
+        guard.hashing += 1
+        try:
+            user = await asyncio.get_running_loop().run_in_executor(guard.hashers, authenticate, guard.users, name, password)
+        finally:
+            guard.hashing -= 1
+    finally:
+        guard.throttle.settle(name_key, *keys, succeeded=user is not None)
     if user is None:
-        guard.failed(*keys)
-        await asyncio.to_thread(cases.audit, name[:64] if is_text(name) else "?", "sign-in-refused", "",
-                                {"remote": request.remote})
+        # No typed name in the audit: it may be a password typed in the wrong field.
+        await asyncio.to_thread(cases.audit, "?", "sign-in-refused", "", {"remote": client})
         return error_response("wrong user name or password", 401)
     session = guard.sessions.start(user)
-    await asyncio.to_thread(cases.audit, user.name, "sign-in", "", {"role": user.role, "remote": request.remote})
+    await asyncio.to_thread(cases.audit, user.name, "sign-in", "", {"role": user.role, "remote": client})
     response = json_response({"accounts": True, "user": user.name, "role": user.role, "csrf": session.csrf})
-    response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="Strict", path="/",
-                        secure=request.scheme == "https")
+    response.set_cookie(guard.cookie(request), session.token, httponly=True, samesite="Strict", path="/",
+                        secure=guard.https(request))
     return response
 
 
@@ -282,7 +397,8 @@ async def logout(request: web.Request) -> web.Response:
         request.app[GUARD].sessions.end(session.token)
         await asyncio.to_thread(request.app[CASES].audit, session.user.name, "sign-out")
     response = json_response({"ok": True})
-    response.del_cookie(SESSION_COOKIE, path="/")
+    guard = request.app[GUARD]
+    response.del_cookie(guard.cookie(request), path="/", secure=guard.https(request), httponly=True, samesite="Strict")
     return response
 
 
@@ -327,8 +443,8 @@ def _resolve(cases: CaseWork, user: User, request: web.Request, data: Any) -> An
     verdict, note = data.get("verdict"), data.get("note", "")
     if verdict not in VERDICTS:
         raise BadRequest(f"verdict must be one of {', '.join(VERDICTS)}")
-    if not is_text(note) or len(note) > 2000:
-        raise BadRequest("note must be UTF-8 text of at most 2000 characters")
+    if not is_text(note) or len(note) > MAX_REASON_CHARS:
+        raise CaseError(f"note must be UTF-8 text of at most {MAX_REASON_CHARS} characters", 413)
     action = None
     if data.get("list"):
         if not user.may(ADMIN):
@@ -349,6 +465,8 @@ def _list_add(cases: CaseWork, user: User, request: web.Request, data: Any) -> A
     value, reason = data.get("value"), data.get("reason", "")
     if not is_text(value) or not value or not is_text(reason):
         raise BadRequest("value (UTF-8 text) is required; reason is UTF-8 text")
+    if len(reason) > MAX_REASON_CHARS:
+        raise CaseError(f"reason: at most {MAX_REASON_CHARS} characters", 413)
     return cases.add_to_list(user.name, request.match_info["name"], value, _ttl(data), reason).to_dict()
 
 
@@ -383,7 +501,7 @@ async def no_stack_traces(request: web.Request, handler: Callable[[web.Request],
 
 def make_app(monitor: Monitor, view: ClusterView, stop: threading.Event, latency: DecisionLatency | None = None,
              cases: CaseWork | None = None, guard: Guard | None = None) -> web.Application:
-    app = web.Application(middlewares=[guarded, no_stack_traces])
+    app = web.Application(middlewares=[guarded, no_stack_traces], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(security_headers)
     app[MONITOR], app[VIEW], app[STOP] = monitor, view, stop
     app[LATENCY] = latency if latency is not None else DecisionLatency([])

@@ -179,6 +179,8 @@ def kill_detector_repeatedly(
         time.sleep(rng.uniform(0.05, 1.5))
         if exactly_once:
             wait_for_open_transaction(detector)
+        else:
+            committed = committed_total(pipeline, "detector")  # what the kill leaves uncommitted comes after this
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
         log = detector.communicate(timeout=10)[1]
@@ -187,7 +189,7 @@ def kill_detector_repeatedly(
             # The killed run's own trace: which transaction was open, and whether records had joined it.
             where = transaction_at_end(log)
             open_at_kill.append(where)
-            if where.startswith("open"):
+            if where.startswith("open, with records"):
                 killed_at.append(committed)
         else:
             killed_at.append(committed)
@@ -237,8 +239,9 @@ def transaction_at_end(log: str) -> str:
 
 
 def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
-    """Wait until the detector's trace says a transaction holds records and its commit has not begun: seen within a
-    tenth of a commit interval of its line (a commit begins about an interval after its transaction)."""
+    """Wait until the detector's trace says a transaction holds records and its commit has not begun: its records
+    sent for a tenth of a commit interval (they have left the client: its linger is 5 ms), and its commit not due for
+    half an interval yet (a commit begins about an interval after its transaction)."""
     deadline = time.monotonic() + timeout_s
     seen, since = "", time.monotonic()
     while True:
@@ -246,21 +249,26 @@ def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
         now = transaction_at_end(proc.stderr_so_far())
         if now != seen:
             seen, since = now, time.monotonic()
-        elif now.startswith("open, with records") and time.monotonic() - since < KILL_COMMIT_INTERVAL_S / 10:
+        elif now.startswith("open, with records") and 0.1 <= (time.monotonic() - since) / KILL_COMMIT_INTERVAL_S < 0.5:
             return
         assert time.monotonic() < deadline, f"no transaction holding records in {timeout_s:.0f}s (the trace: {seen})"
         time.sleep(0.005)
 
 
+KILL_SKEW = 300
+"""Payments by which the group's committed total may run ahead of a partition's position at a kill (six partitions
+committed at different moments)."""
+
+
 def duplicates_per_kill(seed: int, sent: int, seen: Counter[str], killed_at: list[int]) -> list[int]:
-    """Payments routed twice, each counted for the kill it fell nearest to: the group had committed about as many
-    payments as came before it in the stream (the detector keeps up with the producer)."""
+    """Payments routed twice, each counted for the last kill before it in the stream: a kill leaves uncommitted the
+    payments after what the group had committed then (``killed_at``, taken just before it; the detector keeps up)."""
     order = {p.payment_id: i for i, p in enumerate(expected_payments(seed, sent, 1000))}
     per_kill = [0] * len(killed_at)
     for payment_id, copies in seen.items():
         if copies > 1:
-            nearest = min(range(len(killed_at)), key=lambda k: abs(killed_at[k] - order[payment_id]))
-            per_kill[nearest] += copies - 1
+            kill = sum(1 for at in killed_at if at - KILL_SKEW <= order[payment_id]) - 1
+            per_kill[max(kill, 0)] += copies - 1
     return per_kill
 
 

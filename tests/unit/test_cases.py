@@ -119,7 +119,7 @@ def test_the_users_file(tmp_path: Path) -> None:
     assert authenticate(users, "ana", "another long password") is users["ana"]
     assert authenticate(users, "ana", "correct horse battery") is None
     assert authenticate(users, "nobody", "another long password") is None
-    with pytest.raises(ConfigError, match="at least 10"):
+    with pytest.raises(ConfigError, match="at least 12"):
         save_user(path, "bob", "analyst", "short")
     with pytest.raises(ConfigError, match="role"):
         save_user(path, "bob", "boss", "long enough password")
