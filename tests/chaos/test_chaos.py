@@ -388,6 +388,7 @@ def progress(lanes: list[Lane], timeout_s: float = 60, since: float | None = Non
 
 DAY_RULES = Path(__file__).with_name("day_rules.yaml")
 BROKER_KILL_ARGS = ("--quiet", "--idle-timeout", "60",  # a broker loss can hold the records for a while: not idleness
+                    "--trace-transactions",  # a failure's log then says where each transaction stood
                     # rules over 24 h of each account: every commit also writes the state's changelog
                     "--rules", str(DAY_RULES))
 
