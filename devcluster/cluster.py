@@ -604,7 +604,25 @@ def main(argv: list[str] | None = None) -> int:
     java.add_argument("--path", action="store_true", help="print only the path of its java binary")
     sub.add_parser("lock-jars", help=f"rewrite devcluster/{cluster_jars.LOCK_FILE.name} from devcluster/pom.xml "
                    "with Maven (mvn dependency:list) and each jar's SHA-256; for maintainers, after changing pom.xml")
+    console = sub.add_parser("console-cert", help="issue a certificate for the console's https from the local CA "
+                             "(.cluster/security/ca.pem, made if missing): its key and certificate in one PEM file, "
+                             "owner-only, for fraud_console.py --tls-cert FILE --tls-key FILE")
+    console.add_argument("out", type=Path, metavar="FILE", help="the PEM file to write")
+    console.add_argument("--name", action="append", default=[], metavar="NAME",
+                         help="a DNS name or IP address the console is reached by; repeat (default: localhost, 127.0.0.1)")
     args = parser.parse_args(argv)
+    if args.command == "console-cert":
+        files = ClusterLayout.from_env({**os.environ, "KAFKA_SECURITY": SASL_SSL, "KAFKA_PORT_BASE": ""}).security
+        assert files is not None
+        try:
+            cluster_security.ensure_certificates(files)
+            cluster_security.make_certificate(files.ca_key, files.ca, args.out, "fraud-console",
+                                              tuple(args.name or ("localhost", "127.0.0.1")))
+        except DevClusterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} (key and certificate, signed by {files.ca})")
+        return 0
     try:
         layout = ClusterLayout.from_env()
         if args.command == "up":

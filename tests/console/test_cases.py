@@ -32,7 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from tests.console.test_console import CHROMEDRIVER, CHROMIUM, SCREENSHOTS, show, wait_for
+from tests.console.test_console import CHROMEDRIVER, CHROMIUM, SCREENSHOTS, fresh, show, wait_for
 from tests.integration.conftest import ROOT, Pipeline, Script, read_topic, start_console, wait_for_group
 from tests.integration.test_lists import REVIEW_RULES
 from tests.integration.test_rules import payment, send
@@ -343,7 +343,7 @@ def open_case(driver: WebDriver, payment_id: str) -> None:
     show(driver, "cases")
     row = f'#cases-table tr[data-case="{payment_id}"]'
     wait_for(driver, f"case {payment_id}", lambda: bool(driver.find_elements(By.CSS_SELECTOR, row)), 60)
-    driver.find_element(By.CSS_SELECTOR, row).click()
+    fresh(lambda: driver.find_element(By.CSS_SELECTOR, row).click())  # the queue is rebuilt every second
     wait_for(driver, "the case's detail", lambda: driver.find_element(By.ID, "case-title").text == f"Case {payment_id}", 20)
 
 

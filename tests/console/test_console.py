@@ -15,15 +15,15 @@ import shutil
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -36,6 +36,7 @@ from tests.integration.conftest import ROOT, Pipeline, console_json, read_topic,
 from tests.net import free_port
 
 RECOMMENDED = RULESETS_DIR / "recommended.yaml"
+T = TypeVar("T")
 SCREENSHOTS = ROOT / "results" / "console"
 COUNT = 1200
 MIX = "burst=0.005,small-then-large=0.01,large-to-stranger=0.01,takeover=0.01,big-spender=0.01"
@@ -60,11 +61,29 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def wait_for(driver: WebDriver, what: str, check: object, timeout_s: float = 60) -> None:
+DETACHED = "does not belong to the document"
+"""chromedriver's word for an element the page replaced while a command ran on it (a stale element by another name)."""
+
+
+def fresh(action: Callable[[], T]) -> T:
+    """``action``, with its elements looked up again while the page replaces them under it (at most 10 times)."""
+    for attempt in range(10):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            pass
+        except WebDriverException as exc:
+            if DETACHED not in str(exc):
+                raise
+        time.sleep(0.1 * (attempt + 1))
+    return action()
+
+
+def wait_for(driver: WebDriver, what: str, check: Callable[[], object], timeout_s: float = 60) -> None:
     try:
         # A table the page rebuilds between two looks leaves stale elements: look again.
         WebDriverWait(driver, timeout_s, poll_frequency=0.3, ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda d: check())  # type: ignore[operator]
+            lambda d: fresh(check))
     except TimeoutException:
         raise AssertionError(f"the page never showed {what}") from None
 
