@@ -122,6 +122,9 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,
                                                         topics.rules, topics.lists, topics.labels)),
             *(topic(CONSOLE, "WRITE", name) for name in (topics.labels, topics.lists, topics.audit)),
+            # each change with its audit record in one transaction, under ids fraud-console-<host>-<n>
+            Acl(f"User:{CONSOLE}", "WRITE", "TRANSACTIONAL_ID", "fraud-console", prefixed=True),
+            Acl(f"User:{CONSOLE}", "DESCRIBE", "TRANSACTIONAL_ID", "fraud-console", prefixed=True),
             idempotent(CONSOLE),
             *(Acl(f"User:{CONSOLE}", "DESCRIBE", "GROUP", name)
               for name in (groups.detector, groups.fraud_processor, groups.legit_processor)),

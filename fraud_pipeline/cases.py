@@ -130,7 +130,7 @@ class AuditEvent:
 
     def to_record(self) -> tuple[bytes, bytes]:
         """The audit topic's record: keyed by the user."""
-        return self.user.encode("utf-8"), json.dumps(self.to_dict(), default=str).encode("utf-8")
+        return self.user.encode("utf-8"), json.dumps(self.to_dict(), default=str, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_record(cls, value: bytes | None) -> AuditEvent:

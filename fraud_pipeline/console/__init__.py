@@ -34,8 +34,8 @@ from aiohttp import web
 from ..config import Settings, build_parser, non_negative_int
 from ..errors import ConfigError, PipelineError
 from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
-from ..runtime import cli_main, run_cli
-from .accounts import ROLES, load_users, remove_user, save_user
+from ..runtime import cli_main, instance_slot, run_cli
+from .accounts import ROLES, User, load_users, remove_user, save_user
 from .app import Guard, make_app
 from .casework import CaseWork
 from .cluster_view import ClusterView
@@ -44,6 +44,8 @@ from .monitor import Monitor
 
 NAME = "fraud_console"
 DEFAULT_USERS_FILE = "console-users.json"
+TRANSACTIONAL_PREFIX = "fraud-console"
+"""The console's transactional ids: ``fraud-console-<host>-<n>``, n the lowest slot free on the host."""
 USERS_CHECK_S = 1.0
 """How often the console looks whether the users file changed."""
 
@@ -98,8 +100,16 @@ def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_f
                           f"network in clear; give --tls-cert and --tls-key, or --trusted-proxy ADDRESS of the TLS "
                           f"proxy in front")
     context = tls_context(*tls) if tls is not None else None
+    with instance_slot(TRANSACTIONAL_PREFIX) as slot:  # the same id after a restart: it aborts what was left open
+        return _run(settings, stop, host, port, baseline, users, detector_metrics, users_file, allowed_hosts, context,
+                    trusted_proxy, f"{TRANSACTIONAL_PREFIX}-{slot}")
+
+
+def _run(settings: Settings, stop: threading.Event, host: str, port: int, baseline: RuleSet, users: dict[str, User],
+         detector_metrics: list[str] | None, users_file: str, allowed_hosts: list[str] | None,
+         context: ssl.SSLContext | None, trusted_proxy: str | None, transactional_id: str) -> int:
     monitor = Monitor(settings, baseline)
-    cases = CaseWork(settings, lambda: monitor.ruleset().version)
+    cases = CaseWork(settings, lambda: monitor.ruleset().version, transactional_id=transactional_id)
     guard = Guard(host_names(host, port, allowed_hosts or []), users, tls=context is not None, trusted_proxy=trusted_proxy)
     view = ClusterView(settings)
     try:

@@ -12,6 +12,12 @@ Claims are held here, one analyst per case, until released, resolved, or
 CLAIM_S without a word from the analyst; every claim, release, resolution and
 list change is written to the audit topic, and a resolution to the labels
 topic (fraud_pipeline.cases) before the call returns.
+
+Every change goes out with its audit record in one Kafka transaction (a
+label, a snooze and a list entry of one resolution too): every reader reads
+committed records only, so a failure between them leaves neither. With a
+``transactional_id`` (the console's: ``fraud-console-<host>-<n>``) a
+restarted console aborts what it left open at once.
 """
 
 from __future__ import annotations
@@ -99,8 +105,10 @@ def _snooze_list(rule_id: str) -> ListSpec:
 class CaseWork:
     """Reads cases, labels and lists in a thread (``run``); every other method is safe from any thread."""
 
-    def __init__(self, settings: Settings, ruleset_version: Callable[[], str], *, case_days: float = CASE_DAYS) -> None:
+    def __init__(self, settings: Settings, ruleset_version: Callable[[], str], *, case_days: float = CASE_DAYS,
+                 transactional_id: str | None = None) -> None:
         self._settings = settings
+        self._transactional_id = transactional_id
         self._ruleset_version = ruleset_version
         self._case_days = case_days
         self._lock = threading.Lock()
@@ -349,38 +357,37 @@ class CaseWork:
         score = decision.get("score")
         label = Label(payment_id, verdict, user, _now_ms(), note, float(score) if isinstance(score, int | float) else 0.0,
                       str(decision.get("outcome", "review")), tuple(rules), self._ruleset_version())
-        self._write(self._settings.topics.labels, *label.to_record())
-        with self._lock:
-            self._labels[payment_id] = label
-            self._claims.pop(payment_id, None)
-        self.audit(user, "resolve", payment_id, {"verdict": verdict, "note": note, "rules": list(rules),
-                                                  "ruleset": label.ruleset})
+        change = Change(self._settings.topics.audit)
+        change.write(self._settings.topics.labels, *label.to_record())
+        change.audit(user, "resolve", payment_id, {"verdict": verdict, "note": note, "rules": list(rules),
+                                                   "ruleset": label.ruleset})
         reason = f"case {payment_id}: {note}" if note else f"case {payment_id}"
         if snooze is not None:
             assert isinstance(account, str)
-            self._snooze(user, payment_id, snooze[0], account, snooze[1], reason)
+            self._snooze(change, user, payment_id, snooze[0], account, snooze[1], reason)
         if add_to_list is not None:
             name, value, ttl_s = add_to_list
-            self.add_to_list(user, name, value, ttl_s, reason)
+            self._list_entry(change, user, name, value, ttl_s, reason)
+        self._commit(change)
+        with self._lock:
+            self._labels[payment_id] = label
+            self._claims.pop(payment_id, None)
         return label
 
-    def _snooze(self, user: str, payment_id: str, rule_id: str, account: str, seconds: float, reason: str) -> None:
+    def _snooze(self, change: Change, user: str, payment_id: str, rule_id: str, account: str, seconds: float,
+                reason: str) -> None:
         name = SNOOZE_PREFIX + rule_id
         with self._lock:
             known = self.book.specs.get(name)
         if known is None:
             key, data = list_record(_snooze_list(rule_id))
-            self._write(self._settings.topics.lists, key, data)
-            with self._lock:
-                self.book.apply(key, data)
+            change.write(self._settings.topics.lists, key, data, listed=True)
         now = _now_ms()
         entry = ListEntry(name, account, user, reason[:500], now, now + round(seconds * 1000))
         key, data = entry_record(entry)
-        self._write(self._settings.topics.lists, key, data)
-        with self._lock:
-            self.book.apply(key, data)
-        self.audit(user, "snooze", f"{name}/{account}", {"rule": rule_id, "account": account, "case": payment_id,
-                                                         "expires_ms": entry.expires_ms})
+        change.write(self._settings.topics.lists, key, data, listed=True)
+        change.audit(user, "snooze", f"{name}/{account}", {"rule": rule_id, "account": account, "case": payment_id,
+                                                           "expires_ms": entry.expires_ms})
 
     def lists(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -407,24 +414,27 @@ class CaseWork:
         return spec
 
     def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> ListEntry:
+        change = Change(self._settings.topics.audit)
+        entry = self._list_entry(change, user, name, value, ttl_s, reason)
+        self._commit(change)
+        return entry
+
+    def _list_entry(self, change: Change, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> ListEntry:
         now = _now_ms()
         entry = ListEntry(name, value, user, reason[:500], now, None if ttl_s is None else now + round(ttl_s * 1000))
         with self._lock:
             spec = self._check_entry(name, value, entry)
         key, data = entry_record(entry)
-        self._write(self._settings.topics.lists, key, data)
-        with self._lock:
-            self.book.apply(key, data)  # shown at once; the topic's copy comes back the same
-        self.audit(user, "list-add", f"{name}/{value}", {"level": spec.level, "field": spec.field, "reason": reason,
-                                                         "expires_ms": entry.expires_ms, "block": spec.level == BLOCK})
+        change.write(self._settings.topics.lists, key, data, listed=True)
+        change.audit(user, "list-add", f"{name}/{value}", {"level": spec.level, "field": spec.field, "reason": reason,
+                                                          "expires_ms": entry.expires_ms, "block": spec.level == BLOCK})
         return entry
 
     def remove_from_list(self, user: str, name: str, value: str) -> None:
-        key = entry_key(name, value)
-        self._write(self._settings.topics.lists, key, None)
-        with self._lock:
-            self.book.apply(key, None)
-        self.audit(user, "list-remove", f"{name}/{value}")
+        change = Change(self._settings.topics.audit)
+        change.write(self._settings.topics.lists, entry_key(name, value), None, listed=True)
+        change.audit(user, "list-remove", f"{name}/{value}")
+        self._commit(change)
 
     def labels(self) -> list[Label]:
         with self._lock:
@@ -442,14 +452,58 @@ class CaseWork:
 
     def audit(self, user: str, action: str, target: str = "", detail: dict[str, Any] | None = None) -> None:
         """Write one audit record; a failure is logged and raised (the action is not taken silently unaudited)."""
-        self._write(self._settings.topics.audit, *AuditEvent(_now_ms(), user, action, target, detail or {}).to_record())
+        change = Change(self._settings.topics.audit)
+        change.audit(user, action, target, detail)
+        self._commit(change)
 
-    def _write(self, topic: str, key: bytes, value: bytes | None) -> None:
+    def _commit(self, change: Change) -> None:
+        """Write ``change``'s records, all or none: one transaction (with a transactional id), then apply its list
+        records here at once (the topic's copies come back the same). PipelineError if it could not be written."""
         with self._write_lock:
             if self._output is None:
-                self._output = Output(make_producer(self._settings, "fraud-console"))
-            self._output.send(topic, key, value)
+                self._output = self._new_output()
+            output = self._output
             try:
-                self._output.flush(timeout_s=WRITE_TIMEOUT_S)
+                if self._transactional_id is not None:
+                    output.producer.begin_transaction()
+                for topic, key, value in change.records:
+                    output.send(topic, key, value)
+                output.flush(timeout_s=WRITE_TIMEOUT_S)
+                if self._transactional_id is not None:
+                    output.producer.commit_transaction(WRITE_TIMEOUT_S)
             except Exception as exc:
-                raise PipelineError(f"could not write to {topic}: {exc}") from None
+                self._output = None  # the next change starts afresh: a new producer aborts what this one left open
+                threading.Thread(target=output.producer.close, args=(0,), daemon=True).start()
+                topics = ", ".join(sorted({topic for topic, _, _ in change.records}))
+                raise PipelineError(f"could not write to {topics}: {exc}; nothing of it was written") from None
+        with self._lock:
+            for key, value in change.listed:
+                self.book.apply(key, value)
+
+    def _new_output(self) -> Output:
+        producer = make_producer(self._settings, "fraud-console", self._transactional_id)
+        if self._transactional_id is not None:
+            try:
+                producer.init_transactions(WRITE_TIMEOUT_S)
+            except Exception as exc:
+                threading.Thread(target=producer.close, args=(0,), daemon=True).start()
+                raise PipelineError(f"cannot start the console's transactional producer: {exc}") from None
+        return Output(producer)
+
+
+class Change:
+    """The records of one console action (a change and its audit record), written together or not at all."""
+
+    def __init__(self, audit_topic: str) -> None:
+        self._audit_topic = audit_topic
+        self.records: list[tuple[str, bytes, bytes | None]] = []
+        self.listed: list[tuple[bytes, bytes | None]] = []
+        """The lists topic's records among them, applied to the console's list book once written."""
+
+    def write(self, topic: str, key: bytes, value: bytes | None, *, listed: bool = False) -> None:
+        self.records.append((topic, key, value))
+        if listed:
+            self.listed.append((key, value))
+
+    def audit(self, user: str, action: str, target: str = "", detail: dict[str, Any] | None = None) -> None:
+        self.records.append((self._audit_topic, *AuditEvent(_now_ms(), user, action, target, detail or {}).to_record()))

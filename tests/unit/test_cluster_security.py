@@ -224,6 +224,10 @@ def test_a_ca_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_the_console_writes_labels_lists_and_the_audit_and_nothing_more() -> None:
     console = grants("console")
-    assert {name for op, kind, name, _ in console if op == "WRITE"} == {"fraud_labels", "fraud_lists", "fraud_audit"}
+    assert {name for op, kind, name, _ in console if op == "WRITE" and kind == "TOPIC"} == {"fraud_labels", "fraud_lists",
+                                                                                           "fraud_audit"}
+    # its changes and their audit records in transactions of its own ids only
+    assert {(op, name, prefixed) for op, kind, name, prefixed in console if kind == "TRANSACTIONAL_ID"} == {
+        ("WRITE", "fraud-console", True), ("DESCRIBE", "fraud-console", True)}
     assert "fraud_audit" not in {name for op, kind, name, _ in console if op == "READ"}
     assert {op for op, *_ in console} == {"READ", "WRITE", "DESCRIBE", "IDEMPOTENT_WRITE"}
