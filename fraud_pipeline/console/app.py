@@ -87,6 +87,10 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_CHARS = 2000
 """Notes and reasons, as they reach the audit trail."""
 HSTS = "max-age=31536000"
+STREAMS_PER_USER = 5
+"""Live event streams a user (or, without accounts, the console) may hold open at once."""
+STREAMS = 200
+"""Live event streams open at once in all."""
 ANONYMOUS = User("anonymous", VIEWER, "")
 """What a request without a session may reach when accounts are configured (and the static files)."""
 
@@ -183,6 +187,8 @@ class Guard:
         self.hashers = ThreadPoolExecutor(HASHERS, thread_name_prefix="console-scrypt")
         self.hashing = 0
         """Sign-ins waiting for, or in, a hasher (on the event loop's thread only)."""
+        self.streams: dict[str, int] = {}
+        """Open event streams by user (on the event loop's thread only)."""
 
     def use_users(self, users: dict[str, User]) -> list[str]:
         """The users file changed: these users from now on; the names whose sessions ended (removed or changed)."""
@@ -228,10 +234,24 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the whole state once a second, until the page goes or the console stops."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
     monitor, stop, latency = request.app[MONITOR], request.app[STOP], request.app[LATENCY]
     guard, session = request.app[GUARD], request.get(SESSION)
+    user = session.user.name if session is not None else ""
+    if guard.streams.get(user, 0) >= STREAMS_PER_USER or sum(guard.streams.values()) >= STREAMS:
+        return error_response("too many live views open: close one", 429)
+    guard.streams[user] = guard.streams.get(user, 0) + 1
+    try:
+        return await _stream(request, monitor, stop, latency, guard, session)
+    finally:
+        guard.streams[user] -= 1
+        if not guard.streams[user]:
+            del guard.streams[user]
+
+
+async def _stream(request: web.Request, monitor: Monitor, stop: threading.Event, latency: DecisionLatency, guard: Guard,
+                  session: Session | None) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
     try:
         while not stop.is_set():
             if guard.accounts and (session is None or guard.sessions.get(session.token, touch=False) is None):

@@ -278,3 +278,25 @@ def test_the_console_refuses_to_serve_beyond_loopback_in_plain_http(tmp_path: Pa
     path = users_file(tmp_path, ana="analyst")
     with pytest.raises(ConfigError, match="--tls-cert"):
         run_console(cast(Settings, None), threading.Event(), "0.0.0.0", 8080, None, users_file=str(path))
+
+
+def test_live_event_streams_are_capped_per_user(tmp_path: Path) -> None:
+    guard = guard_of(users_file(tmp_path, ana="analyst"))
+
+    async def check(client: TestClient, cases: Cases) -> None:
+        cookie, _ = await sign_in(client)
+        signed = {SESSION_COOKIE: cookie}
+        streams = [await client.get("/api/events", headers=HOST, cookies=signed) for _ in range(console_app.STREAMS_PER_USER)]
+        assert all(stream.status == 200 for stream in streams)
+        refused = await client.get("/api/events", headers=HOST, cookies=signed)
+        assert refused.status == 429
+        streams[0].close()
+        deadline = time.monotonic() + 10
+        while (again := await client.get("/api/events", headers=HOST, cookies=signed)).status == 429:
+            assert time.monotonic() < deadline, "a closed stream was never given back"
+            await asyncio.sleep(0.2)
+        again.close()
+        for stream in streams[1:]:
+            stream.close()
+
+    serve(guard, check)
