@@ -514,8 +514,10 @@ async def no_stack_traces(request: web.Request, handler: Callable[[web.Request],
         if exc.status >= 400 and request.path.startswith("/api/"):
             return error_response(exc.reason, exc.status)
         raise
-    except Exception as exc:  # the page gets a line, the log the whole story
+    except Exception as exc:  # the page gets a line (a signed-in user's: what failed), the log the whole story
         log.exception("%s failed", request.path)
+        if request.get(SESSION) is None and request.app[GUARD].accounts:
+            return error_response("the console failed to answer; its log says why", 500)
         return error_response(f"{type(exc).__name__}: {exc}", 500)
 
 

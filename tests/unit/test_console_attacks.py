@@ -300,3 +300,18 @@ def test_live_event_streams_are_capped_per_user(tmp_path: Path) -> None:
             stream.close()
 
     serve(guard, check)
+
+
+def test_a_failure_shows_no_detail_to_a_caller_who_is_not_signed_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(users: Any, name: str, password: str) -> Any:
+        raise RuntimeError("/etc/fraud/console-users.json: internal detail")
+
+    monkeypatch.setattr(console_app, "authenticate", broken)
+    guard = guard_of(users_file(tmp_path, ana="analyst"))
+
+    async def check(client: TestClient, cases: Cases) -> None:
+        failed = await client.post("/api/login", json={"user": "ana", "password": PASSWORD}, headers=ORIGIN)
+        assert failed.status == 500
+        assert (await failed.json()) == {"error": "the console failed to answer; its log says why"}
+
+    serve(guard, check)
