@@ -27,6 +27,7 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -207,14 +208,24 @@ def _users_parser(command: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _password(name: str, from_stdin: bool) -> str | None:
+def _password(name: str, from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     password = getpass.getpass(f"password for {name}: ")
     if getpass.getpass("again: ") != password:
-        print("error: the passwords differ", file=sys.stderr)
-        return None
+        raise ConfigError("the passwords differ")
     return password
+
+
+def _users_command(work: Callable[[], str]) -> int:
+    """Run a users-file command: its line on stdout and 0, or its error on stderr and 2."""
+    try:
+        done = work()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(done)
+    return 0
 
 
 def adduser(argv: list[str]) -> int:
@@ -225,16 +236,12 @@ def adduser(argv: list[str]) -> int:
                         help="viewer: sees; analyst: resolves cases; admin: also edits lists (default: %(default)s)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
-    password = _password(args.name, args.password_stdin)
-    if password is None:
-        return 2
-    try:
-        new = save_user(Path(args.users), args.name, args.role, password)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{'added' if new else 'changed'} {args.name} ({args.role}) in {args.users}")
-    return 0
+
+    def add() -> str:
+        new = save_user(Path(args.users), args.name, args.role, _password(args.name, args.password_stdin))
+        return f"{'added' if new else 'changed'} {args.name} ({args.role}) in {args.users}"
+
+    return _users_command(add)
 
 
 def passwd(argv: list[str]) -> int:
@@ -242,32 +249,27 @@ def passwd(argv: list[str]) -> int:
     parser = _users_parser("passwd", "Give a console user a new password; a running console ends their sessions.")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
-    try:
+
+    def change() -> str:
         user = load_users(Path(args.users)).get(args.name)
         if user is None:
             raise ConfigError(f"no user {args.name!r} in {args.users}: add one with adduser")
-        password = _password(args.name, args.password_stdin)
-        if password is None:
-            return 2
-        save_user(Path(args.users), args.name, user.role, password)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"changed the password of {args.name} in {args.users}")
-    return 0
+        save_user(Path(args.users), args.name, user.role, _password(args.name, args.password_stdin))
+        return f"changed the password of {args.name} in {args.users}"
+
+    return _users_command(change)
 
 
 def removeuser(argv: list[str]) -> int:
     """``fraud_console.py removeuser NAME``: remove a user; a running console ends their sessions."""
     args = _users_parser("removeuser", "Remove a console user; a running console ends their sessions within "
                          "seconds.").parse_args(argv)
-    try:
+
+    def remove() -> str:
         remove_user(Path(args.users), args.name)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"removed {args.name} from {args.users}")
-    return 0
+        return f"removed {args.name} from {args.users}"
+
+    return _users_command(remove)
 
 
 USER_COMMANDS = {"adduser": adduser, "passwd": passwd, "removeuser": removeuser}

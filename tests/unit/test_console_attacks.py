@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -315,3 +317,23 @@ def test_a_failure_shows_no_detail_to_a_caller_who_is_not_signed_in(tmp_path: Pa
         assert (await failed.json()) == {"error": "the console failed to answer; its log says why"}
 
     serve(guard, check)
+
+
+def test_the_users_commands_add_change_and_remove(tmp_path: Path) -> None:
+    users = tmp_path / "users.json"
+
+    def command(*args: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "fraud_console.py", *args, "--users", str(users)], input=password + "\n",
+                              capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+
+    added = command("adduser", "ana", "--role", "admin", "--password-stdin")
+    assert (added.returncode, added.stdout.strip()) == (0, f"added ana (admin) in {users}")
+    weak = command("passwd", "ana", "--password-stdin", password="password1234")
+    assert weak.returncode == 2 and "too easy to guess" in weak.stderr
+    changed = command("passwd", "ana", "--password-stdin", password=PASSWORD + " again")
+    assert changed.returncode == 0 and load_users(users)["ana"].role == "admin"
+    assert command("passwd", "bob", "--password-stdin").returncode == 2
+    removed = command("removeuser", "ana")
+    assert removed.returncode == 0 and load_users(users) == {}
+    again = command("removeuser", "ana")
+    assert again.returncode == 2 and "no user 'ana'" in again.stderr
