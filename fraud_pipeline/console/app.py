@@ -152,6 +152,12 @@ class Throttle:
         while len(self._attempts) > self._keys:  # all locked out: the oldest lock goes (it is the nearest its end)
             self._attempts.popitem(last=False)
 
+    def attempts(self, key: str) -> int:
+        """Attempts under ``key`` in the window (at most the limit)."""
+        with self._lock:
+            times = self._recent(key, time.monotonic())
+            return len(times) if times is not None else 0
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._attempts)
@@ -401,7 +407,8 @@ async def login(request: web.Request) -> web.Response:
         guard.throttle.settle(name_key, *keys, succeeded=user is not None)
     if user is None:
         # No typed name in the audit: it may be a password typed in the wrong field.
-        await asyncio.to_thread(cases.audit, "?", "sign-in-refused", "", {"remote": client})
+        await asyncio.to_thread(cases.audit, "?", "sign-in-refused", "",
+                                {"remote": client, "attempts": guard.throttle.attempts(keys[0])})
         return error_response("wrong user name or password", 401)
     session = guard.sessions.start(user)
     await asyncio.to_thread(cases.audit, user.name, "sign-in", "", {"role": user.role, "remote": client})

@@ -38,9 +38,11 @@ class Cases:
 
     def __init__(self) -> None:
         self.done: list[tuple[str, ...]] = []
+        self.details: list[Any] = []
 
     def audit(self, user: str, action: str, target: str = "", detail: Any = None) -> None:
         self.done.append((user, action))
+        self.details.append(detail)
 
     def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> Any:
         self.done.append((user, "list-add", name, value))
@@ -248,6 +250,9 @@ def test_forwarded_headers_from_anyone_but_the_trusted_proxy_are_ignored(tmp_pat
         for _ in range(5):
             wrong = await client.post("/api/login", json={"user": "ana", "password": "wrong guess!"}, headers=forged)
             assert wrong.status == 401 and "Strict-Transport-Security" not in wrong.headers
+        # the refusals' audit: the address and its count, never the name typed (it may be a password)
+        assert cases.done == [("?", "sign-in-refused")] * 5
+        assert [d["attempts"] for d in cases.details] == [1, 2, 3, 4, 5] and {d["remote"] for d in cases.details} == {"127.0.0.1"}
         # the address throttled is the peer's, not the one the forged header names
         assert guard.throttle.admit("user:someone", address_key("127.0.0.1")) is not None
 
