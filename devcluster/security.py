@@ -120,8 +120,8 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
         # it writes only what analysts do: labels, list entries, the audit trail.
         CONSOLE: [
             *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,
-                                                        topics.rules, topics.lists, topics.labels)),
-            *(topic(CONSOLE, "WRITE", name) for name in (topics.labels, topics.lists, topics.audit)),
+                                                        topics.rules, topics.lists, topics.labels, topics.claims)),
+            *(topic(CONSOLE, "WRITE", name) for name in (topics.labels, topics.lists, topics.audit, topics.claims)),
             # each change with its audit record in one transaction, under ids fraud-console-<host>-<n>
             Acl(f"User:{CONSOLE}", "WRITE", "TRANSACTIONAL_ID", "fraud-console", prefixed=True),
             Acl(f"User:{CONSOLE}", "DESCRIBE", "TRANSACTIONAL_ID", "fraud-console", prefixed=True),

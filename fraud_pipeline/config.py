@@ -79,6 +79,8 @@ class TopicSettings:
     """Compacted: the analysts' verdicts on reviewed payments, keyed by payment id (fraud_pipeline.cases)."""
     audit: str = "fraud_audit"
     """Everything analysts do in the console, one record per action (fraud_pipeline.cases)."""
+    claims: str = "fraud_claims"
+    """Compacted: which analyst holds each case, for every console (fraud_pipeline.claims)."""
     payments_partitions: int = 6
     """6 divides evenly among 1, 2 or 3 detectors and puts 2 leaders on each broker."""
     routed_partitions: int = 2
@@ -237,6 +239,7 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
         lists=env.get("LISTS_TOPIC") or base.lists,
         labels=env.get("LABELS_TOPIC") or base.labels,
         audit=env.get("AUDIT_TOPIC") or base.audit,
+        claims=env.get("CLAIMS_TOPIC") or base.claims,
         payments_partitions=_env_int(env, "PAYMENTS_PARTITIONS", base.payments_partitions),
         routed_partitions=_env_int(env, "ROUTED_PARTITIONS", base.routed_partitions),
         replication_factor=_env_int(env, "TOPIC_REPLICATION_FACTOR", base.replication_factor),
@@ -313,6 +316,10 @@ def _add_topic_arguments(kafka: argparse._ArgumentGroup, env: Mapping[str, str])
     )
     kafka.add_argument(
         "--audit-topic", default=topics.audit, help="what analysts do in the console [env AUDIT_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--claims-topic", default=topics.claims,
+        help="compacted topic of who holds each case, shared by the consoles [env CLAIMS_TOPIC] (default: %(default)s)",
     )
     kafka.add_argument(
         "--no-create-topics", dest="create_topics", action="store_false", default=Settings.create_topics,
@@ -504,6 +511,7 @@ def topic_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         lists=args.lists_topic,
         labels=args.labels_topic,
         audit=args.audit_topic,
+        claims=args.claims_topic,
         payments_partitions=base.payments_partitions,
         routed_partitions=base.routed_partitions,
         dead_letter_partitions=base.dead_letter_partitions,

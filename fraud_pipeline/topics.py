@@ -16,6 +16,8 @@ Layout (override with the environment variables in brackets):
 - fraud_lists: 1 partition, compacted (the lists and their entries) [LISTS_TOPIC];
 - fraud_labels: 1 partition, compacted (analysts' verdicts, keyed by payment id) [LABELS_TOPIC];
 - fraud_audit: 1 partition (what analysts do) [AUDIT_TOPIC];
+- fraud_claims: 1 partition, compacted, records kept 30 minutes before any
+  compaction (who holds each case) [CLAIMS_TOPIC];
 - all with replication factor 3 [TOPIC_REPLICATION_FACTOR] and
   min.insync.replicas=2 [TOPIC_MIN_INSYNC_REPLICAS].
 """
@@ -28,6 +30,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .claims import CLAIM_S
 from .clients import Admin, ClientError, NotAuthorizedError, RetriableError, TopicPartition, TopicSpec
 from .config import Settings, TopicSettings, build_parser, settings_from_args
 from .errors import PipelineError
@@ -51,12 +54,15 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         topics.lists: 1,  # one partition: list changes apply in the order they were made
         topics.labels: 1,
         topics.audit: 1,
+        topics.claims: 1,  # one partition: every console applies the claims in one order
     }
     wanted = list(partitions) if names is None else list(names)
     return [
         TopicSpec(
             name, partitions[name], topics.replication_factor,
-            min(topics.min_insync_replicas, topics.replication_factor), compacted=name in (topics.rules, topics.lists, topics.labels),
+            min(topics.min_insync_replicas, topics.replication_factor),
+            compacted=name in (topics.rules, topics.lists, topics.labels, topics.claims),
+            min_compaction_lag_ms=round(CLAIM_S * 1000) if name == topics.claims else None,
         )
         for name in wanted
     ]
@@ -124,6 +130,8 @@ def _ensure_topics(settings: Settings, specs: list[TopicSpec], uses: Mapping[str
                 # Tombstones (removed rules) are kept 10 years, not the default day:
                 # a detector started later must still see that the rule was removed.
                 configs["delete.retention.ms"] = str(10 * 365 * 24 * 3600 * 1000)
+            if spec.min_compaction_lag_ms is not None:
+                configs["min.compaction.lag.ms"] = str(spec.min_compaction_lag_ms)
             try:
                 # False: created meanwhile by another process
                 outcome[spec.name] = "created" if admin.create_topic(spec, configs) else "exists"

@@ -64,6 +64,8 @@ class TopicSpec:
     """``min.insync.replicas`` topic config."""
     compacted: bool = False
     """``cleanup.policy=compact``: keep the latest record of each key (the rules topic)."""
+    min_compaction_lag_ms: int | None = None
+    """``min.compaction.lag.ms``: records younger than this are never compacted away."""
 
 
 @dataclass(frozen=True)

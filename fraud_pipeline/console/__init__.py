@@ -36,6 +36,7 @@ from ..config import Settings, build_parser, non_negative_int
 from ..errors import ConfigError, PipelineError
 from ..rules import ORIGINAL, RuleError, RuleSet, load_ruleset
 from ..runtime import cli_main, instance_slot, run_cli
+from ..topics import prepare_topics
 from .accounts import ROLES, User, load_users, remove_user, save_user
 from .app import Guard, make_app
 from .casework import CaseWork
@@ -109,6 +110,8 @@ def run(settings: Settings, stop: threading.Event, host: str, port: int, rules_f
 def _run(settings: Settings, stop: threading.Event, host: str, port: int, baseline: RuleSet, users: dict[str, User],
          detector_metrics: list[str] | None, users_file: str, allowed_hosts: list[str] | None,
          context: ssl.SSLContext | None, trusted_proxy: str | None, transactional_id: str) -> int:
+    # The claims topic is the console's own: made here if missing (the others come with the pipeline's scripts).
+    prepare_topics(settings, reads=[settings.topics.claims], writes=[settings.topics.claims])
     monitor = Monitor(settings, baseline)
     cases = CaseWork(settings, lambda: monitor.ruleset().version, transactional_id=transactional_id)
     guard = Guard(host_names(host, port, allowed_hosts or []), users, tls=context is not None, trusted_proxy=trusted_proxy)

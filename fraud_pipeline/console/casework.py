@@ -6,12 +6,16 @@ One thread reads, outside any group (committed records only):
 - the fraud and legit topics' payments of the same span, the last HISTORY_KEPT
   of each account (what an analyst sees of the account's recent history);
 - the labels topic from its beginning: a payment with a label is resolved;
-- the lists topic from its beginning, as a detector reads it.
+- the lists topic from its beginning, as a detector reads it;
+- the claims topic from its beginning.
 
-Claims are held here, one analyst per case, until released, resolved, or
-CLAIM_S without a word from the analyst; every claim, release, resolution and
-list change is written to the audit topic, and a resolution to the labels
-topic (fraud_pipeline.cases) before the call returns.
+Claims live in the claims topic, read from its beginning (fraud_pipeline.claims):
+one analyst per case, until released, resolved, or CLAIM_S after it was
+taken; every console (and this one after a restart) sees the same holder. A
+claim or release is written, then read back before the call returns: only
+then does the console know whether it took effect. Every claim, release,
+resolution and list change is written to the audit topic, and a resolution
+to the labels topic (fraud_pipeline.cases) before the call returns.
 
 Every change goes out with its audit record in one Kafka transaction (a
 label, a snooze and a list entry of one resolution too): every reader reads
@@ -23,6 +27,7 @@ restarted console aborts what it left open at once.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -32,6 +37,7 @@ from typing import Any
 import orjson
 
 from ..cases import AuditEvent, Label, RecordError, latest_labels, precision_at_k, precision_by_rule
+from ..claims import CLAIM, RELEASE, ClaimBook, ClaimRecord
 from ..clients import ClientError, Consumer, Record, TopicPartition, UnknownTopicError
 from ..config import Settings
 from ..errors import PipelineError, RuleError
@@ -61,7 +67,6 @@ HISTORY_KEPT = 20
 """Routed payments kept per account."""
 ACCOUNTS_KEPT = 50_000
 """Accounts whose history is kept (the least recently seen go first)."""
-CLAIM_S = 30 * 60
 RETRY_S = 5.0
 WRITE_TIMEOUT_S = 15.0
 
@@ -115,7 +120,9 @@ class CaseWork:
         self._cases: dict[str, dict[str, Any]] = {}
         self._history: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._labels: dict[str, Label] = {}
-        self._claims: dict[str, tuple[str, float]] = {}
+        self._claims = ClaimBook()
+        self._claims_read = threading.Condition(self._lock)
+        """Notified whenever claims were read: a claim or release waits for its own record."""
         self._resolving: set[str] = set()
         """Cases being resolved now: a second resolution waits for none, it is refused."""
         self.book = ListBook()
@@ -143,6 +150,7 @@ class CaseWork:
                         for records in batch.values():
                             for record in records:
                                 self._safely(self._take_topic_record, record, lists)
+                        self._claims_read.notify_all()
                     batch = routed.poll(0.3, 2000)
                     with self._lock:
                         for records in batch.values():
@@ -169,7 +177,7 @@ class CaseWork:
 
     def _open(self, consumer: Consumer, *, since_days: bool) -> Consumer:
         topics = self._settings.topics
-        names = [topics.fraud, topics.legit] if since_days else [topics.labels, topics.lists]
+        names = [topics.fraud, topics.legit] if since_days else [topics.labels, topics.lists, topics.claims]
         tps = [TopicPartition(topic, p) for topic in names for p in sorted(consumer.partitions_for(topic, 10))]
         marks = consumer.watermarks(tps, 10)
         if not since_days:
@@ -195,6 +203,10 @@ class CaseWork:
         if record.topic == self._settings.topics.lists:
             if lists is not None:
                 lists.apply(record)
+            return
+        if record.topic == self._settings.topics.claims:
+            if record.value is not None:
+                self._claims.apply(ClaimRecord.from_record(record.key, record.value))
             return
         if record.value is None:  # a label removed
             self._labels.pop((record.key or b"").decode("utf-8", "replace"), None)
@@ -231,14 +243,12 @@ class CaseWork:
     # -- what the page reads --------------------------------------------------
 
     def _claim_of(self, payment_id: str) -> dict[str, Any] | None:
-        claim = self._claims.get(payment_id)
-        if claim is None:
+        now_ms = _now_ms()
+        holder = self._claims.holder(payment_id, now_ms)
+        if holder is None:
             return None
-        user, at = claim
-        if time.monotonic() - at > CLAIM_S:
-            del self._claims[payment_id]
-            return None
-        return {"user": user, "since_s": round(time.monotonic() - at)}
+        user, at_ms = holder
+        return {"user": user, "since_s": max(0, round((now_ms - at_ms) / 1000))}
 
     def queue(self) -> dict[str, Any]:
         """Open cases, oldest first, and the last resolved ones, newest first."""
@@ -288,8 +298,10 @@ class CaseWork:
             holder = self._claim_of(payment_id)
             if holder is not None and holder["user"] != user:
                 raise CaseError(f"claimed by {holder['user']}", 409)
-            self._claims[payment_id] = (user, time.monotonic())
-        self.audit(user, "claim", payment_id)
+        if not self._claims_change(ClaimRecord(payment_id, user, CLAIM, _now_ms(), secrets.token_hex(8))):
+            with self._lock:
+                holder = self._claim_of(payment_id)
+            raise CaseError(f"claimed by {holder['user'] if holder else 'another analyst'}", 409)
         return {"ok": True, "claim": user}
 
     def release(self, payment_id: str, user: str) -> dict[str, Any]:
@@ -297,9 +309,23 @@ class CaseWork:
             holder = self._claim_of(payment_id)
             if holder is None or holder["user"] != user:
                 raise CaseError("you do not hold this case", 409)
-            del self._claims[payment_id]
-        self.audit(user, "release", payment_id)
+        if not self._claims_change(ClaimRecord(payment_id, user, RELEASE, _now_ms(), secrets.token_hex(8))):
+            raise CaseError("you do not hold this case", 409)
         return {"ok": True}
+
+    def _claims_change(self, claim: ClaimRecord) -> bool:
+        """Write a claim or release with its audit record, read it back; whether it took effect."""
+        with self._lock:
+            self._claims.expect(claim.token)
+        change = Change(self._settings.topics.audit)
+        change.write(self._settings.topics.claims, *claim.to_record())
+        change.audit(claim.user, claim.action, claim.payment_id)
+        self._commit(change)
+        with self._claims_read:
+            if not self._claims_read.wait_for(lambda: claim.token in self._claims.outcomes, WRITE_TIMEOUT_S):
+                raise PipelineError(f"the {claim.action} was written but not read back within {WRITE_TIMEOUT_S:.0f} s: "
+                                    f"look again in a moment")
+            return self._claims.outcomes.pop(claim.token)
 
     def resolve(self, payment_id: str, user: str, verdict: str, note: str,
                 add_to_list: tuple[str, str, float | None] | None = None, snooze: tuple[str, float] | None = None) -> Label:
@@ -371,7 +397,6 @@ class CaseWork:
         self._commit(change)
         with self._lock:
             self._labels[payment_id] = label
-            self._claims.pop(payment_id, None)
         return label
 
     def _snooze(self, change: Change, user: str, payment_id: str, rule_id: str, account: str, seconds: float,

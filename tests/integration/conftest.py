@@ -183,7 +183,7 @@ def fresh_topics() -> tuple[str, TopicSettings]:
     return suffix, TopicSettings(
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
         rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}", lists=f"lists-{suffix}",
-        labels=f"labels-{suffix}", audit=f"audit-{suffix}",
+        labels=f"labels-{suffix}", audit=f"audit-{suffix}", claims=f"claims-{suffix}",
     )
 
 

@@ -142,3 +142,19 @@ def test_sessions_end_when_idle_or_signed_out(tmp_path: Path) -> None:
     idle = Sessions(idle_s=0)
     stale = idle.start(user)
     assert idle.get(stale.token) is None
+
+
+def test_claims_decided_by_the_topics_order_whoever_reads_them() -> None:
+    """Every console applies the claims topic's records in order with one rule: the first live claim holds."""
+    from fraud_pipeline.claims import CLAIM, RELEASE, ClaimBook, ClaimRecord
+
+    records = [ClaimRecord("p1", "ana", CLAIM, 1_000, "a1"), ClaimRecord("p1", "bob", CLAIM, 1_500, "b1"),
+               ClaimRecord("p1", "bob", RELEASE, 1_600, "b2"), ClaimRecord("p1", "ana", CLAIM, 2_000, "a2"),
+               ClaimRecord("p2", "bob", CLAIM, 2_000, "b3"), ClaimRecord("p1", "bob", CLAIM, 2_000 + 1_800_001, "b4")]
+    books = [ClaimBook(), ClaimBook()]
+    for book in books:
+        took = [book.apply(ClaimRecord.from_record(*record.to_record())) for record in records]
+        # bob's claim and release of ana's case change nothing; ana renews; bob takes p1 once ana's claim lapsed
+        assert took == [True, False, False, True, True, True]
+    assert books[0].holder("p1", 1_802_002) == books[1].holder("p1", 1_802_002) == ("bob", 1_802_001)
+    assert books[0].holder("p2", 2_000 + 1_800_001) is None  # lapsed after 30 minutes

@@ -222,10 +222,10 @@ def test_a_ca_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
     assert "\n" not in str(error.value)
 
 
-def test_the_console_writes_labels_lists_and_the_audit_and_nothing_more() -> None:
+def test_the_console_writes_labels_lists_claims_and_the_audit_and_nothing_more() -> None:
     console = grants("console")
-    assert {name for op, kind, name, _ in console if op == "WRITE" and kind == "TOPIC"} == {"fraud_labels", "fraud_lists",
-                                                                                           "fraud_audit"}
+    assert {name for op, kind, name, _ in console if op == "WRITE" and kind == "TOPIC"} == {
+        "fraud_labels", "fraud_lists", "fraud_audit", "fraud_claims"}
     # its changes and their audit records in transactions of its own ids only
     assert {(op, name, prefixed) for op, kind, name, prefixed in console if kind == "TRANSACTIONAL_ID"} == {
         ("WRITE", "fraud-console", True), ("DESCRIBE", "fraud-console", True)}
