@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .cases import RecordError
+
+class ClaimError(ValueError):
+    """A record of the claims topic that is not a claim or release."""
+
 
 CLAIM_S = 30 * 60
 """A claim lapses this long after it was taken."""
@@ -48,11 +51,11 @@ class ClaimRecord:
             data = json.loads(value or b"")
             payment_id = (key or b"").decode("utf-8")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise RecordError(f"not a claim: {exc}") from None
+            raise ClaimError(f"not a claim: {exc}") from None
         if (not isinstance(data, dict) or data.get("action") not in (CLAIM, RELEASE) or not payment_id
                 or not isinstance(data.get("user"), str) or not isinstance(data.get("at_ms"), int)
                 or not isinstance(data.get("token"), str)):
-            raise RecordError("a claim has a payment id key, a user, an action (claim or release), at_ms and a token")
+            raise ClaimError("a claim has a payment id key, a user, an action (claim or release), at_ms and a token")
         return cls(payment_id, data["user"], data["action"], data["at_ms"], data["token"])
 
 

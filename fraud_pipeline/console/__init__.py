@@ -163,7 +163,7 @@ def watch_users(path: Path, guard: Guard, stop: threading.Event, reload: threadi
             return None
         return found.st_ino, found.st_mtime_ns, found.st_size
 
-    seen = version()
+    seen = None  # read again once at first: a change made since the console read it at start is not missed
     while not stop.wait(USERS_CHECK_S):
         now = version()
         if now == seen and not reload.is_set():

@@ -136,6 +136,7 @@ class Pipeline:
             "--legit-topic", self.topics.legit, "--dead-letter-topic", self.topics.dead_letter,
             "--rules-topic", self.topics.rules, "--rules-rejected-topic", self.topics.rules_rejected,
             "--lists-topic", self.topics.lists, "--labels-topic", self.topics.labels, "--audit-topic", self.topics.audit,
+            "--claims-topic", self.topics.claims,
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 

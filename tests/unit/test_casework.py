@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from fraud_pipeline.claims import ClaimRecord
 from fraud_pipeline.clients import Record
 from fraud_pipeline.config import Settings
-from fraud_pipeline.console.casework import CaseError, CaseWork
+from fraud_pipeline.console.casework import CaseError, CaseWork, Change
 from fraud_pipeline.rules.lists import ListSpec, list_record
 
 FRAUD = Settings().topics.fraud
@@ -23,8 +24,15 @@ class Recorded(CaseWork):
         super().__init__(Settings(), lambda: "3f2a9c1b")
         self.written: list[tuple[str, bytes, bytes | None]] = []
 
-    def _write(self, topic: str, key: bytes, value: bytes | None) -> None:
-        self.written.append((topic, key, value))
+    def _commit(self, change: Change) -> None:
+        """Recorded, and read back at once: its list records into the book, its claims into the claims."""
+        self.written.extend(change.records)
+        with self._lock:
+            for key, value in change.listed:
+                self.book.apply(key, value)
+            for topic, key, value in change.records:
+                if topic == self._settings.topics.claims:
+                    self._claims.apply(ClaimRecord.from_record(key, value))
 
     def actions(self) -> list[str]:
         return [json.loads(v or b"")["action"] for t, _, v in self.written if t == self._settings.topics.audit]
@@ -68,7 +76,8 @@ def test_lists_and_snoozes_are_checked_before_the_label_is_written() -> None:
         work.resolve("p-1", "ana", "legit", "", snooze=("bitcoin", 3600))
     with pytest.raises(CaseError, match="at most 30 days"):
         work.resolve("p-1", "ana", "legit", "", snooze=("large", 31 * 86400))
-    assert work.written == [(work._settings.topics.audit, b"ana", work.written[0][2])]  # the claim's audit alone
+    topics = work._settings.topics
+    assert [topic for topic, _, _ in work.written] == [topics.claims, topics.audit]  # the claim and its audit alone
     work.resolve("p-1", "ana", "legit", "rent", snooze=("large", 3600))
     assert work.actions() == ["claim", "resolve", "snooze"]
     assert work.book.specs["snooze.large"].rule == "large" and "ACC1" in work.book.entries["snooze.large"]
