@@ -394,17 +394,19 @@ async def login(request: web.Request) -> web.Response:
     refusal = guard.throttle.admit(name_key, *keys)  # counted now, before the password is checked
     if refusal is not None:
         return error_response(refusal, 429)
-    user = None
+    user, checked = None, False
     try:
         if guard.hashing >= HASHERS + HASH_QUEUE:
             return error_response("too many sign-ins at once: try again in a moment", 503)
         guard.hashing += 1
         try:
+            checked = True
             user = await asyncio.get_running_loop().run_in_executor(guard.hashers, authenticate, guard.users, name, password)
         finally:
             guard.hashing -= 1
     finally:
-        guard.throttle.settle(name_key, *keys, succeeded=user is not None)
+        # taken back: a success, and an attempt never checked (503)
+        guard.throttle.settle(name_key, *keys, succeeded=user is not None or not checked)
     if user is None:
         # No typed name in the audit: it may be a password typed in the wrong field.
         await asyncio.to_thread(cases.audit, "?", "sign-in-refused", "",

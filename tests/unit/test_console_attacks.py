@@ -149,7 +149,8 @@ def test_sign_ins_beyond_the_hashers_queue_are_answered_503(tmp_path: Path) -> N
         return (await client.post("/api/login", json={"user": "ana", "password": PASSWORD}, headers=ORIGIN)).status
 
     assert serve(guard, check) == 503
-    assert guard.throttle.admit("user:ana") is None  # the refused attempt left no attempt in flight
+    # the refused attempt left no attempt in flight, and was not counted: it was never checked
+    assert guard.throttle.attempts("user:ana") == 0 and guard.throttle.admit("user:ana") is None
 
 
 def test_a_removed_user_is_signed_out_within_five_seconds(tmp_path: Path) -> None:
