@@ -68,6 +68,8 @@ HISTORY_KEPT = 20
 ACCOUNTS_KEPT = 50_000
 """Accounts whose history is kept (the least recently seen go first)."""
 RETRY_S = 5.0
+PRUNE_S = 60.0
+"""How often cases older than the span read, and lapsed claims, are forgotten."""
 WRITE_TIMEOUT_S = 15.0
 
 
@@ -137,6 +139,7 @@ class CaseWork:
         backend = connect(self._settings)
         routed = topics = None
         lists: LiveLists | None = None
+        pruned_at = time.monotonic()
         try:
             while not stop.is_set():
                 try:
@@ -156,6 +159,9 @@ class CaseWork:
                         for records in batch.values():
                             for record in records:
                                 self._safely(self._take_routed, record)
+                        if time.monotonic() - pruned_at >= PRUNE_S:
+                            pruned_at = time.monotonic()
+                            self.prune(_now_ms())
                     self.error = None
                 except UnknownTopicError as exc:
                     self.error = f"{exc}: waiting for the pipeline to create it"
@@ -217,6 +223,14 @@ class CaseWork:
             log.warning("label at offset %d not read: %s", record.offset, exc)
             return
         self._labels[label.payment_id] = label
+
+    def prune(self, now_ms: int) -> None:
+        """Forget the cases older than the span read (a console running for weeks keeps only that span), and lapsed
+        claims; under the lock."""
+        oldest = now_ms - round(self._case_days * 86_400_000)
+        for payment_id in [p for p, case in self._cases.items() if (case["timestamp_ms"] or 0) < oldest]:
+            del self._cases[payment_id]
+        self._claims.prune(now_ms)
 
     def _take_routed(self, record: Record) -> None:
         read = _routed(record)

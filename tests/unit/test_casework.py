@@ -101,3 +101,13 @@ def test_records_that_cannot_be_read_are_left_out_and_the_reader_goes_on() -> No
     work._safely(work._take_routed, Record(FRAUD, 0, 1, b"k", b"not json"))
     held(work, "p-2", account={"nested": True})
     assert work.labels() == [] and [c["id"] for c in work.queue()["open"]] == ["p-2"]
+
+
+def test_cases_older_than_the_span_read_are_forgotten() -> None:
+    work = Recorded()
+    held(work, "p-old")
+    held(work, "p-new")
+    work._cases["p-old"]["timestamp_ms"] = 1_000
+    work._cases["p-new"]["timestamp_ms"] = 8 * 86_400_000
+    work.prune(8 * 86_400_000 + 1)  # 7 days read: p-old is 8 days old
+    assert [row["id"] for row in work.queue()["open"]] == ["p-new"]
