@@ -171,6 +171,7 @@ def kill_detector_repeatedly(
             *(("--trace-transactions",) if exactly_once else ()))
     detector = pipeline.start("fraud_detector", *args, group="detector")
     kills, committed, killed_at, open_at_kill = 0, 0, [], []
+    killed_offsets: list[dict[int, int]] = []
     while len(killed_at) < KILLS:
         assert kills < MAX_KILLS, f"{kills} kills, only {len(killed_at)} inside an open transaction: {open_at_kill}"
         # kill only once this detector is committing, at a random moment after that,
@@ -180,7 +181,9 @@ def kill_detector_repeatedly(
         if exactly_once:
             wait_for_open_transaction(detector)
         else:
-            committed = committed_total(pipeline, "detector")  # what the kill leaves uncommitted comes after this
+            # what the kill leaves uncommitted comes after these, partition by partition
+            killed_offsets.append(committed_offsets(pipeline, "detector"))
+            committed = sum(killed_offsets[-1].values())
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
         log = detector.communicate(timeout=10)[1]
@@ -211,7 +214,7 @@ def kill_detector_repeatedly(
     if exactly_once:
         run.update(transaction_at_kill=open_at_kill)
     else:
-        run.update(duplicated_per_kill=duplicates_per_kill(seed, sent, seen, killed_at))
+        run.update(duplicated_per_kill=duplicates_per_kill(pipeline, seen, killed_offsets))
     figures.append(run)
     assert lost == 0, run
     assert dead == 0, run
@@ -255,19 +258,15 @@ def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
         time.sleep(0.005)
 
 
-KILL_SKEW = 300
-"""Payments by which the group's committed total may run ahead of a partition's position at a kill (six partitions
-committed at different moments)."""
-
-
-def duplicates_per_kill(seed: int, sent: int, seen: Counter[str], killed_at: list[int]) -> list[int]:
-    """Payments routed twice, each counted for the last kill before it in the stream: a kill leaves uncommitted the
-    payments after what the group had committed then (``killed_at``, taken just before it; the detector keeps up)."""
-    order = {p.payment_id: i for i, p in enumerate(expected_payments(seed, sent, 1000))}
-    per_kill = [0] * len(killed_at)
+def duplicates_per_kill(pipeline: Pipeline, seen: Counter[str], killed_offsets: list[dict[int, int]]) -> list[int]:
+    """Payments routed twice, each counted for the last kill before it on its input partition: a kill leaves
+    uncommitted the records at and after the group's committed offset of each partition (taken just before it)."""
+    where = {json.loads(r.value)["PAYMENT_ID"]: (r.partition, r.offset) for r in read_topic(pipeline.bootstrap, pipeline.topics.payments)}
+    per_kill = [0] * len(killed_offsets)
     for payment_id, copies in seen.items():
         if copies > 1:
-            kill = sum(1 for at in killed_at if at - KILL_SKEW <= order[payment_id]) - 1
+            partition, offset = where[payment_id]
+            kill = sum(1 for offsets in killed_offsets if offsets.get(partition, 0) <= offset) - 1
             per_kill[max(kill, 0)] += copies - 1
     return per_kill
 
@@ -587,14 +586,20 @@ def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], 
 
 
 def committed_total(pipeline: Pipeline, group: str) -> int:
-    """The group's committed offsets on the payments topic, summed; asked again while the group's coordinator moves."""
+    """The group's committed offsets on the payments topic, summed."""
+    return sum(committed_offsets(pipeline, group).values())
+
+
+def committed_offsets(pipeline: Pipeline, group: str) -> dict[int, int]:
+    """The group's committed offset of each payments partition (0: none yet); asked again while the group's
+    coordinator moves."""
     consumer = Consumer({**confluent_connection(pipeline.bootstrap), "group.id": pipeline.group(group), "enable.auto.commit": False,
                          "log_level": 0})
     partitions = [ConfluentTP(pipeline.topics.payments, p) for p in range(pipeline.topics.payments_partitions)]
     try:
         for _ in range(30):
             try:
-                return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+                return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)}
             except KafkaException:  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS while a broker is down
                 time.sleep(1)
         raise AssertionError(f"could not read the committed offsets of {group} in 30 attempts")
