@@ -15,7 +15,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.console.test_cases import PASSWORD, open_case
 from tests.console.test_console import CHROMEDRIVER, CHROMIUM, wait_for
-from tests.integration.conftest import ROOT, Pipeline, read_topic
+from tests.integration.conftest import ROOT, Pipeline, read_topic, start_console
 from tests.integration.test_lists import REVIEW_RULES
 from tests.integration.test_rules import payment, send
 from tests.net import free_port
@@ -95,19 +94,10 @@ def test_the_console_over_https_with_the_projects_ca(
     held = payment("ACC-H01", amount=600, to="landlord")
     send(raw_producer, pipeline.topics.payments, [held])
     port = free_port()
-    console = pipeline.start("fraud_console", "--port", str(port), "--users", str(users), "--tls-cert", str(pem),
-                             "--tls-key", str(pem))
     trusted = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + 60
-    while True:
-        assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"
-        try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/", timeout=2, context=trusted) as page:
-                assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "the console did not answer over https within 60 s"
-            time.sleep(0.3)
+    start_console(pipeline, port, "--users", str(users), "--tls-cert", str(pem), "--tls-key", str(pem), https=trusted)
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/", timeout=10, context=trusted) as page:
+        assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
     with pytest.raises(OSError):  # the same port in plain http: no answer a browser could take for the console
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -334,15 +335,16 @@ def wait_for_committed(bootstrap: str, group: str, topic: str, total: int, timeo
         admin.close()
 
 
-def start_console(pipeline: Pipeline, port: int, *extra: str) -> subprocess.Popen[str]:
-    """fraud_console.py on the pipeline's topics, once it answers on ``port``; without accounts unless ``--users`` is given."""
+def start_console(pipeline: Pipeline, port: int, *extra: str, https: ssl.SSLContext | None = None) -> subprocess.Popen[str]:
+    """fraud_console.py on the pipeline's topics, once it answers on ``port`` (over https, trusting ``https``'s CA, when
+    given); without accounts unless ``--users`` is given."""
     users = () if "--users" in extra else ("--users", str(ROOT / "results" / "no-such-users-file.json"))
     console = pipeline.start("fraud_console", "--port", str(port), *users, *extra)
     deadline = time.monotonic() + 60
     while True:
         assert console.poll() is None, f"the console exited:\n{console.communicate()[1][-3000:]}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+            with urllib.request.urlopen(f"{'https' if https else 'http'}://127.0.0.1:{port}/", timeout=2, context=https):
                 return console
         except OSError:
             assert time.monotonic() < deadline, "the console did not answer within 60 s"

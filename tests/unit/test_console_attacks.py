@@ -27,21 +27,22 @@ from fraud_pipeline.console.casework import CaseWork
 from fraud_pipeline.console.cluster_view import ClusterView
 from fraud_pipeline.console.monitor import Monitor
 from fraud_pipeline.errors import ConfigError
+from tests.unit.test_console_guard import Cases as RecordedCases
 
 PASSWORD = "correct horse battery"
 HOST = {"Host": "127.0.0.1:8080"}
 ORIGIN = {**HOST, "Origin": "http://127.0.0.1:8080"}
 
 
-class Cases:
-    """What the handlers call of CaseWork, recorded; a list entry is 'written' only if add_to_list is reached."""
+class Cases(RecordedCases):
+    """The guard tests' recorded CaseWork, with each audit record's detail; a list entry refused if reached."""
 
     def __init__(self) -> None:
-        self.done: list[tuple[str, ...]] = []
+        super().__init__()
         self.details: list[Any] = []
 
     def audit(self, user: str, action: str, target: str = "", detail: Any = None) -> None:
-        self.done.append((user, action))
+        super().audit(user, action, target, detail)
         self.details.append(detail)
 
     def add_to_list(self, user: str, name: str, value: str, ttl_s: float | None, reason: str) -> Any:
