@@ -136,9 +136,8 @@ def _run(settings: Settings, stop: threading.Event, host: str, port: int, baseli
         watcher.start()
     try:
         accounts = f"{len(users)} account(s) from {users_file}" if users else "no accounts: read-only"
-        scheme = "https" if context is not None else "http"
         app = make_app(monitor, view, stop, latency, cases, guard)
-        asyncio.run(_serve(app, host, port, stop, f"{scheme}://{host}:{port}/ ({accounts}", context))
+        asyncio.run(_serve(app, host, port, stop, accounts, context))
     finally:
         stop.set()
         reader.join(10)
@@ -180,7 +179,7 @@ def watch_users(path: Path, guard: Guard, stop: threading.Event, reload: threadi
                  f"; sessions ended for {', '.join(ended)}" if ended else "")
 
 
-async def _serve(app: web.Application, host: str, port: int, stop: threading.Event, where: str,
+async def _serve(app: web.Application, host: str, port: int, stop: threading.Event, accounts: str,
                  context: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -189,7 +188,8 @@ async def _serve(app: web.Application, host: str, port: int, stop: threading.Eve
             await web.TCPSite(runner, host, port, ssl_context=context).start()
         except OSError as exc:
             raise PipelineError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
-        print(f"{NAME}: {where}; Ctrl-C to stop)", flush=True)
+        scheme = "https" if context is not None else "http"
+        print(f"{NAME}: {scheme}://{host}:{port}/ ({accounts}; Ctrl-C to stop)", flush=True)
         while not stop.is_set():
             await asyncio.sleep(0.2)
     finally:
@@ -203,11 +203,13 @@ def _metrics_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _users_parser(command: str, description: str) -> argparse.ArgumentParser:
+def _users_parser(command: str, description: str, *, password: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"{NAME} {command}", description=description)
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--users", default=os.environ.get("CONSOLE_USERS") or DEFAULT_USERS_FILE, metavar="FILE",
                         help="the users file [env CONSOLE_USERS] (default: %(default)s)")
+    if password:
+        parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     return parser
 
 
@@ -237,7 +239,6 @@ def adduser(argv: list[str]) -> int:
                            "(salted scrypt hashes, mode 0600). A running console ends the sessions of a changed user.")
     parser.add_argument("--role", choices=ROLES, default="analyst",
                         help="viewer: sees; analyst: resolves cases; admin: also edits lists (default: %(default)s)")
-    parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
 
     def add() -> str:
@@ -249,9 +250,7 @@ def adduser(argv: list[str]) -> int:
 
 def passwd(argv: list[str]) -> int:
     """``fraud_console.py passwd NAME``: a new password for a user; their sessions end."""
-    parser = _users_parser("passwd", "Give a console user a new password; a running console ends their sessions.")
-    parser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
-    args = parser.parse_args(argv)
+    args = _users_parser("passwd", "Give a console user a new password; a running console ends their sessions.").parse_args(argv)
 
     def change() -> str:
         user = load_users(Path(args.users)).get(args.name)
@@ -266,7 +265,7 @@ def passwd(argv: list[str]) -> int:
 def removeuser(argv: list[str]) -> int:
     """``fraud_console.py removeuser NAME``: remove a user; a running console ends their sessions."""
     args = _users_parser("removeuser", "Remove a console user; a running console ends their sessions within "
-                         "seconds.").parse_args(argv)
+                         "seconds.", password=False).parse_args(argv)
 
     def remove() -> str:
         remove_user(Path(args.users), args.name)
