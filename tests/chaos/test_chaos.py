@@ -52,8 +52,15 @@ STOP_COUNT = 120_000
 sends its signal once it sees a commit past the last run's (a new consumer asking, every 0.2 s: up to about a
 second); with 40,000 the confluent exactly-once detector (40,000 to 54,000 payments/s in the bench) once handled
 the second run's whole 26,000 before the signal came."""
-KILL_COMMIT_INTERVAL_S = 1.0
-"""The detector's commit interval in the kill -9 tests: transactions long enough for a kill to land inside."""
+KILL_COMMIT_INTERVAL_S = 3.0
+"""The detector's commit interval in the kill -9 tests: transactions long enough for a kill to land inside.
+
+A transaction begins when the commit before it is through, and its commit is due an interval after its first
+record was read (read while that commit ran): a commit that takes longer than the interval leaves the next one
+due at once, open with records for a few milliseconds. CI, with three clusters and both clients' detectors on two
+cores, once saw commits of 2.2 s: with an interval of 1 s, 23 transactions in a row gave no moment to kill in."""
+RECORDS_OUT_S = 0.1
+"""How long a transaction's first records are left to reach the brokers before a kill (the client's linger is 5 ms)."""
 
 
 def expected_ids(seed: int, count: int) -> set[str]:
@@ -165,7 +172,7 @@ def kill_detector_repeatedly(
     rng = random.Random(seed)
     exactly_once = guarantee == "exactly-once"
     producer = start_producer(pipeline, seed, rate=rate, count=OPEN_ENDED)
-    # Transactions of a second: each kill lands inside an open one, whose records must then be aborted.
+    # Transactions of seconds: each kill lands inside an open one, whose records must then be aborted.
     interval_ms = str(int(KILL_COMMIT_INTERVAL_S * 1000))
     args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", interval_ms,
             *(("--trace-transactions",) if exactly_once else ()))
@@ -243,18 +250,26 @@ def transaction_at_end(log: str) -> str:
 
 def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
     """Wait until the detector's trace says a transaction holds records and its commit has not begun: its records
-    sent for a tenth of a commit interval (they have left the client: its linger is 5 ms), and its commit not due for
-    half an interval yet (a commit begins about an interval after its transaction)."""
+    sent RECORDS_OUT_S ago (they have left the client), and less than half an interval ago (its commit is not due
+    yet: a commit begins at most an interval after its transaction). On a timeout the trace's last steps, with their
+    times, show why: commits as long as the interval leave no moment between a transaction's records and its commit."""
     deadline = time.monotonic() + timeout_s
-    seen, since = "", time.monotonic()
+    seen, since, read = "", time.monotonic(), 0
     while True:
         assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
-        now = transaction_at_end(proc.stderr_so_far())
+        lines = proc.stderr_lines()
+        now = transaction_at_end("".join(lines[read:])) if len(lines) > read else "no transaction"
+        now, read = (seen if now == "no transaction" else now), len(lines)  # only the new lines: a long log is slow to scan
         if now != seen:
             seen, since = now, time.monotonic()
-        elif now.startswith("open, with records") and 0.1 <= (time.monotonic() - since) / KILL_COMMIT_INTERVAL_S < 0.5:
+        elif now.startswith("open, with records") and RECORDS_OUT_S <= time.monotonic() - since < KILL_COMMIT_INTERVAL_S / 2:
             return
-        assert time.monotonic() < deadline, f"no transaction holding records in {timeout_s:.0f}s (the trace: {seen})"
+        if time.monotonic() >= deadline:
+            log = proc.stderr_so_far()
+            saved = save_log(f"no-open-transaction-{proc.pid}", log)
+            steps = [line for line in log.splitlines() if "fraud_pipeline.transactions" in line][-24:]
+            pytest.fail(f"no transaction holding records in {timeout_s:.0f}s (the trace now: {seen}; the whole log in "
+                        f"{saved}); the trace's last steps:\n" + "\n".join(steps))
         time.sleep(0.005)
 
 
@@ -548,10 +563,10 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
     return committed
 
 
-def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], timeout_s: float = 60) -> int:
+def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], interval_s: float, timeout_s: float = 60) -> int:
     """Wait until a transaction of the detector is young and taking records; return how many it holds.
 
-    Young: the stable offsets of fraud + legit moved (a commit ended) less than half a commit interval
+    Young: the stable offsets of fraud + legit moved (a commit ended) less than half a commit interval (``interval_s``)
     before the look. Taking records: since the last look the stable offsets stayed put and the high
     watermarks grew. Records past the stable offset alone may belong to a transaction whose commit is
     under way, which a kill would no longer abort; on a machine so loaded that two looks never fit in
@@ -576,7 +591,7 @@ def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], 
             if before is not None:
                 if stable != before[0]:
                     committed_at = looked
-                elif looked - committed_at < KILL_COMMIT_INTERVAL_S / 2 and sum(high.values()) > sum(before[1].values()):
+                elif looked - committed_at < interval_s / 2 and sum(high.values()) > sum(before[1].values()):
                     return held
             if held and looked - started > timeout_s / 2:
                 return held

@@ -112,6 +112,10 @@ class Script(subprocess.Popen[str]):
         """What the script has written to stderr until now (it may still be running)."""
         return "".join(list(self._read[1]))
 
+    def stderr_lines(self) -> list[str]:
+        """The lines the script has written to stderr until now (it may still be running)."""
+        return list(self._read[1])
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -137,7 +141,7 @@ class Pipeline:
             "--legit-topic", self.topics.legit, "--dead-letter-topic", self.topics.dead_letter,
             "--rules-topic", self.topics.rules, "--rules-rejected-topic", self.topics.rules_rejected,
             "--lists-topic", self.topics.lists, "--labels-topic", self.topics.labels, "--audit-topic", self.topics.audit,
-            "--claims-topic", self.topics.claims,
+            "--claims-topic", self.topics.claims, "--list-definitions-topic", self.topics.list_definitions,
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 
@@ -186,6 +190,7 @@ def fresh_topics() -> tuple[str, TopicSettings]:
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
         rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}", lists=f"lists-{suffix}",
         labels=f"labels-{suffix}", audit=f"audit-{suffix}", claims=f"claims-{suffix}",
+        list_definitions=f"list-definitions-{suffix}",
     )
 
 
@@ -225,6 +230,9 @@ def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline],
             for future in running:
                 pipelines[futures[future]].kill_scripts()
             wait(running)
+            for future in running:
+                if (exc := future.exception()) is not None:
+                    exc.add_note("(its scripts were killed when another client's run failed: this failure may be only that)")
     failures = [exc for future in futures if (exc := future.exception()) is not None]
     if len(failures) == 1:
         raise failures[0]
