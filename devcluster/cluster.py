@@ -37,9 +37,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,17 +328,35 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+@contextlib.contextmanager
+def argument_file(arguments: list[str], folder: Path) -> Iterator[Path]:
+    """A Java launcher argument file (``java @FILE``) holding ``arguments``, readable by its owner only, removed
+    afterwards: what it holds (the SCRAM passwords) is on no command line, which every local user can read
+    (``/proc/PID/cmdline``, ``ps``). It holds the main class too: the launcher expands a file only before it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".java-arguments-", dir=folder)  # mode 0600
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w") as out:
+            for argument in arguments:
+                escaped = argument.replace("\\", "\\\\").replace('"', '\\"')
+                out.write(f'"{escaped}"\n')
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _format_storage(java: Java, layout: ClusterLayout, node: Node, cluster_id: str) -> None:
     if (node.data_dir / "meta.properties").exists():
         return
     # The secured cluster's SCRAM users are written with its first metadata: no one could create them later.
     users = [] if layout.security is None else cluster_security.scram_format_arguments(
         cluster_security.ensure_passwords(layout.security))
-    result = subprocess.run(
-        [java.path, "-Xmx256m", "-cp", _classpath(layout), "kafka.tools.StorageTool", "format",
-         f"--cluster-id={cluster_id}", "-c", str(node.properties_file), "--ignore-formatted", *users],
-        capture_output=True, text=True,
-    )
+    tool = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(node.properties_file),
+            "--ignore-formatted", *users]
+    with argument_file(tool, node.data_dir.parent) as arguments:
+        result = subprocess.run([java.path, "-Xmx256m", "-cp", _classpath(layout), f"@{arguments}"],
+                                capture_output=True, text=True)
     if result.returncode != 0:
         # The output never holds the passwords: StorageTool does not echo its arguments.
         raise ClusterError(f"formatting node {node.node_id} failed: {result.stdout.strip()} {result.stderr.strip()}"[:400])

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import ssl
 import stat
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from kafka import errors as kerr
 
 from devcluster import security as cluster_security
-from devcluster.cluster import ClusterLayout, _server_properties
+from devcluster.cluster import ClusterLayout, _server_properties, argument_file
+from devcluster.java import find_java
 from fraud_pipeline.clients import kafka_python
 from fraud_pipeline.clients.errors import RefusedError, cannot_reach, tls_failed
 from fraud_pipeline.config import TopicSettings
@@ -36,7 +38,7 @@ def test_each_role_gets_what_its_script_does_and_nothing_more() -> None:
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "WRITE"} == {
         "fraud_payments", "legit_payments", "payments_dlq", "fraud_rules_rejected", "fraud-detector-"}
     assert {name for op, kind, name, _ in detector if kind == "TOPIC" and op == "READ"} == {
-        "payments", "fraud_rules", "fraud_lists", "fraud-detector-"}
+        "payments", "fraud_rules", "fraud_lists", "fraud_list_definitions", "fraud-detector-"}
     # the detector creates only its own internal topics (<group>-...: changelogs, the topics between its stages)
     assert {(name, prefixed) for op, kind, name, prefixed in detector if op == "CREATE"} == {("fraud-detector-", True)}
     assert {name for op, kind, name, _ in detector if op == "DESCRIBE_CONFIGS"} == {"fraud-detector-", "payments"}
@@ -226,8 +228,28 @@ def test_the_console_writes_labels_lists_claims_and_the_audit_and_nothing_more()
     console = grants("console")
     assert {name for op, kind, name, _ in console if op == "WRITE" and kind == "TOPIC"} == {
         "fraud_labels", "fraud_lists", "fraud_audit", "fraud_claims"}
+    # it adds list entries; only the rules admin defines lists (a block list turned into a watch list is not its to do)
+    assert ("READ", "TOPIC", "fraud_list_definitions", False) in console
+    assert {role for role, acls in cluster_security.role_acls(None).items() for acl in acls
+            if acl.operation == "WRITE" and acl.resource_name == "fraud_list_definitions"} == {"rules-admin"}
     # its changes and their audit records in transactions of its own ids only
     assert {(op, name, prefixed) for op, kind, name, prefixed in console if kind == "TRANSACTIONAL_ID"} == {
         ("WRITE", "fraud-console", True), ("DESCRIBE", "fraud-console", True)}
     assert "fraud_audit" not in {name for op, kind, name, _ in console if op == "READ"}
     assert {op for op, *_ in console} == {"READ", "WRITE", "DESCRIBE", "IDEMPOTENT_WRITE"}
+
+
+def test_scram_passwords_reach_the_storage_tool_through_a_private_argument_file_never_a_command_line(tmp_path: Path) -> None:
+    """The SCRAM users' passwords go to Kafka's StorageTool in a Java argument file (mode 0600, removed afterwards),
+    read back by the real Java launcher argument for argument (quotes and backslashes too)."""
+    java = find_java()
+    echo = tmp_path / "Echo.java"
+    echo.write_text('public class Echo { public static void main(String[] a) { for (String s : a) System.out.println(s); } }')
+    arguments = [str(echo), *cluster_security.scram_format_arguments({"fraud-console": "pw_-X9", "odd": 'a"b\\c d'})]
+    with argument_file(arguments, tmp_path / "node") as path:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        command = [java.path, f"@{path}"]
+        assert "pw_-X9" not in " ".join(command)
+        printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed == arguments[1:]
+    assert not path.exists()
