@@ -459,7 +459,7 @@ def child_detector(args: argparse.Namespace) -> Progress:
         connection=ConnectionSettings(bootstrap_servers=_servers(args.bootstrap), client=args.client, security=_security()),
         topics=TopicSettings(payments=args.topic, fraud=args.fraud, legit=args.legit, dead_letter=args.dlq,
                              rules=f"{args.topic}-rules", rules_rejected=f"{args.topic}-rules-rejected",
-                             lists=f"{args.topic}-lists"),
+                             lists=f"{args.topic}-lists", list_definitions=f"{args.topic}-list-definitions"),
         create_topics=False,
         consumer=ConsumerSettings(group_id=args.group, idle_timeout_s=args.idle_seconds, quiet=True),
         delivery=DeliverySettings(guarantee=args.guarantee, linger_ms=args.linger_ms),
@@ -467,8 +467,8 @@ def child_detector(args: argparse.Namespace) -> Progress:
                                   state_dir=args.state_dir or tempfile.mkdtemp(prefix="bench-state-")),
         metrics=MetricsSettings(port=metrics_port),
     )
-    ensure_topics(settings, pipeline_topics(settings.topics, [settings.topics.rules, settings.topics.rules_rejected,
-                                                              settings.topics.lists]))
+    topics = settings.topics
+    ensure_topics(settings, pipeline_topics(topics, [topics.rules, topics.rules_rejected, topics.lists, topics.list_definitions]))
     stop = threading.Event()
     if metrics_port:
         threading.Thread(target=_scrape_every_second, args=(metrics_port, stop), daemon=True).start()

@@ -158,6 +158,7 @@ def measure(bootstrap: str, keys: int) -> dict[str, Any]:
         "--payments-topic", names["in"], "--fraud-topic", names["fraud"], "--legit-topic", names["legit"],
         "--dead-letter-topic", names["dlq"], "--rules-topic", f"{names['in']}-rules",
         "--rules-rejected-topic", f"{names['in']}-rules-rejected", "--lists-topic", f"{names['in']}-lists",
+        "--list-definitions-topic", f"{names['in']}-list-definitions",
         "--group-id", group, "--guarantee", "at-least-once",
         "--rules", str(RULES), "--state-dir", str(folder), "--quiet",
     ]

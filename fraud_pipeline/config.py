@@ -74,7 +74,9 @@ class TopicSettings:
     rules_rejected: str = "fraud_rules_rejected"
     """Rule and list records the detector refused, with the reason in headers."""
     lists: str = "fraud_lists"
-    """Compacted: the block, review, allow and watch lists, one record per list and per entry (fraud_pipeline.rules.lists)."""
+    """Compacted: the entries of the block, review, allow, watch and snooze lists, one record per entry (fraud_pipeline.rules.lists)."""
+    list_definitions: str = "fraud_list_definitions"
+    """Compacted: the lists themselves (name, field, level), one record per list; the rules admin's alone to write."""
     labels: str = "fraud_labels"
     """Compacted: the analysts' verdicts on reviewed payments, keyed by payment id (fraud_pipeline.cases)."""
     audit: str = "fraud_audit"
@@ -237,6 +239,7 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
         rules=env.get("RULES_TOPIC") or base.rules,
         rules_rejected=env.get("RULES_REJECTED_TOPIC") or base.rules_rejected,
         lists=env.get("LISTS_TOPIC") or base.lists,
+        list_definitions=env.get("LIST_DEFINITIONS_TOPIC") or base.list_definitions,
         labels=env.get("LABELS_TOPIC") or base.labels,
         audit=env.get("AUDIT_TOPIC") or base.audit,
         claims=env.get("CLAIMS_TOPIC") or base.claims,
@@ -308,7 +311,12 @@ def _add_topic_arguments(kafka: argparse._ArgumentGroup, env: Mapping[str, str])
     )
     kafka.add_argument(
         "--lists-topic", default=topics.lists,
-        help="compacted topic of the block, review, allow and watch lists [env LISTS_TOPIC] (default: %(default)s)",
+        help="compacted topic of the lists' entries [env LISTS_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--list-definitions-topic", default=topics.list_definitions,
+        help="compacted topic of the block, review, allow and watch lists themselves, written by the rules admin "
+             "[env LIST_DEFINITIONS_TOPIC] (default: %(default)s)",
     )
     kafka.add_argument(
         "--labels-topic", default=topics.labels,
@@ -509,6 +517,7 @@ def topic_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         rules=args.rules_topic,
         rules_rejected=args.rules_rejected_topic,
         lists=args.lists_topic,
+        list_definitions=args.list_definitions_topic,
         labels=args.labels_topic,
         audit=args.audit_topic,
         claims=args.claims_topic,

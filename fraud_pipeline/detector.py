@@ -220,13 +220,14 @@ def live_rules(settings: Settings, check: Callable[[RuleSet], None] = lambda rul
         rules.check = check
         rules.catch_up()
         log.info("rules (%s, then topic %s): %s", rules_file or "original", settings.topics.rules, describe(rules.current))
-        lists_reader = make_topic_reader(settings, settings.topics.lists, f"{NAME}-lists")
+        topics = settings.topics
+        lists_reader = make_topic_reader(settings, topics.list_definitions, f"{NAME}-lists", topics.lists)
         stack.callback(lists_reader.close)
-        lists = LiveLists(lists_reader, reject)
+        lists = LiveLists(lists_reader, reject, definitions=topics.list_definitions)
         lists.book.reset()
         lists.catch_up()
         if lists.book.specs:
-            log.info("lists (topic %s): %s", settings.topics.lists, ", ".join(
+            log.info("lists (topics %s, %s): %s", topics.list_definitions, topics.lists, ", ".join(
                 f"{spec.name} ({spec.level}, {spec.field}, {len(lists.book.live_entries(spec.name))} live)"
                 for spec in lists.book.specs.values()))
         yield rules, lists
@@ -262,7 +263,7 @@ def run(settings: Settings, stop: threading.Event, watch: Callable[[RecordHandle
     One stage, or the decision path's three (fraud_pipeline.topology.plan), wired here.
     """
     topics = settings.topics
-    prepare_topics(settings, reads=[topics.payments, topics.rules, topics.lists],
+    prepare_topics(settings, reads=[topics.payments, topics.rules, topics.lists, topics.list_definitions],
                    writes=[topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected])
     metrics = start_metrics(NAME, settings.metrics)
     metrics.outcome_names = {topics.fraud: "fraud", topics.legit: "legit"}

@@ -117,16 +117,16 @@ def make_groupless_consumer(settings: Settings, client_id: str) -> Consumer:
     return _client(lambda b: b.consumer(client_id, None, max_records=MAX_POLL_RECORDS), settings)
 
 
-def make_topic_reader(settings: Settings, topic: str, client_id: str) -> Consumer:
-    """A consumer of every partition of ``topic`` from its beginning, outside any group (the rules topic)."""
+def make_topic_reader(settings: Settings, topic: str, client_id: str, *more: str) -> Consumer:
+    """A consumer of every partition of ``topic`` (and of the ``more`` topics) from its beginning, outside any group
+    (the rules topic; the lists and their definitions)."""
     consumer = make_groupless_consumer(settings, client_id)
-    partitions = _existing_partitions(consumer, topic, settings)
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    tps = [TopicPartition(name, p) for name in (topic, *more) for p in sorted(_existing_partitions(consumer, name, settings))]
     try:
         starts = retrying(lambda: consumer.watermarks(tps, METADATA_TIMEOUT_S))
     except ClientError as exc:
         consumer.close()
-        raise PipelineError(f"cannot read the offsets of {topic}: {exc}") from None
+        raise PipelineError(f"cannot read the offsets of {', '.join((topic, *more))}: {exc}") from None
     consumer.assign({tp: first for tp, (first, _) in starts.items()})
     return consumer
 

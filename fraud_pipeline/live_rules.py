@@ -9,11 +9,12 @@ rule, the baseline's included. A record that is not a valid rule is logged,
 copied to the rejected-rules topic with the reason in its ``error`` header,
 and changes nothing: the running set stays as it was.
 
-Lists: the lists topic's records applied to the process's ListBook (what
-``in_list`` conditions read and the detector matches payments with). The
-topic is compacted too: one record per list (key ``NAME``) and one per entry
-(key ``NAME/VALUE``), a tombstone removing either (the formats are
-fraud_pipeline.rules.lists'); an invalid record is rejected the same way.
+Lists: the records of the list definitions topic (one per list, key ``NAME``)
+and of the lists topic (one per entry, key ``NAME/VALUE``) applied to the
+process's ListBook (what ``in_list`` conditions read and the detector matches
+payments with). Both are compacted too, a tombstone removing a list or an
+entry (the formats are fraud_pipeline.rules.lists'); an invalid record is
+rejected the same way, a definition found among the entries included.
 An entry's expiry is checked on every payment.
 
 A detector reads each topic from its beginning at start-up, then checks it for
@@ -131,16 +132,21 @@ class LiveRules(LiveTopic):
 
 
 class LiveLists(LiveTopic):
-    """The lists of ``book`` (the process's), kept up to date with the lists topic."""
+    """The lists of ``book`` (the process's), kept up to date with the list definitions and lists topics: a record
+    of the topic named ``definitions`` defines a list, any other is an entry."""
 
-    def __init__(self, reader: Consumer | None, reject: Reject, book: ListBook = LISTS) -> None:
+    def __init__(self, reader: Consumer | None, reject: Reject, book: ListBook = LISTS, *, definitions: str) -> None:
         super().__init__(reader, reject)
         self.book = book
-        self.topic_name = "the lists topic"
+        self._definitions = definitions
+        self.topic_name = "the lists topics"
 
     def apply(self, record: Record) -> None:
         try:
-            change = self.book.apply(record.key, record.value)
+            if record.topic == self._definitions:
+                change = self.book.define(record.key, record.value)
+            else:
+                change = self.book.apply(record.key, record.value)
         except Exception as exc:  # a record on the topic, whatever it holds, must not stop the detector
             self.rejecting(record, exc, "list")
             return

@@ -9,6 +9,7 @@
     python fraud_rules.py lists add NAME VALUE ... [--ttl 10m] [--reason TEXT] [--by NAME]
     python fraud_rules.py lists remove NAME [VALUE ...]
     python fraud_rules.py lists show [NAME]
+    python fraud_rules.py lists migrate
 
 Rules live in the compacted rules topic, one record per rule keyed by its id;
 running detectors apply each record within about a second (see
@@ -18,10 +19,13 @@ new mode and the next version. ``list`` and ``mode`` start from the baseline
 rule set the detectors run with (``--rules FILE``, else the original BITCOIN
 rule), as the detectors do.
 
-Lists (fraud_pipeline.rules.lists) live in the compacted lists topic, one
-record per list and per entry; running detectors apply a change within about
-a second and a half. ``lists remove NAME`` without values removes the list and
-every entry it has.
+Lists (fraud_pipeline.rules.lists): each list is defined in the compacted list
+definitions topic (one record per list, written by the rules admin only), its
+entries live in the compacted lists topic (one record per entry, written by
+the console too); running detectors apply a change within about a second and
+a half. ``lists remove NAME`` without values removes the list and every entry
+it has. ``lists migrate`` moves the definitions an earlier version kept in the
+lists topic to the definitions topic (detectors now refuse them there).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any, TypeVar
 from .clients import ClientError, Consumer, Record
 from .config import Settings, build_parser, settings_from_args
 from .errors import PipelineError
-from .kafka_io import make_producer, make_topic_reader
+from .kafka_io import make_producer, make_topic_reader, read_span
 from .live_rules import LiveLists, LiveRules, LiveTopic, Reject
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import group_label, read_document
@@ -48,6 +52,7 @@ from .rules.lists import (
     BLOCK,
     LEVELS,
     SNOOZE,
+    SNOOZE_PREFIX,
     ListBook,
     ListEntry,
     ListSpec,
@@ -80,14 +85,15 @@ Live = TypeVar("Live", bound=LiveTopic)
 
 
 def _read_to_end(settings: Settings, topic: str, client_id: str, follow: Callable[[Consumer, Reject], Live],
-                 ) -> tuple[Live, list[str]]:
-    """A compacted topic read to its end as running detectors read it, and the records they reject."""
+                 also: tuple[str, ...] = ()) -> tuple[Live, list[str]]:
+    """A compacted topic (and the ``also`` topics) read to its end as running detectors read it, and the records
+    they reject."""
     rejected: list[str] = []
 
     def note(record: Record, reason: str) -> None:
-        rejected.append(f"offset {record.offset}: {reason}")
+        rejected.append(f"{record.topic} offset {record.offset}: {reason}" if also else f"offset {record.offset}: {reason}")
 
-    reader = make_topic_reader(settings, topic, client_id)
+    reader = make_topic_reader(settings, topic, client_id, *also)
     try:
         live = follow(reader, note)
         live.catch_up()
@@ -180,9 +186,11 @@ def ttl(text: str) -> float:
 
 
 def current_lists(settings: Settings) -> tuple[ListBook, list[str]]:
-    """The lists and entries running detectors hold now, and the topic's records they reject."""
-    live, rejected = _read_to_end(settings, settings.topics.lists, f"{NAME}-lists",
-                                  lambda reader, note: LiveLists(reader, note, ListBook()))
+    """The lists and entries running detectors hold now, and the topics' records they reject."""
+    topics = settings.topics
+    live, rejected = _read_to_end(
+        settings, topics.list_definitions, f"{NAME}-lists",
+        lambda reader, note: LiveLists(reader, note, ListBook(), definitions=topics.list_definitions), also=(topics.lists,))
     return live.book, rejected
 
 
@@ -210,10 +218,10 @@ def _spec(book: ListBook, name: str) -> ListSpec:
 def cmd_lists_create(settings: Settings, args: argparse.Namespace) -> int:
     spec = ListSpec(args.name, args.field, args.level, args.overridable, args.description)
     key, value = list_record(spec)
-    ListBook().apply(key, value)  # validates it
-    publish_records(settings, settings.topics.lists, [(key, value)])
+    ListBook().define(key, value)  # validates it
+    publish_records(settings, settings.topics.list_definitions, [(key, value)])
     overridable = ", overridable" if spec.overridable else ""
-    print(f"list {spec.name} ({spec.level}{overridable}) of {spec.field} values published to {settings.topics.lists}")
+    print(f"list {spec.name} ({spec.level}{overridable}) of {spec.field} values published to {settings.topics.list_definitions}")
     return 0
 
 
@@ -245,10 +253,46 @@ def cmd_lists_remove(settings: Settings, args: argparse.Namespace) -> int:
         _spec(book, args.name)
         entries = book.entries.get(args.name, {})
         records = [(entry_key(args.name, value), None) for value in sorted(entries)]
-        records.append((list_key(args.name), None))
         what = f"list {args.name} and its {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
     publish_records(settings, settings.topics.lists, records)
-    print(f"removed {what} (tombstones published to {settings.topics.lists})")
+    published = settings.topics.lists
+    if not args.values:  # the entries first: a definition removed before them would leave them behind
+        publish_records(settings, settings.topics.list_definitions, [(list_key(args.name), None)])
+        published += f" and {settings.topics.list_definitions}"
+    print(f"removed {what} (tombstones published to {published})")
+    return 0
+
+
+def cmd_lists_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Move the list definitions that an earlier version kept in the lists topic (key NAME) to the list definitions
+    topic, and remove them from the lists topic, where detectors now refuse them."""
+    topics = settings.topics
+    kept: dict[bytes, bytes | None] = {}
+    for record in read_span(settings, topics.lists, client_id=f"{NAME}-lists-migrate"):
+        if record.key and b"/" not in record.key:
+            kept[record.key] = record.value  # the last record of a key is what compaction keeps
+    book, _ = current_lists(settings)
+    moved: list[tuple[bytes, bytes | None]] = []
+    dropped: list[str] = []
+    for key, value in kept.items():
+        name = key.decode("utf-8", "replace")
+        if value is None or name.startswith(SNOOZE_PREFIX) or name in book.specs:
+            continue  # removed; a snooze list's name makes it now; defined already (the definitions topic wins)
+        try:
+            ListBook().define(key, value)
+        except RuleError as exc:
+            dropped.append(f"{name} ({exc})")
+            continue
+        moved.append((key, value))
+    if moved:
+        publish_records(settings, topics.list_definitions, moved)
+    tombstones = [(key, None) for key, value in kept.items() if value is not None]
+    if tombstones:  # after the definitions are out: a list is never undefined on the way
+        publish_records(settings, topics.lists, tombstones)
+    for what in dropped:
+        print(f"not moved, not a valid list: {what}")
+    print(f"{len(moved)} list definition(s) moved from {topics.lists} to {topics.list_definitions}"
+          f"{': ' + ', '.join(k.decode() for k, _ in moved) if moved else ''}; {len(tombstones)} removed from {topics.lists}")
     return 0
 
 
@@ -258,7 +302,7 @@ def cmd_lists_show(settings: Settings, args: argparse.Namespace) -> int:
     if args.name:
         _spec(book, args.name)
     now = book.clock()
-    print(f"{len(names)} list(s) in topic {settings.topics.lists}")
+    print(f"{len(names)} list(s) in topics {settings.topics.list_definitions} and {settings.topics.lists}")
     print("| list | level | field | value | added by | reason | added | expires |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
@@ -308,6 +352,9 @@ def _lists_parser(commands: Any) -> None:
     show = sub.add_parser("show", help="show the lists and their entries, expired ones marked")
     show.add_argument("name", metavar="NAME", nargs="?")
     show.set_defaults(run=cmd_lists_show)
+    migrate = sub.add_parser("migrate", help="move the list definitions an earlier version kept in the lists topic to "
+                                             "the list definitions topic (once, after upgrading)")
+    migrate.set_defaults(run=cmd_lists_migrate)
 
 
 def build(prog: str = NAME) -> argparse.ArgumentParser:
@@ -347,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("fraud_pipeline.live_rules").setLevel(logging.WARNING)  # what list, mode and lists read is printed anyway
     try:
         if args.command == "lists":
-            writes = [] if args.lists_command == "show" else [settings.topics.lists]
-            prepare_topics(settings, reads=[] if args.lists_command == "create" else [settings.topics.lists], writes=writes)
+            topics = settings.topics
+            writes = {"show": [], "create": [topics.list_definitions], "add": [topics.lists]}.get(
+                args.lists_command, [topics.lists, topics.list_definitions])
+            prepare_topics(settings, reads=[] if args.lists_command == "create" else [topics.lists, topics.list_definitions],
+                           writes=writes)
         elif args.command != "validate":
             writes = [settings.topics.rules] if args.command in ("publish", "mode", "remove") else []
             prepare_topics(settings, reads=[settings.topics.rules], writes=writes)

@@ -13,7 +13,9 @@ Layout (override with the environment variables in brackets):
 - payments_dlq: 1 partition;
 - fraud_rules: 1 partition, compacted (the live rules, keyed by rule id) [RULES_TOPIC];
 - fraud_rules_rejected: 1 partition [RULES_REJECTED_TOPIC];
-- fraud_lists: 1 partition, compacted (the lists and their entries) [LISTS_TOPIC];
+- fraud_lists: 1 partition, compacted (the lists' entries) [LISTS_TOPIC];
+- fraud_list_definitions: 1 partition, compacted (the lists themselves, written
+  by the rules admin only) [LIST_DEFINITIONS_TOPIC];
 - fraud_labels: 1 partition, compacted (analysts' verdicts, keyed by payment id) [LABELS_TOPIC];
 - fraud_audit: 1 partition (what analysts do) [AUDIT_TOPIC];
 - fraud_claims: 1 partition, compacted, records kept 30 minutes before any
@@ -52,6 +54,7 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         topics.rules: 1,  # one partition: rule changes apply in the order they were published
         topics.rules_rejected: 1,
         topics.lists: 1,  # one partition: list changes apply in the order they were made
+        topics.list_definitions: 1,
         topics.labels: 1,
         topics.audit: 1,
         topics.claims: 1,  # one partition: every console applies the claims in one order
@@ -61,7 +64,7 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         TopicSpec(
             name, partitions[name], topics.replication_factor,
             min(topics.min_insync_replicas, topics.replication_factor),
-            compacted=name in (topics.rules, topics.lists, topics.labels, topics.claims),
+            compacted=name in (topics.rules, topics.lists, topics.list_definitions, topics.labels, topics.claims),
             min_compaction_lag_ms=round(CLAIM_S * 1000) if name == topics.claims else None,
         )
         for name in wanted

@@ -67,6 +67,11 @@ HISTORY_KEPT = 20
 """Routed payments kept per account."""
 ACCOUNTS_KEPT = 50_000
 """Accounts whose history is kept (the least recently seen go first)."""
+CASE_BYTES = 32 * 1024 * 1024
+"""Record bytes of the cases kept; past it the oldest cases are forgotten (counted, and said on the page). In memory
+a case and its history take about 3 times their records' bytes (docs/operations.md)."""
+HISTORY_BYTES = 32 * 1024 * 1024
+"""Record bytes of the accounts' histories kept; past it the least recently seen accounts go first."""
 RETRY_S = 5.0
 PRUNE_S = 60.0
 """How often cases older than the span read, and lapsed claims, are forgotten."""
@@ -97,16 +102,17 @@ def _routed(record: Record) -> tuple[dict[str, Any], dict[str, Any]] | None:
     return value, decision if isinstance(decision, dict) else {}
 
 
+def _record_bytes(record: Record) -> int:
+    """What a record weighs as read: its key, value and headers."""
+    return (len(record.key or b"") + len(record.value or b"")
+            + sum(len(name) + len(value or b"") for name, value in record.headers or ()))
+
+
 def _outcome(decision: dict[str, Any], topic_is_fraud: bool) -> str:
     outcome = decision.get("outcome")
     if isinstance(outcome, str):
         return outcome
     return "decline" if topic_is_fraud else "approve"
-
-
-def _snooze_list(rule_id: str) -> ListSpec:
-    return ListSpec(SNOOZE_PREFIX + rule_id, "ACCOUNT", SNOOZE, description=f"accounts {rule_id} does not count for",
-                    rule=rule_id)
 
 
 class CaseWork:
@@ -120,7 +126,13 @@ class CaseWork:
         self._case_days = case_days
         self._lock = threading.Lock()
         self._cases: dict[str, dict[str, Any]] = {}
+        self._case_sizes: dict[str, int] = {}
+        """Each case's record bytes, by payment id."""
+        self._case_bytes = 0
+        self.cases_forgotten = 0
+        """Cases forgotten while still within the span read, to keep under CASE_BYTES."""
         self._history: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._history_bytes = 0
         self._labels: dict[str, Label] = {}
         self._claims = ClaimBook()
         self._claims_read = threading.Condition(self._lock)
@@ -147,7 +159,8 @@ class CaseWork:
                         routed = self._open(backend.consumer("fraud-console-cases", None, max_records=2000), since_days=True)
                     if topics is None:
                         topics = self._open(backend.consumer("fraud-console-labels", None, max_records=2000), since_days=False)
-                        lists = LiveLists(topics, self._rejected, self.book)
+                        lists = LiveLists(topics, self._rejected, self.book,
+                                          definitions=self._settings.topics.list_definitions)
                     batch = topics.poll(0.2, 2000)
                     with self._lock:
                         for records in batch.values():
@@ -183,7 +196,8 @@ class CaseWork:
 
     def _open(self, consumer: Consumer, *, since_days: bool) -> Consumer:
         topics = self._settings.topics
-        names = [topics.fraud, topics.legit] if since_days else [topics.labels, topics.lists, topics.claims]
+        names = ([topics.fraud, topics.legit] if since_days
+                 else [topics.labels, topics.list_definitions, topics.lists, topics.claims])
         tps = [TopicPartition(topic, p) for topic in names for p in sorted(consumer.partitions_for(topic, 10))]
         marks = consumer.watermarks(tps, 10)
         if not since_days:
@@ -203,10 +217,10 @@ class CaseWork:
                         type(exc).__name__, exc)
 
     def _rejected(self, record: Record, reason: str) -> None:
-        log.warning("list record at offset %d not applied: %s", record.offset, reason)
+        log.warning("list record at %s offset %d not applied: %s", record.topic, record.offset, reason)
 
     def _take_topic_record(self, record: Record, lists: LiveLists | None) -> None:
-        if record.topic == self._settings.topics.lists:
+        if record.topic in (self._settings.topics.lists, self._settings.topics.list_definitions):
             if lists is not None:
                 lists.apply(record)
             return
@@ -229,8 +243,12 @@ class CaseWork:
         claims; under the lock."""
         oldest = now_ms - round(self._case_days * 86_400_000)
         for payment_id in [p for p, case in self._cases.items() if (case["timestamp_ms"] or 0) < oldest]:
-            del self._cases[payment_id]
+            self._forget_case(payment_id)
         self._claims.prune(now_ms)
+
+    def _forget_case(self, payment_id: str) -> None:
+        del self._cases[payment_id]
+        self._case_bytes -= self._case_sizes.pop(payment_id)
 
     def _take_routed(self, record: Record) -> None:
         read = _routed(record)
@@ -238,21 +256,33 @@ class CaseWork:
             return
         payment, decision = read
         outcome = _outcome(decision, record.topic == self._settings.topics.fraud)
+        size = _record_bytes(record)
         account = payment.get("ACCOUNT")
         if isinstance(account, str):
             history = self._history.get(account)
             if history is None:
                 history = self._history[account] = deque(maxlen=HISTORY_KEPT)
-                if len(self._history) > ACCOUNTS_KEPT:
-                    self._history.popitem(last=False)
             else:
                 self._history.move_to_end(account)
+            if len(history) == HISTORY_KEPT:
+                self._history_bytes -= history[-1]["bytes"]
             history.appendleft({"payment": payment, "outcome": outcome, "score": decision.get("score"),
-                                "timestamp_ms": record.timestamp})
+                                "timestamp_ms": record.timestamp, "bytes": size})
+            self._history_bytes += size
+            while len(self._history) > 1 and (len(self._history) > ACCOUNTS_KEPT or self._history_bytes > HISTORY_BYTES):
+                _, dropped = self._history.popitem(last=False)
+                self._history_bytes -= sum(entry["bytes"] for entry in dropped)
         payment_id = payment.get("PAYMENT_ID")
         if outcome == "review" and isinstance(payment_id, str):
+            if payment_id in self._cases:
+                self._forget_case(payment_id)
             self._cases[payment_id] = {"id": payment_id, "payment": payment, "decision": decision,
                                        "record": record_json(record), "timestamp_ms": record.timestamp}
+            self._case_sizes[payment_id] = size
+            self._case_bytes += size
+            while len(self._cases) > 1 and self._case_bytes > CASE_BYTES:
+                self._forget_case(next(iter(self._cases)))  # the first read: the oldest
+                self.cases_forgotten += 1
 
     # -- what the page reads --------------------------------------------------
 
@@ -279,7 +309,7 @@ class CaseWork:
                 })
         open_cases = sorted((r for r in rows if r["label"] is None), key=lambda r: r["timestamp_ms"])
         resolved = sorted((r for r in rows if r["label"] is not None), key=lambda r: -r["label"]["at_ms"])[:50]
-        return {"open": open_cases, "resolved": resolved, "error": self.error}
+        return {"open": open_cases, "resolved": resolved, "error": self.error, "forgotten": self.cases_forgotten}
 
     def case(self, payment_id: str) -> dict[str, Any]:
         with self._lock:
@@ -288,7 +318,8 @@ class CaseWork:
                 raise CaseError(f"no case {payment_id!r}", 404)
             payment = case["payment"]
             account = payment.get("ACCOUNT")
-            history = [h for h in self._history.get(account, ()) if h["payment"].get("PAYMENT_ID") != payment_id]
+            history = [{key: value for key, value in h.items() if key != "bytes"}
+                       for h in self._history.get(account, ()) if h["payment"].get("PAYMENT_ID") != payment_id]
             label = self._labels.get(payment_id)
             now = self.book.clock()
             listed = []
@@ -373,12 +404,10 @@ class CaseWork:
                 raise CaseError("this payment has no ACCOUNT to snooze the rule for", 400)
             if not 0 < seconds <= MAX_SNOOZE_S:
                 raise CaseError(f"a snooze lasts at most {MAX_SNOOZE_S // 86400} days", 400)
-            check = ListBook()
-            spec = _snooze_list(rule_id)
-            check.apply(*list_record(spec))
             now = _now_ms()
             try:
-                check.apply(*entry_record(ListEntry(spec.name, account, user, "", now, now + round(seconds * 1000))))
+                ListBook().apply(*entry_record(ListEntry(SNOOZE_PREFIX + rule_id, account, user, "", now,
+                                                         now + round(seconds * 1000))))
             except RuleError as exc:
                 raise CaseError(f"cannot snooze {rule_id} for this account: {exc}", 400) from None
         with self._lock:
@@ -415,12 +444,7 @@ class CaseWork:
 
     def _snooze(self, change: Change, user: str, payment_id: str, rule_id: str, account: str, seconds: float,
                 reason: str) -> None:
-        name = SNOOZE_PREFIX + rule_id
-        with self._lock:
-            known = self.book.specs.get(name)
-        if known is None:
-            key, data = list_record(_snooze_list(rule_id))
-            change.write(self._settings.topics.lists, key, data, listed=True)
+        name = SNOOZE_PREFIX + rule_id  # its name makes the list: nothing to define
         now = _now_ms()
         entry = ListEntry(name, account, user, reason[:500], now, now + round(seconds * 1000))
         key, data = entry_record(entry)
@@ -445,7 +469,7 @@ class CaseWork:
         if spec.level == SNOOZE:
             raise CaseError(f"{name} is a snooze list: a snooze is made by resolving a case as legit", 400)
         check = ListBook()
-        check.apply(*list_record(spec))
+        check.define(*list_record(spec))
         try:
             check.apply(*entry_record(entry or ListEntry(name, value, "check", "", _now_ms())))
         except RuleError as exc:

@@ -26,8 +26,18 @@ The precedence, first match wins (``Decision.outcome``):
 
 An entry names who added it and why, and may expire (``expires_ms``, wall
 clock): from then on it is as if removed. Every match is in the decision's
-reasons. Lists live in a compacted topic, one record per list and one per
-entry (see ``list_record`` and ``entry_record``), applied by ``ListBook.apply``.
+reasons.
+
+Definitions and entries live in two compacted topics, so that each can be
+written by whom its job needs (least privilege): the list definitions topic,
+one record per list (key ``NAME``, ``list_record``), written by the rules
+admin only and applied by ``ListBook.define``; the lists topic, one record per
+entry (key ``NAME/VALUE``, ``entry_record``), written by the console too and
+applied by ``ListBook.apply``, which refuses a definition there (whoever may
+add an entry must not turn a block list into a watch list). A snooze list
+(``snooze.RULE``) has no definition: its name makes it (``snooze_spec``).
+Definitions and entries apply in any order between the two topics: removing a
+definition keeps its entries (unmatched until the list is defined again).
 Pure Python: no Kafka; the clock is given (a fake one in tests).
 """
 
@@ -255,6 +265,12 @@ def parse_entry(data: Any) -> ListEntry:
     )
 
 
+def snooze_spec(rule_id: str) -> ListSpec:
+    """The snooze list of a rule: its accounts that the rule does not count for."""
+    return ListSpec(SNOOZE_PREFIX + rule_id, "ACCOUNT", SNOOZE, description=f"accounts {rule_id} does not count for",
+                    rule=rule_id)
+
+
 def list_key(name: str) -> bytes:
     return name.encode("utf-8")
 
@@ -265,7 +281,7 @@ def entry_key(name: str, value: str) -> bytes:
 
 
 def list_record(spec: ListSpec) -> tuple[bytes, bytes]:
-    """The lists topic's record that creates or changes a list."""
+    """The list definitions topic's record that creates or changes a list."""
     return list_key(spec.name), json.dumps(spec.to_dict()).encode("utf-8")
 
 
@@ -302,34 +318,39 @@ class ListBook:
         """Whether some list with a level (not watch) has entries: else no payment can match one."""
         return bool(self._leveled)
 
-    def apply(self, key: bytes | None, value: bytes | None) -> str:
-        """Apply one record of the lists topic; what it changed, in words. RuleError (nothing changed) if it is not valid."""
-        if not key:
-            raise RuleError("key", "a list record needs a key: NAME for a list, NAME/VALUE for an entry")
-        try:
-            text = key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RuleError("key", "the key is not UTF-8") from None
-        name, slash, item = text.partition("/")
-        check_name(name, "key")
-        data = None
-        if value is not None:
-            try:
-                data = json.loads(value)
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                raise RuleError("", f"not JSON: {exc}") from None
-        if not slash:
-            if data is None:
-                self.specs.pop(name, None)
-                self.entries.pop(name, None)
-                self._index()
-                return f"list {name} removed"
-            spec = parse_spec(data)
-            if spec.name != name:
-                raise RuleError("list.name", f"the record's key is {name!r} but the list's name is {spec.name!r}")
-            self.specs[name] = spec
+    def define(self, key: bytes | None, value: bytes | None) -> str:
+        """Apply one record of the list definitions topic; what it changed, in words. RuleError (nothing changed) if
+        it is not valid."""
+        name, item, data = _read(key, value)
+        if item is not None:
+            raise RuleError("key", f"{name}/{item} is an entry's key: entries belong in the lists topic, not with the "
+                                   "definitions")
+        if name.startswith(SNOOZE_PREFIX):
+            raise RuleError("key", f"{name}: a snooze list is not defined, its name ({SNOOZE_PREFIX}RULE) makes it")
+        if data is None:
+            self.specs.pop(name, None)
             self._index()
-            return f"list {name} ({spec.level}, {spec.field}) set"
+            return f"list {name} removed"
+        spec = parse_spec(data)
+        if spec.name != name:
+            raise RuleError("list.name", f"the record's key is {name!r} but the list's name is {spec.name!r}")
+        if spec.level == SNOOZE:
+            raise RuleError("list.level", f"a snooze list is not defined, its name ({SNOOZE_PREFIX}RULE) makes it")
+        self.specs[name] = spec
+        self._index()
+        return f"list {name} ({spec.level}, {spec.field}) set"
+
+    def apply(self, key: bytes | None, value: bytes | None) -> str:
+        """Apply one record of the lists topic (entries); what it changed, in words. RuleError (nothing changed) if
+        it is not valid, a list definition included: the lists topic holds entries only."""
+        name, item, data = _read(key, value)
+        if item is None:
+            raise RuleError("key", f"{name!r} is a list definition's key: lists are defined in the list definitions "
+                                   "topic, by the rules admin (fraud_rules.py lists create); the lists topic takes "
+                                   "entries (NAME/VALUE) only")
+        snooze = name.startswith(SNOOZE_PREFIX)
+        if snooze:
+            check_name(name[len(SNOOZE_PREFIX):], "key")  # the rule it snoozes
         if data is None:
             entries = self.entries.get(name)
             if entries is not None:
@@ -340,11 +361,11 @@ class ListBook:
             return f"{name}/{item} removed"
         entry = parse_entry(data)
         if (entry.list, entry.value) != (name, item):
-            raise RuleError("key", f"the record's key is {text!r} but the entry is {entry.list}/{entry.value}")
-        listed = self.specs.get(name)
-        if listed is not None and listed.level == SNOOZE and (
-                entry.expires_ms is None or entry.expires_ms - entry.added_ms > MAX_SNOOZE_S * 1000):
+            raise RuleError("key", f"the record's key is {name}/{item} but the entry is {entry.list}/{entry.value}")
+        if snooze and (entry.expires_ms is None or entry.expires_ms - entry.added_ms > MAX_SNOOZE_S * 1000):
             raise RuleError("entry.expires_ms", f"a snooze expires within {MAX_SNOOZE_S // 86400} days of being added")
+        if snooze and name not in self.specs:
+            self.specs[name] = snooze_spec(name[len(SNOOZE_PREFIX):])
         self.entries.setdefault(name, {})[item] = entry
         self._index()
         until = f" until {utc(entry.expires_ms)}" if entry.expires_ms is not None else ""
@@ -390,6 +411,26 @@ class ListBook:
         return sorted((e for e in self.entries.get(name, {}).values() if e.live(now)), key=lambda e: e.value)
 
 
+def _read(key: bytes | None, value: bytes | None) -> tuple[str, str | None, Any]:
+    """A lists record's list name, entry value (None: a definition's key) and data (None: a tombstone); RuleError
+    if the key or the JSON is not readable."""
+    if not key:
+        raise RuleError("key", "a list record needs a key: NAME for a list, NAME/VALUE for an entry")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RuleError("key", "the key is not UTF-8") from None
+    name, slash, item = text.partition("/")
+    check_name(name, "key")
+    data = None
+    if value is not None:
+        try:
+            data = json.loads(value)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RuleError("", f"not JSON: {exc}") from None
+    return name, item if slash else None, data
+
+
 def _as_text(value: Any) -> str:
     """How a number field's value is written on a list: 42, not 42.0."""
     if isinstance(value, float) and value.is_integer():
@@ -404,5 +445,5 @@ __all__ = [
     "ALLOW", "APPROVE", "BLOCK", "DECLINE", "LEVELS", "LISTS", "MAX_SNOOZE_S", "OUTCOMES", "REVIEW", "REVIEWED", "SNOOZE",
     "SNOOZE_PREFIX", "WATCH",
     "ListBook", "ListEntry", "ListHit", "ListSpec", "duration_s", "entry_key", "entry_record", "list_key", "list_record", "outcome",
-    "parse_entry", "parse_spec",
+    "parse_entry", "parse_spec", "snooze_spec",
 ]

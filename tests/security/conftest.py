@@ -29,7 +29,7 @@ from tests.integration.conftest import ROOT, TEST_CLIENT_SECURITY, Pipeline, cli
 SCRIPT_ROLES = {
     "payment_producer": cluster_security.PRODUCER, "fraud_detector": cluster_security.DETECTOR,
     "fraud_processor": cluster_security.FRAUD_PROCESSOR, "legit_processor": cluster_security.LEGIT_PROCESSOR,
-    "fraud_console": cluster_security.CONSOLE,
+    "fraud_console": cluster_security.CONSOLE, "fraud_rules": cluster_security.RULES_ADMIN,
 }
 
 

@@ -20,8 +20,11 @@ import pytest
 from cryptography import x509
 
 from devcluster import security as cluster_security
-from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS
+from fraud_pipeline.config import DEFAULT_BOOTSTRAP_SERVERS, ConnectionSettings, Settings
 from fraud_pipeline.console.accounts import save_user
+from fraud_pipeline.rules.lists import ListSpec, list_record
+from fraud_pipeline.rules_cli import publish_records
+from fraud_pipeline.security import from_file
 from tests.chaos.test_chaos import kill_detector_repeatedly
 from tests.integration.conftest import (
     ROOT,
@@ -210,12 +213,25 @@ def test_plaintext_against_the_sasl_ssl_listener_is_a_clear_error(secured_pipeli
 
 
 def test_the_console_role_writes_lists_labels_and_the_audit_and_nothing_else(secured_pipeline: Pipeline, tmp_path: Path) -> None:
-    """The console's user writes what analysts do: a list entry and the audit trail go through; rules and payments do not."""
+    """The console's user writes what analysts do: a list entry and the audit trail go through; rules, payments and
+    list definitions do not (it cannot turn a block list into a watch list: only the rules admin defines lists)."""
     console_file = secured_pipeline.client_configs["fraud_console"]
     as_console = dataclasses.replace(secured_pipeline, client_configs={"fraud_rules": console_file})
-    as_console.run("fraud_rules", "lists", "create", "mules", "--field", "TO", "--level", "block")
+    secured_pipeline.run("fraud_rules", "lists", "create", "mules", "--field", "TO", "--level", "block")  # the rules admin
     added = as_console.run("fraud_rules", "lists", "add", "mules", "PAYEE-S", "--by", "ada")
     assert "added 1 value(s) of TO to mules (block): PAYEE-S" in added.stdout
+    # redefining the list: refused by the brokers in the definitions topic, by every reader in the entries topic
+    stderr, _ = refused(secured_pipeline, "fraud_rules", "lists", "create", "mules", "--field", "TO", "--level", "watch",
+                        config=console_file)
+    line = error_line(stderr)
+    assert re.search(rf"cannot write to {re.escape(secured_pipeline.topics.list_definitions)}: .*authoriz", line, re.I), stderr[-2000:]
+    settings = Settings(ConnectionSettings(tuple(secured_pipeline.bootstrap.split(",")), secured_pipeline.client,
+                                           from_file(console_file)[1]), secured_pipeline.topics)
+    key, value = list_record(ListSpec("mules", "TO", "watch"))
+    publish_records(settings, secured_pipeline.topics.lists, [(key, value)])  # the console's user may write here
+    shown = secured_pipeline.run("fraud_rules", "lists", "show", "mules")
+    assert "| mules | block | TO | PAYEE-S |" in shown.stdout, shown.stdout
+    assert "lists are defined in the list definitions topic" in shown.stderr, shown.stderr
     rule = tmp_path / "rule.json"
     rule.write_text(json.dumps({"id": "big", "when": {"field": "AMOUNT", "op": ">=", "value": 90}}))
     stderr, _ = refused(secured_pipeline, "fraud_rules", "publish", str(rule), config=console_file)

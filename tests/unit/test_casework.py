@@ -11,6 +11,7 @@ import pytest
 from fraud_pipeline.claims import ClaimRecord
 from fraud_pipeline.clients import Record
 from fraud_pipeline.config import Settings
+from fraud_pipeline.console import casework
 from fraud_pipeline.console.casework import CaseError, CaseWork, Change
 from fraud_pipeline.rules.lists import ListSpec, list_record
 
@@ -84,7 +85,7 @@ def test_lists_and_snoozes_are_checked_before_the_label_is_written() -> None:
     # a snooze list takes no entry from the list view: a snooze is made from a case
     with pytest.raises(CaseError, match="snooze list"):
         work.add_to_list("ada", "snooze.large", "ACC2", 3600, "")
-    work.book.apply(*list_record(ListSpec("mules", "TO", "block")))
+    work.book.define(*list_record(ListSpec("mules", "TO", "block")))
     with pytest.raises(CaseError, match=r"entry\.value"):
         work.add_to_list("ada", "mules", "x" * 300, None, "")
     entry = work.add_to_list("ada", "mules", "PAYEE-7", 10, "chargeback")
@@ -111,3 +112,27 @@ def test_cases_older_than_the_span_read_are_forgotten() -> None:
     work._cases["p-new"]["timestamp_ms"] = 8 * 86_400_000
     work.prune(8 * 86_400_000 + 1)  # 7 days read: p-old is 8 days old
     assert [row["id"] for row in work.queue()["open"]] == ["p-new"]
+
+
+def test_cases_and_histories_stay_within_their_bytes_whatever_the_records_weigh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past CASE_BYTES the oldest cases are forgotten (counted for the page); past HISTORY_BYTES the least recently
+    seen accounts' histories go; what is kept is accounted to the byte, and big records count as big."""
+    monkeypatch.setattr(casework, "CASE_BYTES", 200_000)
+    monkeypatch.setattr(casework, "HISTORY_BYTES", 500_000)
+    work = CaseWork(Settings(), lambda: "v1")
+    for n in range(400):
+        note = "x" * (50 if n % 2 else 5_000)  # light and heavy records, one account in three repeating
+        value = {"PAYMENT_ID": f"p-{n}", "ACCOUNT": f"ACC{n % 150}", "AMOUNT": 600, "TO": note, "PAYMENT_TYPE": "VISA",
+                 "DECISION": {"outcome": "review", "score": 0.5}}
+        work._take_routed(Record(FRAUD, 0, n, b"k", json.dumps(value).encode(), (("decision", b"review"),), n))
+    kept = work._cases
+    assert work._case_bytes == sum(work._case_sizes.values()) <= 200_000
+    assert list(kept) == [f"p-{n}" for n in range(400 - len(kept), 400)]  # the newest, in order
+    assert work.cases_forgotten == 400 - len(kept) > 0 and work.queue()["forgotten"] == work.cases_forgotten
+    assert work._history_bytes == sum(h["bytes"] for entries in work._history.values() for h in entries) <= 500_000
+    assert "ACC100" not in work._history and "ACC0" in work._history  # last seen at 250 and 300: the first went
+    held(work, "p-400", "ACC0")
+    history = work.case("p-400")["history"]
+    assert [h["payment"]["PAYMENT_ID"] for h in history][:1] == ["p-300"] and "bytes" not in history[0]
+    work.prune(now_ms=10**15)  # everything older than the span read: nothing kept, nothing accounted
+    assert not work._cases and work._case_bytes == 0

@@ -25,6 +25,7 @@ from fraud_pipeline.rules.lists import (
     list_key,
     list_record,
     outcome,
+    snooze_spec,
 )
 
 T0 = 1_764_000_000_000
@@ -41,7 +42,7 @@ class Clock:
 def book_with(clock: Clock, *lists: tuple[ListSpec, list[tuple[str, int | None]]]) -> ListBook:
     book = ListBook(clock)
     for spec, values in lists:
-        book.apply(*list_record(spec))
+        book.define(*list_record(spec))
         for value, ttl_s in values:
             expires = None if ttl_s is None else int(clock.ms) + ttl_s * 1000
             book.apply(*entry_record(ListEntry(spec.name, value, "ana", "case 7", int(clock.ms), expires)))
@@ -109,13 +110,14 @@ def test_records_add_replace_and_remove() -> None:
     # entries can come before their list (a compacted topic keeps no order between keys)
     book.apply(*entry_record(ListEntry("late", "ACC1", "ana", "", T0)))
     assert not book.hits(pay())
-    book.apply(*list_record(ListSpec("late", "ACCOUNT", "review")))
+    book.define(*list_record(ListSpec("late", "ACCOUNT", "review")))
     assert [h.list for h in book.hits(pay())] == ["late"]
     # a list's level can change; its entries stay
-    book.apply(*list_record(ListSpec("late", "ACCOUNT", "allow")))
+    book.define(*list_record(ListSpec("late", "ACCOUNT", "allow")))
     assert [h.level for h in book.hits(pay())] == ["allow"]
-    assert book.apply(list_key("late"), None) == "list late removed"
-    assert not book.hits(pay()) and "late" not in book.entries
+    # removing a list keeps its entries, unmatched (the two topics are read in no order between them)
+    assert book.define(list_key("late"), None) == "list late removed"
+    assert not book.hits(pay()) and "late" not in book.specs and list(book.entries["late"]) == ["ACC1"]
 
 
 def test_a_payment_on_several_lists_gets_every_hit_in_name_order() -> None:
@@ -140,13 +142,34 @@ def test_number_fields_are_listed_as_text() -> None:
     (b"mules", json.dumps({"name": "mules", "field": "TO", "level": "deny"}).encode(), "list.level"),
     (b"mules", json.dumps({"name": "other", "field": "TO", "level": "block"}).encode(), "the list's name is 'other'"),
     (b"mules", json.dumps({"name": "mules", "field": "TO", "level": "allow", "overridable": True}).encode(), "block lists only"),
+    (b"mules/P1", json.dumps({"list": "mules", "value": "P1", "by": "ana", "added_ms": T0}).encode(), "an entry's key"),
+    (b"snooze.large", json.dumps({"name": "snooze.large", "field": "ACCOUNT", "level": "snooze", "rule": "large"}).encode(),
+     "its name"),
+    (b"quiet", json.dumps({"name": "quiet", "field": "ACCOUNT", "level": "snooze", "rule": "large"}).encode(), "its name"),
+])
+def test_invalid_definitions_are_refused_and_change_nothing(key: bytes | None, value: bytes, message: str) -> None:
+    book = book_with(Clock(), (BLOCK, [("P1", None)]))
+    with pytest.raises(RuleError, match=message):
+        book.define(key, value)
+    assert book.specs == {"mules": BLOCK} and list(book.entries["mules"]) == ["P1"]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    (None, b"{}", "needs a key"),
+    (b"bad name/P1", b"{}", "list name"),
+    (b"mules/P1", b"not json", "not JSON"),
+    # whoever may add entries cannot define a list, nor turn a block list into a watch list, nor remove one
+    (b"mules", json.dumps({"name": "mules", "field": "TO", "level": "watch"}).encode(), "list definitions topic"),
+    (b"mules", None, "list definitions topic"),
+    (b"snooze./A", json.dumps({"list": "snooze.", "value": "A", "by": "ana", "added_ms": T0, "expires_ms": T0 + 1}).encode(),
+     "list name"),
     (b"mules/P1", json.dumps({"list": "mules", "value": "P2", "by": "ana", "added_ms": T0}).encode(), "the entry is mules/P2"),
     (b"mules/P1", json.dumps({"list": "mules", "value": "P1", "by": "", "added_ms": T0}).encode(), "entry.by"),
     (b"mules/P1", json.dumps({"list": "mules", "value": "P1", "by": "ana", "added_ms": T0, "expires_ms": "soon"}).encode(),
      "entry.expires_ms"),
     (b"mules/P1", json.dumps({"list": "mules", "value": "P1", "by": "ana", "added_ms": T0, "colour": 1}).encode(), "colour"),
 ])
-def test_invalid_records_are_refused_and_change_nothing(key: bytes | None, value: bytes, message: str) -> None:
+def test_invalid_entries_are_refused_and_change_nothing(key: bytes | None, value: bytes | None, message: str) -> None:
     book = book_with(Clock(), (BLOCK, [("P1", None)]))
     with pytest.raises(RuleError, match=message):
         book.apply(key, value)
@@ -163,7 +186,7 @@ def test_record_formats() -> None:
     assert json.loads(value) == {"list": "mules", "value": "PAYEE/7", "by": "ana", "reason": "chargeback",
                                  "added_ms": T0, "expires_ms": T0 + 10_000}
     book = ListBook(Clock())
-    book.apply(*list_record(spec))
+    book.define(*list_record(spec))
     book.apply(key, value)
     assert book.entries["mules"]["PAYEE/7"] == entry
 
@@ -189,7 +212,7 @@ def test_in_list_rules_read_the_live_entries(process_lists: Clock) -> None:
     engine = Engine(ruleset)
     table = MemoryTable()
     assert engine.decide(pay(to="P1"), T0, table).outcome == "approve"
-    LISTS.apply(*list_record(WATCH))
+    LISTS.define(*list_record(WATCH))
     LISTS.apply(*entry_record(ListEntry("noted", "P1", "ana", "", T0, T0 + 5_000)))
     decision = engine.decide(pay(to="P1"), T0, table)
     assert decision.outcome == "review" and [f.reason for f in decision.fired] == ["TO=P1 in list noted"]
@@ -243,13 +266,12 @@ def test_durations() -> None:
             duration_s(bad)
 
 
-SNOOZE_LARGE = ListSpec("snooze.large", "ACCOUNT", "snooze", rule="large")
+SNOOZE_LARGE = snooze_spec("large")
 
 
 def test_a_snooze_takes_its_rule_out_of_the_score_for_its_account_until_it_expires() -> None:
     clock = Clock()
     book = ListBook(clock)
-    book.apply(*list_record(SNOOZE_LARGE))
     book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "case p-1", T0, T0 + 3_600_000)))
     engine = Engine(parse_ruleset({"threshold": 1, "review_threshold": 0.5, "rules": [
         {"id": "large", "weight": 0.5, "when": {"field": "AMOUNT", "op": ">=", "value": 500}},
@@ -274,13 +296,15 @@ def test_a_snooze_takes_its_rule_out_of_the_score_for_its_account_until_it_expir
     assert decide(pay(account="ACC1", amount=600)).outcome == "review"
 
 
-def test_snooze_lists_are_checked() -> None:
+def test_snooze_lists_are_made_by_their_name_and_checked() -> None:
     book = ListBook(Clock())
-    with pytest.raises(RuleError, match="names the rule it snoozes"):
-        book.apply(b"snooze.x", json.dumps({"name": "snooze.x", "field": "ACCOUNT", "level": "snooze"}).encode())
     with pytest.raises(RuleError, match="for snooze lists only"):
-        book.apply(b"mules", json.dumps({"name": "mules", "field": "TO", "level": "block", "rule": "large"}).encode())
-    book.apply(*list_record(SNOOZE_LARGE))
+        book.define(b"mules", json.dumps({"name": "mules", "field": "TO", "level": "block", "rule": "large"}).encode())
+    # no definition: the first entry of snooze.RULE makes the list, for RULE, on the account
+    book.apply(*entry_record(ListEntry("snooze.large", "ACC9", "ana", "", T0, T0 + 1000)))
+    assert book.specs["snooze.large"] == SNOOZE_LARGE
+    assert (SNOOZE_LARGE.field, SNOOZE_LARGE.level, SNOOZE_LARGE.rule) == ("ACCOUNT", "snooze", "large")
+    book = ListBook(Clock())
     with pytest.raises(RuleError, match="a snooze expires within 30 days"):
         book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "", T0)))
     with pytest.raises(RuleError, match="a snooze expires within 30 days"):

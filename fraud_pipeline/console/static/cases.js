@@ -83,7 +83,8 @@ async function loadCases() {
   if (currentView !== 'cases') return;
   try {
     const data = await getJSON('/api/cases');
-    showError($('cases-error'), data.error || '');
+    const forgotten = data.forgotten ? `${data.forgotten} of the oldest cases forgotten: the cases read outgrew the console's memory bound` : '';
+    showError($('cases-error'), data.error || forgotten);
     renderCases(data);
     if (selectedCase) await loadCase(selectedCase);
   } catch (err) {
