@@ -91,6 +91,7 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(DETECTOR, "READ", topics.payments),
             topic(DETECTOR, "READ", topics.rules),
             topic(DETECTOR, "READ", topics.lists),
+            topic(DETECTOR, "READ", topics.list_definitions),
             *(topic(DETECTOR, "WRITE", name) for name in (topics.fraud, topics.legit, topics.dead_letter, topics.rules_rejected)),
             group(DETECTOR, groups.detector),
             # Its own internal topics, named after its group: the state's changelogs and the topics between its
@@ -113,14 +114,17 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(LEGIT_PROCESSOR, "READ", topics.legit), group(LEGIT_PROCESSOR, groups.legit_processor),
             topic(LEGIT_PROCESSOR, "WRITE", topics.dead_letter), idempotent(LEGIT_PROCESSOR),
         ],
-        # `fraud_rules.py list` and `mode` read the rules they change; `lists` the lists.
-        RULES_ADMIN: [*(topic(RULES_ADMIN, op, name) for name in (topics.rules, topics.lists) for op in ("WRITE", "READ")),
+        # `fraud_rules.py list` and `mode` read the rules they change; `lists` the lists. The rules admin alone
+        # defines lists.
+        RULES_ADMIN: [*(topic(RULES_ADMIN, op, name) for name in (topics.rules, topics.lists, topics.list_definitions)
+                        for op in ("WRITE", "READ")),
                       idempotent(RULES_ADMIN)],
         # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster);
-        # it writes only what analysts do: labels, list entries, the audit trail.
+        # it writes only what analysts do: labels, list entries (never a list's definition), claims, the audit trail.
         CONSOLE: [
             *(topic(CONSOLE, "READ", name) for name in (topics.payments, topics.fraud, topics.legit, topics.dead_letter,
-                                                        topics.rules, topics.lists, topics.labels, topics.claims)),
+                                                        topics.rules, topics.lists, topics.list_definitions,
+                                                        topics.labels, topics.claims)),
             *(topic(CONSOLE, "WRITE", name) for name in (topics.labels, topics.lists, topics.audit, topics.claims)),
             # each change with its audit record in one transaction, under ids fraud-console-<host>-<n>
             Acl(f"User:{CONSOLE}", "WRITE", "TRANSACTIONAL_ID", "fraud-console", prefixed=True),
