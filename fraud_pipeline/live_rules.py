@@ -140,8 +140,41 @@ class LiveLists(LiveTopic):
         self.book = book
         self._definitions = definitions
         self.topic_name = "the lists topics"
+        self._misplaced: dict[bytes, Record] = {}
+        """Definitions found in the lists topic (an earlier version's), by key: refused once what was read is
+        applied, unless a tombstone of the same key came after (``lists migrate`` writes them; compaction keeps
+        only the last record of a key, so only the last one counts)."""
+        self._catching_up = False
+
+    def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
+        self._catching_up = True
+        try:
+            super().catch_up(timeout_s)
+        finally:
+            self._catching_up = False
+        self.refuse_misplaced()
+
+    def _apply_batch(self, batches: Batch) -> None:
+        super()._apply_batch(batches)
+        if not self._catching_up:
+            self.refuse_misplaced()
+
+    def refuse_misplaced(self) -> None:
+        """Refuse the definitions read in the lists topic and not removed since (after each batch applied)."""
+        for record in self._misplaced.values():
+            try:
+                self.book.apply(record.key, record.value)  # refuses it, saying why
+            except Exception as exc:
+                self.rejecting(record, exc, "list")
+        self._misplaced.clear()
 
     def apply(self, record: Record) -> None:
+        if record.topic != self._definitions and record.key and b"/" not in record.key:
+            if record.value is None:
+                self._misplaced.pop(record.key, None)
+            else:
+                self._misplaced[record.key] = record
+            return
         try:
             if record.topic == self._definitions:
                 change = self.book.define(record.key, record.value)

@@ -166,6 +166,8 @@ class CaseWork:
                         for records in batch.values():
                             for record in records:
                                 self._safely(self._take_topic_record, record, lists)
+                        if lists is not None:
+                            lists.refuse_misplaced()
                         self._claims_read.notify_all()
                     batch = routed.poll(0.3, 2000)
                     with self._lock:

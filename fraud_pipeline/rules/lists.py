@@ -347,7 +347,7 @@ class ListBook:
         if item is None:
             raise RuleError("key", f"{name!r} is a list definition's key: lists are defined in the list definitions "
                                    "topic, by the rules admin (fraud_rules.py lists create); the lists topic takes "
-                                   "entries (NAME/VALUE) only")
+                                   "entries (NAME/VALUE) only (written by an earlier version? fraud_rules.py lists migrate)")
         snooze = name.startswith(SNOOZE_PREFIX)
         if snooze:
             check_name(name[len(SNOOZE_PREFIX):], "key")  # the rule it snoozes

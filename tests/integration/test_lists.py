@@ -135,3 +135,32 @@ def test_lists_apply_on_every_detector_within_2s_expire_and_reviews_are_held(
     removed = pipeline.run("fraud_rules", "lists", "remove", "mules")
     assert "removed list mules and its 2 entries" in removed.stdout
     assert "0 list(s)" in pipeline.run("fraud_rules", "lists", "show").stdout
+
+
+def test_definitions_an_earlier_version_kept_with_the_entries_are_refused_until_migrated(
+    pipeline: Pipeline, raw_producer: KafkaProducer,
+) -> None:
+    """A lists topic written by an earlier version (definitions and entries together): the definitions there are
+    refused (no list, its entries unmatched), ``lists migrate`` moves them to the definitions topic and removes them
+    from the lists topic; an old snooze definition is only removed (a snooze list's name makes it)."""
+    old = {
+        b"mules": {"name": "mules", "field": "TO", "level": "block", "overridable": False, "description": "old"},
+        b"snooze.large": {"name": "snooze.large", "field": "ACCOUNT", "level": "snooze", "rule": "large"},
+        b"mules/PAYEE-1": {"list": "mules", "value": "PAYEE-1", "by": "ana", "reason": "", "added_ms": 1_764_000_000_000},
+    }
+    for key, value in old.items():
+        raw_producer.send(pipeline.topics.lists, key=key, value=json.dumps(value).encode())
+    raw_producer.flush()
+    before = pipeline.run("fraud_rules", "lists", "show")
+    assert "0 list(s)" in before.stdout and before.stderr.count("rejected record at") == 2, before.stderr
+    assert "fraud_rules.py lists migrate" in before.stderr
+    migrated = pipeline.run("fraud_rules", "lists", "migrate")
+    assert "1 list definition(s) moved" in migrated.stdout and "2 removed from" in migrated.stdout, migrated.stdout
+    after = pipeline.run("fraud_rules", "lists", "show")
+    assert "| mules | block | TO | PAYEE-1 | ana |" in after.stdout and "rejected" not in after.stderr, after.stdout + after.stderr
+    definitions = read_topic(pipeline.bootstrap, pipeline.topics.list_definitions)
+    assert [(r.key, json.loads(r.value)["description"]) for r in definitions] == [(b"mules", "old")]
+    assert [(r.key, r.value) for r in read_topic(pipeline.bootstrap, pipeline.topics.lists)][-2:] == [
+        (b"mules", None), (b"snooze.large", None)]
+    again = pipeline.run("fraud_rules", "lists", "migrate")  # once is enough: nothing left to move
+    assert "0 list definition(s) moved" in again.stdout and "0 removed" in again.stdout, again.stdout

@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from fraud_pipeline.clients import Record
 from fraud_pipeline.detector import decision_header
+from fraud_pipeline.live_rules import LiveLists
 from fraud_pipeline.payment import Payment
 from fraud_pipeline.processors import explained_fraud_line, fraud_line
 from fraud_pipeline.rules import Decision, Engine, MemoryTable, RuleError, parse_ruleset
@@ -310,3 +312,18 @@ def test_snooze_lists_are_made_by_their_name_and_checked() -> None:
     with pytest.raises(RuleError, match="a snooze expires within 30 days"):
         book.apply(*entry_record(ListEntry("snooze.large", "ACC1", "ana", "", T0, T0 + 31 * 86_400_000)))
     assert "snooze.large" not in book.entries
+
+
+def test_a_definition_in_the_lists_topic_is_refused_unless_a_tombstone_of_its_key_follows() -> None:
+    """The lists topic of an earlier version: its definitions are refused (the running lists unchanged), but one that
+    ``lists migrate`` removed since is not, as compaction would have it: only the last record of a key counts."""
+    refused: list[tuple[int, str]] = []
+    live = LiveLists(None, lambda record, reason: refused.append((record.offset, reason)), ListBook(Clock()),
+                     definitions="defs")
+    old = json.dumps({"name": "mules", "field": "TO", "level": "watch"}).encode()
+    for offset, (key, value) in enumerate([(b"mules", old), (b"gone", old), (b"gone", None)]):
+        live.apply(Record("lists", 0, offset, key, value))
+    live.apply(Record("defs", 0, 0, *list_record(BLOCK)))
+    live.refuse_misplaced()
+    assert [offset for offset, _ in refused] == [0] and "lists migrate" in refused[0][1]
+    assert live.book.specs == {"mules": BLOCK}
