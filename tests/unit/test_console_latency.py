@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 import time
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 
+from fraud_pipeline import metrics as metrics_module
 from fraud_pipeline.config import MetricsSettings
 from fraud_pipeline.console.latency import DecisionLatency, endpoint_url, parse_buckets, quantile
 from fraud_pipeline.metrics import DECISION_BUCKETS, Metrics
@@ -29,11 +32,14 @@ def detector_endpoint() -> tuple[Metrics, str]:
 
 
 def acknowledge(metrics: Metrics, latencies_s: list[float], now_ms: float) -> None:
-    """Records routed with these latencies, then their unit acknowledged at ``now_ms``."""
-    for latency in latencies_s:
-        metrics.decided(int(now_ms - latency * 1000), b"legit", ())
-    metrics.sealed()
-    metrics.acknowledged()
+    """Records routed with these latencies, then their unit acknowledged at ``now_ms`` (the metrics' clock held
+    there: a loaded machine's milliseconds between the calls are not in the latencies)."""
+    now_ms = float(round(now_ms))
+    with mock.patch.object(metrics_module, "time", SimpleNamespace(time=lambda: now_ms / 1000, monotonic=time.monotonic)):
+        for latency in latencies_s:
+            metrics.decided(round(now_ms - latency * 1000), b"legit", ())
+        metrics.sealed()
+        metrics.acknowledged()
 
 
 def test_the_quantiles_are_read_from_the_buckets_as_prometheus_does() -> None:
