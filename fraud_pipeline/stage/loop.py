@@ -38,10 +38,13 @@ class Assignment:
         """Set by the loop: commits what is pending."""
         self.lost_partitions: set[TopicPartition] = set()
         """Partitions lost since the loop last looked."""
+        self.assigned_at = 0.0
+        """When the last assignment was taken in (its stores opened), time.monotonic: idleness counts from then."""
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
         self._owned = set(partitions)
         self._handler.partitions_assigned({tp.partition for tp in partitions})
+        self.assigned_at = time.monotonic()
 
     def revoked(self, partitions: set[TopicPartition]) -> None:
         self.before_revoke()
@@ -81,7 +84,8 @@ def run_consumer(
     if assignment is not None:
         assignment.before_revoke = checkpoint.commit_before_revoke
     try:
-        return _loop(consumer, handler, checkpoint, stop, idle_timeout_s, metrics)
+        assigned_at = (lambda: assignment.assigned_at) if assignment is not None else (lambda: 0.0)
+        return _loop(consumer, handler, checkpoint, stop, idle_timeout_s, metrics, assigned_at)
     finally:
         if assignment is not None:
             # Closing the consumer revokes its partitions: what is still pending then
@@ -91,7 +95,7 @@ def run_consumer(
 
 def _loop(
     consumer: Consumer, handler: RecordHandler, checkpoint: Checkpoint, stop: threading.Event, idle_timeout_s: float | None,
-    metrics: Metrics | None,
+    metrics: Metrics | None, assigned_at: Callable[[], float],
 ) -> str:
     last_record_at = time.monotonic()
     state = state_owner(handler)
@@ -140,7 +144,8 @@ def _loop(
             if not consumer.assignment():
                 # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
                 last_record_at = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+            # Nor is the poll that took partitions in (a group joined, stores restored in its rebalance listener).
+            elif idle_timeout_s is not None and time.monotonic() - max(last_record_at, assigned_at()) >= idle_timeout_s:
                 checkpoint.commit_last()  # offsets committed without waiting: confirmed
                 return "idle timeout"
     checkpoint.commit_last()  # a stop request: commit what was handled

@@ -1034,3 +1034,30 @@ def test_a_stop_signal_landing_while_the_loop_holds_the_stop_events_lock_still_s
     done = subprocess.run([sys.executable, "-c", STOP_WHILE_THE_EVENT_IS_HELD], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.splitlines() == ["handler returned", "stopped"], (done.returncode, done.stdout, done.stderr[-2000:])
+
+
+def test_the_poll_that_takes_partitions_in_is_not_idleness() -> None:
+    """A group joined and stores restored inside one poll (kafka-python runs the rebalance listener there) took longer
+    than the idle timeout on a loaded machine: the detector stopped before reading what waited for it (seen once in
+    CI: "0 payments in 4.7s (idle timeout)"). Idleness counts from the assignment taken in."""
+    events: list[str] = []
+    handler = Recorder(events)
+    assignment = Assignment(handler)
+    consumer = _consumer_with({}, {TP: [record(b"waiting", offset=0)]})
+    owned: set[TopicPartition] = set()
+    polls = consumer.poll.side_effect
+
+    def poll(*args: Any, **kwargs: Any) -> Any:
+        if not owned:  # the first poll joins the group; the restore in its listener outlasts the idle timeout
+            owned.add(TP)
+            time.sleep(0.3)
+            assignment.assigned({TP})
+        return polls(*args, **kwargs)
+
+    consumer.poll.side_effect = poll
+    consumer.assignment.side_effect = lambda: set(owned)
+    consumer.group_metadata.return_value = "group-meta"
+    delivery = ExactlyOnce(Output(_transactional_producer([])), lambda: pytest.fail("no new producer needed"))
+    reason = run_consumer(consumer, handler, delivery, stop=threading.Event(), idle_timeout_s=0.2,
+                          assignment=assignment, commit_interval_s=0)
+    assert reason == "idle timeout" and events[:2] == ["assigned [0]", "waiting"]
