@@ -69,8 +69,10 @@ define with_cluster
 	exit $$rc
 endef
 
+# The longest first (the failure tests, then the secured cluster's, whose start takes a worker 45 s): the workers
+# take tests in this order, and a long one started last is what the whole run waits for.
 test: venv ## all tests: unit, integration, console (headless Chromium), chaos and security on real 3-broker clusters (the failure tests' and the secured one started by the tests), three pytest workers
-	$(call with_cluster,$(PY) -m pytest -n 3 tests/chaos tests/integration tests/console tests/unit tests/security $(PYTEST_ARGS))
+	$(call with_cluster,$(PY) -m pytest -n 3 tests/chaos tests/security tests/integration tests/console tests/unit $(PYTEST_ARGS))
 
 chaos: venv ## only the failure tests: detector kill -9, broker loss, stop signals, state (on a cluster of their own, on 9291-9293)
 	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
