@@ -248,7 +248,7 @@ def transaction_at_end(log: str) -> str:
             "committing": f"committing ({number})"}.get(step, f"ended ({number})")
 
 
-def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
+def wait_for_open_transaction(proc: Script, interval_s: float = KILL_COMMIT_INTERVAL_S, timeout_s: float = 60) -> None:
     """Wait until the detector's trace says a transaction holds records and its commit has not begun: its records
     sent RECORDS_OUT_S ago (they have left the client), and less than half an interval ago (its commit is not due
     yet: a commit begins at most an interval after its transaction). On a timeout the trace's last steps, with their
@@ -262,7 +262,7 @@ def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
         now, read = (seen if now == "no transaction" else now), len(lines)  # only the new lines: a long log is slow to scan
         if now != seen:
             seen, since = now, time.monotonic()
-        elif now.startswith("open, with records") and RECORDS_OUT_S <= time.monotonic() - since < KILL_COMMIT_INTERVAL_S / 2:
+        elif now.startswith("open, with records") and RECORDS_OUT_S <= time.monotonic() - since < interval_s / 2:
             return
         if time.monotonic() >= deadline:
             log = proc.stderr_so_far()
@@ -561,43 +561,6 @@ def wait_for_progress(pipeline: Pipeline, group: str, above: int, proc: subproce
                         f"the log ends:\n{log[-4000:]}")
         time.sleep(0.2)
     return committed
-
-
-def wait_for_young_transaction(pipeline: Pipeline, proc: subprocess.Popen[str], interval_s: float, timeout_s: float = 60) -> int:
-    """Wait until a transaction of the detector is young and taking records; return how many it holds.
-
-    Young: the stable offsets of fraud + legit moved (a commit ended) less than half a commit interval (``interval_s``)
-    before the look. Taking records: since the last look the stable offsets stayed put and the high
-    watermarks grew. Records past the stable offset alone may belong to a transaction whose commit is
-    under way, which a kill would no longer abort; on a machine so loaded that two looks never fit in
-    half an interval, after half the timeout any records past the stable offsets will do (the test
-    only needs one of its kills to land inside an open transaction).
-    """
-    admin = AdminClient(confluent_connection(pipeline.bootstrap))
-
-    started = time.monotonic()
-    deadline = started + timeout_s
-    before: tuple[Offsets, Offsets] | None = None
-    committed_at = 0.0
-    while True:
-        assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
-        looked = time.monotonic()
-        try:
-            stable, high = routed_ends(admin, pipeline)
-        except KafkaException:  # a leader moving
-            before = None
-        else:
-            held = sum(high[tp] - stable[tp] for tp in high)
-            if before is not None:
-                if stable != before[0]:
-                    committed_at = looked
-                elif looked - committed_at < interval_s / 2 and sum(high.values()) > sum(before[1].values()):
-                    return held
-            if held and looked - started > timeout_s / 2:
-                return held
-            before = (stable, high)
-        assert time.monotonic() < deadline, f"no young transaction taking records in {timeout_s:.0f}s"
-        time.sleep(0.01)
 
 
 def committed_total(pipeline: Pipeline, group: str) -> int:

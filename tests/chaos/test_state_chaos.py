@@ -22,7 +22,6 @@ same input:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import random
 import shutil
@@ -38,7 +37,14 @@ from fraud_pipeline.clients import CONFLUENT, backend
 from fraud_pipeline.clients.security import Security
 from fraud_pipeline.payment import Payment, encode, seoul_date_time
 from fraud_pipeline.rules import load_ruleset
-from tests.chaos.test_chaos import committed_total, finish, save_log, wait_for_progress, wait_for_young_transaction
+from tests.chaos.test_chaos import (
+    committed_total,
+    finish,
+    save_log,
+    transaction_at_end,
+    wait_for_open_transaction,
+    wait_for_progress,
+)
 from tests.decisions import Verdict, differences, expected, routed
 from tests.integration.conftest import Pipeline, for_each_client
 
@@ -155,28 +161,32 @@ def state_survives(pipeline: Pipeline, tmp: Path, figures: list[dict[str, Any]])
     run["reference_fraud"] = sum(outcome != "approve" for outcome, _, _ in wanted.values())
     assert 0 < run["reference_fraud"] < total
 
-    # One detector, killed twice inside a transaction: on its local store, then on the changelog alone.
+    # One detector, killed twice inside a transaction: on its local store, then on the changelog alone. The input
+    # is all written: each kill comes from the detector's own trace (a transaction holding records, its commit not
+    # begun), at once, while live payments remain (a probe of the routed topics' offsets, slow on a loaded
+    # machine, once looked until the input was all routed and no transaction was left to kill in).
     state = tmp / "killed"
-    proc = detector(pipeline, "killed", "killed", state)
-    # The routed topics of this run are <fraud>-killed: the open-transaction probe reads them.
-    probe = dataclasses.replace(pipeline, topics=dataclasses.replace(
-        pipeline.topics, fraud=f"{pipeline.topics.fraud}-killed", legit=f"{pipeline.topics.legit}-killed"))
-    kills = []
+    kills: list[int] = []
+    at_kill: list[str] = []
+
+    def kill_inside_a_transaction(proc: Any, n: int) -> None:
+        wait_for_open_transaction(proc, int(COMMIT_INTERVAL_MS) / 1000)
+        proc.send_signal(signal.SIGKILL)
+        killed_log = proc.communicate(timeout=10)[1]
+        save_log(f"killed-{pipeline.client}-{n}", killed_log)
+        at_kill.append(transaction_at_end(killed_log))
+        kills.append(committed_total(pipeline, "killed"))
+
+    proc = detector(pipeline, "killed", "killed", state, "--trace-transactions")
     history = total - LIVE
     first = wait_for_progress(pipeline, "killed", history + LIVE // 8, proc, timeout_s=300)
-    wait_for_young_transaction(probe, proc, int(COMMIT_INTERVAL_MS) / 1000)
-    proc.send_signal(signal.SIGKILL)
-    save_log(f"killed-{pipeline.client}-1", proc.communicate(timeout=10)[1])
-    kills.append(committed_total(pipeline, "killed"))
+    kill_inside_a_transaction(proc, 1)
     restarted = time.monotonic()
-    proc = detector(pipeline, "killed", "killed", state)
+    proc = detector(pipeline, "killed", "killed", state, "--trace-transactions")
     second = wait_for_progress(pipeline, "killed", max(first, history + 3 * LIVE // 8), proc, timeout_s=300)
     run["first_commit_after_kill_local_s"] = round(time.monotonic() - restarted, 1)
-    wait_for_young_transaction(probe, proc, int(COMMIT_INTERVAL_MS) / 1000)
-    proc.send_signal(signal.SIGKILL)
-    save_log(f"killed-{pipeline.client}-2", proc.communicate(timeout=10)[1])
-    kills.append(committed_total(pipeline, "killed"))
-    run["killed_after_committed"] = kills
+    kill_inside_a_transaction(proc, 2)
+    run["killed_after_committed"], run["transaction_at_kill"] = kills, at_kill
     # Both kills in the live payments: past the history, before the end.
     assert all(history < committed < total for committed in kills), run
     shutil.rmtree(state)  # the machine's disk is gone: the changelog alone
