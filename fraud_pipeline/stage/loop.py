@@ -84,8 +84,7 @@ def run_consumer(
     if assignment is not None:
         assignment.before_revoke = checkpoint.commit_before_revoke
     try:
-        assigned_at = (lambda: assignment.assigned_at) if assignment is not None else (lambda: 0.0)
-        return _loop(consumer, handler, checkpoint, stop, idle_timeout_s, metrics, assigned_at)
+        return _loop(consumer, handler, checkpoint, stop, idle_timeout_s, metrics, assignment)
     finally:
         if assignment is not None:
             # Closing the consumer revokes its partitions: what is still pending then
@@ -95,7 +94,7 @@ def run_consumer(
 
 def _loop(
     consumer: Consumer, handler: RecordHandler, checkpoint: Checkpoint, stop: threading.Event, idle_timeout_s: float | None,
-    metrics: Metrics | None, assigned_at: Callable[[], float],
+    metrics: Metrics | None, assignment: Assignment | None,
 ) -> str:
     last_record_at = time.monotonic()
     state = state_owner(handler)
@@ -145,7 +144,8 @@ def _loop(
                 # Waiting for partitions (e.g. for a crashed member's session to expire) is not idleness.
                 last_record_at = time.monotonic()
             # Nor is the poll that took partitions in (a group joined, stores restored in its rebalance listener).
-            elif idle_timeout_s is not None and time.monotonic() - max(last_record_at, assigned_at()) >= idle_timeout_s:
+            elif idle_timeout_s is not None and time.monotonic() - max(
+                    last_record_at, assignment.assigned_at if assignment is not None else 0.0) >= idle_timeout_s:
                 checkpoint.commit_last()  # offsets committed without waiting: confirmed
                 return "idle timeout"
     checkpoint.commit_last()  # a stop request: commit what was handled

@@ -108,13 +108,13 @@ class Script(subprocess.Popen[str]):
         """The script's file name, for messages."""
         return Path(self.args[1]).name
 
-    def stderr_so_far(self) -> str:
-        """What the script has written to stderr until now (it may still be running)."""
-        return "".join(list(self._read[1]))
-
     def stderr_lines(self) -> list[str]:
         """The lines the script has written to stderr until now (it may still be running)."""
         return list(self._read[1])
+
+    def stderr_so_far(self) -> str:
+        """What the script has written to stderr until now (it may still be running)."""
+        return "".join(self.stderr_lines())
 
 
 @dataclass(frozen=True)
