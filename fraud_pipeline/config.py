@@ -140,7 +140,8 @@ class DeliverySettings:
     linger_ms: int = 5
     """How long the producer of the routed records waits to fill a batch (``linger.ms``): latency against throughput."""
     trace_transactions: bool = False
-    """Exactly-once: log each transaction's steps (begun, first record sent, committing with its offsets, its end)."""
+    """Exactly-once: log each transaction's steps (begun, first record sent and acknowledged, committing with its
+    offsets, its end)."""
 
 
 @dataclass(frozen=True)
@@ -400,8 +401,9 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
     )
     delivery.add_argument(
         "--trace-transactions", action="store_true", default=DeliverySettings.trace_transactions,
-        help="exactly-once: log a line at each step of each transaction (begun, first record sent, committing with "
-        "its input offsets, committed or aborted) under fraud_pipeline.transactions; to tell where a crash fell",
+        help="exactly-once: log a line at each step of each transaction (begun, first record sent, first record "
+        "acknowledged, committing with its input offsets, committed or aborted) under fraud_pipeline.transactions; "
+        "to tell where a crash fell",
     )
 
 

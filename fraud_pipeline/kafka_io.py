@@ -51,11 +51,13 @@ def make_producer(settings: Settings, client_id: str, transactional_id: str | No
 
     With ``transactional_id`` it is transactional: a restarted producer with
     the same id aborts what its predecessor left open and fences it. Its
-    ``linger.ms`` is the delivery section's (the detector's), else 5.
+    ``linger.ms`` is the delivery section's (the detector's), else 5; a
+    detector that traces its transactions hears of each acknowledgement.
     """
-    linger_ms = settings.delivery.linger_ms if settings.delivery is not None else DeliverySettings.linger_ms
+    delivery = settings.delivery if settings.delivery is not None else DeliverySettings()
     try:
-        return connect(settings).producer(client_id, transactional_id, linger_ms=linger_ms)
+        return connect(settings).producer(client_id, transactional_id, linger_ms=delivery.linger_ms,
+                                          each_acknowledgement=delivery.trace_transactions)
     except ClientError as exc:
         raise PipelineError(str(exc)) from None
 

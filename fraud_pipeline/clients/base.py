@@ -92,6 +92,11 @@ class Producer(Protocol):
     ) -> None:
         """Queue one record; a failure reaches the error handler, now or later."""
 
+    def watch_next_acknowledgement(self, note: Callable[[], None]) -> None:
+        """Call ``note`` once the next record queued is acknowledged by the brokers (written to its partition), on
+        whichever thread hears of it (a trace step: never for a failed send). Needs a producer built with
+        ``each_acknowledgement``."""
+
     def partition_count(self, topic: str, timeout_s: float) -> int:
         """How many partitions ``topic`` has; UnknownTopicError when it does not exist."""
 
@@ -174,8 +179,11 @@ class Backend(Protocol):
     name: str
     """``kafka-python`` or ``confluent``."""
 
-    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
-        """An idempotent ``acks=all`` producer; transactional with ``transactional_id``."""
+    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5,
+                 each_acknowledgement: bool = False) -> Producer:
+        """An idempotent ``acks=all`` producer; transactional with ``transactional_id``. ``each_acknowledgement``: it
+        hears of every acknowledged record (a Python call each on confluent, where only failures call back
+        otherwise), as ``Producer.watch_next_acknowledgement`` needs."""
 
     def consumer(self, client_id: str, group_id: str | None, *, max_records: int) -> Consumer:
         """A read_committed consumer: in ``group_id`` (commits by hand, new groups from the earliest offset), or groupless."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer as RdConsumer
@@ -365,18 +366,33 @@ class Producer:
     """Delivery reports for failures only: a success costs no Python call, so ``settled`` is all or nothing and a
     stage settles its sends by flushing them (stage.FlushedAtLeastOnce; a transaction's commit flushes too)."""
 
-    def __init__(self, config: dict[str, Any], errors: _ErrorLog) -> None:
+    def __init__(self, config: dict[str, Any], errors: _ErrorLog, *, each_acknowledgement: bool = False) -> None:
         self._on_error: OnError = lambda exc: log.error("send failed: %s", exc)
         errors.on_fatal = self._failed
         self._producer = RdProducer({**config, "error_cb": errors, "on_delivery": self._report_failure,
-                                     "delivery.report.only.error": True})
+                                     "delivery.report.only.error": not each_acknowledgement})
+        self._each_acknowledgement = each_acknowledgement
         self._sends = 0
         self._counts: dict[str, int] = {}
         self._stuck: FencedError | None = None
         """Set when a transactional call did not return: every later one raises it."""
+        self._watch: Callable[[], None] | None = None
+        """Called once the next record queued is acknowledged (``watch_next_acknowledgement``)."""
 
     def on_error(self, handler: OnError) -> None:
         self._on_error = handler
+
+    def watch_next_acknowledgement(self, note: Callable[[], None]) -> None:
+        """Its delivery report calls ``note`` (served by ``poll``, as every POLL_EVERY sends and in ``settled``)."""
+        if not self._each_acknowledgement:
+            raise ValueError("a producer that reports only failures cannot watch an acknowledgement: build it with "
+                             "each_acknowledgement")
+        self._watch = note
+
+    def _acknowledged(self, note: Callable[[], None], err: KafkaError | None, message: Message) -> None:
+        self._report_failure(err, message)
+        if err is None:
+            note()
 
     def _failed(self, exc: Exception) -> None:
         self._on_error(exc)
@@ -393,9 +409,13 @@ class Producer:
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
     ) -> None:
         producer: Any = self._producer  # headers: the binding's stubs want str values too
+        watch, self._watch = self._watch, None
         for _ in range(600):  # a full local queue: serve reports and try again, for at most a minute
             try:
-                if partition is None:
+                if watch is not None:
+                    producer.produce(topic, value, key, **({} if partition is None else {"partition": partition}),
+                                     headers=headers, on_delivery=partial(self._acknowledged, watch))
+                elif partition is None:
                     producer.produce(topic, value, key, headers=headers)
                 else:
                     producer.produce(topic, value, key, partition, headers=headers)
@@ -694,7 +714,8 @@ class Backend:
         return {"bootstrap.servers": self._servers, "client.id": client_id, "error_cb": errors,
                 "logger": logging.getLogger("librdkafka"), **security_config(self._security)}, errors
 
-    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
+    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5,
+                 each_acknowledgement: bool = False) -> Producer:
         config, errors = self._common(client_id)
         config.update({"acks": "all", "enable.idempotence": True, "linger.ms": linger_ms,
                        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS})
@@ -702,7 +723,7 @@ class Backend:
             # librdkafka wants every record's delivery timeout within the transaction's.
             config.update({"transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
                            "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS})
-        return Producer(config, errors)
+        return Producer(config, errors, each_acknowledgement=each_acknowledgement)
 
     def consumer(self, client_id: str, group_id: str | None, *, max_records: int) -> Consumer:
         config, errors = self._common(client_id)

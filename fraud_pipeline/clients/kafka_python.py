@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -424,12 +424,17 @@ class Producer:
         self._unsettled: dict[int, None] = {}
         """Sequence numbers of the records queued and not yet answered, oldest first; the sender thread settles them."""
         self._lock = threading.Lock()
+        self._watch: Callable[[], None] | None = None
+        """Called when the next record queued is acknowledged (``watch_next_acknowledgement``)."""
 
     def on_error(self, handler: OnError) -> None:
         self._on_error = handler
 
     def _failed(self, exc: Exception) -> None:
         self._on_error(classify(exc, "send"))
+
+    def watch_next_acknowledgement(self, note: Callable[[], None]) -> None:
+        self._watch = note
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None, partition: int | None = None,
@@ -446,6 +451,9 @@ class Producer:
         # Called on the sender thread, or here if the answer is in already.
         future.add_callback(self._acknowledged, sequence)
         future.add_errback(self._failed_send, sequence)
+        if self._watch is not None:
+            note, self._watch = self._watch, None
+            future.add_callback(lambda _metadata: note())
 
     def _acknowledged(self, sequence: int, _metadata: object) -> None:
         with self._lock:
@@ -765,7 +773,8 @@ class Backend:
             return why
         return cannot_reach(servers, BOOTSTRAP_TIMEOUT_MS / 1000, why, self._security.protocol)
 
-    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5) -> Producer:
+    def producer(self, client_id: str, transactional_id: str | None = None, *, linger_ms: int = 5,
+                 each_acknowledgement: bool = False) -> Producer:  # each send's future answers anyway
         extra: dict[str, Any] = (
             # init_transactions waits max_block_ms for a coordinator: 30 s, then the stage tries a new producer.
             # A record gives up within the transaction's timeout (as librdkafka insists), not after the default 120 s:

@@ -267,7 +267,8 @@ class ExactlyOnce(_OnHelperThread):
                  steps: Mapping[str, Histogram] | None = None, *, trace: bool = False) -> None:
         super().__init__(output)
         self._trace = trace
-        """Log each transaction's steps (``--trace-transactions``): begun, first record sent, committing, its end."""
+        """Log each transaction's steps (``--trace-transactions``): begun, first record sent and acknowledged,
+        committing, its end."""
         self._number = 0
         """Transactions begun by this process."""
         self._new_producer = new_producer
@@ -295,7 +296,8 @@ class ExactlyOnce(_OnHelperThread):
         if self._trace:
             number = self._number
             trace.info("transaction %d begun", number)
-            self._output.watch_first_send(lambda: trace.info("transaction %d: first record sent", number))
+            self._output.watch_first_send(lambda: trace.info("transaction %d: first record sent", number),
+                                          lambda: trace.info("transaction %d: first record acknowledged", number))
 
     def settle(self, consumer: Consumer, *, wait: bool = False) -> None:
         self._finish(wait=wait)

@@ -31,8 +31,8 @@ class Output:
         self._failure: Exception | None = None
         self._partitions: dict[str, int] = {}
         self._held: list[tuple[str, bytes | None, bytes | None, Headers | None, int | None]] | None = None
-        self._first_send: Callable[[], None] | None = None
-        """Called once at the next record queued to the producer (``watch_first_send``)."""
+        self._first_send: tuple[Callable[[], None], Callable[[], None]] | None = None
+        """Called once at the next record queued to the producer, and once it is acknowledged (``watch_first_send``)."""
         self.producer = producer
         self.send = producer.send
 
@@ -103,19 +103,22 @@ class Output:
         """The batch was rolled back: its failed sends no longer matter."""
         self._failure = None
 
-    def watch_first_send(self, note: Callable[[], None]) -> None:
-        """Call ``note`` once, right after the next record is queued to the producer (a held one when released)."""
-        self._first_send = note
+    def watch_first_send(self, sent: Callable[[], None], acknowledged: Callable[[], None]) -> None:
+        """Call ``sent`` once, right after the next record is queued to the producer (a held one when released), and
+        ``acknowledged`` once the brokers have it (``Producer.watch_next_acknowledgement``)."""
+        self._first_send = (sent, acknowledged)
         if self._held is None:
             self.send = self._send_first
 
     def _send_first(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
                     partition: int | None = None) -> None:
         self.send = self._producer.send
-        note, self._first_send = self._first_send, None
+        notes, self._first_send = self._first_send, None
+        if notes is not None:
+            self._producer.watch_next_acknowledgement(notes[1])
         self._producer.send(topic, key, value, headers, partition)
-        if note is not None:
-            note()
+        if notes is not None:
+            notes[0]()
 
     def hold(self) -> None:
         """Keep every send from now on instead of queueing it (a transaction is being committed): see ``release``."""

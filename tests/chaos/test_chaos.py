@@ -9,6 +9,7 @@ clients at once, each on its own pipeline (``for_each_client``).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import random
 import re
@@ -59,10 +60,6 @@ A transaction begins when the commit before it is through, and its commit is due
 record was read (read while that commit ran): a commit that takes longer than the interval leaves the next one
 due at once, open with records for a few milliseconds. CI, with three clusters and both clients' detectors on two
 cores, once saw commits of 2.2 s: with an interval of 1 s, 23 transactions in a row gave no moment to kill in."""
-RECORDS_OUT_S = 0.1
-"""How long a transaction's first records are left to reach the brokers before a kill (the client's linger is 5 ms)."""
-
-
 def expected_ids(seed: int, count: int) -> set[str]:
     """The PAYMENT_IDs of the first ``count`` payments of the seeded stream."""
     return {p.payment_id for p in expected_payments(seed, count, 1000)}
@@ -162,8 +159,9 @@ def kill_detector_repeatedly(
     before its checks.
 
     Exactly-once: the detector traces its transactions (``--trace-transactions``); the kill comes once the trace says
-    a transaction holds records and its commit has not begun, and the killed run's whole trace must end so (a kill
-    that landed elsewhere, possible on a loaded machine, is not counted: another is tried, up to MAX_KILLS).
+    the brokers acknowledged a record of a transaction whose commit has not begun, and the killed run's whole trace
+    must end so (a kill that landed elsewhere, possible on a loaded machine, is not counted: another is tried, up to
+    MAX_KILLS); each counted kill then leaves at least one record for the restart to abort.
     At-least-once: each kill must be followed by payments routed twice from around where it fell (sent, offsets not
     yet committed). The payments flow until the detector started after the last kill has committed: each restart
     waits up to the session timeout (10 s) for the killed member to leave the group, then restores its state, so how
@@ -178,11 +176,12 @@ def kill_detector_repeatedly(
             *(("--trace-transactions",) if exactly_once else ()))
     detector = pipeline.start("fraud_detector", *args, group="detector")
     kills, committed, killed_at, open_at_kill = 0, 0, [], []
+    waits: list[float] = []
     killed_offsets: list[dict[int, int]] = []
     while len(killed_at) < KILLS:
         assert kills < MAX_KILLS, f"{kills} kills, only {len(killed_at)} inside an open transaction: {open_at_kill}"
         # kill only once this detector is committing, at a random moment after that,
-        # and (exactly-once) while a transaction of it holds records
+        # and (exactly-once) while a transaction of it has records on the brokers
         committed = wait_for_progress(pipeline, "detector", committed, detector)
         time.sleep(rng.uniform(0.05, 1.5))
         if exactly_once:
@@ -196,10 +195,11 @@ def kill_detector_repeatedly(
         log = detector.communicate(timeout=10)[1]
         kills += 1
         if exactly_once:
-            # The killed run's own trace: which transaction was open, and whether records had joined it.
+            # The killed run's own trace: which transaction was open, and whether the brokers had its records.
             where = transaction_at_end(log)
             open_at_kill.append(where)
-            if where.startswith("open, with records"):
+            waits += acknowledgement_waits(log)
+            if where.startswith(ON_THE_BROKERS):
                 killed_at.append(committed)
         else:
             killed_at.append(committed)
@@ -219,7 +219,10 @@ def kill_detector_repeatedly(
         lost=lost, duplicated=duplicated, dead_lettered=dead, aborted_records=aborted,
     )
     if exactly_once:
-        run.update(transaction_at_kill=open_at_kill)
+        waits.sort()
+        run.update(transaction_at_kill=open_at_kill, first_record_acknowledged_after_s=dict(
+            transactions=len(waits), median=waits[len(waits) // 2] if waits else None, max=max(waits, default=None),
+            over_0_1=sum(wait > 0.1 for wait in waits)))
     else:
         run.update(duplicated_per_kill=duplicates_per_kill(pipeline, seen, killed_offsets))
     figures.append(run)
@@ -227,49 +230,85 @@ def kill_detector_repeatedly(
     assert dead == 0, run
     if exactly_once:
         assert duplicated == 0, run
-        # It hurt: the kills fell inside open transactions, whose records a read_uncommitted reader still sees.
-        assert aborted > 0, f"no aborted records after {len(killed_at)} kills inside open transactions: {run}"
+        # It hurt: each kill fell inside an open transaction with records on the brokers, aborted by the restart,
+        # which a read_uncommitted reader still sees.
+        assert aborted >= len(killed_at), f"fewer aborted records than kills inside open transactions: {run}"
     else:
         # It hurt: each kill landed while routed payments waited for their offsets' commit, routed again after the restart.
         assert all(run["duplicated_per_kill"]), f"a kill that routed nothing twice: {run}"
 
 
-TRACE = re.compile(r"fraud_pipeline\.transactions: transaction (\d+)(?::)? (begun|first record sent|committing|committed|aborted)")
+TRACE = re.compile(r"fraud_pipeline\.transactions: transaction (\d+):? "
+                   r"(begun|first record sent|first record acknowledged|committing|committed|aborted)")
+ON_THE_BROKERS = "open, records on the brokers"
+"""A transaction whose first record the brokers acknowledged, its commit not begun: a kill now leaves records for
+the next producer of its transactional id to abort."""
 
 
 def transaction_at_end(log: str) -> str:
-    """Where the last transaction of a detector's ``--trace-transactions`` log stands: "open, with records (n)",
-    "open, empty (n)", "committing (n)" (its end unknown), "ended (n)", or "no transaction"."""
-    steps = TRACE.findall(log)
+    """Where the last transaction of a detector's ``--trace-transactions`` log stands: "open, records on the brokers
+    (n)", "open, records queued (n)" (not acknowledged yet), "open, empty (n)", "committing (n)" (its end unknown),
+    "ended (n)", or "no transaction". Its acknowledgement can be logged after its commit began (the commit's flush
+    hears of it): each step is read by its transaction's number."""
+    return _where(TRACE.findall(log))
+
+
+def _where(steps: list[tuple[str, str]]) -> str:
+    """``transaction_at_end`` of the trace's steps, each (transaction number, step)."""
     if not steps:
         return "no transaction"
-    number, step = steps[-1]
-    return {"first record sent": f"open, with records ({number})", "begun": f"open, empty ({number})",
-            "committing": f"committing ({number})"}.get(step, f"ended ({number})")
+    number = steps[-1][0]
+    seen = {step for n, step in steps if n == number}
+    if seen & {"committed", "aborted"}:
+        return f"ended ({number})"
+    if "committing" in seen:
+        return f"committing ({number})"
+    if "first record acknowledged" in seen:
+        return f"{ON_THE_BROKERS} ({number})"
+    return f"open, records queued ({number})" if "first record sent" in seen else f"open, empty ({number})"
+
+
+STAMPED = re.compile(r"^(\S+ \S+) INFO fraud_pipeline\.transactions: transaction (\d+): first record (sent|acknowledged)", re.M)
+
+
+def acknowledgement_waits(log: str) -> list[float]:
+    """Seconds from each transaction's first record queued to its acknowledgement, from a ``--trace-transactions``
+    log's time stamps (to the millisecond): how long the records of an open transaction stay in the client."""
+    at: dict[tuple[str, str], datetime.datetime] = {}
+    for stamp, number, step in STAMPED.findall(log):
+        at[number, step] = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+    return [(at[n, "acknowledged"] - sent).total_seconds() for (n, step), sent in at.items()
+            if step == "sent" and (n, "acknowledged") in at]
 
 
 def wait_for_open_transaction(proc: Script, interval_s: float = KILL_COMMIT_INTERVAL_S, timeout_s: float = 60) -> None:
-    """Wait until the detector's trace says a transaction holds records and its commit has not begun: its records
-    sent RECORDS_OUT_S ago (they have left the client), and less than half an interval ago (its commit is not due
-    yet: a commit begins at most an interval after its transaction). On a timeout the trace's last steps, with their
-    times, show why: commits as long as the interval leave no moment between a transaction's records and its commit."""
+    """Wait until the detector's trace says a transaction has records on the brokers and its commit has not begun,
+    its first record sent less than half an interval ago (its commit is not due yet: a commit begins at most an
+    interval after its transaction's first record). Queued is not enough: a record waits in the client until its
+    partition joins the transaction, which the coordinator refuses while the transaction before is still being
+    completed (CONCURRENT_TRANSACTIONS, retried with backoff). On a timeout the trace's last steps, with their
+    times, show why."""
     deadline = time.monotonic() + timeout_s
-    seen, since, read = "", time.monotonic(), 0
+    steps: list[tuple[str, str]] = []
+    seen, sent_at, read = "", time.monotonic(), 0
     while True:
         assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
         lines = proc.stderr_lines()
-        now = transaction_at_end("".join(lines[read:])) if len(lines) > read else "no transaction"
-        now, read = (seen if now == "no transaction" else now), len(lines)  # only the new lines: a long log is slow to scan
-        if now != seen:
-            seen, since = now, time.monotonic()
-        elif now.startswith("open, with records") and RECORDS_OUT_S <= time.monotonic() - since < interval_s / 2:
+        if len(lines) > read:
+            new = TRACE.findall("".join(lines[read:]))  # only the new lines: a long log is slow to scan
+            read = len(lines)
+            if any(step == "first record sent" for _, step in new):
+                sent_at = time.monotonic()  # at most this late: the lines are read every few milliseconds
+            steps = (steps + new)[-16:]
+            seen = _where(steps)
+        if seen.startswith(ON_THE_BROKERS) and time.monotonic() - sent_at < interval_s / 2:
             return
         if time.monotonic() >= deadline:
             log = proc.stderr_so_far()
             saved = save_log(f"no-open-transaction-{proc.pid}", log)
             steps = [line for line in log.splitlines() if "fraud_pipeline.transactions" in line][-24:]
-            pytest.fail(f"no transaction holding records in {timeout_s:.0f}s (the trace now: {seen}; the whole log in "
-                        f"{saved}); the trace's last steps:\n" + "\n".join(steps))
+            pytest.fail(f"no transaction with records on the brokers in {timeout_s:.0f}s (the trace now: {seen}; the "
+                        f"whole log in {saved}); the trace's last steps:\n" + "\n".join(steps))
         time.sleep(0.005)
 
 

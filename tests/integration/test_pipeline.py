@@ -6,13 +6,15 @@ import datetime
 import json
 import random
 import signal
+import threading
+import time
 from collections import Counter
 
 import pytest
 import pytz
 from kafka import KafkaProducer
 
-from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON
+from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, backend
 from fraud_pipeline.payment import Payment, generate
 from fraud_pipeline.processors import fraud_line, legit_line
 from tests.integration.conftest import Pipeline, read_topic, summary_count, wait_for_committed, wait_for_group
@@ -174,3 +176,28 @@ def test_mixed_clients_kafka_python_and_confluent_in_one_pipeline(pipeline: Pipe
     legit_out = pipeline.run("legit_processor", "--idle-timeout", "5", group="legit-processor")
     assert Counter(fraud_out.stdout.splitlines()) == Counter(fraud_line(by_id[i]) for i in fraud_ids)
     assert Counter(legit_out.stdout.splitlines()) == Counter(legit_line(by_id[i]) for i in ids(legit))
+
+
+def test_a_record_is_noted_acknowledged_only_once_the_brokers_have_it(pipeline: Pipeline) -> None:
+    """``Producer.watch_next_acknowledgement``, what the transaction trace's "first record acknowledged" rests on
+    (the kill tests count a kill only after it): once noted, a read_uncommitted reader sees the open transaction's
+    record and a read_committed one does not; aborted, it stays invisible to the second."""
+    producer = backend(pipeline.client, tuple(pipeline.bootstrap.split(","))).producer(
+        "ack-watch", f"ack-watch-{pipeline.suffix}", each_acknowledgement=True)
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        noted = threading.Event()
+        producer.watch_next_acknowledgement(noted.set)
+        producer.send(pipeline.topics.fraud, b"k", b"watched", partition=0)
+        deadline = time.monotonic() + 30
+        while not noted.is_set():  # as the detector's loop does: its sends and settles serve the reports
+            assert time.monotonic() < deadline, "the acknowledgement was never noted"
+            producer.settled()
+            time.sleep(0.01)
+        assert [r.value for r in read_topic(pipeline.bootstrap, pipeline.topics.fraud, committed_only=False)] == [b"watched"]
+        assert read_topic(pipeline.bootstrap, pipeline.topics.fraud) == []
+        producer.abort_transaction(30)
+        assert read_topic(pipeline.bootstrap, pipeline.topics.fraud) == []
+    finally:
+        producer.close(5)

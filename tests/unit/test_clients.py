@@ -333,7 +333,7 @@ def test_confluent_sends_settle_only_when_none_is_in_flight_and_only_failures_ca
     """No Python call per delivered record: failure reports only, and a stage settles the sends by flushing them."""
     raw = MagicMock()
     producer = confluent.Producer.__new__(confluent.Producer)
-    producer._producer, producer._sends = raw, 0
+    producer._producer, producer._sends, producer._watch = raw, 0, None
     failures: list[Exception] = []
     producer.on_error(failures.append)
     producer.send("legit_payments", None, b"v", None, 0)
@@ -411,6 +411,18 @@ def test_a_confluent_transactional_call_that_never_returns_sets_its_producer_asi
     healthy._producer = stuck
     with pytest.raises(RetriableError, match="commit_transaction"):  # a call that returns an error is classified as ever
         healthy.commit_transaction(1.0)
+
+
+def test_a_confluent_producer_that_reports_only_failures_refuses_to_watch_an_acknowledgement() -> None:
+    """It would never hear of one: the watch needs a producer built with each_acknowledgement."""
+    errors = confluent._ErrorLog("t", "localhost:1", None)
+    quiet = confluent.Producer({"bootstrap.servers": "localhost:1"}, errors)
+    with pytest.raises(ValueError, match="each_acknowledgement"):
+        quiet.watch_next_acknowledgement(lambda: None)
+    quiet.close(0)
+    watching = confluent.Producer({"bootstrap.servers": "localhost:1"}, errors, each_acknowledgement=True)
+    watching.watch_next_acknowledgement(lambda: None)
+    watching.close(0)
 
 
 def _bootstrap_log(message: str, *args: object) -> logging.LogRecord:
