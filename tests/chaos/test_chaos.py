@@ -477,6 +477,15 @@ def brokers_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[st
     admin = backend(KAFKA_PYTHON, tuple(any_pipeline.bootstrap.split(","))).admin("chaos")
     lanes: list[Lane] = []
     rounds: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
+    """Where the test's time goes, phase by phase."""
+    lap = [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        seconds[name] = round(now - lap[0], 1)
+        lap[0] = now
+
     try:
         # A fresh cluster creates its coordinators' topics on first use: a group's, a transactional id's.
         committed_total(any_pipeline, "warm-up")
@@ -502,6 +511,7 @@ def brokers_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[st
             detector = pipeline.start("fraud_detector", *BROKER_KILL_ARGS, "--transactional-id", txn, group=group_name)
             lanes.append(Lane(pipeline, group_name, txn, producer, detector))
         progress(lanes)
+        phase("set-up")
         for role in ("transaction coordinator", "group coordinator", "detector start-up"):
             # Each round's broker is chosen now, from where leadership stands after the last round.
             killed = [r["node"] for r in rounds]
@@ -556,13 +566,16 @@ def brokers_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[st
             back_in_isr_s = max(wait_back_in_isr(admin, lane.pipeline, node) for lane in lanes)
             rounds.append({"node": node, "role": role, "led_payments": led, "led_changelog": led_changelog, "coordinated": coordinates,
                            "committing_again_s": resumed_s, "back_in_isr_s": back_in_isr_s})
+            phase(role)
         sent = {}
         for lane in lanes:
             sent[lane.pipeline.client] = stop_producer(lane.producer)
         for lane in lanes:
             # Stopped once it has committed every payment, rather than after a minute of idleness.
             wait_for_progress(lane.pipeline, lane.group_name, sent[lane.pipeline.client] - 1, lane.detector, timeout_s=120)
+            phase(f"catch-up ({lane.pipeline.client})")
             lane.stop_detector()
+            phase(f"stop ({lane.pipeline.client})")
     finally:
         admin.close()
         cluster_command("up", check=False)  # a failed round must not leave a broker down for the tests after it
@@ -574,10 +587,12 @@ def brokers_killed_in_turn(pipelines: dict[str, Pipeline], figures: list[dict[st
         wanted = expected(lane.pipeline.bootstrap, lane.pipeline.topics.payments, load_ruleset(DAY_RULES),
                           lane.pipeline.topics.payments_partitions)
         wrong = differences(routed(lane.pipeline.bootstrap, [lane.pipeline.topics.fraud, lane.pipeline.topics.legit]), wanted)
+        phase(f"checks ({client})")
         figures.append(dict(test=f"brokers killed in turn ({client})", sent=sent[client], lost=lost, duplicated=duplicated,
                             dead_lettered=dead, differing=len(wrong), handled=handled, rounds=rounds, detector_runs=len(lane.logs),
                             detector_rollbacks=sum(log.count("rolling back") for log in lane.logs),
-                            commits_through_after_failure=sum(log.count("went through at its coordinator") for log in lane.logs)))
+                            commits_through_after_failure=sum(log.count("went through at its coordinator") for log in lane.logs),
+                            seconds=seconds))
         if (lost, duplicated, dead) != (0, 0, 0) or handled != sent[client]:
             saved = save_log(f"broker-kill-{lane.pipeline.suffix}", "\n\n".join(lane.logs))
             missing = expected_ids(seed, sent[client]) - set(seen)
