@@ -10,6 +10,7 @@ drops the bytes that came with the broker's close.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import threading
 import time
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_MS = 10000
 METADATA_WAIT_MS = 10_000
+WATERMARK_STEP_S = 2.0
+"""The longest one attempt at a partition's offsets waits before the metadata are refreshed (Consumer.watermarks)."""
 """How long a subscribing consumer waits for its topic's metadata before its first poll (see Consumer._await_metadata)."""
 BOOTSTRAP_TIMEOUT_MS = 20000
 """A client's first contact gives up after this long (kafka-python's default: 30 s), with the last attempt's error."""
@@ -273,12 +276,16 @@ class Consumer:
         poll empty, for good: seen with the detector's stages in one process).
         With the metadata in, a consumer alone in its group joins once.
         """
-        consumer: Any = self._consumer
-        future = consumer._cluster.request_update()  # PRIVATE: what KafkaConsumer._fetch_all_topic_metadata does
         try:
-            consumer._net.run(consumer._manager.wait_for, future, METADATA_WAIT_MS)  # PRIVATE
+            self._refresh_metadata(METADATA_WAIT_MS)
         except kerr.KafkaError as exc:  # the join will fetch them itself, as without this
             log.debug("no metadata before joining the group: %s", exc)
+
+    def _refresh_metadata(self, wait_ms: int) -> None:
+        """Ask for the cluster's metadata now and wait for them at most ``wait_ms``; kafka-python's errors raised."""
+        consumer: Any = self._consumer
+        future = consumer._cluster.request_update()  # PRIVATE: what KafkaConsumer._fetch_all_topic_metadata does
+        consumer._net.run(consumer._manager.wait_for, future, wait_ms)  # PRIVATE
 
     def defer_commits(self) -> dict[KafkaTP, OffsetAndMetadata]:
         """From now on commit() only records its offsets, in the dict returned (see _Listener)."""
@@ -378,15 +385,33 @@ class Consumer:
         return set(found)
 
     def watermarks(self, partitions: Iterable[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        """Asked in steps of at most WATERMARK_STEP_S, the metadata refreshed after a step that timed out.
+
+        The deadline is ours: kafka-python's default, its request timeout, is 305 s (a leader moving held a commit
+        that long). And kafka-python 3.0.12 asks a partition's offsets of the leader its metadata name again and
+        again, at once, while that broker answers that it leads no more (NOT_LEADER_OR_FOLLOWER), never refreshing
+        them: after broker kills, a detector's state reader, idle since its restore, spent 5 x 30 s so when the
+        detector stopped.
+        """
         tps = _kafka_tps(partitions)
-        try:
-            # The deadline is ours: kafka-python's default, its request timeout, is 305 s (a leader moving held a
-            # commit that long).
-            first = self._consumer.beginning_offsets(tps, timeout_ms=int(timeout_s * 1000))
-            end = self._consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
-        except kerr.KafkaError as exc:
-            raise classify(exc, "offsets") from exc
-        return {TopicPartition(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
+        steps = max(1, math.ceil(timeout_s / WATERMARK_STEP_S))
+        step_ms = int(timeout_s / steps * 1000)
+        for last in [False] * (steps - 1) + [True]:
+            try:
+                first = self._consumer.beginning_offsets(tps, timeout_ms=step_ms)
+                end = self._consumer.end_offsets(tps, timeout_ms=step_ms)
+            except kerr.KafkaTimeoutError as exc:
+                if last:
+                    raise classify(exc, "offsets") from exc
+                try:
+                    self._refresh_metadata(step_ms)
+                except kerr.KafkaError as refresh:
+                    log.debug("metadata not refreshed: %s", refresh)
+            except kerr.KafkaError as exc:
+                raise classify(exc, "offsets") from exc
+            else:
+                return {TopicPartition(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
+        raise AssertionError("not reached: the last attempt returns or raises")
 
     def lag(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         found = {}

@@ -308,6 +308,23 @@ def test_kafka_python_offset_look_ups_wait_no_longer_than_asked() -> None:
         consumer.watermarks([TP], 2.0)
 
 
+def test_kafka_python_offsets_asked_again_with_fresh_metadata_after_a_step_that_timed_out() -> None:
+    """kafka-python 3.0.12 asks a leader that leads no more again and again without refreshing its metadata: a
+    step of 2 s that times out refreshes them, then asks again, within the caller's deadline."""
+    raw = MagicMock()
+    raw.beginning_offsets.side_effect = [kerr.KafkaTimeoutError("Failed to get offsets by timestamps in 2000 ms"), {KTP: 3}]
+    raw.end_offsets.return_value = {KTP: 9}
+    consumer = kafka_python.Consumer(raw, max_records=100)
+    raw._cluster.request_update.reset_mock()  # the subscription's own refresh aside
+    assert consumer.watermarks([TP], 30.0) == {TP: (3, 9)}
+    raw._cluster.request_update.assert_called_once_with()
+    assert [c.kwargs["timeout_ms"] for c in raw.beginning_offsets.call_args_list] == [2000, 2000]
+    raw.beginning_offsets.side_effect = kerr.KafkaTimeoutError("Failed to get offsets by timestamps in 2000 ms")
+    with pytest.raises(RetriableError):  # every step timed out: 15 of them, as many refreshes but the last
+        consumer.watermarks([TP], 30.0)
+    assert raw.beginning_offsets.call_count == 2 + 15 and raw._cluster.request_update.call_count == 1 + 14
+
+
 def test_kafka_python_sends_settle_in_order_whatever_order_their_answers_come_in() -> None:
     raw = MagicMock(spec_set=KafkaProducer)
     producer = kafka_python.Producer(raw)
