@@ -510,15 +510,15 @@ def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None],
     """A Relay and an ExactlyOnce delivery whose producer logs its sends and transactional calls into ``events``, and
     whose commit_transaction returns (or raises its outcome) only once ``value`` was handled meanwhile."""
     producer = _transactional_producer(events)
-    producer.send.side_effect = lambda topic, key, value, headers=None, partition=None: events.append(f"send {value.decode()}")
     watched: list[Callable[[], None]] = []
 
-    def flush(timeout_s: float | None = None) -> None:  # the commit's flush hears of the acknowledgements
-        while watched:
+    def send(topic: str, key: bytes | None, value: bytes, headers: object = None, partition: int | None = None) -> None:
+        events.append(f"send {value.decode()}")
+        while watched:  # acknowledged at once, on the loop's thread: the order of the events stays fixed
             watched.pop(0)()
 
+    producer.send.side_effect = send
     producer.watch_next_acknowledgement.side_effect = watched.append
-    producer.flush.side_effect = flush
     output = Output(producer)
     relay = Relay(events, output)
     results = iter(outcomes)
@@ -568,7 +568,7 @@ def _traced_into(events: list[str]) -> Iterator[None]:
 def test_the_transaction_trace_shows_each_step_and_where_records_joined() -> None:
     """``--trace-transactions``: a kill after "first record acknowledged" and before "committing" fell inside an open
     transaction with records on the brokers (the kill tests read it so); a record held through a commit joins the
-    next one. The acknowledgement can come after "committing" (heard of in the commit's flush, as here)."""
+    next one."""
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
     consumer.group_metadata.return_value = "meta"
     events: list[str] = []
@@ -576,14 +576,14 @@ def test_the_transaction_trace_shows_each_step_and_where_records_joined() -> Non
     with _traced_into(events):
         run_consumer(consumer, relay, delivery, stop=threading.Event(), idle_timeout_s=0.2, commit_interval_s=0)
     assert events == [
-        "init_transactions", "begin_transaction", "transaction 1 begun", "a", "send a", "transaction 1: first record sent",
-        "transaction 1 committing, input offsets payments[0]=1", "transaction 1: first record acknowledged",
-        "offsets [(0, 1)] meta", "committing",
+        "init_transactions", "begin_transaction", "transaction 1 begun", "a", "send a",
+        "transaction 1: first record acknowledged", "transaction 1: first record sent",
+        "transaction 1 committing, input offsets payments[0]=1", "offsets [(0, 1)] meta", "committing",
         "b",  # read while transaction 1 commits: held, and the first record of transaction 2
         "commit_transaction", "transaction 1 committed", "emit", "begin_transaction", "transaction 2 begun",
-        "send b", "transaction 2: first record sent",
-        "transaction 2 committing, input offsets payments[0]=2", "transaction 2: first record acknowledged",
-        "offsets [(0, 2)] meta", "committing", "commit_transaction", "transaction 2 committed", "emit",
+        "send b", "transaction 2: first record acknowledged", "transaction 2: first record sent",
+        "transaction 2 committing, input offsets payments[0]=2", "offsets [(0, 2)] meta", "committing", "commit_transaction",
+        "transaction 2 committed", "emit",
     ]
 
 
