@@ -60,6 +60,8 @@ A transaction begins when the commit before it is through, and its commit is due
 record was read (read while that commit ran): a commit that takes longer than the interval leaves the next one
 due at once, open with records for a few milliseconds. CI, with three clusters and both clients' detectors on two
 cores, once saw commits of 2.2 s: with an interval of 1 s, 23 transactions in a row gave no moment to kill in."""
+
+
 def expected_ids(seed: int, count: int) -> set[str]:
     """The PAYMENT_IDs of the first ``count`` payments of the seeded stream."""
     return {p.payment_id for p in expected_payments(seed, count, 1000)}
