@@ -402,7 +402,8 @@ def add_delivery_arguments(parser: argparse.ArgumentParser, env: Mapping[str, st
     delivery.add_argument(
         "--trace-transactions", action="store_true", default=DeliverySettings.trace_transactions,
         help="exactly-once: log a line at each step of each transaction (begun, first record sent, first record "
-        "acknowledged, committing with its input offsets, committed or aborted) under fraud_pipeline.transactions; "
+        "acknowledged, committing with its input offsets, ending once its records are flushed and offsets added, "
+        "committed or aborted) under fraud_pipeline.transactions; "
         "to tell where a crash fell",
     )
 

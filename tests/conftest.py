@@ -39,8 +39,13 @@ class ByCluster(LoadScopeScheduling):
     """
 
     def _split_scope(self, nodeid: str) -> str:
-        cluster = cluster_of(nodeid)
-        return "unit-then-secured" if cluster in (NO_CLUSTER, SECURED) else cluster
+        return share_of(nodeid)
+
+
+def share_of(nodeid: str) -> str:
+    """The share of the work (one worker's) a test belongs to: its cluster's, the unit tests going with the secured."""
+    cluster = cluster_of(nodeid)
+    return "unit-then-secured" if cluster in (NO_CLUSTER, SECURED) else cluster
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByCluster:
@@ -67,6 +72,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("failure test figures")
         for entry in seen:
             terminalreporter.write_line(", ".join(f"{k}={v}" for k, v in entry.items()))
+    shares = seconds_per_share(terminalreporter.stats)
+    if len(shares) > 1:
+        terminalreporter.section("seconds per worker's share (setup, call and teardown)")
+        terminalreporter.write_line(", ".join(f"{share} {seconds:,.0f}" for share, seconds in sorted(shares.items())))
+
+
+def seconds_per_share(stats: dict[str, list[Any]]) -> dict[str, float]:
+    """The seconds the tests took, summed by the share of the work one worker takes (``ByCluster``): the longest
+    share is about how long the run takes."""
+    shares: dict[str, float] = {}
+    for reports in stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                share = share_of(report.nodeid)
+                shares[share] = shares.get(share, 0.0) + report.duration
+    return shares
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

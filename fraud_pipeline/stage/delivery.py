@@ -268,7 +268,7 @@ class ExactlyOnce(_OnHelperThread):
         super().__init__(output)
         self._trace = trace
         """Log each transaction's steps (``--trace-transactions``): begun, first record sent and acknowledged,
-        committing, its end."""
+        committing, ending (its end about to be asked for), its end."""
         self._number = 0
         """Transactions begun by this process."""
         self._new_producer = new_producer
@@ -321,6 +321,8 @@ class ExactlyOnce(_OnHelperThread):
         flushed = time.monotonic()
         producer.send_offsets_to_transaction(offsets, group, TRANSACTION_STEP_TIMEOUT_S)
         offsets_sent = time.monotonic()
+        if self._trace:  # before the end is asked for: a crash before this line leaves the transaction to abort
+            trace.info("transaction %d ending (records flushed, offsets added)", commit.number)
         producer.commit_transaction(TRANSACTION_STEP_TIMEOUT_S)
         commit.steps = (flushed - started, offsets_sent - flushed, time.monotonic() - offsets_sent)
         if self._trace:

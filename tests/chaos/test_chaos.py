@@ -58,8 +58,10 @@ KILL_COMMIT_INTERVAL_S = 3.0
 
 A transaction begins when the commit before it is through, and its commit is due an interval after its first
 record was read (read while that commit ran): a commit that takes longer than the interval leaves the next one
-due at once, open with records for a few milliseconds. CI, with three clusters and both clients' detectors on two
-cores, once saw commits of 2.2 s: with an interval of 1 s, 23 transactions in a row gave no moment to kill in."""
+due at once. CI, with three clusters and both clients' detectors on two cores, once saw commits of 2.2 s, and
+later of 2.5 to 4.5 s with first records acknowledged 1 to 2.7 s after they were sent: the kill's moment then
+lies inside the commit, between the acknowledgement its flush waits for and the end it asks for (see
+wait_for_open_transaction)."""
 
 
 def expected_ids(seed: int, count: int) -> set[str]:
@@ -177,9 +179,10 @@ def kill_detector_repeatedly(
     args = ("--quiet", "--idle-timeout", "10", "--guarantee", guarantee, "--commit-interval-ms", interval_ms,
             *(("--trace-transactions",) if exactly_once else ()))
     detector = pipeline.start("fraud_detector", *args, group="detector")
+    admin = AdminClient(confluent_connection(pipeline.bootstrap))
     kills, committed, killed_at, open_at_kill = 0, 0, [], []
     waits: list[float] = []
-    killed_offsets: list[dict[int, int]] = []
+    written: list[Offsets] = []
     while len(killed_at) < KILLS:
         assert kills < MAX_KILLS, f"{kills} kills, only {len(killed_at)} inside an open transaction: {open_at_kill}"
         # kill only once this detector is committing, at a random moment after that,
@@ -189,9 +192,7 @@ def kill_detector_repeatedly(
         if exactly_once:
             wait_for_open_transaction(detector)
         else:
-            # what the kill leaves uncommitted comes after these, partition by partition
-            killed_offsets.append(committed_offsets(pipeline, "detector"))
-            committed = sum(killed_offsets[-1].values())
+            committed = committed_total(pipeline, "detector")
         assert detector.poll() is None, f"detector died on its own:\n{detector.communicate()[1][-3000:]}"
         detector.send_signal(signal.SIGKILL)
         log = detector.communicate(timeout=10)[1]
@@ -205,12 +206,14 @@ def kill_detector_repeatedly(
                 killed_at.append(committed)
         else:
             killed_at.append(committed)
+            # what the killed run wrote ends here (its copies of the payments the restart routes again)
+            written.append(routed_ends(admin, pipeline)[1])
         detector = pipeline.start("fraud_detector", *args, group="detector")
     committed = wait_for_progress(pipeline, "detector", committed, detector)
     assert producer.poll() is None, "the payments stopped flowing before the last restart committed"
     sent = stop_producer(producer)
     finish(detector, "fraud_detector")
-    lost, duplicated, dead, seen = verdict(pipeline, seed, sent)
+    lost, duplicated, dead, _ = verdict(pipeline, seed, sent)
     aborted = (
         len(read_topic(pipeline.bootstrap, pipeline.topics.fraud, committed_only=False))
         + len(read_topic(pipeline.bootstrap, pipeline.topics.legit, committed_only=False))
@@ -226,7 +229,7 @@ def kill_detector_repeatedly(
             transactions=len(waits), median=waits[len(waits) // 2] if waits else None, max=max(waits, default=None),
             over_0_1=sum(wait > 0.1 for wait in waits)))
     else:
-        run.update(duplicated_per_kill=duplicates_per_kill(pipeline, seen, killed_offsets))
+        run.update(duplicated_per_kill=duplicates_per_kill(pipeline, written))
     figures.append(run)
     assert lost == 0, run
     assert dead == 0, run
@@ -241,17 +244,19 @@ def kill_detector_repeatedly(
 
 
 TRACE = re.compile(r"fraud_pipeline\.transactions: transaction (\d+):? "
-                   r"(begun|first record sent|first record acknowledged|committing|committed|aborted)")
+                   r"(begun|first record sent|first record acknowledged|committing|ending|committed|aborted)")
 ON_THE_BROKERS = "open, records on the brokers"
-"""A transaction whose first record the brokers acknowledged, its commit not begun: a kill now leaves records for
-the next producer of its transactional id to abort."""
+"""A transaction whose first record the brokers acknowledged and whose end was not asked for yet (its commit may
+have begun: records flushed, offsets added): a kill now leaves records for the next producer of its transactional
+id to abort."""
 
 
 def transaction_at_end(log: str) -> str:
     """Where the last transaction of a detector's ``--trace-transactions`` log stands: "open, records on the brokers
-    (n)", "open, records queued (n)" (not acknowledged yet), "open, empty (n)", "committing (n)" (its end unknown),
-    "ended (n)", or "no transaction". Its acknowledgement can be logged after its commit began (the commit's flush
-    hears of it): each step is read by its transaction's number."""
+    (n)" (", committing" added once its commit began), "open, records queued (n)" (not acknowledged yet), "open, empty (n)", "committing (n)" (its records not
+    acknowledged yet), "ending (n)" (its end asked for or about to be: its outcome unknown), "ended (n)", or "no
+    transaction". Its acknowledgement can be logged after its commit began (the commit's flush hears of it): each
+    step is read by its transaction's number."""
     return _where(TRACE.findall(log))
 
 
@@ -263,10 +268,12 @@ def _where(steps: list[tuple[str, str]]) -> str:
     seen = {step for n, step in steps if n == number}
     if seen & {"committed", "aborted"}:
         return f"ended ({number})"
+    if "ending" in seen:
+        return f"ending ({number})"
+    if "first record acknowledged" in seen:
+        return f"{ON_THE_BROKERS}{', committing' if 'committing' in seen else ''} ({number})"
     if "committing" in seen:
         return f"committing ({number})"
-    if "first record acknowledged" in seen:
-        return f"{ON_THE_BROKERS} ({number})"
     return f"open, records queued ({number})" if "first record sent" in seen else f"open, empty ({number})"
 
 
@@ -283,27 +290,27 @@ def acknowledgement_waits(log: str) -> list[float]:
             if step == "sent" and (n, "acknowledged") in at]
 
 
-def wait_for_open_transaction(proc: Script, interval_s: float = KILL_COMMIT_INTERVAL_S, timeout_s: float = 60) -> None:
-    """Wait until the detector's trace says a transaction has records on the brokers and its commit has not begun,
-    its first record sent less than half an interval ago (its commit is not due yet: a commit begins at most an
-    interval after its transaction's first record). Queued is not enough: a record waits in the client until its
-    partition joins the transaction, which the coordinator refuses while the transaction before is still being
-    completed (CONCURRENT_TRANSACTIONS, retried with backoff). On a timeout the trace's last steps, with their
-    times, show why."""
+def wait_for_open_transaction(proc: Script, timeout_s: float = 60) -> None:
+    """Wait until the detector's trace says a transaction has records on the brokers and its end is not asked for.
+
+    Queued is not enough: a record waits in the client until its partition joins the transaction, which the
+    coordinator refuses while the transaction before is still being completed (CONCURRENT_TRANSACTIONS, retried
+    with backoff). On a loaded machine that wait can outlast the commit interval, and a commit that takes longer
+    than the interval leaves the next one due at once: the records are then acknowledged during the commit's
+    flush, and the moment to kill runs until the commit asks for its end (records flushed, offsets added). On a
+    timeout the trace's last steps, with their times, show why."""
     deadline = time.monotonic() + timeout_s
     steps: list[tuple[str, str]] = []
-    seen, sent_at, read = "", time.monotonic(), 0
+    seen, read = "", 0
     while True:
         assert proc.poll() is None, f"detector exited:\n{proc.communicate()[1][-3000:]}"
         lines = proc.stderr_lines()
         if len(lines) > read:
             new = TRACE.findall("".join(lines[read:]))  # only the new lines: a long log is slow to scan
             read = len(lines)
-            if any(step == "first record sent" for _, step in new):
-                sent_at = time.monotonic()  # at most this late: the lines are read every few milliseconds
             steps = (steps + new)[-16:]
             seen = _where(steps)
-        if seen.startswith(ON_THE_BROKERS) and time.monotonic() - sent_at < interval_s / 2:
+        if seen.startswith(ON_THE_BROKERS):
             return
         if time.monotonic() >= deadline:
             log = proc.stderr_so_far()
@@ -314,16 +321,21 @@ def wait_for_open_transaction(proc: Script, interval_s: float = KILL_COMMIT_INTE
         time.sleep(0.005)
 
 
-def duplicates_per_kill(pipeline: Pipeline, seen: Counter[str], killed_offsets: list[dict[int, int]]) -> list[int]:
-    """Payments routed twice, each counted for the last kill before it on its input partition: a kill leaves
-    uncommitted the records at and after the group's committed offset of each partition (taken just before it)."""
-    where = {json.loads(r.value)["PAYMENT_ID"]: (r.partition, r.offset) for r in read_topic(pipeline.bootstrap, pipeline.topics.payments)}
-    per_kill = [0] * len(killed_offsets)
-    for payment_id, copies in seen.items():
-        if copies > 1:
-            partition, offset = where[payment_id]
-            kill = sum(1 for offsets in killed_offsets if offsets.get(partition, 0) <= offset) - 1
-            per_kill[max(kill, 0)] += copies - 1
+def duplicates_per_kill(pipeline: Pipeline, written: list[Offsets]) -> list[int]:
+    """Payments routed twice, each counted for the kill that stopped the run which routed it first. ``written``: the
+    routed partitions' ends taken just after each kill; a copy below them, and not below those of the kill before,
+    was written by the run that kill stopped. (Not by the input's committed offsets at the kill: a restart on a
+    loaded machine can commit a first transaction shorter than what the killed run had routed, and the copies
+    past it would be counted for the next kill.)"""
+    runs: dict[str, list[int]] = {}
+    for topic in (pipeline.topics.fraud, pipeline.topics.legit):
+        for r in read_topic(pipeline.bootstrap, topic):
+            run = sum(1 for ends in written if ends[topic, r.partition] <= r.offset)
+            runs.setdefault(json.loads(r.value)["PAYMENT_ID"], []).append(run)
+    per_kill = [0] * len(written)
+    for copies in runs.values():
+        if len(copies) > 1 and (first := min(copies)) < len(written):
+            per_kill[first] += len(copies) - 1
     return per_kill
 
 

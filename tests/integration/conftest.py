@@ -212,8 +212,9 @@ def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline],
     """``run`` on every client's pipeline at the same time, each in a thread; what each returned, by client.
 
     The failure tests run both clients at once: the same faults, half the wall-clock time. The first
-    run to fail stops the others (their scripts are killed, so their waits end), and every failure is
-    raised together, each naming its client.
+    run to fail stops the others (their scripts are killed, so their waits end) and is raised, each
+    failure naming its client; the others' failures, most likely only the kill's, are named in its
+    notes. Runs that failed at the same time are raised together, their first lines in the message.
     """
 
     def on(client: str, pipeline: Pipeline) -> T:
@@ -230,15 +231,25 @@ def for_each_client(pipelines: Mapping[str, Pipeline], run: Callable[[Pipeline],
             for future in running:
                 pipelines[futures[future]].kill_scripts()
             wait(running)
-            for future in running:
-                if (exc := future.exception()) is not None:
-                    exc.add_note("(its scripts were killed when another client's run failed: this failure may be only that)")
-    failures = [exc for future in futures if (exc := future.exception()) is not None]
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
-        raise BaseExceptionGroup("the failure test failed on more than one client", failures)
+    first = [exc for future in futures if future not in running and (exc := future.exception()) is not None]
+    after = [(futures[future], exc) for future in running if (exc := future.exception()) is not None]
+    for exc in first:
+        for client, later in after:  # most likely only the kill: named, not raised
+            exc.add_note(f"({client} failed too, once its scripts were killed: {one_line(later)})")
+    if len(first) == 1:
+        raise first[0]
+    if first:
+        raise BaseExceptionGroup("the failure test failed on more than one client: "
+                                 + "; ".join(one_line(exc) for exc in first), first)
     return {client: future.result() for future, client in futures.items()}
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's type, the first line of its message and its notes, cut at ``limit`` characters: what a run's
+    summary line can carry."""
+    lines = str(exc).splitlines()
+    text = " ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}", *getattr(exc, "__notes__", ())])
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @contextlib.contextmanager

@@ -498,8 +498,12 @@ class Relay(Recorder):
         super().__init__(events)
         self.output = output
         self.handled: dict[bytes, threading.Event] = collections.defaultdict(threading.Event)
+        self.gates: dict[bytes, threading.Event] = {}
+        """Per value, what its handling waits for (up to 5 s) first."""
 
     def handle(self, record: Any) -> None:
+        if (gate := self.gates.get(record.value)) is not None:
+            gate.wait(5)
         super().handle(record)
         self.output.send("routed", None, record.value)
         self.handled[record.value].set()
@@ -508,7 +512,9 @@ class Relay(Recorder):
 def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None], *,
               trace: bool = False) -> tuple[Relay, ExactlyOnce]:
     """A Relay and an ExactlyOnce delivery whose producer logs its sends and transactional calls into ``events``, and
-    whose commit_transaction returns (or raises its outcome) only once ``value`` was handled meanwhile."""
+    whose commit_transaction returns (or raises its outcome) only once ``value`` was handled meanwhile; ``value`` is
+    handled only once a commit_transaction began (the commit's steps on the helper thread before it, the trace's
+    included, would otherwise race with the loop's handling of it)."""
     producer = _transactional_producer(events)
     watched: list[Callable[[], None]] = []
 
@@ -522,9 +528,11 @@ def _relaying(events: list[str], value: bytes, outcomes: list[Exception | None],
     output = Output(producer)
     relay = Relay(events, output)
     results = iter(outcomes)
+    committing = relay.gates[value] = threading.Event()
 
     def commit_transaction(timeout_s: float) -> None:
         events.append("committing")
+        committing.set()
         relay.handled[value].wait(5)
         outcome = next(results, None)
         if outcome is not None:
@@ -566,9 +574,9 @@ def _traced_into(events: list[str]) -> Iterator[None]:
 
 
 def test_the_transaction_trace_shows_each_step_and_where_records_joined() -> None:
-    """``--trace-transactions``: a kill after "first record acknowledged" and before "committing" fell inside an open
-    transaction with records on the brokers (the kill tests read it so); a record held through a commit joins the
-    next one."""
+    """``--trace-transactions``: a kill after "first record acknowledged" and before "ending" fell inside an open
+    transaction with records on the brokers (the kill tests read it so): "ending" comes before the end is asked for;
+    a record held through a commit joins the next one."""
     consumer = _consumer_with({TP: [record(b"a")]}, {TP: [record(b"b", offset=1)]})
     consumer.group_metadata.return_value = "meta"
     events: list[str] = []
@@ -578,11 +586,13 @@ def test_the_transaction_trace_shows_each_step_and_where_records_joined() -> Non
     assert events == [
         "init_transactions", "begin_transaction", "transaction 1 begun", "a", "send a",
         "transaction 1: first record acknowledged", "transaction 1: first record sent",
-        "transaction 1 committing, input offsets payments[0]=1", "offsets [(0, 1)] meta", "committing",
+        "transaction 1 committing, input offsets payments[0]=1", "offsets [(0, 1)] meta",
+        "transaction 1 ending (records flushed, offsets added)", "committing",
         "b",  # read while transaction 1 commits: held, and the first record of transaction 2
         "commit_transaction", "transaction 1 committed", "emit", "begin_transaction", "transaction 2 begun",
         "send b", "transaction 2: first record acknowledged", "transaction 2: first record sent",
-        "transaction 2 committing, input offsets payments[0]=2", "offsets [(0, 2)] meta", "committing", "commit_transaction",
+        "transaction 2 committing, input offsets payments[0]=2", "offsets [(0, 2)] meta",
+        "transaction 2 ending (records flushed, offsets added)", "committing", "commit_transaction",
         "transaction 2 committed", "emit",
     ]
 
