@@ -253,10 +253,10 @@ id to abort."""
 
 def transaction_at_end(log: str) -> str:
     """Where the last transaction of a detector's ``--trace-transactions`` log stands: "open, records on the brokers
-    (n)" (", committing" added once its commit began), "open, records queued (n)" (not acknowledged yet), "open, empty (n)", "committing (n)" (its records not
-    acknowledged yet), "ending (n)" (its end asked for or about to be: its outcome unknown), "ended (n)", or "no
-    transaction". Its acknowledgement can be logged after its commit began (the commit's flush hears of it): each
-    step is read by its transaction's number."""
+    (n)" (", committing" added once its commit began), "open, records queued (n)" (not acknowledged yet), "open,
+    empty (n)", "committing (n)" (its records not acknowledged yet), "ending (n)" (its end asked for or about to
+    be: its outcome unknown), "ended (n)", or "no transaction". Its acknowledgement can be logged after its commit
+    began (the commit's flush hears of it): each step is read by its transaction's number."""
     return _where(TRACE.findall(log))
 
 
