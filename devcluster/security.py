@@ -115,9 +115,13 @@ def role_acls(topics: TopicSettings | None = None, groups: Groups | None = None)
             topic(LEGIT_PROCESSOR, "WRITE", topics.dead_letter), idempotent(LEGIT_PROCESSOR),
         ],
         # `fraud_rules.py list` and `mode` read the rules they change; `lists` the lists. The rules admin alone
-        # defines lists.
-        RULES_ADMIN: [*(topic(RULES_ADMIN, op, name) for name in (topics.rules, topics.lists, topics.list_definitions)
+        # defines lists. Proposals: their topic, the audit trail of each step, and the payments and labels their
+        # evidence replays.
+        RULES_ADMIN: [*(topic(RULES_ADMIN, op, name)
+                        for name in (topics.rules, topics.lists, topics.list_definitions, topics.proposals)
                         for op in ("WRITE", "READ")),
+                      topic(RULES_ADMIN, "WRITE", topics.audit),
+                      *(topic(RULES_ADMIN, "READ", name) for name in (topics.payments, topics.labels)),
                       idempotent(RULES_ADMIN)],
         # fraud_console.py reads; it sees the pipeline's groups and their offsets, and the brokers (DescribeCluster);
         # it writes only what analysts do: labels, list entries (never a list's definition), claims, the audit trail.

@@ -202,9 +202,11 @@ def _header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | Non
 
 
 def from_topic(
-    settings: Settings, topic: str, since_ms: int | None, until_ms: int | None, skipped: Skipped
+    settings: Settings, topic: str, since_ms: int | None, until_ms: int | None, skipped: Skipped, *,
+    labelled_only: bool = True,
 ) -> Iterator[Example]:
-    """Examples from a topic's committed records in a span, labelled by their headers."""
+    """Examples from a topic's committed records in a span, labelled by their headers (``labelled_only=False``: those
+    without a label too, labelled ``""``)."""
     from .kafka_io import read_span, record_source  # the file and generated sources need no Kafka
 
     for record in read_span(settings, topic, since_ms=since_ms, until_ms=until_ms):
@@ -216,6 +218,8 @@ def from_topic(
             continue
         raw_label = _header(record.headers, LABEL_HEADER)
         label = _label(raw_label)
+        if label is None and not labelled_only:
+            label = ""
         if label is None:
             reason = f"no {LABEL_HEADER} header" if raw_label is None else f"{LABEL_HEADER} must be fraud or legit, got {raw_label!r}"
             skipped.add("unlabelled", where, reason)

@@ -83,6 +83,8 @@ class TopicSettings:
     """Everything analysts do in the console, one record per action (fraud_pipeline.cases)."""
     claims: str = "fraud_claims"
     """Compacted: which analyst holds each case, for every console (fraud_pipeline.claims)."""
+    proposals: str = "fraud_rule_proposals"
+    """Compacted: proposed rule changes with their evidence and decision, keyed by id (fraud_pipeline.proposals)."""
     payments_partitions: int = 6
     """6 divides evenly among 1, 2 or 3 detectors and puts 2 leaders on each broker."""
     routed_partitions: int = 2
@@ -244,6 +246,7 @@ def topic_settings_from_env(env: Mapping[str, str] | None = None) -> TopicSettin
         labels=env.get("LABELS_TOPIC") or base.labels,
         audit=env.get("AUDIT_TOPIC") or base.audit,
         claims=env.get("CLAIMS_TOPIC") or base.claims,
+        proposals=env.get("PROPOSALS_TOPIC") or base.proposals,
         payments_partitions=_env_int(env, "PAYMENTS_PARTITIONS", base.payments_partitions),
         routed_partitions=_env_int(env, "ROUTED_PARTITIONS", base.routed_partitions),
         replication_factor=_env_int(env, "TOPIC_REPLICATION_FACTOR", base.replication_factor),
@@ -329,6 +332,11 @@ def _add_topic_arguments(kafka: argparse._ArgumentGroup, env: Mapping[str, str])
     kafka.add_argument(
         "--claims-topic", default=topics.claims,
         help="compacted topic of who holds each case, shared by the consoles [env CLAIMS_TOPIC] (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--proposals-topic", default=topics.proposals,
+        help="compacted topic of proposed rule changes, their evidence and decisions [env PROPOSALS_TOPIC] "
+        "(default: %(default)s)",
     )
     kafka.add_argument(
         "--no-create-topics", dest="create_topics", action="store_false", default=Settings.create_topics,
@@ -524,6 +532,7 @@ def topic_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         labels=args.labels_topic,
         audit=args.audit_topic,
         claims=args.claims_topic,
+        proposals=args.proposals_topic,
         payments_partitions=base.payments_partitions,
         routed_partitions=base.routed_partitions,
         dead_letter_partitions=base.dead_letter_partitions,

@@ -5,6 +5,12 @@
     python fraud_rules.py publish FILE [--id ID ...]
     python fraud_rules.py mode ID enabled|shadow|disabled [--rules FILE]
     python fraud_rules.py remove ID
+    python fraud_rules.py propose FILE --note TEXT [--by NAME] [--since T] [--until T] [--no-evidence]
+    python fraud_rules.py proposals
+    python fraud_rules.py proposal ID
+    python fraud_rules.py evidence ID [--since T] [--until T]
+    python fraud_rules.py approve ID --note TEXT [--by NAME]
+    python fraud_rules.py reject ID --note TEXT [--by NAME]
     python fraud_rules.py lists create NAME --field TO --level block|review|allow|watch [--overridable]
     python fraud_rules.py lists add NAME VALUE ... [--ttl 10m] [--reason TEXT] [--by NAME]
     python fraud_rules.py lists remove NAME [VALUE ...]
@@ -18,6 +24,15 @@ publishes nothing if one is invalid. ``mode`` republishes the rule with the
 new mode and the next version. ``list`` and ``mode`` start from the baseline
 rule set the detectors run with (``--rules FILE``, else the original BITCOIN
 rule), as the detectors do.
+
+Proposals (fraud_pipeline.proposals): ``propose`` records a change in the
+compacted proposals topic with its per-rule diff against the live set, then
+replays the payments topic's retained records through the live set and the
+proposed one (fraud_pipeline.evidence; the labels topic's verdicts for
+precision) and keeps the evidence with it. Another admin approves it (which
+publishes it, as ``publish`` does) or rejects it, each with a note; every
+step goes to the audit topic. A proposal whose evidence predates a change of
+the live set is stale: ``evidence ID`` runs it again.
 
 Lists (fraud_pipeline.rules.lists): each list is defined in the compacted list
 definitions topic (one record per list, written by the rules admin only), its
@@ -40,11 +55,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .backtest import Skipped, from_topic, parse_time, read_labels
+from .cases import AuditEvent
 from .clients import ClientError, Consumer, Record
 from .config import Settings, build_parser, settings_from_args
 from .errors import PipelineError
+from .evidence import evidence, render, rule_changes
 from .kafka_io import make_producer, make_topic_reader, read_span
 from .live_rules import LiveLists, LiveRules, LiveTopic, Reject
+from .proposals import APPROVED, REJECTED, VERB, Proposal, ProposalError, new_id, proposed_set
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
 from .rules.definitions import group_label, read_document
 from .rules.fields import FIELDS
@@ -63,11 +82,12 @@ from .rules.lists import (
     list_record,
     utc,
 )
-from .runtime import cli_main, setup_logging
+from .runtime import Progress, cli_main, setup_logging
 from .stage import BatchError, Output
 from .topics import prepare_topics
 
 NAME = "fraud_rules"
+PROPOSAL_COMMANDS = ("propose", "proposals", "proposal", "evidence", "approve", "reject")
 
 
 def rules_in_file(path: str) -> list[Rule]:
@@ -175,6 +195,145 @@ def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
     publish(settings, [(args.id, None)])
     print(f"removed {args.id} (tombstone published to {settings.topics.rules})")
     return 0
+
+
+def read_proposals(settings: Settings) -> tuple[dict[str, Proposal], list[str]]:
+    """Every proposal in the proposals topic (the last record of each id), and the records that cannot be read."""
+    proposals: dict[str, Proposal] = {}
+    rejected: list[str] = []
+    for record in read_span(settings, settings.topics.proposals, client_id=f"{NAME}-proposals"):
+        if record.value is None:
+            proposals.pop((record.key or b"").decode("utf-8", "replace"), None)
+            continue
+        try:
+            proposal = Proposal.from_record(record.key, record.value)
+        except ProposalError as exc:
+            rejected.append(f"offset {record.offset}: {exc}")
+            continue
+        proposals[proposal.id] = proposal
+    return proposals, rejected
+
+
+def _proposal(settings: Settings, proposal_id: str) -> Proposal:
+    proposals, _ = read_proposals(settings)
+    found = proposals.get(proposal_id)
+    if found is None:
+        raise ProposalError(f"no proposal {proposal_id!r}; the proposals are: {', '.join(sorted(proposals)) or 'none'}")
+    return found
+
+
+def _record(settings: Settings, proposal: Proposal, by: str, action: str, detail: dict[str, Any]) -> None:
+    """Write the proposal's new state, then its audit record."""
+    publish_records(settings, settings.topics.proposals, [proposal.to_record()])
+    event = AuditEvent(int(time.time() * 1000), by, action, proposal.id, detail)
+    publish_records(settings, settings.topics.audit, [event.to_record()])
+
+
+def _run_evidence(settings: Settings, args: argparse.Namespace, proposal: Proposal, live: RuleSet) -> int:
+    """Replay the payments topic (up to --until; reported from --since, the records before it filling the windows)
+    through the live and the proposed set, keep the evidence with the proposal and print it."""
+    skipped = Skipped()
+    labels = read_labels(settings, settings.topics.labels, skipped)
+    progress = Progress(f"reading {settings.topics.payments}", None)
+    examples = []
+    for example in from_topic(settings, settings.topics.payments, None, args.until, skipped, labelled_only=False):
+        examples.append(example)
+        if len(examples) % 10_000 == 0:
+            progress(len(examples))
+    progress(len(examples))
+    progress.close()
+    print(f"replaying {len(examples):,} payments through the live set ({live.version}) and the proposed one",
+          file=sys.stderr)
+    started = time.monotonic()
+    found = evidence(examples, live, proposed_set(live, proposal.parsed_rules()), labels, since_ms=args.since)
+    seconds = time.monotonic() - started
+    span = {"topic": settings.topics.payments, "since_ms": args.since, "until_ms": args.until, "read": len(examples),
+            "skipped": dict(skipped.counts), "labels": len(labels), "seconds": round(seconds, 1)}
+    updated = proposal.with_evidence(found.to_dict(), live.version, span)
+    _record(settings, updated, args.by, "rule-evidence", {"payments": found.payments, "changed": found.changed,
+                                                         "live": live.version})
+    print(render(found.to_dict()))
+    print(f"evidence of {proposal.id} ready: {found.payments:,} payments in {seconds:.1f}s")
+    return 0
+
+
+def cmd_propose(settings: Settings, args: argparse.Namespace) -> int:
+    rules = rules_in_file(args.file)
+    live, _ = current_rules(settings, _baseline(args))
+    changes = rule_changes(live, proposed_set(live, rules))
+    if not changes:
+        raise RuleError("", f"{args.file} changes nothing in the live rules ({live.version})")
+    now_ms = int(time.time() * 1000)
+    proposal = Proposal(new_id(now_ms), args.by, args.note, now_ms, tuple(dict(rule.source or {}) for rule in rules),
+                        live.version, tuple(change.to_dict() for change in changes))
+    _record(settings, proposal, args.by, "rule-propose", {"note": args.note, "changes": [c.to_dict() for c in changes]})
+    print(f"proposal {proposal.id} by {proposal.proposer} against the live set {live.version}:")
+    for change in changes:
+        print(f"  {change.change} {change.id}: {change.live or '-'} -> {change.proposed or '-'}")
+    if args.no_evidence:
+        print(f"its evidence is not run: fraud_rules.py evidence {proposal.id}")
+        return 0
+    return _run_evidence(settings, args, proposal, live)
+
+
+def cmd_evidence(settings: Settings, args: argparse.Namespace) -> int:
+    proposal = _proposal(settings, args.id)
+    live, _ = current_rules(settings, _baseline(args))
+    return _run_evidence(settings, args, proposal, live)
+
+
+def cmd_proposals(settings: Settings, args: argparse.Namespace) -> int:
+    proposals, rejected = read_proposals(settings)
+    live, _ = current_rules(settings, _baseline(args))
+    print(f"{len(proposals)} proposal(s) in {settings.topics.proposals}; the live set is {live.version}")
+    print("| id | state | proposer | proposed | changes | note | decided by |")
+    print("|---|---|---|---|---|---|---|")
+    for proposal in sorted(proposals.values(), key=lambda p: p.at_ms):
+        changes = ", ".join(f"{c['change']} {c['id']}" for c in proposal.changes)
+        print(f"| {proposal.id} | {proposal.state(live.version)} | {proposal.proposer} | {utc(proposal.at_ms)} | {changes} | "
+              f"{proposal.note} | {proposal.decided_by or ''} |")
+    for line in rejected:
+        print(f"unreadable record at {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_proposal(settings: Settings, args: argparse.Namespace) -> int:
+    proposal = _proposal(settings, args.id)
+    live, _ = current_rules(settings, _baseline(args))
+    print(f"proposal {proposal.id}: {proposal.state(live.version)}; by {proposal.proposer} at {utc(proposal.at_ms)} "
+          f"against {proposal.base}: {proposal.note}")
+    for change in proposal.changes:
+        print(f"  {change['change']} {change['id']}: {change['live'] or '-'} -> {change['proposed'] or '-'}")
+    if proposal.decision is not None:
+        print(f"{proposal.decision} by {proposal.decided_by} at {utc(proposal.decided_at_ms or 0)}: {proposal.decision_note}")
+    if proposal.evidence is None:
+        print("no evidence yet")
+    else:
+        print(f"\nevidence against the live set {proposal.evidence_base}, over {proposal.evidence_span}:\n")
+        print(render(proposal.evidence))
+    return 0
+
+
+def _decide(settings: Settings, args: argparse.Namespace, decision: str) -> int:
+    proposal = _proposal(settings, args.id)
+    live, _ = current_rules(settings, _baseline(args))
+    decided = proposal.decided(decision, args.by, args.note, live.version, int(time.time() * 1000))
+    if decision == APPROVED:  # published first, through publish's all-or-nothing path; then recorded
+        rules = proposal.parsed_rules()
+        publish(settings, [(rule.id, dict(rule.source or {})) for rule in rules])
+    _record(settings, decided, args.by, f"rule-{VERB[decision]}", {"note": args.note, "proposer": proposal.proposer})
+    published = f"; published {', '.join(rule.ref for rule in decided.parsed_rules())} to {settings.topics.rules}" \
+        if decision == APPROVED else ""
+    print(f"{proposal.id} {decision} by {args.by}{published}")
+    return 0
+
+
+def cmd_approve(settings: Settings, args: argparse.Namespace) -> int:
+    return _decide(settings, args, APPROVED)
+
+
+def cmd_reject(settings: Settings, args: argparse.Namespace) -> int:
+    return _decide(settings, args, REJECTED)
 
 
 def ttl(text: str) -> float:
@@ -363,6 +522,9 @@ def build(prog: str = NAME) -> argparse.ArgumentParser:
         "manage the block, review, allow and watch lists (lists --help).",
         consumes=None,
     )
+    # No abbreviations: the commands' --rules FILE is a prefix of the connection's --rules-topic and
+    # --rules-rejected-topic, which argparse would otherwise try to match it with (and refuse it as ambiguous).
+    parser.allow_abbrev = False
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="show the rules running detectors hold now")
     listing.add_argument("--rules", metavar="FILE", help="the detectors' baseline rules file (default: the original rule)")
@@ -382,8 +544,47 @@ def build(prog: str = NAME) -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove a rule (publish a tombstone for its id)")
     remove.add_argument("id", metavar="ID")
     remove.set_defaults(run=cmd_remove)
+    _proposals_parser(commands)
     _lists_parser(commands)
     return parser
+
+
+def _proposals_parser(commands: Any) -> None:
+    def with_baseline(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--rules", metavar="FILE", help="the detectors' baseline rules file (default: the original rule)")
+        return sub
+
+    def replayed(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--since", type=parse_time, metavar="T",
+                         help="report on payments from this time (epoch ms or ISO-8601); those before fill the windows "
+                         "(default: every retained payment)")
+        sub.add_argument("--until", type=parse_time, metavar="T", help="the last payment's time (default: the current end)")
+        sub.add_argument("--by", default=_user(), help="who runs it (default: the user running the command)")
+
+    propose = with_baseline(commands.add_parser(
+        "propose", help="propose a rule change: record it with its diff against the live set, then replay the "
+        "payments topic through both sets as its evidence"))
+    propose.add_argument("file", metavar="FILE", help="JSON or YAML: a rule set, a list of rules, or one rule")
+    propose.add_argument("--note", required=True, help="why the change is proposed")
+    propose.add_argument("--no-evidence", action="store_true", help="record it only; run its evidence later (evidence ID)")
+    replayed(propose)
+    propose.set_defaults(run=cmd_propose)
+    listing = with_baseline(commands.add_parser("proposals", help="list the proposals and where each stands"))
+    listing.set_defaults(run=cmd_proposals)
+    show = with_baseline(commands.add_parser("proposal", help="show one proposal, its evidence and its decision"))
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(run=cmd_proposal)
+    again = with_baseline(commands.add_parser("evidence", help="run a proposal's evidence (again) against the live set"))
+    again.add_argument("id", metavar="ID")
+    replayed(again)
+    again.set_defaults(run=cmd_evidence)
+    for name, run, what in (("approve", cmd_approve, "approve a ready proposal and publish it (not its proposer)"),
+                            ("reject", cmd_reject, "reject a proposal (not its proposer)")):
+        decide = with_baseline(commands.add_parser(name, help=what))
+        decide.add_argument("id", metavar="ID")
+        decide.add_argument("--note", required=True, help="why")
+        decide.add_argument("--by", default=_user(), help="who decides (default: the user running the command)")
+        decide.set_defaults(run=run)
 
 
 @cli_main
@@ -399,11 +600,16 @@ def main(argv: list[str] | None = None) -> int:
                 args.lists_command, [topics.lists, topics.list_definitions])
             prepare_topics(settings, reads=[] if args.lists_command == "create" else [topics.lists, topics.list_definitions],
                            writes=writes)
+        elif args.command in PROPOSAL_COMMANDS:
+            topics = settings.topics
+            writes = [] if args.command in ("proposals", "proposal") else [topics.proposals, topics.audit]
+            prepare_topics(settings, reads=[topics.rules, topics.proposals, topics.payments, topics.labels],
+                           writes=writes + ([topics.rules] if args.command == "approve" else []))
         elif args.command != "validate":
             writes = [settings.topics.rules] if args.command in ("publish", "mode", "remove") else []
             prepare_topics(settings, reads=[settings.topics.rules], writes=writes)
         return int(args.run(settings, args))
-    except RuleError as exc:
+    except (RuleError, ProposalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (PipelineError, ClientError) as exc:

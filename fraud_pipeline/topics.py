@@ -20,6 +20,8 @@ Layout (override with the environment variables in brackets):
 - fraud_audit: 1 partition (what analysts do) [AUDIT_TOPIC];
 - fraud_claims: 1 partition, compacted, records kept 30 minutes before any
   compaction (who holds each case) [CLAIMS_TOPIC];
+- fraud_rule_proposals: 1 partition, compacted (proposed rule changes, their
+  evidence and decisions) [PROPOSALS_TOPIC];
 - all with replication factor 3 [TOPIC_REPLICATION_FACTOR] and
   min.insync.replicas=2 [TOPIC_MIN_INSYNC_REPLICAS].
 """
@@ -58,13 +60,15 @@ def pipeline_topics(topics: TopicSettings, names: Iterable[str] | None = None) -
         topics.labels: 1,
         topics.audit: 1,
         topics.claims: 1,  # one partition: every console applies the claims in one order
+        topics.proposals: 1,
     }
     wanted = list(partitions) if names is None else list(names)
     return [
         TopicSpec(
             name, partitions[name], topics.replication_factor,
             min(topics.min_insync_replicas, topics.replication_factor),
-            compacted=name in (topics.rules, topics.lists, topics.list_definitions, topics.labels, topics.claims),
+            compacted=name in (topics.rules, topics.lists, topics.list_definitions, topics.labels, topics.claims,
+                               topics.proposals),
             min_compaction_lag_ms=round(CLAIM_S * 1000) if name == topics.claims else None,
         )
         for name in wanted

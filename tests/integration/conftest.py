@@ -142,6 +142,7 @@ class Pipeline:
             "--rules-topic", self.topics.rules, "--rules-rejected-topic", self.topics.rules_rejected,
             "--lists-topic", self.topics.lists, "--labels-topic", self.topics.labels, "--audit-topic", self.topics.audit,
             "--claims-topic", self.topics.claims, "--list-definitions-topic", self.topics.list_definitions,
+            "--proposals-topic", self.topics.proposals,
         ]
         return args + (["--group-id", self.group(group)] if group else [])
 
@@ -190,7 +191,7 @@ def fresh_topics() -> tuple[str, TopicSettings]:
         payments=f"payments-{suffix}", fraud=f"fraud-{suffix}", legit=f"legit-{suffix}", dead_letter=f"dlq-{suffix}",
         rules=f"rules-{suffix}", rules_rejected=f"rules-rejected-{suffix}", lists=f"lists-{suffix}",
         labels=f"labels-{suffix}", audit=f"audit-{suffix}", claims=f"claims-{suffix}",
-        list_definitions=f"list-definitions-{suffix}",
+        list_definitions=f"list-definitions-{suffix}", proposals=f"proposals-{suffix}",
     )
 
 

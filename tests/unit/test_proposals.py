@@ -1,0 +1,75 @@
+"""A rule change proposal's steps: four eyes, staleness, its record; the commands' arguments."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from fraud_pipeline.proposals import APPROVED, READY, REJECTED, RUNNING, STALE, Proposal, ProposalError, new_id
+from fraud_pipeline.rules_cli import build
+
+RULE = {"id": "big", "version": 2, "when": {"field": "AMOUNT", "op": ">=", "value": 700}}
+
+
+def proposal(**changes: object) -> Proposal:
+    made = Proposal("P-1", "ana", "stricter", 1_700_000_000_000, (RULE,), "live1",
+                    ({"id": "big", "change": "changed", "live": "big@1", "proposed": "big@2"},))
+    return replace(made, **changes)  # type: ignore[arg-type]
+
+
+def test_its_state_follows_its_evidence_and_the_live_set() -> None:
+    p = proposal()
+    assert p.state("live1") == RUNNING
+    ready = p.with_evidence({"payments": 3}, "live1", {"read": 3})
+    assert (ready.state("live1"), ready.state("live2")) == (READY, STALE)
+    assert ready.decided(REJECTED, "bo", "no", "live2", 5).state("live2") == REJECTED  # a stale one can be rejected
+
+
+def test_four_eyes_and_only_a_fresh_evidence_is_approved() -> None:
+    ready = proposal().with_evidence({"payments": 3}, "live1", {})
+    with pytest.raises(ProposalError, match="another admin must approve it"):
+        ready.decided(APPROVED, "ana", "mine", "live1", 5)
+    with pytest.raises(ProposalError, match="another admin must reject it"):
+        ready.decided(REJECTED, "ana", "mine", "live1", 5)
+    with pytest.raises(ProposalError, match="its evidence is still running"):
+        proposal().decided(APPROVED, "bo", "ok", "live1", 5)
+    with pytest.raises(ProposalError, match="the live rules changed"):
+        ready.decided(APPROVED, "bo", "ok", "live2", 5)
+    approved = ready.decided(APPROVED, "bo", "ok", "live1", 5)
+    assert (approved.state("anything"), approved.decided_by, approved.decided_at_ms) == (APPROVED, "bo", 5)
+    with pytest.raises(ProposalError, match="already approved"):
+        approved.decided(REJECTED, "cy", "late", "live1", 6)
+    with pytest.raises(ProposalError, match="is approved: its evidence is not run again"):
+        approved.with_evidence({}, "live1", {})
+
+
+def test_the_record_round_trips_and_a_bad_one_is_refused() -> None:
+    p = proposal().with_evidence({"payments": 3}, "live1", {"read": 3}).decided(APPROVED, "bo", "ok", "live1", 5)
+    key, value = p.to_record()
+    assert Proposal.from_record(key, value) == p
+    data = json.loads(value)
+    for bad, why in ((b"{", "not JSON"), (b"[]", "a JSON object"),
+                     (json.dumps(data | {"rules": []}).encode(), "non-empty list of rules"),
+                     (json.dumps(data | {"decision": "maybe"}).encode(), "decision is approved or rejected"),
+                     (json.dumps(data | {"rules": [{"id": "x", "when": {"field": "NOPE"}}]}).encode(), "a proposed rule is invalid"),
+                     (json.dumps(data | {"proposer": ""}).encode(), "proposer must be non-empty text")):
+        with pytest.raises(ProposalError, match=why):
+            Proposal.from_record(key, bad)
+    with pytest.raises(ProposalError, match="is not its id"):
+        Proposal.from_record(b"P-2", value)
+
+
+def test_ids_name_the_minute_and_differ() -> None:
+    assert new_id(1_765_185_000_000).startswith("P-20251208-0910-")
+    assert len({new_id() for _ in range(50)}) > 45
+
+
+def test_the_commands_take_rules_after_the_command_despite_the_topic_options() -> None:
+    """--rules FILE is a prefix of --rules-topic and --rules-rejected-topic: refused as ambiguous before."""
+    assert build().parse_args(["list", "--rules", "set.yaml"]).rules == "set.yaml"
+    args = build().parse_args(["propose", "f.yaml", "--note", "why", "--rules", "set.yaml", "--since", "0"])
+    assert (args.file, args.note, args.rules, args.since, args.no_evidence) == ("f.yaml", "why", "set.yaml", 0, False)
+    with pytest.raises(SystemExit):
+        build().parse_args(["approve", "P-1"])  # a decision needs its note
