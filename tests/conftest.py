@@ -3,8 +3,9 @@
 ``make test`` runs three pytest workers (pytest-xdist) that take whole clusters
 (``ByCluster``): the failure tests run in one worker on a cluster of their own
 (tests/chaos/conftest.py: the broker-kill test kills its brokers), the other
-tests on the open cluster in a second, one at a time, while the third runs the
-unit tests, then every test on the secured cluster.
+tests on the open cluster in a second, one at a time, while the third runs
+every test on the secured cluster, then the console's browser tests (on the
+open cluster too), then the unit tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 NO_CLUSTER, OPEN, CHAOS, SECURED = "no-cluster", "open-cluster", "failure-tests-cluster", "secured-cluster"
+UNIT_SECURED_CONSOLE = "secured-console-unit"
 REQUIRE_CLUSTERS = "REQUIRE_CLUSTER_TESTS"
 """Set (by .ci/run): the run fails unless tests on both clusters passed and none of them was skipped."""
 
@@ -33,9 +35,9 @@ def cluster_of(nodeid: str) -> str:
 class ByCluster(LoadScopeScheduling):
     """xdist's scheduling by scope, the scope being the cluster: each worker runs all the tests of one cluster in turn.
 
-    The unit tests and the secured cluster's share a scope (one worker, one after the other): with three workers the
-    failure tests, the open cluster's and those two take about as long each. (xdist's own ``--dist loadgroup`` marks
-    do not group tests under pytest 9, which names nodes differently.)
+    The secured cluster's tests, the console's browser tests and the unit tests share a scope (one worker, one
+    after the other): with three workers the failure tests, the open cluster's and those take about as long each.
+    (xdist's own ``--dist loadgroup`` marks do not group tests under pytest 9, which names nodes differently.)
     """
 
     def _split_scope(self, nodeid: str) -> str:
@@ -43,9 +45,14 @@ class ByCluster(LoadScopeScheduling):
 
 
 def share_of(nodeid: str) -> str:
-    """The share of the work (one worker's) a test belongs to: its cluster's, the unit tests going with the secured."""
+    """The share of the work (one worker's) a test belongs to: its cluster's, with the unit tests and the console's
+    browser tests (on the open cluster) going with the secured cluster's: the open cluster's other tests take the
+    longest (1,097 s of CI's longest share against 702 s for the secured and unit tests, before the browser tests
+    moved)."""
+    if nodeid.startswith("tests/console/"):
+        return UNIT_SECURED_CONSOLE
     cluster = cluster_of(nodeid)
-    return "unit-then-secured" if cluster in (NO_CLUSTER, SECURED) else cluster
+    return UNIT_SECURED_CONSOLE if cluster in (NO_CLUSTER, SECURED) else cluster
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByCluster:
