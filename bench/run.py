@@ -88,6 +88,7 @@ from typing import Any
 
 import psutil
 
+from bench import replay as replay_bench
 from bench import state as state_bench
 from fraud_pipeline import security as security_settings
 from fraud_pipeline.clients import CONFLUENT, KAFKA_PYTHON, Backend, RetriableError, TopicPartition, TopicSpec, backend
@@ -1037,6 +1038,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the detectors' --linger-ms, throughput and latency runs alike (default: %(default)s, the detector's)")
     parser.add_argument("--state-keys", type=int, default=1_000_000,
                         help="accounts in the state store's restore and memory run (bench/state.py; default 1000000, 0 skips)")
+    parser.add_argument("--replay-payments", type=int, default=100_000,
+                        help="payments of the proposal evidence's replay, live and proposed set (bench/replay.py; "
+                        "default 100000, 0 skips)")
     for name in ("group", "topic", "out", "fraud", "legit", "dlq", "result", "guarantee", "rules-file", "state-dir"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=(KAFKA_PYTHON, CONFLUENT), default=KAFKA_PYTHON, help=argparse.SUPPRESS)
@@ -1113,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      linger_ms=args.linger_ms)
         floor = java_latency(args.bootstrap, rate_lat, min(args.latency_seconds, 30), record_size)
     state = state_bench.measure(args.bootstrap, args.state_keys) if args.state_keys > 0 else {}
+    replay = replay_bench.measure(args.replay_payments) if args.replay_payments > 0 else {}
     ratios = compute_ratios(rate, latency, floor) | _rules_ratios(rate, medians)
     if "confluent_rules" in latency and "confluent" in latency:
         ratios["confluent_rules_p50/confluent_eos_p50"] = (latency["confluent_rules"].percentile_ms(50)
@@ -1122,6 +1127,9 @@ def main(argv: list[str] | None = None) -> int:
     if floor is not None:
         print("\n" + latency_table(rate_lat, latency, paced, floor))
     print("\n" + ratio_table(ratios))
+    if replay:
+        print("\nproposal evidence replay (bench/replay.py), " + ", ".join(
+            f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in replay.items()))
     if state:
         print("\nstate store, " + ", ".join(f"{k}={v:,.2f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in state.items()))
     report: dict[str, Any] = {f"{name}_msgs_per_s": rate[name] for name in SCENARIOS if name in rate}
@@ -1141,6 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
             report[f"{prefix}rules_warm_rss_mb"] = warm["rss_mb"]
     report["accounts"] = args.accounts
     report |= state
+    report |= replay
     report |= {
         "kafka_producer_perf_msgs_per_s": java["kafka_producer_perf"],
         "kafka_consumer_perf_msgs_per_s": java["kafka_consumer_perf"],

@@ -4,6 +4,7 @@ records, four eyes, publication, staleness and the audit trail in order."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from itertools import islice
@@ -21,7 +22,8 @@ from tests.decisions import expected
 from tests.integration.conftest import ROOT, Pipeline, kafka_python_connection, read_topic
 
 RECOMMENDED = ROOT / "fraud_pipeline" / "rules" / "sets" / "recommended.yaml"
-COUNT = 10_000
+COUNT = int(os.environ.get("PROPOSAL_TEST_PAYMENTS", "10000"))
+"""The payments replayed (PROPOSAL_TEST_PAYMENTS=100000 for a bank's day's worth at a small scale)."""
 LABEL_EVERY = 7
 """Every 7th payment gets an analyst's label (its scenario's), the others none."""
 PROPOSED_ID = re.compile(r"^proposal (P-\S+) by ", re.M)
@@ -61,7 +63,8 @@ def proposals(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {json.loads(r.value)["id"]: json.loads(r.value) for r in read_topic(pipeline.bootstrap, pipeline.topics.proposals)}
 
 
-def test_a_proposal_replays_the_history_and_needs_a_second_admin(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_a_proposal_replays_the_history_and_needs_a_second_admin(pipeline: Pipeline, tmp_path: Path,
+                                                                  figures: list[dict[str, Any]]) -> None:
     labels = send_history(pipeline)
     baseline = ("--rules", str(RECOMMENDED))
     stricter = rule_file(tmp_path, "burst.json", "burst", {"aggregate": {
@@ -94,6 +97,10 @@ def test_a_proposal_replays_the_history_and_needs_a_second_admin(pipeline: Pipel
     assert evidence["alerts_added"] == sum(before_decisions[pid][0] == "approve" for pid in changed)
     assert evidence["labelled"] == len(labels)
     assert [s["payment_id"] for s in evidence["sample"]] and {s["payment_id"] for s in evidence["sample"]} <= changed
+    figures.append(dict(test=f"proposal evidence ({pipeline.client})", payments=COUNT, labelled=len(labels),
+                        evidence_s=kept["evidence_span"]["seconds"], changed=len(changed),
+                        alerts_added=evidence["alerts_added"], alerts_removed=evidence["alerts_removed"],
+                        precision=(evidence["live"]["precision"], evidence["proposed"]["precision"])))
 
     # A second proposal, on another rule, evidence run while the first is still open.
     larger = rule_file(tmp_path, "large.json", "new-payee-large", {"weight": 0.5})
