@@ -231,20 +231,12 @@ def from_topic(
 
 def read_labels(settings: Settings, topic: str, skipped: Skipped) -> dict[str, str]:
     """payment id -> verdict from the labels topic: the latest label of each payment; unreadable ones counted."""
-    from .kafka_io import read_span, record_source
+    from .kafka_io import read_latest, record_source
 
-    verdicts: dict[str, str] = {}
-    for record in read_span(settings, topic, client_id="fraud-backtest-labels"):
-        if record.value is None:
-            verdicts.pop((record.key or b"").decode("utf-8", "replace"), None)
-            continue
-        try:
-            label = Label.from_record(record.key, record.value)
-        except RecordError as exc:
-            skipped.add("unreadable label", record_source(record), str(exc))
-            continue
-        verdicts[label.payment_id] = label.verdict
-    return verdicts
+    labels = read_latest(settings, topic, lambda record: Label.from_record(record.key, record.value or b""),
+                         lambda record, exc: skipped.add("unreadable label", record_source(record), str(exc)),
+                         (RecordError,), client_id="fraud-backtest-labels")
+    return {payment_id: label.verdict for payment_id, label in labels.items()}
 
 
 def relabelled(examples: Iterable[Example], verdicts: dict[str, str], skipped: Skipped) -> Iterator[Example]:

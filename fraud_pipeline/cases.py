@@ -43,7 +43,9 @@ class RecordError(ValueError):
     """A label or audit record that cannot be read."""
 
 
-def _text(data: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+def text_field(data: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+    """A text field of a record's JSON object ("" when absent and not ``required``); RecordError if it is not UTF-8
+    text, or is empty and ``required``."""
     value = data.get(key, "" if not required else None)
     if not is_text(value) or (required and not value):
         raise RecordError(f"{key} must be {'non-empty ' if required else ''}UTF-8 text, got {value!r}")
@@ -98,10 +100,11 @@ class Label:
             raise RecordError(f"score must be a finite number, got {score!r}")
         if not isinstance(rules, list) or not all(is_text(r) for r in rules):
             raise RecordError(f"rules must be a list of id@version, got {rules!r}")
-        label = cls(_text(data, "payment_id"), verdict, _text(data, "analyst"), at_ms, _text(data, "note", required=False),
-                    float(score), _text(data, "outcome", required=False) or "review", tuple(rules),
-                    _text(data, "ruleset", required=False))
-        if key is not None and key != label.payment_id.encode("utf-8"):  # valid UTF-8: checked by _text
+        label = cls(text_field(data, "payment_id"), verdict, text_field(data, "analyst"), at_ms,
+                    text_field(data, "note", required=False), float(score),
+                    text_field(data, "outcome", required=False) or "review", tuple(rules),
+                    text_field(data, "ruleset", required=False))
+        if key is not None and key != label.payment_id.encode("utf-8"):  # valid UTF-8: checked by text_field
             raise RecordError(f"the record's key {key!r} is not its payment id {label.payment_id!r}")
         return label
 
@@ -143,7 +146,7 @@ class AuditEvent:
         at_ms, detail = data.get("at_ms"), data.get("detail", {})
         if not isinstance(at_ms, int) or not isinstance(detail, dict):
             raise RecordError("at_ms must be epoch milliseconds and detail an object")
-        return cls(at_ms, _text(data, "user"), data["action"], _text(data, "target", required=False), detail)
+        return cls(at_ms, text_field(data, "user"), data["action"], text_field(data, "target", required=False), detail)
 
 
 @dataclass(frozen=True)

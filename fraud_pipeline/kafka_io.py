@@ -200,6 +200,25 @@ def _offsets_at(
     return {tp: ends[tp] if found.get(tp) is None else min(found[tp] or 0, ends[tp]) for tp in tps}
 
 
+def read_latest(
+    settings: Settings, topic: str, parse: Callable[[Record], T], refused: Callable[[Record, Exception], None],
+    errors: tuple[type[Exception], ...], *, client_id: str,
+) -> dict[str, T]:
+    """A compacted topic as compaction leaves it: per key, its last record, read by ``parse`` (a tombstone removes the
+    key). A record ``parse`` refuses with one of ``errors`` goes to ``refused`` and changes nothing."""
+    latest: dict[str, T] = {}
+    for record in read_span(settings, topic, client_id=client_id):
+        key = (record.key or b"").decode("utf-8", "replace")
+        if record.value is None:
+            latest.pop(key, None)
+            continue
+        try:
+            latest[key] = parse(record)
+        except errors as exc:
+            refused(record, exc)
+    return latest
+
+
 def record_source(record: Record) -> str:
     """``topic[partition]@offset``: where a record came from, for logs."""
     return f"{record.topic}[{record.partition}]@{record.offset}"

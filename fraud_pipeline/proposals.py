@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .cases import RecordError, text_field
 from .rules import Rule, RuleError, RuleSet, parse_rule
 
 RUNNING, READY, APPROVED, REJECTED, STALE = "evidence running", "ready", "approved", "rejected", "stale"
@@ -46,15 +47,6 @@ def proposed_set(live: RuleSet, rules: Iterable[Rule]) -> RuleSet:
     for rule in rules:
         proposed = proposed.with_rule(rule)
     return proposed
-
-
-def _text(data: Mapping[str, Any], key: str, *, required: bool = True) -> str:
-    value = data.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value):
-        raise ProposalError(f"a proposal's {key} must be {'non-empty ' if required else ''}text, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -145,10 +137,14 @@ class Proposal:
             raise ProposalError("a proposal's evidence is an object")
         if decision not in (None, APPROVED, REJECTED):
             raise ProposalError(f"a proposal's decision is {APPROVED} or {REJECTED}, got {decision!r}")
-        proposal = cls(
-            _text(data, "id"), _text(data, "proposer"), _text(data, "note", required=False), at_ms, tuple(rules),
-            _text(data, "base"), tuple(changes), evidence, data.get("evidence_base"), data.get("evidence_span") or {},
-            decision, data.get("decided_by"), data.get("decided_at_ms"), _text(data, "decision_note", required=False))
+        try:
+            proposal = cls(
+                text_field(data, "id"), text_field(data, "proposer"), text_field(data, "note", required=False), at_ms,
+                tuple(rules), text_field(data, "base"), tuple(changes), evidence, data.get("evidence_base"),
+                data.get("evidence_span") or {}, decision, data.get("decided_by"), data.get("decided_at_ms"),
+                text_field(data, "decision_note", required=False))
+        except RecordError as exc:
+            raise ProposalError(f"a proposal's {exc}") from None
         if key is not None and key != proposal.id.encode("utf-8"):
             raise ProposalError(f"the record's key {key!r} is not its id {proposal.id!r}")
         try:

@@ -61,7 +61,7 @@ from .clients import ClientError, Consumer, Record
 from .config import Settings, build_parser, settings_from_args
 from .errors import PipelineError
 from .evidence import evidence, render, rule_changes
-from .kafka_io import make_producer, make_topic_reader, read_span
+from .kafka_io import make_producer, make_topic_reader, read_latest, read_span
 from .live_rules import LiveLists, LiveRules, LiveTopic, Reject
 from .proposals import APPROVED, REJECTED, VERB, Proposal, ProposalError, new_id, proposed_set
 from .rules import MODES, ORIGINAL, Rule, RuleError, RuleSet, load_ruleset, parse_rule
@@ -199,18 +199,11 @@ def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
 
 def read_proposals(settings: Settings) -> tuple[dict[str, Proposal], list[str]]:
     """Every proposal in the proposals topic (the last record of each id), and the records that cannot be read."""
-    proposals: dict[str, Proposal] = {}
     rejected: list[str] = []
-    for record in read_span(settings, settings.topics.proposals, client_id=f"{NAME}-proposals"):
-        if record.value is None:
-            proposals.pop((record.key or b"").decode("utf-8", "replace"), None)
-            continue
-        try:
-            proposal = Proposal.from_record(record.key, record.value)
-        except ProposalError as exc:
-            rejected.append(f"offset {record.offset}: {exc}")
-            continue
-        proposals[proposal.id] = proposal
+    proposals = read_latest(settings, settings.topics.proposals,
+                            lambda record: Proposal.from_record(record.key, record.value or b""),
+                            lambda record, exc: rejected.append(f"offset {record.offset}: {exc}"),
+                            (ProposalError,), client_id=f"{NAME}-proposals")
     return proposals, rejected
 
 

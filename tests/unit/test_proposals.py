@@ -54,7 +54,7 @@ def test_the_record_round_trips_and_a_bad_one_is_refused() -> None:
                      (json.dumps(data | {"rules": []}).encode(), "non-empty list of rules"),
                      (json.dumps(data | {"decision": "maybe"}).encode(), "decision is approved or rejected"),
                      (json.dumps(data | {"rules": [{"id": "x", "when": {"field": "NOPE"}}]}).encode(), "a proposed rule is invalid"),
-                     (json.dumps(data | {"proposer": ""}).encode(), "proposer must be non-empty text")):
+                     (json.dumps(data | {"proposer": ""}).encode(), "proposer must be non-empty UTF-8 text")):
         with pytest.raises(ProposalError, match=why):
             Proposal.from_record(key, bad)
     with pytest.raises(ProposalError, match="is not its id"):
