@@ -34,7 +34,7 @@ from .payment import is_text
 VERDICTS = ("fraud", "legit")
 ACTIONS = (
     "sign-in", "sign-in-refused", "sign-out", "claim", "release", "resolve", "list-create", "list-add", "list-remove",
-    "snooze", "rule-propose", "rule-evidence", "rule-approve", "rule-reject",
+    "snooze", "rule-propose", "rule-evidence", "rule-approve", "rule-reject", "rule-rollback",
 )
 MAX_NOTE_CHARS = 2000
 

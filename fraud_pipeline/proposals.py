@@ -4,6 +4,7 @@ A proposal is one record in the compacted proposals topic, keyed by its id,
 written again whole at each step (the last one is what compaction keeps):
 
     proposed (evidence running) -> evidence ready -> approved (published) or rejected
+    approved -> rolled back (the rules it replaced published again, those it added removed)
 
 The evidence (fraud_pipeline.evidence) was computed against one version of
 the live rule set (``RuleSet.version``); once the live set changes, the
@@ -24,8 +25,9 @@ from typing import Any
 from .cases import RecordError, text_field
 from .rules import Rule, RuleError, RuleSet, parse_rule
 
-RUNNING, READY, APPROVED, REJECTED, STALE = "evidence running", "ready", "approved", "rejected", "stale"
-STATES = (RUNNING, READY, APPROVED, REJECTED, STALE)
+RUNNING, READY, APPROVED, REJECTED, STALE, ROLLED_BACK = (
+    "evidence running", "ready", "approved", "rejected", "stale", "rolled back")
+STATES = (RUNNING, READY, APPROVED, REJECTED, STALE, ROLLED_BACK)
 VERB = {APPROVED: "approve", REJECTED: "reject"}
 """A decision's verb: what its audit action and messages say."""
 MAX_NOTE_CHARS = 2000
@@ -74,9 +76,17 @@ class Proposal:
     decided_by: str | None = None
     decided_at_ms: int | None = None
     decision_note: str = ""
+    previous: tuple[Mapping[str, Any], ...] = ()
+    """Approved: the live rules it replaced, as they were (what a rollback publishes again)."""
+    added: tuple[str, ...] = ()
+    """Approved: the ids of the rules it added (what a rollback removes)."""
+    rolled_back_by: str | None = None
+    rolled_back_at_ms: int | None = None
 
     def state(self, live_version: str) -> str:
         """Where it stands against the live set of ``live_version`` (one of STATES)."""
+        if self.rolled_back_by is not None:
+            return ROLLED_BACK
         if self.decision is not None:
             return self.decision
         if self.evidence is None:
@@ -91,9 +101,10 @@ class Proposal:
             raise ProposalError(f"{self.id} is {self.decision}: its evidence is not run again")
         return replace(self, evidence=dict(evidence), evidence_base=live_version, evidence_span=dict(span))
 
-    def decided(self, decision: str, by: str, note: str, live_version: str, now_ms: int) -> Proposal:
+    def decided(self, decision: str, by: str, note: str, live: RuleSet, now_ms: int) -> Proposal:
         """Approved or rejected by ``by``: refused to its proposer, and (approval) unless its evidence is ready and
-        fresh."""
+        fresh against the ``live`` set, whose rules it replaces and adds are kept for a rollback."""
+        live_version = live.version
         if decision not in (APPROVED, REJECTED):
             raise ProposalError(f"a decision is {APPROVED} or {REJECTED}, not {decision!r}")
         if not by:
@@ -107,14 +118,36 @@ class Proposal:
             why = ("its evidence is still running" if state == RUNNING else
                    "the live rules changed since its evidence was computed: run it again (fraud_rules.py evidence ID)")
             raise ProposalError(f"{self.id} cannot be approved: {why}")
-        return replace(self, decision=decision, decided_by=by, decided_at_ms=now_ms, decision_note=note[:MAX_NOTE_CHARS])
+        decided = replace(self, decision=decision, decided_by=by, decided_at_ms=now_ms, decision_note=note[:MAX_NOTE_CHARS])
+        if decision == REJECTED:
+            return decided
+        ids = [rule.id for rule in self.parsed_rules()]
+        replaced = [rule for rule_id in ids if (rule := live.get(rule_id)) is not None]
+        return replace(decided, previous=tuple(dict(rule.source or {"id": rule.id}) for rule in replaced),
+                       added=tuple(rule_id for rule_id in ids if live.get(rule_id) is None))
+
+    def rolled_back(self, by: str, now_ms: int) -> Proposal:
+        """Undone by ``by``: only an approved proposal, once."""
+        if self.decision != APPROVED:
+            raise ProposalError(f"{self.id} was not approved: nothing of it is live to roll back")
+        if self.rolled_back_by is not None:
+            raise ProposalError(f"{self.id} was rolled back already, by {self.rolled_back_by}")
+        if not by:
+            raise ProposalError("a rollback needs the name of who does it")
+        return replace(self, rolled_back_by=by, rolled_back_at_ms=now_ms)
+
+    def rollback_records(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """What a rollback publishes to the rules topic: each replaced rule as it was, a tombstone for each added one."""
+        return [(str(rule["id"]), dict(rule)) for rule in self.previous] + [(rule_id, None) for rule_id in self.added]
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "proposer": self.proposer, "note": self.note, "at_ms": self.at_ms,
                 "rules": [dict(rule) for rule in self.rules], "base": self.base,
                 "changes": [dict(change) for change in self.changes], "evidence": self.evidence,
                 "evidence_base": self.evidence_base, "evidence_span": dict(self.evidence_span), "decision": self.decision,
-                "decided_by": self.decided_by, "decided_at_ms": self.decided_at_ms, "decision_note": self.decision_note}
+                "decided_by": self.decided_by, "decided_at_ms": self.decided_at_ms, "decision_note": self.decision_note,
+                "previous": [dict(rule) for rule in self.previous], "added": list(self.added),
+                "rolled_back_by": self.rolled_back_by, "rolled_back_at_ms": self.rolled_back_at_ms}
 
     def to_record(self) -> tuple[bytes, bytes]:
         return self.id.encode("utf-8"), json.dumps(self.to_dict(), ensure_ascii=False, default=str).encode("utf-8")
@@ -133,6 +166,10 @@ class Proposal:
         if not isinstance(changes, list) or not isinstance(at_ms, int):
             raise ProposalError("a proposal's changes are a list and at_ms epoch milliseconds")
         evidence, decision = data.get("evidence"), data.get("decision")
+        previous, added = data.get("previous", []), data.get("added", [])
+        if not (isinstance(previous, list) and all(isinstance(rule, dict) and "id" in rule for rule in previous)
+                and isinstance(added, list) and all(isinstance(rule_id, str) for rule_id in added)):
+            raise ProposalError("a proposal's previous rules are a list of rules and its added ids a list of ids")
         if evidence is not None and not isinstance(evidence, dict):
             raise ProposalError("a proposal's evidence is an object")
         if decision not in (None, APPROVED, REJECTED):
@@ -142,7 +179,8 @@ class Proposal:
                 text_field(data, "id"), text_field(data, "proposer"), text_field(data, "note", required=False), at_ms,
                 tuple(rules), text_field(data, "base"), tuple(changes), evidence, data.get("evidence_base"),
                 data.get("evidence_span") or {}, decision, data.get("decided_by"), data.get("decided_at_ms"),
-                text_field(data, "decision_note", required=False))
+                text_field(data, "decision_note", required=False), tuple(previous), tuple(added),
+                data.get("rolled_back_by"), data.get("rolled_back_at_ms"))
         except RecordError as exc:
             raise ProposalError(f"a proposal's {exc}") from None
         if key is not None and key != proposal.id.encode("utf-8"):

@@ -11,6 +11,7 @@
     python fraud_rules.py evidence ID [--since T] [--until T]
     python fraud_rules.py approve ID --note TEXT [--by NAME]
     python fraud_rules.py reject ID --note TEXT [--by NAME]
+    python fraud_rules.py rollback ID --note TEXT [--by NAME]
     python fraud_rules.py lists create NAME --field TO --level block|review|allow|watch [--overridable]
     python fraud_rules.py lists add NAME VALUE ... [--ttl 10m] [--reason TEXT] [--by NAME]
     python fraud_rules.py lists remove NAME [VALUE ...]
@@ -30,8 +31,9 @@ compacted proposals topic with its per-rule diff against the live set, then
 replays the payments topic's retained records through the live set and the
 proposed one (fraud_pipeline.evidence; the labels topic's verdicts for
 precision) and keeps the evidence with it. Another admin approves it (which
-publishes it, as ``publish`` does) or rejects it, each with a note; every
-step goes to the audit topic. A proposal whose evidence predates a change of
+publishes it, as ``publish`` does) or rejects it, each with a note;
+``rollback`` publishes again the rules an approved proposal replaced and
+removes those it added. Every step goes to the audit topic. A proposal whose evidence predates a change of
 the live set is stale: ``evidence ID`` runs it again.
 
 Lists (fraud_pipeline.rules.lists): each list is defined in the compacted list
@@ -87,7 +89,7 @@ from .stage import BatchError, Output
 from .topics import prepare_topics
 
 NAME = "fraud_rules"
-PROPOSAL_COMMANDS = ("propose", "proposals", "proposal", "evidence", "approve", "reject")
+PROPOSAL_COMMANDS = ("propose", "proposals", "proposal", "evidence", "approve", "reject", "rollback")
 
 
 def rules_in_file(path: str) -> list[Rule]:
@@ -310,7 +312,7 @@ def cmd_proposal(settings: Settings, args: argparse.Namespace) -> int:
 def _decide(settings: Settings, args: argparse.Namespace, decision: str) -> int:
     proposal = _proposal(settings, args.id)
     live, _ = current_rules(settings, _baseline(args))
-    decided = proposal.decided(decision, args.by, args.note, live.version, int(time.time() * 1000))
+    decided = proposal.decided(decision, args.by, args.note, live, int(time.time() * 1000))
     if decision == APPROVED:  # published first, through publish's all-or-nothing path; then recorded
         rules = proposal.parsed_rules()
         publish(settings, [(rule.id, dict(rule.source or {})) for rule in rules])
@@ -318,6 +320,18 @@ def _decide(settings: Settings, args: argparse.Namespace, decision: str) -> int:
     published = f"; published {', '.join(rule.ref for rule in decided.parsed_rules())} to {settings.topics.rules}" \
         if decision == APPROVED else ""
     print(f"{proposal.id} {decision} by {args.by}{published}")
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    proposal = _proposal(settings, args.id)
+    undone = proposal.rolled_back(args.by, int(time.time() * 1000))
+    publish(settings, undone.rollback_records())
+    _record(settings, undone, args.by, "rule-rollback", {"note": args.note, "republished": [
+        f"{rule['id']}@{rule.get('version', 1)}" for rule in undone.previous], "removed": list(undone.added)})
+    back = [f"{rule['id']}@{rule.get('version', 1)}" for rule in undone.previous]
+    print(f"{proposal.id} rolled back by {args.by}: published {', '.join(back) or 'nothing'} again"
+          f"{'; removed ' + ', '.join(undone.added) if undone.added else ''} on {settings.topics.rules}")
     return 0
 
 
@@ -578,6 +592,12 @@ def _proposals_parser(commands: Any) -> None:
         decide.add_argument("--note", required=True, help="why")
         decide.add_argument("--by", default=_user(), help="who decides (default: the user running the command)")
         decide.set_defaults(run=run)
+    rollback = commands.add_parser("rollback", help="undo an approved proposal: publish the rules it replaced as they "
+                                   "were, remove those it added")
+    rollback.add_argument("id", metavar="ID")
+    rollback.add_argument("--note", required=True, help="why")
+    rollback.add_argument("--by", default=_user(), help="who rolls it back (default: the user running the command)")
+    rollback.set_defaults(run=cmd_rollback)
 
 
 @cli_main
@@ -597,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             topics = settings.topics
             writes = [] if args.command in ("proposals", "proposal") else [topics.proposals, topics.audit]
             prepare_topics(settings, reads=[topics.rules, topics.proposals, topics.payments, topics.labels],
-                           writes=writes + ([topics.rules] if args.command == "approve" else []))
+                           writes=writes + ([topics.rules] if args.command in ("approve", "rollback") else []))
         elif args.command != "validate":
             writes = [settings.topics.rules] if args.command in ("publish", "mode", "remove") else []
             prepare_topics(settings, reads=[settings.topics.rules], writes=writes)

@@ -1,5 +1,5 @@
 """A rule change through a proposal, on the real cluster: its evidence against two independent backtests of the same
-records, four eyes, publication, staleness and the audit trail in order."""
+records, four eyes, publication, staleness, rollback and the audit trail in order."""
 
 from __future__ import annotations
 
@@ -128,9 +128,15 @@ def test_a_proposal_replays_the_history_and_needs_a_second_admin(pipeline: Pipel
     assert f"| {second} | ready | bo |" in pipeline.run("fraud_rules", "proposals", *baseline).stdout
     pipeline.run("fraud_rules", "reject", second, "--note", "not now", "--by", "ana", *baseline)
 
+    # Rolled back in one step: the rule it replaced, as it was.
+    back = pipeline.run("fraud_rules", "rollback", first, "--note", "too many declines", "--by", "cy", *baseline).stdout
+    assert f"{first} rolled back by cy: published burst@1 again" in back, back
+    assert "| burst | 1 | enabled |" in pipeline.run("fraud_rules", "list", *baseline).stdout
+    assert f"| {first} | rolled back | ana |" in pipeline.run("fraud_rules", "proposals", *baseline).stdout
+
     # Every step in the audit topic, in order.
     steps = [(e["action"], e["target"], e["user"]) for e in (json.loads(r.value) for r in read_topic(
         pipeline.bootstrap, pipeline.topics.audit))]
     assert steps == [("rule-propose", first, "ana"), ("rule-evidence", first, "ana"), ("rule-propose", second, "bo"),
                      ("rule-evidence", second, "bo"), ("rule-approve", first, "bo"), ("rule-evidence", second, "bo"),
-                     ("rule-reject", second, "ana")], steps
+                     ("rule-reject", second, "ana"), ("rule-rollback", first, "cy")], steps
