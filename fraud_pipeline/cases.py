@@ -35,6 +35,7 @@ VERDICTS = ("fraud", "legit")
 ACTIONS = (
     "sign-in", "sign-in-refused", "sign-out", "claim", "release", "resolve", "list-create", "list-add", "list-remove",
     "snooze", "rule-propose", "rule-evidence", "rule-approve", "rule-reject", "rule-rollback",
+    "rule-emergency", "rule-acknowledge",
 )
 MAX_NOTE_CHARS = 2000
 

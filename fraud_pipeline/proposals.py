@@ -6,6 +6,10 @@ written again whole at each step (the last one is what compaction keeps):
     proposed (evidence running) -> evidence ready -> approved (published) or rejected
     approved -> rolled back (the rules it replaced published again, those it added removed)
 
+An emergency change (``fraud_rules.py publish --reason``) is published at
+once and recorded here too, ``unreviewed`` until another admin acknowledges
+it; it can be rolled back the same way.
+
 The evidence (fraud_pipeline.evidence) was computed against one version of
 the live rule set (``RuleSet.version``); once the live set changes, the
 proposal is ``stale`` until its evidence is run again. Only a ready, fresh
@@ -27,7 +31,8 @@ from .rules import Rule, RuleError, RuleSet, parse_rule
 
 RUNNING, READY, APPROVED, REJECTED, STALE, ROLLED_BACK = (
     "evidence running", "ready", "approved", "rejected", "stale", "rolled back")
-STATES = (RUNNING, READY, APPROVED, REJECTED, STALE, ROLLED_BACK)
+UNREVIEWED, ACKNOWLEDGED = "unreviewed", "acknowledged"
+STATES = (RUNNING, READY, APPROVED, REJECTED, STALE, ROLLED_BACK, UNREVIEWED, ACKNOWLEDGED)
 VERB = {APPROVED: "approve", REJECTED: "reject"}
 """A decision's verb: what its audit action and messages say."""
 MAX_NOTE_CHARS = 2000
@@ -82,11 +87,44 @@ class Proposal:
     """Approved: the ids of the rules it added (what a rollback removes)."""
     rolled_back_by: str | None = None
     rolled_back_at_ms: int | None = None
+    emergency: bool = False
+    """Published directly, with a reason (its note), without evidence or a second person's approval."""
+    acknowledged_by: str | None = None
+    acknowledged_at_ms: int | None = None
+
+    @classmethod
+    def emergency_change(cls, by: str, reason: str, now_ms: int, rules: Iterable[Rule], live: RuleSet) -> Proposal:
+        """The record of rules published directly by ``by``, for ``reason``, over the ``live`` set."""
+        if not reason.strip():
+            raise ProposalError("an emergency publish needs a reason")
+        rules = list(rules)
+        made = cls(f"E{new_id(now_ms)[1:]}", by, reason[:MAX_NOTE_CHARS], now_ms,
+                   tuple(dict(rule.source or {"id": rule.id}) for rule in rules), live.version, emergency=True)
+        return made._replacing(live, rules, decision=APPROVED, decided_by=by, decided_at_ms=now_ms)
+
+    def _replacing(self, live: RuleSet, rules: list[Rule], **changes: Any) -> Proposal:
+        """This record with ``changes``, and the ``live`` rules ``rules`` replace and add, kept for a rollback."""
+        ids = [rule.id for rule in rules]
+        replaced = [rule for rule_id in ids if (rule := live.get(rule_id)) is not None]
+        return replace(self, previous=tuple(dict(rule.source or {"id": rule.id}) for rule in replaced),
+                       added=tuple(rule_id for rule_id in ids if live.get(rule_id) is None), **changes)
+
+    def acknowledged(self, by: str, now_ms: int) -> Proposal:
+        """An emergency change seen and accepted by another admin than its publisher."""
+        if not self.emergency:
+            raise ProposalError(f"{self.id} is a proposal, not an emergency change: approve or reject it")
+        if self.acknowledged_by is not None:
+            raise ProposalError(f"{self.id} was acknowledged already, by {self.acknowledged_by}")
+        if not by or by == self.proposer:
+            raise ProposalError(f"{self.id} was published by {self.proposer}: another admin must acknowledge it (four eyes)")
+        return replace(self, acknowledged_by=by, acknowledged_at_ms=now_ms)
 
     def state(self, live_version: str) -> str:
         """Where it stands against the live set of ``live_version`` (one of STATES)."""
         if self.rolled_back_by is not None:
             return ROLLED_BACK
+        if self.emergency:
+            return UNREVIEWED if self.acknowledged_by is None else ACKNOWLEDGED
         if self.decision is not None:
             return self.decision
         if self.evidence is None:
@@ -105,6 +143,8 @@ class Proposal:
         """Approved or rejected by ``by``: refused to its proposer, and (approval) unless its evidence is ready and
         fresh against the ``live`` set, whose rules it replaces and adds are kept for a rollback."""
         live_version = live.version
+        if self.emergency:
+            raise ProposalError(f"{self.id} was published as an emergency change: acknowledge it, or roll it back")
         if decision not in (APPROVED, REJECTED):
             raise ProposalError(f"a decision is {APPROVED} or {REJECTED}, not {decision!r}")
         if not by:
@@ -119,12 +159,7 @@ class Proposal:
                    "the live rules changed since its evidence was computed: run it again (fraud_rules.py evidence ID)")
             raise ProposalError(f"{self.id} cannot be approved: {why}")
         decided = replace(self, decision=decision, decided_by=by, decided_at_ms=now_ms, decision_note=note[:MAX_NOTE_CHARS])
-        if decision == REJECTED:
-            return decided
-        ids = [rule.id for rule in self.parsed_rules()]
-        replaced = [rule for rule_id in ids if (rule := live.get(rule_id)) is not None]
-        return replace(decided, previous=tuple(dict(rule.source or {"id": rule.id}) for rule in replaced),
-                       added=tuple(rule_id for rule_id in ids if live.get(rule_id) is None))
+        return decided if decision == REJECTED else decided._replacing(live, self.parsed_rules())
 
     def rolled_back(self, by: str, now_ms: int) -> Proposal:
         """Undone by ``by``: only an approved proposal, once."""
@@ -147,7 +182,9 @@ class Proposal:
                 "evidence_base": self.evidence_base, "evidence_span": dict(self.evidence_span), "decision": self.decision,
                 "decided_by": self.decided_by, "decided_at_ms": self.decided_at_ms, "decision_note": self.decision_note,
                 "previous": [dict(rule) for rule in self.previous], "added": list(self.added),
-                "rolled_back_by": self.rolled_back_by, "rolled_back_at_ms": self.rolled_back_at_ms}
+                "rolled_back_by": self.rolled_back_by, "rolled_back_at_ms": self.rolled_back_at_ms,
+                "emergency": self.emergency, "acknowledged_by": self.acknowledged_by,
+                "acknowledged_at_ms": self.acknowledged_at_ms}
 
     def to_record(self) -> tuple[bytes, bytes]:
         return self.id.encode("utf-8"), json.dumps(self.to_dict(), ensure_ascii=False, default=str).encode("utf-8")
@@ -180,7 +217,8 @@ class Proposal:
                 tuple(rules), text_field(data, "base"), tuple(changes), evidence, data.get("evidence_base"),
                 data.get("evidence_span") or {}, decision, data.get("decided_by"), data.get("decided_at_ms"),
                 text_field(data, "decision_note", required=False), tuple(previous), tuple(added),
-                data.get("rolled_back_by"), data.get("rolled_back_at_ms"))
+                data.get("rolled_back_by"), data.get("rolled_back_at_ms"), data.get("emergency") is True,
+                data.get("acknowledged_by"), data.get("acknowledged_at_ms"))
         except RecordError as exc:
             raise ProposalError(f"a proposal's {exc}") from None
         if key is not None and key != proposal.id.encode("utf-8"):

@@ -2,7 +2,7 @@
 
     python fraud_rules.py list [--rules FILE]
     python fraud_rules.py validate FILE
-    python fraud_rules.py publish FILE [--id ID ...]
+    python fraud_rules.py publish FILE --reason TEXT [--id ID ...] [--by NAME]
     python fraud_rules.py mode ID enabled|shadow|disabled [--rules FILE]
     python fraud_rules.py remove ID
     python fraud_rules.py propose FILE --note TEXT [--by NAME] [--since T] [--until T] [--no-evidence]
@@ -12,6 +12,7 @@
     python fraud_rules.py approve ID --note TEXT [--by NAME]
     python fraud_rules.py reject ID --note TEXT [--by NAME]
     python fraud_rules.py rollback ID --note TEXT [--by NAME]
+    python fraud_rules.py acknowledge ID --note TEXT [--by NAME]
     python fraud_rules.py lists create NAME --field TO --level block|review|allow|watch [--overridable]
     python fraud_rules.py lists add NAME VALUE ... [--ttl 10m] [--reason TEXT] [--by NAME]
     python fraud_rules.py lists remove NAME [VALUE ...]
@@ -33,7 +34,9 @@ proposed one (fraud_pipeline.evidence; the labels topic's verdicts for
 precision) and keeps the evidence with it. Another admin approves it (which
 publishes it, as ``publish`` does) or rejects it, each with a note;
 ``rollback`` publishes again the rules an approved proposal replaced and
-removes those it added. Every step goes to the audit topic. A proposal whose evidence predates a change of
+removes those it added. ``publish`` stays for emergencies: it needs a reason
+and is recorded as an emergency change, unreviewed until another admin
+acknowledges it. Every step goes to the audit topic. A proposal whose evidence predates a change of
 the live set is stale: ``evidence ID`` runs it again.
 
 Lists (fraud_pipeline.rules.lists): each list is defined in the compacted list
@@ -89,7 +92,7 @@ from .stage import BatchError, Output
 from .topics import prepare_topics
 
 NAME = "fraud_rules"
-PROPOSAL_COMMANDS = ("propose", "proposals", "proposal", "evidence", "approve", "reject", "rollback")
+PROPOSAL_COMMANDS = ("propose", "proposals", "proposal", "evidence", "approve", "reject", "rollback", "acknowledge")
 
 
 def rules_in_file(path: str) -> list[Rule]:
@@ -175,9 +178,23 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
         if missing:
             raise RuleError("", f"no rule {', '.join(missing)} in {args.file}")
         rules = [rule for rule in rules if rule.id in args.id]
+    live, _ = current_rules(settings, _baseline(args))
+    change = Proposal.emergency_change(args.by, args.reason, int(time.time() * 1000), rules, live)
     publish(settings, [(rule.id, dict(rule.source or {})) for rule in rules])
     for rule in rules:
         print(f"published {rule.ref} ({rule.mode}) to {settings.topics.rules}")
+    # Recorded once published: a user refused the rules topic is refused before anything is recorded.
+    prepare_topics(settings, reads=[settings.topics.proposals], writes=[settings.topics.proposals, settings.topics.audit])
+    _record(settings, change, args.by, "rule-emergency", {"reason": args.reason, "rules": [rule.ref for rule in rules]})
+    print(f"recorded as emergency change {change.id}, unreviewed until another admin acknowledges it "
+          f"(fraud_rules.py acknowledge {change.id} --note TEXT)")
+    return 0
+
+
+def cmd_acknowledge(settings: Settings, args: argparse.Namespace) -> int:
+    change = _proposal(settings, args.id).acknowledged(args.by, int(time.time() * 1000))
+    _record(settings, change, args.by, "rule-acknowledge", {"note": args.note, "publisher": change.proposer})
+    print(f"{change.id} acknowledged by {args.by}")
     return 0
 
 
@@ -539,9 +556,15 @@ def build(prog: str = NAME) -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a rules file without publishing it")
     validate.add_argument("file", metavar="FILE", help="JSON or YAML: a rule set, a list of rules, or one rule")
     validate.set_defaults(run=cmd_validate)
-    pub = commands.add_parser("publish", help="validate the rules of a file and publish them (all or none)")
+    pub = commands.add_parser("publish", help="emergencies: validate the rules of a file and publish them at once (all "
+                              "or none), recorded as an unreviewed emergency change (the usual way: propose)")
     pub.add_argument("file", metavar="FILE", help="JSON or YAML: a rule set, a list of rules, or one rule")
     pub.add_argument("--id", action="append", metavar="ID", help="publish only this rule (repeatable)")
+    pub.add_argument("--reason", required=True,
+                     help="why this cannot wait for a proposal: the change is recorded as an emergency change, "
+                     "unreviewed until another admin acknowledges it")
+    pub.add_argument("--by", default=_user(), help="who publishes (default: the user running the command)")
+    pub.add_argument("--rules", metavar="FILE", help="the detectors' baseline rules file (default: the original rule)")
     pub.set_defaults(run=cmd_publish)
     mode = commands.add_parser("mode", help="republish a rule with another mode (and the next version)")
     mode.add_argument("id", metavar="ID")
@@ -598,6 +621,11 @@ def _proposals_parser(commands: Any) -> None:
     rollback.add_argument("--note", required=True, help="why")
     rollback.add_argument("--by", default=_user(), help="who rolls it back (default: the user running the command)")
     rollback.set_defaults(run=cmd_rollback)
+    acknowledge = commands.add_parser("acknowledge", help="acknowledge an emergency change (not its publisher)")
+    acknowledge.add_argument("id", metavar="ID")
+    acknowledge.add_argument("--note", required=True, help="what was checked")
+    acknowledge.add_argument("--by", default=_user(), help="who acknowledges (default: the user running the command)")
+    acknowledge.set_defaults(run=cmd_acknowledge)
 
 
 @cli_main

@@ -1,5 +1,5 @@
 """A rule change through a proposal, on the real cluster: its evidence against two independent backtests of the same
-records, four eyes, publication, staleness, rollback and the audit trail in order."""
+records, four eyes, publication, staleness, rollback, an emergency publish and the audit trail in order."""
 
 from __future__ import annotations
 
@@ -134,9 +134,23 @@ def test_a_proposal_replays_the_history_and_needs_a_second_admin(pipeline: Pipel
     assert "| burst | 1 | enabled |" in pipeline.run("fraud_rules", "list", *baseline).stdout
     assert f"| {first} | rolled back | ana |" in pipeline.run("fraud_rules", "proposals", *baseline).stdout
 
+    # An emergency publish: live at once, recorded unreviewed until another admin acknowledges it.
+    urgent = pipeline.run("fraud_rules", "publish", str(larger), "--reason", "a mule ring now", "--by", "dee",
+                          *baseline).stdout
+    found = re.search(r"recorded as emergency change (E-\S+), unreviewed", urgent)
+    assert found and "published new-payee-large@2 (enabled)" in urgent, urgent
+    emergency = found.group(1)
+    assert f"| {emergency} | unreviewed | dee |" in pipeline.run("fraud_rules", "proposals", *baseline).stdout
+    own = subprocess.run(pipeline.command("fraud_rules", "acknowledge", emergency, "--note", "fine", "--by", "dee", *baseline),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert own.returncode == 2 and "another admin must acknowledge it" in own.stderr, own.stderr
+    pipeline.run("fraud_rules", "acknowledge", emergency, "--note", "checked the ring's payees", "--by", "eve", *baseline)
+    assert f"| {emergency} | acknowledged | dee |" in pipeline.run("fraud_rules", "proposals", *baseline).stdout
+
     # Every step in the audit topic, in order.
     steps = [(e["action"], e["target"], e["user"]) for e in (json.loads(r.value) for r in read_topic(
         pipeline.bootstrap, pipeline.topics.audit))]
     assert steps == [("rule-propose", first, "ana"), ("rule-evidence", first, "ana"), ("rule-propose", second, "bo"),
                      ("rule-evidence", second, "bo"), ("rule-approve", first, "bo"), ("rule-evidence", second, "bo"),
-                     ("rule-reject", second, "ana"), ("rule-rollback", first, "cy")], steps
+                     ("rule-reject", second, "ana"), ("rule-rollback", first, "cy"), ("rule-emergency", emergency, "dee"),
+                     ("rule-acknowledge", emergency, "eve")], steps

@@ -87,9 +87,10 @@ def test_a_published_rule_changes_routing_within_seconds_and_a_bad_one_is_reject
         rule = tmp_path / "big.json"
         rule.write_text(json.dumps({"id": "big", "description": "90 or more", "when": {"field": "AMOUNT", "op": ">=", "value": 90}}))
         publish_started = time.time()
-        published = pipeline.run("fraud_rules", "publish", str(rule))
+        published = pipeline.run("fraud_rules", "publish", str(rule), "--reason", "a card-testing wave now")
         published_at = time.time()
         assert "published big@1 (enabled)" in published.stdout
+        assert "recorded as emergency change E-" in published.stdout, published.stdout
         time.sleep(8)
         # An invalid rule and a rule under the wrong key: both rejected, the running set unchanged.
         broken = {"id": "broken", "when": {"field": "AMOUNT", "op": "<", "value": "x"}}

@@ -234,7 +234,7 @@ def test_the_console_role_writes_lists_labels_and_the_audit_and_nothing_else(sec
     assert "lists are defined in the list definitions topic" in shown.stderr, shown.stderr
     rule = tmp_path / "rule.json"
     rule.write_text(json.dumps({"id": "big", "when": {"field": "AMOUNT", "op": ">=", "value": 90}}))
-    stderr, _ = refused(secured_pipeline, "fraud_rules", "publish", str(rule), config=console_file)
+    stderr, _ = refused(secured_pipeline, "fraud_rules", "publish", str(rule), "--reason", "test", config=console_file)
     line = error_line(stderr)
     assert re.search(rf"cannot write to {re.escape(secured_pipeline.topics.rules)}: .*authoriz", line, re.I), stderr[-2000:]
     stderr, _ = refused(secured_pipeline, "payment_producer", "--count", "1", config=console_file)

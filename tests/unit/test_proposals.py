@@ -7,7 +7,19 @@ from dataclasses import replace
 
 import pytest
 
-from fraud_pipeline.proposals import APPROVED, READY, REJECTED, ROLLED_BACK, RUNNING, STALE, Proposal, ProposalError, new_id
+from fraud_pipeline.proposals import (
+    ACKNOWLEDGED,
+    APPROVED,
+    READY,
+    REJECTED,
+    ROLLED_BACK,
+    RUNNING,
+    STALE,
+    UNREVIEWED,
+    Proposal,
+    ProposalError,
+    new_id,
+)
 from fraud_pipeline.rules import parse_rule, parse_ruleset
 from fraud_pipeline.rules_cli import build
 
@@ -80,6 +92,8 @@ def test_the_commands_take_rules_after_the_command_despite_the_topic_options() -
     assert (args.file, args.note, args.rules, args.since, args.no_evidence) == ("f.yaml", "why", "set.yaml", 0, False)
     with pytest.raises(SystemExit):
         build().parse_args(["approve", "P-1"])  # a decision needs its note
+    with pytest.raises(SystemExit):
+        build().parse_args(["publish", "f.yaml"])  # a direct publish needs its reason
 
 
 def test_only_an_approved_proposal_is_rolled_back_and_only_once() -> None:
@@ -91,3 +105,22 @@ def test_only_an_approved_proposal_is_rolled_back_and_only_once() -> None:
     assert Proposal.from_record(*undone.to_record()) == undone
     with pytest.raises(ProposalError, match="rolled back already, by cy"):
         undone.rolled_back("dee", 8)
+
+
+def test_an_emergency_change_is_unreviewed_until_another_admin_acknowledges_it() -> None:
+    with pytest.raises(ProposalError, match="needs a reason"):
+        Proposal.emergency_change("dee", " ", 5, [parse_rule(NEW)], LIVE)
+    change = Proposal.emergency_change("dee", "a ring now", 5, [parse_rule(RULE), parse_rule(NEW)], LIVE)
+    assert change.id.startswith("E-") and change.state(LIVE.version) == UNREVIEWED
+    assert change.rollback_records() == [("big", dict(LIVE.rules[0].source or {})), ("btc", None)]
+    with pytest.raises(ProposalError, match="another admin must acknowledge it"):
+        change.acknowledged("dee", 6)
+    with pytest.raises(ProposalError, match="acknowledge it, or roll it back"):
+        change.decided(APPROVED, "eve", "ok", LIVE, 6)
+    seen = change.acknowledged("eve", 6)
+    assert seen.state(OTHER.version) == ACKNOWLEDGED and Proposal.from_record(*seen.to_record()) == seen
+    with pytest.raises(ProposalError, match="acknowledged already, by eve"):
+        seen.acknowledged("fay", 7)
+    with pytest.raises(ProposalError, match="a proposal, not an emergency change"):
+        proposal().acknowledged("eve", 6)
+    assert seen.rolled_back("eve", 8).state(LIVE.version) == ROLLED_BACK
