@@ -615,13 +615,13 @@ def _proposals_parser(commands: Any) -> None:
         decide.add_argument("--note", required=True, help="why")
         decide.add_argument("--by", default=_user(), help="who decides (default: the user running the command)")
         decide.set_defaults(run=run)
-    rollback = commands.add_parser("rollback", help="undo an approved proposal: publish the rules it replaced as they "
-                                   "were, remove those it added")
+    rollback = with_baseline(commands.add_parser(
+        "rollback", help="undo an approved proposal: publish the rules it replaced as they were, remove those it added"))
     rollback.add_argument("id", metavar="ID")
     rollback.add_argument("--note", required=True, help="why")
     rollback.add_argument("--by", default=_user(), help="who rolls it back (default: the user running the command)")
     rollback.set_defaults(run=cmd_rollback)
-    acknowledge = commands.add_parser("acknowledge", help="acknowledge an emergency change (not its publisher)")
+    acknowledge = with_baseline(commands.add_parser("acknowledge", help="acknowledge an emergency change (not its publisher)"))
     acknowledge.add_argument("id", metavar="ID")
     acknowledge.add_argument("--note", required=True, help="what was checked")
     acknowledge.add_argument("--by", default=_user(), help="who acknowledges (default: the user running the command)")

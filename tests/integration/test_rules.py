@@ -7,6 +7,7 @@ import datetime
 import json
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -160,7 +161,9 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
     rules = tmp_path / "burst.yaml"
     rules.write_text(BURST_RULES)
     accounts = [f"ACC-B{n:02d}" for n in range(12)]
-    args = ("--rules", str(rules), "--idle-timeout", "10", "--quiet", "--guarantee", "at-least-once")
+    # Stopped by the test once every payment is routed, not by an idle timeout: the first detector waits, idle, while
+    # the second starts and joins, which took more than 10 s on a loaded machine (the first had idled out).
+    args = ("--rules", str(rules), "--idle-timeout", "300", "--quiet", "--guarantee", "at-least-once")
     # Two machines: each detector its own state folder, so the second restores what it takes over from the changelog.
     first_detector = pipeline.start("fraud_detector", *args, "--state-dir", str(tmp_path / "a"), group="shared")
     second_detector = None
@@ -176,7 +179,11 @@ def test_velocity_state_follows_a_partition_to_a_second_detector(
         send(raw_producer, pipeline.topics.payments, late)
         decided = wait_routed(pipeline, len(early) + len(late))
     finally:
-        outputs = [proc.communicate(timeout=90) for proc in (first_detector, second_detector) if proc is not None]
+        running = [proc for proc in (first_detector, second_detector) if proc is not None]
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=90) for proc in running]
     handled = [summary_count(stderr, "fraud_detector") for _, stderr in outputs]
     assert len(handled) == 2 and handled[1] > 0, f"the second detector got no payments: {handled}"
     moved = [int(n) for n in re.findall(r"partition \d+ ready: (\d+) change\(s\) from changelog", outputs[1][1])]
