@@ -13,9 +13,17 @@ TIMEOUT_S = 10.0
 
 
 def watermarks(consumer: Consumer, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-    """First and end offsets, topic by topic: a topic deleted while it is looked at (or without a leader) is left out."""
+    """First and end offsets of every partition, asked at once (round trips per broker, not per topic); if that fails
+    (a topic deleted while it is looked at, a partition without a leader), topic by topic, those that fail left out."""
+    wanted = list(dict.fromkeys(partitions))
+    if not wanted:
+        return {}
+    try:
+        return consumer.watermarks(wanted, TIMEOUT_S)
+    except ClientError as exc:
+        log.info("offsets not read at once (%s): asked topic by topic", exc)
     by_topic: dict[str, list[TopicPartition]] = {}
-    for tp in partitions:
+    for tp in wanted:
         by_topic.setdefault(tp.topic, []).append(tp)
     marks: dict[TopicPartition, tuple[int, int]] = {}
     for topic, tps in by_topic.items():

@@ -85,7 +85,8 @@ def wait_for(driver: WebDriver, what: str, check: Callable[[], object], timeout_
         WebDriverWait(driver, timeout_s, poll_frequency=0.3, ignored_exceptions=[StaleElementReferenceException]).until(
             lambda d: fresh(check))
     except TimeoutException:
-        raise AssertionError(f"the page never showed {what}") from None
+        shown = [box.text for box in driver.find_elements(By.CSS_SELECTOR, ".error") if box.is_displayed() and box.text]
+        raise AssertionError(f"the page never showed {what}; the errors it shows: {shown or 'none'}") from None
 
 
 def number(element: WebElement) -> int:

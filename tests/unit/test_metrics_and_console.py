@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fraud_pipeline import metrics as metrics_module
-from fraud_pipeline.clients import Record
+from fraud_pipeline.clients import ClientError, Record, TopicPartition
+from fraud_pipeline.console.groups import watermarks
 from fraud_pipeline.console.monitor import alert_json, dead_letter_json, parse_decision_header, rules_json
 from fraud_pipeline.metrics import Histogram, Metrics
 from fraud_pipeline.rules import ORIGINAL, Rule, RuleSet
@@ -129,3 +130,27 @@ def test_rules_in_force_come_with_their_hits_and_rules_gone_are_kept_apart() -> 
     assert rows["bitcoin"]["hits"] == 7 and rows["bitcoin"]["source"] == "baseline"
     assert rows["burst"]["hits"] == 3 and rows["burst"]["source"] == "topic" and rows["burst"]["mode"] == "shadow"
     assert rows["old"]["source"] == "no longer in force"
+
+
+class _Offsets:
+    """A consumer whose watermarks fail for any request naming ``gone`` (a topic deleted while it is looked at)."""
+
+    def __init__(self, gone: str) -> None:
+        self.gone = gone
+        self.asked: list[list[str]] = []
+
+    def watermarks(self, partitions: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+        self.asked.append(sorted({tp.topic for tp in partitions}))
+        if any(tp.topic == self.gone for tp in partitions):
+            raise ClientError(f"unknown topic {self.gone}")
+        return {tp: (0, 10 * tp.partition) for tp in partitions}
+
+
+def test_the_topics_offsets_are_asked_at_once_and_topic_by_topic_only_after_a_failure() -> None:
+    wanted = [TopicPartition(topic, p) for topic in ("a", "b", "c") for p in (0, 1)]
+    fine = _Offsets(gone="none")
+    assert watermarks(fine, wanted) == {tp: (0, 10 * tp.partition) for tp in wanted}
+    assert fine.asked == [["a", "b", "c"]]  # one request for every topic
+    deleted = _Offsets(gone="b")
+    assert set(watermarks(deleted, wanted)) == {tp for tp in wanted if tp.topic != "b"}  # the others still shown
+    assert deleted.asked == [["a", "b", "c"], ["a"], ["b"], ["c"]]

@@ -125,9 +125,19 @@ function showView(name) {
     b.classList.toggle('active', on);
     if (on) b.setAttribute('aria-current', 'page'); else b.removeAttribute('aria-current');
   }
-  const onShow = {pipeline: drawCharts, brokers: loadBrokers, topics: loadTopics, groups: loadGroups, messages: loadTopicChoices,
-    cases: loadCases, lists: loadLists, rules: loadPrecision};
+  const onShow = {pipeline: drawCharts, brokers: () => loadRetrying('brokers', loadBrokers),
+    topics: () => loadRetrying('topics', loadTopics), groups: () => loadRetrying('groups', loadGroups),
+    messages: loadTopicChoices, cases: loadCases, lists: loadLists, rules: loadPrecision};
   onShow[name]?.();
+}
+
+const RETRY_MS = 3000;
+
+// Loads a cluster view (load returns an error message or null): a failure (a busy broker, a topic deleted while it
+// was read) stays shown and is tried again every RETRY_MS while the view is on screen.
+async function loadRetrying(name, load) {
+  const error = await load();
+  if (error && currentView === name) setTimeout(() => { if (currentView === name) loadRetrying(name, load); }, RETRY_MS);
 }
 
 // ---- live state stream -----------------------------------------------------
@@ -361,8 +371,10 @@ async function loadBrokers() {
     fillBody($('brokers-table'), (d.brokers || []).map((b) => el('tr', {'data-broker': b.id},
       num(b.id), td(b.host), num(b.port), td(b.controller ? 'yes' : '', b.controller ? 'controller' : null))),
     'No brokers reported.');
+    return null;
   } catch (e) {
     showError($('brokers-error'), e.message);
+    return e.message;
   }
 }
 
@@ -413,12 +425,13 @@ async function loadGroups() {
     showError($('groups-error'), '');
   } catch (e) {
     showError($('groups-error'), e.message);
-    return;
+    return e.message;
   }
   fillBody($('groups-table'), groups.map((g) => el('tr', {'data-group': g.group, tabindex: 0,
     class: g.group === selectedGroup ? 'selected' : null},
   td(g.group), td(plain(g.state)), num((g.members || []).length), num(plain(g.lag), 'lag'))), 'No consumer groups.');
   renderGroupDetail();
+  return null;
 }
 
 function renderGroupDetail() {
