@@ -236,9 +236,8 @@ def _proposal(settings: Settings, proposal_id: str) -> Proposal:
 
 def _record(settings: Settings, proposal: Proposal, by: str, action: str, detail: dict[str, Any]) -> None:
     """Write the proposal's new state, then its audit record."""
-    publish_records(settings, settings.topics.proposals, [proposal.to_record()])
     event = AuditEvent(int(time.time() * 1000), by, action, proposal.id, detail)
-    publish_records(settings, settings.topics.audit, [event.to_record()])
+    write_records(settings, [(settings.topics.proposals, *proposal.to_record()), (settings.topics.audit, *event.to_record())])
 
 
 def _run_evidence(settings: Settings, args: argparse.Namespace, proposal: Proposal, live: RuleSet) -> int:
@@ -344,9 +343,8 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     proposal = _proposal(settings, args.id)
     undone = proposal.rolled_back(args.by, int(time.time() * 1000))
     publish(settings, undone.rollback_records())
-    _record(settings, undone, args.by, "rule-rollback", {"note": args.note, "republished": [
-        f"{rule['id']}@{rule.get('version', 1)}" for rule in undone.previous], "removed": list(undone.added)})
     back = [f"{rule['id']}@{rule.get('version', 1)}" for rule in undone.previous]
+    _record(settings, undone, args.by, "rule-rollback", {"note": args.note, "republished": back, "removed": list(undone.added)})
     print(f"{proposal.id} rolled back by {args.by}: published {', '.join(back) or 'nothing'} again"
           f"{'; removed ' + ', '.join(undone.added) if undone.added else ''} on {settings.topics.rules}")
     return 0
@@ -379,13 +377,18 @@ def current_lists(settings: Settings) -> tuple[ListBook, list[str]]:
 
 def publish_records(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
     """Write records to a topic and wait for them."""
+    write_records(settings, [(topic, key, value) for key, value in records])
+
+
+def write_records(settings: Settings, records: Sequence[tuple[str, bytes, bytes | None]]) -> None:
+    """Write ``(topic, key, value)`` records in order, through one producer, and wait for them."""
     output = Output(make_producer(settings, NAME))
     try:
-        for key, value in records:
+        for topic, key, value in records:
             output.send(topic, key, value)
         output.flush(timeout_s=30)
     except BatchError as exc:
-        raise PipelineError(f"cannot write to {topic}: {exc}") from None
+        raise PipelineError(f"cannot write to {', '.join(dict.fromkeys(topic for topic, _, _ in records))}: {exc}") from None
     finally:
         output.producer.close()
 
